@@ -1,0 +1,44 @@
+"""Correlation IDs for Flask services: one ID per request, carried to every service it calls,
+written into every log line, shipped to Loki, and attached to Prometheus metrics as exemplars.
+
+Typical use::
+
+    from correlation import Correlation, Settings, setup_logging
+
+    settings = Settings.from_env(service="orders")
+    setup_logging(settings)          # JSON lines to stdout, and to Loki when LOKI_URL is set
+    Correlation(app, settings)       # edge, access log, metrics at /metrics, requests propagation
+"""
+
+from correlation.config import ConfigError, LokiSettings, Settings
+from correlation.context import Hop, bind, bound, correlation_id, current, reset, submit, wrap
+from correlation.flask import Correlation
+from correlation.ids import is_valid_id, new_correlation_id, new_request_id, time_of
+from correlation.logs import CorrelationFilter, JsonFormatter, setup_logging
+from correlation.loki import LokiHandler
+from correlation.propagation import instrument_requests, outgoing_headers
+
+__all__ = [
+    "ConfigError",
+    "Correlation",
+    "CorrelationFilter",
+    "Hop",
+    "JsonFormatter",
+    "LokiHandler",
+    "LokiSettings",
+    "Settings",
+    "bind",
+    "bound",
+    "correlation_id",
+    "current",
+    "instrument_requests",
+    "is_valid_id",
+    "new_correlation_id",
+    "new_request_id",
+    "outgoing_headers",
+    "reset",
+    "setup_logging",
+    "submit",
+    "time_of",
+    "wrap",
+]

@@ -1,0 +1,181 @@
+"""One typed place for configuration, parsed once from the environment.
+
+Bad values are refused at start with a message naming the variable, the value and what is
+expected: a service that cannot ship its logs should say so before it takes traffic.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_HEADER = "X-Correlation-ID"
+_HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+def _get(env: Mapping[str, str], name: str, default: str) -> str:
+    return env.get(name, "").strip() or default
+
+
+def _parse(env: Mapping[str, str], name: str, default: T, parse: Callable[[str], T], expected: str) -> T:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return parse(raw)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{name}={raw!r} is not valid: expected {expected}") from None
+
+
+def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        value = kind(raw)
+        if not value > 0:  # type: ignore[operator]
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+def _name(env: Mapping[str, str], var: str, default: str, pattern: re.Pattern[str], what: str) -> str:
+    value = _get(env, var, default)
+    if not pattern.fullmatch(value):
+        raise ConfigError(f"{var}={value!r} is not valid: expected {what}")
+    return value
+
+
+@dataclass(frozen=True)
+class LokiSettings:
+    """Where and how to push logs to Loki. ``url`` empty means: do not ship."""
+
+    url: str = ""
+    tenant: str = ""
+    username: str = ""
+    password: str = ""
+    bearer_token: str = ""
+    #: True, False, or a path to a CA bundle (as ``requests`` takes it).
+    tls_verify: bool | str = True
+    #: A batch is sent when it holds this many bytes of log lines, or is this old.
+    batch_max_bytes: int = 1024 * 1024
+    batch_max_wait_seconds: float = 1.0
+    #: Memory bound for lines waiting to be sent; past it lines are dropped and counted.
+    buffer_max_bytes: int = 64 * 1024 * 1024
+    timeout_seconds: float = 10.0
+    #: How long closing the handler (process exit) may wait to flush what is buffered.
+    flush_timeout_seconds: float = 10.0
+    #: Give up a batch after retrying this long (Loki rejects entries over 1 h behind).
+    max_retry_seconds: float = 300.0
+
+    @property
+    def push_url(self) -> str:
+        return self.url.rstrip("/") + "/loki/api/v1/push"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "LokiSettings":
+        env = os.environ if env is None else env
+        url = _get(env, "LOKI_URL", "")
+        if url and not re.match(r"https?://[^/\s]+", url):
+            raise ConfigError(f"LOKI_URL={url!r} is not valid: expected http(s)://host[:port]")
+        username = _get(env, "LOKI_USERNAME", "")
+        password = _get(env, "LOKI_PASSWORD", "")
+        token = _get(env, "LOKI_BEARER_TOKEN", "")
+        if bool(username) != bool(password):
+            raise ConfigError("LOKI_USERNAME and LOKI_PASSWORD must be set together (basic auth)")
+        if token and username:
+            raise ConfigError("set either LOKI_BEARER_TOKEN or LOKI_USERNAME/LOKI_PASSWORD, not both")
+        verify_raw = _get(env, "LOKI_TLS_VERIFY", "true")
+        try:
+            tls_verify: bool | str = _bool(verify_raw)
+        except ValueError:
+            if not os.path.isfile(verify_raw):
+                raise ConfigError(
+                    f"LOKI_TLS_VERIFY={verify_raw!r} is not valid: expected true, false "
+                    "or the path of an existing CA bundle file"
+                ) from None
+            tls_verify = verify_raw
+        return cls(
+            url=url,
+            tenant=_get(env, "LOKI_TENANT", ""),
+            username=username,
+            password=password,
+            bearer_token=token,
+            tls_verify=tls_verify,
+            batch_max_bytes=_parse(env, "LOKI_BATCH_MAX_BYTES", cls.batch_max_bytes, _positive(int), "a positive integer"),
+            batch_max_wait_seconds=_parse(
+                env, "LOKI_BATCH_MAX_WAIT_SECONDS", cls.batch_max_wait_seconds, _positive(float), "seconds > 0"
+            ),
+            buffer_max_bytes=_parse(env, "LOKI_BUFFER_MAX_BYTES", cls.buffer_max_bytes, _positive(int), "a positive integer"),
+            timeout_seconds=_parse(env, "LOKI_TIMEOUT_SECONDS", cls.timeout_seconds, _positive(float), "seconds > 0"),
+            flush_timeout_seconds=_parse(
+                env, "LOKI_FLUSH_TIMEOUT_SECONDS", cls.flush_timeout_seconds, _positive(float), "seconds > 0"
+            ),
+            max_retry_seconds=_parse(env, "LOKI_MAX_RETRY_SECONDS", cls.max_retry_seconds, _positive(float), "seconds > 0"),
+        )
+
+    def auth_headers(self) -> dict[str, str]:
+        """Tenant and bearer headers for every call to Loki (basic auth goes through requests)."""
+        headers = {}
+        if self.tenant:
+            headers["X-Scope-OrgID"] = self.tenant
+        if self.bearer_token:
+            headers["Authorization"] = f"Bearer {self.bearer_token}"
+        return headers
+
+    @property
+    def basic_auth(self) -> tuple[str, str] | None:
+        return (self.username, self.password) if self.username else None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the library reads from the environment."""
+
+    service: str = "app"
+    env: str = "local"
+    header: str = DEFAULT_HEADER
+    log_level: str = "INFO"
+    loki: LokiSettings = field(default_factory=LokiSettings)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
+        """Read ``SERVICE_NAME``, ``DEPLOY_ENV``, ``CORRELATION_HEADER``, ``LOG_LEVEL`` and ``LOKI_*``.
+
+        Keyword arguments win over the environment (e.g. ``service="orders"``).
+        """
+        env = os.environ if env is None else env
+        label = "1-64 characters from [A-Za-z0-9._-]"
+        values: dict[str, object] = {
+            "service": _name(env, "SERVICE_NAME", cls.service, _LABEL_VALUE, label),
+            "env": _name(env, "DEPLOY_ENV", cls.env, _LABEL_VALUE, label),
+            "header": _name(env, "CORRELATION_HEADER", DEFAULT_HEADER, _HEADER_NAME, "an HTTP header name"),
+            "log_level": _get(env, "LOG_LEVEL", cls.log_level).upper(),
+            "loki": LokiSettings.from_env(env),
+        }
+        values.update(overrides)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not _LABEL_VALUE.fullmatch(self.service):
+            raise ConfigError(f"service name {self.service!r} is not valid: expected 1-64 characters from [A-Za-z0-9._-]")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"LOG_LEVEL={self.log_level!r} is not valid: expected DEBUG, INFO, WARNING, ERROR or CRITICAL")

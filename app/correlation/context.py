@@ -1,0 +1,96 @@
+"""The correlation context of the current request: which request, which hop, which parent hop.
+
+One ContextVar holds an immutable :class:`Hop`; Flask's threads, gunicorn's gthread workers and
+asyncio tasks each see their own. Work handed to another thread does not inherit it by itself:
+wrap the callable with :func:`wrap` (or submit through :func:`submit`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from concurrent.futures import Executor, Future
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, ParamSpec, TypeVar
+
+from correlation import ids
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One service's part in a request.
+
+    ``correlation_id`` is shared by every hop of the request; ``request_id`` is this hop's own;
+    ``parent_request_id`` is the calling hop's (None at the edge), so the call tree can be
+    rebuilt from the logs alone.
+    """
+
+    correlation_id: str
+    request_id: str
+    parent_request_id: str | None = None
+
+    @classmethod
+    def start(cls, correlation_id: str | None = None, parent_request_id: str | None = None) -> "Hop":
+        """A new hop with its own request ID, joining ``correlation_id`` or starting a new one."""
+        return cls(correlation_id or ids.new_correlation_id(), ids.new_request_id(), parent_request_id)
+
+
+_current: contextvars.ContextVar[Hop | None] = contextvars.ContextVar("correlation_hop", default=None)
+
+
+def current() -> Hop | None:
+    """The hop bound in this context, or None outside any request."""
+    return _current.get()
+
+
+def correlation_id() -> str | None:
+    """The correlation ID of the current request, or None."""
+    hop = _current.get()
+    return hop.correlation_id if hop else None
+
+
+def bind(hop: Hop | None) -> contextvars.Token[Hop | None]:
+    """Make ``hop`` current; pass the returned token to :func:`reset` to undo."""
+    return _current.set(hop)
+
+
+def reset(token: contextvars.Token[Hop | None]) -> None:
+    """Restore the hop that was current before the matching :func:`bind`."""
+    _current.reset(token)
+
+
+@contextmanager
+def bound(hop: Hop | None = None) -> Iterator[Hop]:
+    """Run a block under ``hop`` (default: a fresh hop), e.g. a background job or a CLI command."""
+    hop = hop or Hop.start()
+    token = _current.set(hop)
+    try:
+        yield hop
+    finally:
+        _current.reset(token)
+
+
+def wrap(fn: Callable[P, R]) -> Callable[P, R]:
+    """Capture the current hop now; the returned callable runs ``fn`` under it, in any thread.
+
+    Only the hop is carried (not a whole ``contextvars.Context``), so the wrapped callable may run
+    in several threads at once.
+    """
+    hop = _current.get()
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        token = _current.set(hop)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _current.reset(token)
+
+    return run
+
+
+def submit(executor: Executor, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+    """``executor.submit`` that keeps the caller's correlation context in the worker thread."""
+    return executor.submit(wrap(fn), *args, **kwargs)

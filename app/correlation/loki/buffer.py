@@ -1,0 +1,128 @@
+"""A memory-bounded buffer between the logging threads and the sender thread.
+
+``put`` never blocks on I/O: it appends under a lock or refuses when the byte bound is reached.
+``take`` hands the sender a batch when enough bytes wait or the oldest line has waited long enough.
+``join`` waits until everything put has been delivered or given up (for flush and close).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+#: Bookkeeping bytes counted per entry on top of its line (timestamp, metadata, JSON framing).
+ENTRY_OVERHEAD = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log line on its way to Loki."""
+
+    timestamp_ns: int
+    line: str
+    metadata: dict[str, str]
+
+    @property
+    def size(self) -> int:
+        return len(self.line) + ENTRY_OVERHEAD
+
+
+class LineBuffer:
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: deque[Entry] = deque()
+        self._bytes = 0
+        self._unfinished = 0  # put but not yet marked done: waiting here or in flight
+        self._oldest_at = 0.0
+        self._flushing = False
+        self._closed = False
+        self._cond = threading.Condition(threading.Lock())
+
+    def put(self, entry: Entry) -> bool:
+        """Append ``entry``; False (and nothing stored) past the byte bound or once closed."""
+        size = entry.size
+        with self._cond:
+            if self._bytes + size > self.max_bytes or self._closed:
+                return False
+            if not self._entries:
+                self._oldest_at = time.monotonic()
+                self._cond.notify_all()  # the sender starts its batch clock
+            self._entries.append(entry)
+            self._bytes += size
+            self._unfinished += 1
+            return True
+
+    def take(self, max_bytes: int, max_wait: float) -> list[Entry]:
+        """Block until a batch is due, then remove and return it (at most ``max_bytes``).
+
+        Returns an empty list only once the buffer is closed and empty.
+        """
+        with self._cond:
+            while True:
+                if self._entries:
+                    waited = time.monotonic() - self._oldest_at
+                    if self._bytes >= max_bytes or waited >= max_wait or self._flushing or self._closed:
+                        break
+                    self._cond.wait(max_wait - waited)
+                elif self._closed:
+                    return []
+                else:
+                    self._cond.wait()
+            batch: list[Entry] = []
+            taken = 0
+            while self._entries and (not batch or taken + self._entries[0].size <= max_bytes):
+                entry = self._entries.popleft()
+                batch.append(entry)
+                taken += entry.size
+            self._bytes -= taken
+            self._oldest_at = time.monotonic()
+            return batch
+
+    def done(self, count: int) -> None:
+        """Mark ``count`` taken entries as finished (sent or dropped)."""
+        with self._cond:
+            self._unfinished -= count
+            if self._unfinished <= 0:
+                self._flushing = False
+                self._cond.notify_all()
+
+    def join(self, timeout: float) -> bool:
+        """Ask for everything to be sent now; wait up to ``timeout``. True if all finished."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._flushing = True
+            self._cond.notify_all()
+            while self._unfinished > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def close(self) -> None:
+        """No more batching delay: ``take`` returns what is left, then an empty list."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def drain(self) -> int:
+        """Remove everything still waiting; return how many entries that was."""
+        with self._cond:
+            count = len(self._entries)
+            self._entries.clear()
+            self._bytes = 0
+            self._unfinished -= count
+            self._cond.notify_all()
+            return count
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def buffered(self) -> tuple[int, int]:
+        """(lines, bytes) waiting to be taken."""
+        with self._cond:
+            return len(self._entries), self._bytes

@@ -1,0 +1,104 @@
+"""``LokiHandler``: a logging handler that ships records to Loki without blocking the caller.
+
+``emit`` formats the record and appends it to a memory-bounded buffer: no I/O, no waiting on
+Loki. A background thread (:mod:`correlation.loki.sender`) batches and pushes. ``close`` (run by
+``logging.shutdown`` at exit, e.g. when gunicorn stops a worker) flushes with a bounded wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from typing import Mapping
+
+from correlation.config import LokiSettings
+from correlation.loki.buffer import Entry, LineBuffer
+from correlation.loki.sender import Sender
+from correlation.loki.stats import ShipperStats
+
+#: Record attributes sent as structured metadata (queryable with no parser, never labels).
+METADATA_FIELDS = ("correlation_id", "request_id")
+#: Loki's default ``max_line_size`` is 256 KB; longer lines are rejected, so we cut them first.
+DEFAULT_MAX_LINE_BYTES = 256 * 1024
+TRUNCATION_MARK = " ...[truncated by loki shipper]"
+
+
+class LokiHandler(logging.Handler):
+    """Ship formatted records to Loki's push API under a fixed label set.
+
+    Lines longer than ``max_line_bytes`` are cut to that size and end with
+    :data:`TRUNCATION_MARK` (counted in ``truncated_lines``); their structured metadata is kept, so
+    they still show in the request's trail.
+    """
+
+    def __init__(
+        self,
+        settings: LokiSettings,
+        labels: Mapping[str, str],
+        *,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        level: int = logging.NOTSET,
+    ) -> None:
+        super().__init__(level)
+        self.settings = settings
+        self.labels = dict(labels)
+        self.max_line_bytes = max_line_bytes
+        self._new_pipeline()
+        # After fork the parent's thread is gone and its buffered lines are the parent's to send:
+        # the child starts empty and starts its own sender lazily (works with gunicorn --preload).
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (h := ref()) is not None and h._new_pipeline())
+
+    def _new_pipeline(self) -> None:
+        self.stats = ShipperStats()
+        self.buffer = LineBuffer(self.settings.buffer_max_bytes)
+        self.sender = Sender(self.settings, self.labels, self.buffer, self.stats)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # The sender thread's own records (urllib3 warnings, ...) would feed themselves back.
+        if threading.current_thread() is self.sender.thread:
+            return
+        try:
+            line = self.format(record)
+        except Exception:
+            self.stats.drop("format_error")
+            self.handleError(record)  # prints to stderr, never logs
+            return
+        if len(line) * 4 > self.max_line_bytes:  # cheap pre-check: 4 bytes per char at most
+            line = self._fit(line)
+        metadata = {name: value for name in METADATA_FIELDS if isinstance(value := getattr(record, name, None), str)}
+        metadata["level"] = record.levelname.lower()
+        if not self.buffer.put(Entry(int(record.created * 1e9), line, metadata)):
+            self.stats.drop("shutdown" if self.buffer.closed else "buffer_full")
+            return
+        self.sender.ensure_started()
+
+    def _fit(self, line: str) -> str:
+        encoded = line.encode("utf-8")
+        if len(encoded) <= self.max_line_bytes:
+            return line
+        self.stats.truncated()
+        keep = self.max_line_bytes - len(TRUNCATION_MARK.encode())
+        return encoded[:keep].decode("utf-8", "ignore") + TRUNCATION_MARK
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send everything buffered now; wait up to ``timeout`` (default: the flush timeout)."""
+        if self.sender.thread is None:
+            return self.buffer.buffered[0] == 0
+        return self.buffer.join(self.settings.flush_timeout_seconds if timeout is None else timeout)
+
+    def close(self) -> None:
+        """Flush within ``flush_timeout_seconds``; what is still buffered then is counted as dropped."""
+        if self.sender.thread is not None or self.buffer.buffered[0]:
+            self.sender.ensure_started()
+            if not self.sender.stop(self.settings.flush_timeout_seconds):
+                left = self.buffer.drain()
+                if left:
+                    self.stats.drop("shutdown", left)
+        super().close()
+
+    def buffered(self) -> tuple[int, int]:
+        """(lines, bytes) waiting to be sent."""
+        return self.buffer.buffered

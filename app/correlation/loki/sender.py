@@ -1,0 +1,184 @@
+"""The background thread that pushes batches to Loki, with the retry rules of Promtail and Alloy.
+
+- 2xx: delivered.
+- 429, 5xx, connection errors, timeouts: retried with jittered exponential backoff
+  (0.5 s doubling, capped at 30 s) for up to ``max_retry_seconds``, then dropped and counted.
+- 413, or Loki's 500 "received message larger than max": no retry can cure it; the batch is
+  split in two and each half sent on its own.
+- other 4xx: never retried; counted as ``rejected``; Loki's first line of explanation goes to stderr.
+
+The sender never logs through :mod:`logging`: its own trouble goes to stderr, rate-limited, so it
+cannot feed itself through the Loki handler.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sys
+import threading
+import time
+from typing import Mapping
+
+import urllib3
+
+from correlation.config import LokiSettings
+from correlation.loki.buffer import Entry, LineBuffer
+from correlation.loki.push import CONTENT_HEADERS, push_body
+from correlation.loki.stats import ShipperStats
+
+BACKOFF_MIN_SECONDS = 0.5
+BACKOFF_MAX_SECONDS = 30.0
+_REPORT_EVERY_SECONDS = 60.0
+_TOO_LARGE = re.compile(r"larger than max|too large", re.IGNORECASE)
+_IGNORED = re.compile(r"total ignored: (\d+) out of (\d+)")
+
+
+class _Outcome:
+    SENT, RETRY, SPLIT, REJECT = range(4)
+
+
+class Sender:
+    def __init__(self, settings: LokiSettings, labels: Mapping[str, str], buffer: LineBuffer, stats: ShipperStats) -> None:
+        self.settings = settings
+        self.labels = dict(labels)
+        self.buffer = buffer
+        self.stats = stats
+        self.thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._deadline = float("inf")
+        self._reported: dict[str, float] = {}
+        self._headers = {**CONTENT_HEADERS, **settings.auth_headers()}
+        if settings.basic_auth:
+            self._headers.update(urllib3.make_headers(basic_auth=":".join(settings.basic_auth)))
+        self._http: urllib3.PoolManager | None = None
+
+    def ensure_started(self) -> None:
+        if self.thread is None:
+            with self._start_lock:
+                if self.thread is None:
+                    self.thread = threading.Thread(target=self._run, name="loki-sender", daemon=True)
+                    self.thread.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Deliver what is buffered within ``timeout`` seconds, then end the thread. True if all sent."""
+        self._deadline = time.monotonic() + timeout
+        self._stopping.set()  # also cuts a backoff sleep short
+        self.buffer.close()
+        if self.thread is not None:
+            self.thread.join(timeout + 0.5)
+            return not self.thread.is_alive()
+        return True
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch = self.buffer.take(self.settings.batch_max_bytes, self.settings.batch_max_wait_seconds)
+            if not batch:
+                return
+            try:
+                self._deliver(batch)
+            except Exception as exc:  # a bug here must not kill shipping for the process
+                self.stats.drop("rejected", len(batch))
+                self._report("bug", f"loki shipper: unexpected error, {len(batch)} lines dropped: {exc!r}")
+            finally:
+                self.buffer.done(len(batch))
+
+    def _deliver(self, batch: list[Entry]) -> None:
+        parts = [batch]
+        while parts:
+            part = parts.pop()
+            started = time.monotonic()
+            delay = BACKOFF_MIN_SECONDS
+            while True:
+                outcome, reason, detail = self._push(part)
+                if outcome == _Outcome.SENT:
+                    self.stats.sent(len(part))
+                    break
+                if outcome == _Outcome.SPLIT:
+                    if len(part) == 1:
+                        self.stats.drop("too_large")
+                        self._report("too_large", f"loki shipper: Loki refuses a single entry as too large: {detail}")
+                    else:
+                        half = len(part) // 2
+                        parts += [part[half:], part[:half]]
+                    break
+                if outcome == _Outcome.REJECT:
+                    rejected = self._rejected_count(detail, len(part))
+                    self.stats.drop("rejected", rejected)
+                    self.stats.sent(len(part) - rejected)
+                    self._report("rejected", f"loki shipper: Loki refused {rejected} lines ({reason}): {detail}")
+                    break
+                # retryable
+                now = time.monotonic()
+                if self._stopping.is_set() and now >= self._deadline:
+                    self.stats.drop("shutdown", len(part) + sum(len(p) for p in parts))
+                    return
+                if now - started >= self.settings.max_retry_seconds:
+                    self.stats.drop("retries_exhausted", len(part))
+                    self._report("exhausted", f"loki shipper: gave up on {len(part)} lines after retrying: {detail}")
+                    break
+                self.stats.retried(reason)
+                self._report(reason, f"loki shipper: retrying ({reason}): {detail}")
+                pause = random.uniform(delay / 2, delay)  # jitter: replicas must not retry in step
+                if self._stopping.is_set():
+                    time.sleep(min(pause, max(0.0, self._deadline - now)))
+                else:
+                    self._stopping.wait(pause)  # a stop cuts the pause short
+                delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+
+    def _push(self, entries: list[Entry]) -> tuple[int, str, str]:
+        timeout = self.settings.timeout_seconds
+        if self._stopping.is_set():
+            timeout = max(0.1, min(timeout, self._deadline - time.monotonic()))
+        try:
+            response = self._client().request(
+                "POST",
+                self.settings.push_url,
+                body=push_body(entries, self.labels),
+                headers=self._headers,
+                timeout=urllib3.Timeout(total=timeout),
+                retries=False,
+                preload_content=True,
+            )
+        except Exception as exc:  # urllib3 raises its own errors for refused, reset, timeout
+            return _Outcome.RETRY, "connection_error", f"{self.settings.push_url}: {exc.__class__.__name__}: {exc}"
+        status = response.status
+        if 200 <= status < 300:
+            return _Outcome.SENT, "", ""
+        detail = f"HTTP {status}: {response.data[:500].decode('utf-8', 'replace').strip()}"
+        if status == 413 or (status == 500 and _TOO_LARGE.search(detail)):
+            return _Outcome.SPLIT, "too_large", detail
+        if status == 429:
+            return _Outcome.RETRY, "rate_limited", detail
+        if status >= 500:
+            return _Outcome.RETRY, "server_error", detail
+        return _Outcome.REJECT, f"HTTP {status}", detail
+
+    def _client(self) -> urllib3.PoolManager:
+        if self._http is None:
+            verify = self.settings.tls_verify
+            kwargs: dict[str, object] = {"maxsize": 1}
+            if verify is False:
+                kwargs["cert_reqs"] = "CERT_NONE"
+                urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+            elif isinstance(verify, str):
+                kwargs["ca_certs"] = verify
+            self._http = urllib3.PoolManager(**kwargs)  # type: ignore[arg-type]
+        return self._http
+
+    @staticmethod
+    def _rejected_count(detail: str, total: int) -> int:
+        """Loki ingests the valid entries of a 400'd push; its body says how many it ignored."""
+        match = _IGNORED.search(detail)
+        return min(int(match.group(1)), total) if match else total
+
+    def _report(self, kind: str, message: str) -> None:
+        """Write to stderr at most once a minute per kind (first line only): never via logging."""
+        now = time.monotonic()
+        if now - self._reported.get(kind, -_REPORT_EVERY_SECONDS) >= _REPORT_EVERY_SECONDS:
+            self._reported[kind] = now
+            first_line = message.splitlines()[0] if message else message
+            print(first_line[:1000], file=sys.stderr, flush=True)

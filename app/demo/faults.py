@@ -1,0 +1,110 @@
+"""Fault injection for the demo services: an error rate and added latency, changeable at runtime.
+
+``GET /admin/faults`` shows the current setting; ``POST /admin/faults`` with JSON
+``{"error_rate": 0.0-1.0, "latency_ms": 0-60000}`` changes it (either key may be left out).
+``FAULT_ERROR_RATE`` and ``FAULT_LATENCY_MS`` set it at start.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+import flask
+
+from correlation.config import ConfigError
+
+MAX_LATENCY_MS = 60_000
+
+
+class InjectedFault(RuntimeError):
+    """Raised inside a request chosen to fail; Flask logs it with its traceback and answers 500."""
+
+
+@dataclass
+class FaultSettings:
+    error_rate: float = 0.0
+    latency_ms: int = 0
+
+    @classmethod
+    def parse(cls, values: Mapping[str, Any], base: "FaultSettings | None" = None) -> "FaultSettings":
+        """Validated settings from ``values``; keys left out keep ``base``'s value. ValueError says why."""
+        base = base or cls()
+        unknown = set(values) - {"error_rate", "latency_ms"}
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}: expected error_rate and/or latency_ms")
+        rate = values.get("error_rate", base.error_rate)
+        latency = values.get("latency_ms", base.latency_ms)
+        try:
+            rate = float(rate)
+            latency_f = float(latency)
+        except (TypeError, ValueError):
+            raise ValueError("error_rate must be a number in [0, 1] and latency_ms an integer") from None
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"error_rate={rate} is outside [0, 1]")
+        if not latency_f.is_integer() or not 0 <= latency_f <= MAX_LATENCY_MS:
+            raise ValueError(f"latency_ms={latency} must be an integer in [0, {MAX_LATENCY_MS}]")
+        return cls(rate, int(latency_f))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "FaultSettings":
+        values = {}
+        if env.get("FAULT_ERROR_RATE", "").strip():
+            values["error_rate"] = env["FAULT_ERROR_RATE"]
+        if env.get("FAULT_LATENCY_MS", "").strip():
+            values["latency_ms"] = env["FAULT_LATENCY_MS"]
+        try:
+            return cls.parse(values)
+        except ValueError as exc:
+            raise ConfigError(f"FAULT_ERROR_RATE/FAULT_LATENCY_MS: {exc}") from None
+
+
+class Faults:
+    """The current fault setting of one service, shared by its request threads."""
+
+    def __init__(self, initial: FaultSettings) -> None:
+        self._settings = initial
+        self._lock = threading.Lock()
+
+    @property
+    def settings(self) -> FaultSettings:
+        with self._lock:
+            return self._settings
+
+    def update(self, values: Mapping[str, Any]) -> FaultSettings:
+        with self._lock:
+            self._settings = FaultSettings.parse(values, self._settings)
+            return self._settings
+
+    def apply(self) -> None:
+        """Delay and maybe fail the current request, as configured."""
+        current = self.settings
+        if current.latency_ms:
+            time.sleep(current.latency_ms / 1000)
+        if current.error_rate and random.random() < current.error_rate:
+            raise InjectedFault(f"injected fault (error_rate={current.error_rate})")
+
+
+def admin_blueprint(faults: Faults) -> flask.Blueprint:
+    admin = flask.Blueprint("admin", __name__)
+
+    @admin.get("/admin/faults")
+    def show() -> Any:
+        return asdict(faults.settings)
+
+    @admin.post("/admin/faults")
+    def change() -> Any:
+        body = flask.request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return {"error": "expected a JSON object like {\"error_rate\": 0.5, \"latency_ms\": 100}"}, 400
+        try:
+            updated = faults.update(body)
+        except ValueError as exc:
+            return {"error": str(exc)}, 400
+        flask.current_app.logger.warning("faults changed: %s", asdict(updated))
+        return asdict(updated)
+
+    return admin

@@ -1,0 +1,23 @@
+"""gunicorn settings shared by every demo service (``--config python:demo.gunicorn_conf``).
+
+One worker with threads, on purpose: prometheus_client's multiprocess mode drops exemplars, and
+the correlation-ID exemplars are what link a latency spike to a request's trail. Scale by running
+more replicas of the service, not more workers.
+"""
+
+import logging
+import os
+
+bind = f"{os.environ.get('BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
+workers = 1
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+timeout = 30
+graceful_timeout = 30
+keepalive = 5
+accesslog = None  # the library writes one JSON access line per request itself
+
+
+def worker_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
+    # Flush buffered log lines to Loki before the worker goes (bounded by LOKI_FLUSH_TIMEOUT_SECONDS).
+    logging.shutdown()

@@ -1,0 +1,125 @@
+"""Run the whole demo chain on 127.0.0.1 under gunicorn, without Docker (``make run-local``).
+
+gateway http://127.0.0.1:8080, orders :8081, payments :8082, inventory :8083. Logs go to stdout
+and to ``$LOKI_URL`` (default http://127.0.0.1:3100). Ctrl-C or SIGTERM stops every service
+gracefully (each flushes its buffered log lines first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import IO, Mapping
+
+from demo.services import DEFAULT_PORTS, SERVICES
+
+#: How long a service may take to answer /healthz after start, and to stop after SIGTERM.
+START_TIMEOUT_SECONDS = 20.0
+STOP_TIMEOUT_SECONDS = 35.0  # gunicorn's graceful_timeout (30 s) plus a margin
+
+
+@dataclass
+class Chain:
+    """The running services: their processes and base URLs."""
+
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> dict[str, int | None]:
+        """SIGTERM every service, wait up to ``timeout``, SIGKILL the stragglers. Returns exit codes."""
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        codes: dict[str, int | None] = {}
+        for name, proc in self.processes.items():
+            try:
+                codes[name] = proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait()
+        return codes
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with code {proc.returncode} before it was healthy")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url}/healthz did not answer 200 within {timeout} s")
+
+
+def start_chain(
+    ports: Mapping[str, int] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    host: str = "127.0.0.1",
+    stdout: IO[bytes] | int | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> Chain:
+    """Start every service (leaves first) and wait until each answers /healthz."""
+    ports = {**DEFAULT_PORTS, **(ports or {})}
+    base_env = {**os.environ, **(env or {})}
+    urls = {name: f"http://{host}:{ports[name]}" for name in SERVICES}
+    chain = Chain(urls=urls)
+    try:
+        for name in reversed(SERVICES):  # leaves first, so callers find them up
+            service_env = {
+                **base_env,
+                "SERVICE_NAME": name,
+                "PORT": str(ports[name]),
+                "BIND_HOST": host,
+                **{f"{other.upper()}_URL": url for other, url in urls.items()},
+            }
+            command = [sys.executable, "-m", "gunicorn", "--config", "python:demo.gunicorn_conf", *extra_args]
+            command.append("demo.services:create_app()")
+            # Own session: a Ctrl-C reaches only us, and we stop the services gracefully.
+            chain.processes[name] = subprocess.Popen(
+                command, env=service_env, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        for name in SERVICES:
+            _wait_healthy(urls[name], chain.processes[name], START_TIMEOUT_SECONDS)
+    except BaseException:
+        chain.stop(timeout=5)
+        raise
+    return chain
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--loki-url", default=os.environ.get("LOKI_URL", "http://127.0.0.1:3100"))
+    args = parser.parse_args(argv)
+
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    chain = start_chain(env={"LOKI_URL": args.loki_url})
+    for name, url in chain.urls.items():
+        print(f"{name:<10} {url}", flush=True)
+    print(f"logs -> {args.loki_url or 'stdout only'}; try: curl -si -X POST {chain.urls['gateway']}/checkout", flush=True)
+    while not stopping.wait(0.5):
+        dead = [name for name, proc in chain.processes.items() if proc.poll() is not None]
+        if dead:
+            print(f"stopping: {', '.join(dead)} exited", file=sys.stderr, flush=True)
+            break
+    codes = chain.stop()
+    print(f"stopped: {codes}", flush=True)
+    return 0 if all(code == 0 for code in codes.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

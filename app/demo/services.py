@@ -1,0 +1,139 @@
+"""The demo chain: gateway -> orders -> (payments, inventory).
+
+``POST /checkout`` on the gateway places an order; orders charges the payment and reserves the
+stock (both at once, in two threads, to show the context following work into threads). Each
+service is the same Flask app factory, chosen by ``SERVICE_NAME``, run under gunicorn:
+
+    SERVICE_NAME=orders PORT=8081 gunicorn --config python:demo.gunicorn_conf "demo.services:create_app()"
+
+The services use only the public API of :mod:`correlation`; nothing here is special-cased by it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Mapping
+
+import flask
+import requests
+
+import correlation
+from correlation.config import ConfigError
+from demo.faults import Faults, FaultSettings, admin_blueprint
+
+SERVICES = ("gateway", "orders", "payments", "inventory")
+DEFAULT_PORTS = {"gateway": 8080, "orders": 8081, "payments": 8082, "inventory": 8083}
+#: (connect, read) seconds for calls between services: a slow hop fails fast instead of piling up.
+CALL_TIMEOUT = (1.0, 5.0)
+
+log = logging.getLogger("demo")
+
+
+class DownstreamError(RuntimeError):
+    """A service this one depends on failed; the caller answers 502."""
+
+
+def _downstream_url(env: Mapping[str, str], service: str) -> str:
+    var = f"{service.upper()}_URL"
+    return env.get(var, "").strip().rstrip("/") or f"http://127.0.0.1:{DEFAULT_PORTS[service]}"
+
+
+def _call(session: requests.Session, method: str, url: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Call another service (the correlation headers are added by the library)."""
+    try:
+        response = session.request(method, url, json=payload, timeout=CALL_TIMEOUT)
+    except requests.RequestException as exc:
+        raise DownstreamError(f"{method} {url} failed: {exc.__class__.__name__}") from exc
+    if response.status_code >= 500:
+        raise DownstreamError(f"{method} {url} answered {response.status_code}")
+    return response.json()
+
+
+def _gateway(bp: flask.Blueprint, session: requests.Session, env: Mapping[str, str]) -> None:
+    orders_url = _downstream_url(env, "orders")
+
+    @bp.post("/checkout")
+    def checkout() -> Any:
+        cart = flask.request.get_json(silent=True) or {}
+        items = cart.get("items") or [{"sku": "wristband-day-pass", "quantity": 1}]
+        log.info("checkout started with %d item(s)", len(items))
+        order = _call(session, "POST", f"{orders_url}/orders", {"items": items})
+        log.info("checkout complete: order %s", order["order_id"])
+        return {"order_id": order["order_id"], "status": "confirmed", "correlation_id": correlation.correlation_id()}, 201
+
+
+def _orders(bp: flask.Blueprint, session: requests.Session, env: Mapping[str, str]) -> None:
+    payments_url = _downstream_url(env, "payments")
+    inventory_url = _downstream_url(env, "inventory")
+    pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="orders-fanout")
+
+    @bp.post("/orders")
+    def create_order() -> Any:
+        items = (flask.request.get_json(silent=True) or {}).get("items", [])
+        order_id = uuid.uuid4().hex[:12]
+        log.info("order %s: charging payment and reserving %d item(s)", order_id, len(items))
+        # correlation.submit keeps this request's hop in the pool's threads.
+        payment = correlation.submit(pool, _call, session, "POST", f"{payments_url}/payments", {"order_id": order_id})
+        stock = correlation.submit(pool, _call, session, "POST", f"{inventory_url}/reservations", {"order_id": order_id, "items": items})
+        payment_id, reservation_id = payment.result()["payment_id"], stock.result()["reservation_id"]
+        log.info("order %s placed (payment %s, reservation %s)", order_id, payment_id, reservation_id)
+        return {"order_id": order_id, "payment_id": payment_id, "reservation_id": reservation_id}, 201
+
+
+def _payments(bp: flask.Blueprint, session: requests.Session, env: Mapping[str, str]) -> None:
+    @bp.post("/payments")
+    def charge() -> Any:
+        order_id = (flask.request.get_json(silent=True) or {}).get("order_id")
+        log.info("charging card for order %s", order_id)
+        return {"payment_id": uuid.uuid4().hex[:12]}, 201
+
+
+def _inventory(bp: flask.Blueprint, session: requests.Session, env: Mapping[str, str]) -> None:
+    @bp.post("/reservations")
+    def reserve() -> Any:
+        body = flask.request.get_json(silent=True) or {}
+        log.info("reserving %d item(s) for order %s", len(body.get("items", [])), body.get("order_id"))
+        return {"reservation_id": uuid.uuid4().hex[:12]}, 201
+
+
+_ROUTES: dict[str, Callable[[flask.Blueprint, requests.Session, Mapping[str, str]], None]] = {
+    "gateway": _gateway,
+    "orders": _orders,
+    "payments": _payments,
+    "inventory": _inventory,
+}
+
+
+def create_app(service: str | None = None, env: Mapping[str, str] | None = None) -> flask.Flask:
+    """Build the Flask app of one demo service (``SERVICE_NAME`` when ``service`` is None)."""
+    env = os.environ if env is None else env
+    service = service or env.get("SERVICE_NAME", "").strip()
+    if service not in _ROUTES:
+        raise ConfigError(f"SERVICE_NAME={service!r} is not valid: expected one of {', '.join(SERVICES)}")
+    settings = correlation.Settings.from_env(env, service=service)
+    faults = Faults(FaultSettings.from_env(env))
+
+    app = flask.Flask(service)
+    correlation.setup_logging(settings)
+    correlation.Correlation(app, settings)
+
+    api = flask.Blueprint("api", __name__)
+    api.before_request(faults.apply)
+    _ROUTES[service](api, requests.Session(), env)
+    app.register_blueprint(api)
+    app.register_blueprint(admin_blueprint(faults))
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        return {"status": "ok", "service": service}
+
+    @app.errorhandler(DownstreamError)
+    def downstream_failed(exc: DownstreamError) -> Any:
+        log.error("downstream failure: %s", exc)
+        return {"error": str(exc), "correlation_id": correlation.correlation_id()}, 502
+
+    log.info("%s ready (loki: %s)", service, settings.loki.url or "off")
+    return app
