@@ -42,7 +42,7 @@ class PushedEntry:
 
 @dataclass
 class Push:
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lowercased
     entries: list[PushedEntry]
 
 
@@ -98,7 +98,7 @@ class LokiSink:
 
     pushes: list[Push] = field(default_factory=list)
     violations: list[str] = field(default_factory=list)
-    #: Scripted answers, consumed one per push: an int status, "stall", or "reset".
+    #: Scripted answers, consumed one per push: a status, (status, body text), "stall" or "reset".
     script: list[Any] = field(default_factory=list)
     #: Answer given once the script is used up.
     default: Any = 204
@@ -175,6 +175,8 @@ class LokiSink:
             answer = 503
         if request.path != "/loki/api/v1/push":
             return self._reply(request, 404, "404 page not found")
+        if isinstance(answer, tuple):
+            return self._reply(request, answer[0], answer[1])
         if answer != 204 and answer != 200:
             return self._reply(request, int(answer), f"scripted answer {answer}")
         try:
@@ -184,7 +186,7 @@ class LokiSink:
                 self.violations.append(str(exc))
             return self._reply(request, 400, str(exc))
         with self._lock:
-            self.pushes.append(Push(dict(request.headers), entries))
+            self.pushes.append(Push({k.lower(): v for k, v in request.headers.items()}, entries))
             self._lock.notify_all()
         self._reply(request, answer, "")
 

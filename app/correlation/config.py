@@ -83,6 +83,9 @@ class LokiSettings:
     flush_timeout_seconds: float = 10.0
     #: Give up a batch after retrying this long (Loki rejects entries over 1 h behind).
     max_retry_seconds: float = 300.0
+    #: Jittered exponential backoff between retries: first pause, and the cap (Promtail: 0.5 s).
+    backoff_min_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
 
     @property
     def push_url(self) -> str:
@@ -128,6 +131,12 @@ class LokiSettings:
                 env, "LOKI_FLUSH_TIMEOUT_SECONDS", cls.flush_timeout_seconds, _positive(float), "seconds > 0"
             ),
             max_retry_seconds=_parse(env, "LOKI_MAX_RETRY_SECONDS", cls.max_retry_seconds, _positive(float), "seconds > 0"),
+            backoff_min_seconds=_parse(
+                env, "LOKI_BACKOFF_MIN_SECONDS", cls.backoff_min_seconds, _positive(float), "seconds > 0"
+            ),
+            backoff_max_seconds=_parse(
+                env, "LOKI_BACKOFF_MAX_SECONDS", cls.backoff_max_seconds, _positive(float), "seconds > 0"
+            ),
         )
 
     def auth_headers(self) -> dict[str, str]:

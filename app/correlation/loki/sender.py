@@ -2,7 +2,8 @@
 
 - 2xx: delivered.
 - 429, 5xx, connection errors, timeouts: retried with jittered exponential backoff
-  (0.5 s doubling, capped at 30 s) for up to ``max_retry_seconds``, then dropped and counted.
+  (0.5 s doubling, capped at 30 s by default) for up to ``max_retry_seconds``, then dropped and
+  counted.
 - 413, or Loki's 500 "received message larger than max": no retry can cure it; the batch is
   split in two and each half sent on its own.
 - other 4xx: never retried; counted as ``rejected``; Loki's first line of explanation goes to stderr.
@@ -27,8 +28,6 @@ from correlation.loki.buffer import Entry, LineBuffer
 from correlation.loki.push import CONTENT_HEADERS, push_body
 from correlation.loki.stats import ShipperStats
 
-BACKOFF_MIN_SECONDS = 0.5
-BACKOFF_MAX_SECONDS = 30.0
 _REPORT_EVERY_SECONDS = 60.0
 _TOO_LARGE = re.compile(r"larger than max|too large", re.IGNORECASE)
 _IGNORED = re.compile(r"total ignored: (\d+) out of (\d+)")
@@ -91,7 +90,7 @@ class Sender:
         while parts:
             part = parts.pop()
             started = time.monotonic()
-            delay = BACKOFF_MIN_SECONDS
+            delay = self.settings.backoff_min_seconds
             while True:
                 outcome, reason, detail = self._push(part)
                 if outcome == _Outcome.SENT:
@@ -127,7 +126,7 @@ class Sender:
                     time.sleep(min(pause, max(0.0, self._deadline - now)))
                 else:
                     self._stopping.wait(pause)  # a stop cuts the pause short
-                delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+                delay = min(delay * 2, self.settings.backoff_max_seconds)
 
     def _push(self, entries: list[Entry]) -> tuple[int, str, str]:
         timeout = self.settings.timeout_seconds

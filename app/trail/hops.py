@@ -1,0 +1,287 @@
+"""Rebuild one request's hop tree from its log lines alone (docs/CONTRACT.md, "Log lines").
+
+Every line carries ``request_id`` (the hop) and ``parent_request_id`` (the hop that called it,
+null at the edge). Each hop writes one access line (logger ``correlation.access``) when its
+response is done, so that line's time is the hop's END; its start is that time minus
+``duration_ms``. A hop with lines but no access line yet is *open* (still running, crashed, or its
+access line is outside the window); a hop whose parent is not among the hops is an *orphan*
+(the parent's lines are missing). Lines that are not JSON or name no hop go to the unknown hop.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Iterator
+
+ACCESS_LOGGER = "correlation.access"
+ERROR_LEVELS = frozenset({"ERROR", "CRITICAL"})
+UNKNOWN_HOP = "unknown"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+#: What the trail is built from: (Loki timestamp in ns, line, ``service_name`` label or None).
+RawLine = tuple[int, str, "str | None"]
+
+
+def _text(value: Any) -> str | None:
+    """A field as text: lines are untrusted, so a number or object where a string belongs is
+    shown as JSON rather than crashing or being mistaken for a real value."""
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number else None  # NaN is not a number we can show
+
+
+def parse_time_ns(value: Any) -> int | None:
+    """Unix ns of an RFC 3339 time such as ``2024-07-16T10:20:30.123456Z``, or None."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)  # the contract writes UTC
+    # Integer arithmetic: a float timestamp would lose the microseconds.
+    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
+
+
+@dataclass
+class LogLine:
+    """One log line: the JSON object when it parses, the raw text always."""
+
+    ts_ns: int
+    raw: str
+    fields: dict[str, Any] | None = None
+    label_service: str | None = None
+
+    def get(self, name: str) -> str | None:
+        return _text(self.fields.get(name)) if self.fields else None
+
+    @property
+    def level(self) -> str:
+        return (self.get("level") or "").upper()
+
+    @property
+    def service(self) -> str | None:
+        return self.get("service") or self.label_service
+
+    @property
+    def is_access(self) -> bool:
+        return self.get("logger") == ACCESS_LOGGER
+
+    @property
+    def is_error(self) -> bool:
+        return self.level in ERROR_LEVELS
+
+
+def parse_line(ts_ns: int, raw: str, label_service: str | None = None) -> LogLine:
+    """Parse one line; its own ``time`` wins over Loki's timestamp when it is readable."""
+    try:
+        fields = json.loads(raw)
+    except ValueError:
+        fields = None
+    if not isinstance(fields, dict):
+        return LogLine(ts_ns, raw, None, label_service)
+    return LogLine(parse_time_ns(fields.get("time")) or ts_ns, raw, fields, label_service)
+
+
+@dataclass(eq=False)  # hops are identities, compared with `is`
+class Hop:
+    """One service's handling of the request, with the lines it wrote."""
+
+    request_id: str
+    lines: list[LogLine] = field(default_factory=list)
+    children: list["Hop"] = field(default_factory=list)
+    #: Set when the parent is not among the hops (or the parent links form a loop).
+    orphan: bool = False
+    depth: int = 0
+
+    @cached_property
+    def access(self) -> LogLine | None:
+        """The first access line; read only once the hop's lines are all in (it is cached)."""
+        return next((line for line in self.lines if line.is_access), None)
+
+    @property
+    def open(self) -> bool:
+        """No access line: the hop never finished, or its end is outside the window."""
+        return self.access is None
+
+    def _field(self, name: str) -> str | None:
+        access = self.access
+        if access is not None and access.get(name) is not None:
+            return access.get(name)
+        return next((line.get(name) for line in self.lines if line.get(name) is not None), None)
+
+    @property
+    def parent_request_id(self) -> str | None:
+        return self._field("parent_request_id")
+
+    @property
+    def service(self) -> str | None:
+        return self._field("service") or next((line.service for line in self.lines if line.service), None)
+
+    @property
+    def method(self) -> str | None:
+        return self.access.get("method") if self.access else None
+
+    @property
+    def route(self) -> str | None:
+        return self.access.get("route") if self.access else None
+
+    @property
+    def path(self) -> str | None:
+        return self.access.get("path") if self.access else None
+
+    @property
+    def caller(self) -> str | None:
+        return self.access.get("caller") if self.access else None
+
+    @property
+    def status(self) -> int | None:
+        value = _number(self.access.fields.get("status")) if self.access and self.access.fields else None
+        return None if value is None else int(value)
+
+    @property
+    def duration_ms(self) -> float | None:
+        return _number(self.access.fields.get("duration_ms")) if self.access and self.access.fields else None
+
+    @property
+    def end_ns(self) -> int | None:
+        return self.access.ts_ns if self.access else None
+
+    @property
+    def start_ns(self) -> int:
+        """The access line's time minus the duration; for an open hop its first line."""
+        if self.end_ns is not None and self.duration_ms is not None:
+            return self.end_ns - int(self.duration_ms * 1_000_000)
+        return min(line.ts_ns for line in self.lines)
+
+    @property
+    def failed(self) -> bool:
+        return self.status is not None and self.status >= 500
+
+    @property
+    def has_error_lines(self) -> bool:
+        return any(line.is_error for line in self.lines)
+
+
+@dataclass
+class Trail:
+    """The hop tree of one correlation ID."""
+
+    correlation_id: str
+    hops: dict[str, Hop]
+    #: Edge hops and orphans, by start time; children hang below them.
+    roots: list[Hop]
+    #: Lines that are not JSON or name no hop ("the unknown hop"), in time order.
+    unknown: list[LogLine]
+
+    @property
+    def start_ns(self) -> int | None:
+        """The earliest moment of the request; hop offsets are counted from here."""
+        starts = [hop.start_ns for hop in self.hops.values()] or [line.ts_ns for line in self.unknown]
+        return min(starts) if starts else None
+
+    @property
+    def line_count(self) -> int:
+        return sum(len(hop.lines) for hop in self.hops.values()) + len(self.unknown)
+
+    def walk(self) -> Iterator[Hop]:
+        """Hops parent before children, siblings by start time (each hop's ``depth`` is set)."""
+        stack = list(reversed(self.roots))
+        while stack:
+            hop = stack.pop()
+            yield hop
+            stack.extend(reversed(hop.children))
+
+    def problems(self) -> list[str]:
+        """Why the trail looks incomplete (empty when it does not)."""
+        found = []
+        for hop in self.walk():
+            who = f"{hop.service or '?'} [{hop.request_id}]"
+            if hop.orphan:
+                found.append(f"{who} has no parent {hop.parent_request_id} in the logs")
+            if hop.open:
+                found.append(f"{who} has no access line (open)")
+        return found
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems()
+
+
+def build_trail(correlation_id: str, raw_lines: Iterable[RawLine]) -> Trail:
+    """Group lines by ``request_id``, link hops through ``parent_request_id``, order everything."""
+    hops: dict[str, Hop] = {}
+    unknown: list[LogLine] = []
+    for ts_ns, raw, label_service in raw_lines:
+        line = parse_line(ts_ns, raw, label_service)
+        request_id = line.get("request_id")
+        if request_id is None:
+            unknown.append(line)
+        else:
+            hops.setdefault(request_id, Hop(request_id)).lines.append(line)
+    for hop in hops.values():
+        hop.lines.sort(key=lambda line: line.ts_ns)  # stable: Loki's order breaks ties
+    unknown.sort(key=lambda line: line.ts_ns)
+
+    roots: list[Hop] = []
+    for hop in hops.values():
+        parent = hop.parent_request_id
+        if parent is None:
+            roots.append(hop)
+        elif parent in hops and parent != hop.request_id:
+            hops[parent].children.append(hop)
+        else:
+            hop.orphan = True
+            roots.append(hop)
+    _break_loops(hops, roots)
+    for hop in hops.values():
+        hop.children.sort(key=lambda h: h.start_ns)
+    roots.sort(key=lambda h: h.start_ns)
+    trail = Trail(correlation_id, hops, roots, unknown)
+    _set_depths(trail.roots)
+    return trail
+
+
+def _break_loops(hops: dict[str, Hop], roots: list[Hop]) -> None:
+    """Hostile or corrupt lines can make parents form a loop that no root reaches; show such
+    hops as orphans instead of silently dropping them."""
+    reached: set[str] = set()
+
+    def mark(hop: Hop) -> None:
+        stack = [hop]
+        while stack:
+            current = stack.pop()
+            if current.request_id not in reached:
+                reached.add(current.request_id)
+                stack.extend(current.children)
+
+    for root in roots:
+        mark(root)
+    for hop in sorted(hops.values(), key=lambda h: h.start_ns):
+        if hop.request_id not in reached:
+            parent = hops.get(hop.parent_request_id or "")
+            if parent is not None and hop in parent.children:
+                parent.children.remove(hop)
+            hop.orphan = True
+            roots.append(hop)
+            mark(hop)
+
+
+def _set_depths(roots: list[Hop]) -> None:
+    stack = [(hop, 0) for hop in roots]
+    while stack:
+        hop, depth = stack.pop()
+        hop.depth = depth
+        stack.extend((child, depth + 1) for child in hop.children)

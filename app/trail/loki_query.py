@@ -1,0 +1,197 @@
+"""A small client for Loki's ``query_range`` API that never returns a silently truncated result.
+
+Loki answers at most ``limit`` entries per request (the oldest ones with ``direction=forward``),
+merged across all streams. :meth:`LokiQueryClient.query_all` pages through a window the way
+logcli does: when a page comes back full, ask again from the last timestamp seen, and drop the
+entries at that boundary timestamp that were already collected. Loki's ``start`` is inclusive
+and ``end`` exclusive, so nothing between the pages is lost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+
+from correlation.config import LokiSettings
+
+QUERY_RANGE_PATH = "/loki/api/v1/query_range"
+#: Loki's default ``max_entries_limit_per_query``; larger limits are refused with a 400.
+MAX_LIMIT = 5000
+DEFAULT_PAGE_SIZE = 1000
+#: Ask Loki to return stream labels and structured metadata separately (optional; both response
+#: shapes are parsed).
+CATEGORIZE_HEADER = {"X-Loki-Response-Encoding-Flags": "categorize-labels"}
+
+
+class LokiQueryError(Exception):
+    """Loki could not be reached or answered an error. ``url`` never carries credentials."""
+
+    def __init__(self, url: str, message: str, status: int | None = None) -> None:
+        self.url = url
+        self.message = message
+        self.status = status
+        where = f"{url} answered {status}" if status is not None else url
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One log entry as Loki returned it."""
+
+    ts_ns: int
+    line: str
+    #: The result's ``stream`` object: labels, and in the plain shape also structured metadata.
+    labels: dict[str, str] = field(default_factory=dict)
+    #: Structured metadata and parsed labels, filled only by the categorized response shape.
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Identity used to recognise an entry seen on a previous page."""
+        return (self.ts_ns, self.line, tuple(sorted(self.labels.items())), tuple(sorted(self.metadata.items())))
+
+    def label(self, name: str) -> str | None:
+        """A label or structured-metadata value, whichever response shape Loki used."""
+        return self.metadata.get(name, self.labels.get(name))
+
+
+def display_url(url: str) -> str:
+    """``url`` without any ``user:password@`` part, safe to print."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def parse_response(payload: Any) -> list[Entry]:
+    """Turn a ``query_range`` streams answer into entries sorted by time (stable across streams).
+
+    Accepts the plain shape (``[ts, line]``) and the categorized one
+    (``[ts, line, {"structuredMetadata": {...}, "parsed": {...}}]``). Raises ValueError when the
+    payload is not a successful streams result.
+    """
+    if not isinstance(payload, dict) or payload.get("status") != "success":
+        raise ValueError(f"unexpected answer: {str(payload)[:200]}")
+    data = payload.get("data") or {}
+    if data.get("resultType") != "streams":
+        raise ValueError(f"expected resultType 'streams', got {data.get('resultType')!r}")
+    entries: list[Entry] = []
+    for result in data.get("result") or []:
+        labels = {str(k): str(v) for k, v in (result.get("stream") or {}).items()}
+        for value in result.get("values") or []:
+            metadata: dict[str, str] = {}
+            if len(value) > 2 and isinstance(value[2], dict):
+                extra = value[2]
+                # Categorized entries group metadata; a flat object is read as metadata itself.
+                groups = [extra.get("structuredMetadata"), extra.get("parsed")]
+                if not any(isinstance(g, dict) for g in groups):
+                    groups = [extra]
+                for group in groups:
+                    if isinstance(group, dict):
+                        metadata.update({str(k): str(v) for k, v in group.items()})
+            entries.append(Entry(int(value[0]), str(value[1]), labels, metadata))
+    entries.sort(key=lambda e: e.ts_ns)
+    return entries
+
+
+class LokiQueryClient:
+    """Runs LogQL log queries against one Loki, with the shipper's tenant, auth and TLS settings."""
+
+    def __init__(
+        self,
+        settings: LokiSettings,
+        *,
+        categorize_labels: bool = False,
+        session: requests.Session | None = None,
+    ) -> None:
+        if not settings.url:
+            raise ValueError("LOKI_URL is not set")
+        self.settings = settings
+        self.url = settings.url.rstrip("/") + QUERY_RANGE_PATH
+        self.session = session or requests.Session()
+        self.session.headers.update(settings.auth_headers())
+        if categorize_labels:
+            self.session.headers.update(CATEGORIZE_HEADER)
+        self.session.auth = settings.basic_auth
+        self.session.verify = settings.tls_verify
+
+    def query_range(
+        self, query: str, start_ns: int, end_ns: int, *, limit: int, direction: str = "forward"
+    ) -> list[Entry]:
+        """One request: at most ``limit`` entries in ``[start_ns, end_ns)``, sorted by time."""
+        params = {"query": query, "start": str(start_ns), "end": str(end_ns), "limit": str(limit),
+                  "direction": direction}
+        shown = display_url(self.url)
+        try:
+            response = self.session.get(self.url, params=params, timeout=self.settings.timeout_seconds)
+        except requests.RequestException as exc:
+            raise LokiQueryError(shown, f"cannot reach Loki: {exc}") from None
+        if response.status_code != 200:
+            raise LokiQueryError(shown, _error_message(response), response.status_code)
+        try:
+            entries = parse_response(response.json())
+        except ValueError as exc:  # includes JSONDecodeError
+            raise LokiQueryError(shown, f"unreadable answer: {exc}", response.status_code) from None
+        # Newest first for backward queries, as Loki means it.
+        return entries[::-1] if direction == "backward" else entries
+
+    def query_all(self, query: str, start_ns: int, end_ns: int, *, page_size: int = DEFAULT_PAGE_SIZE) -> list[Entry]:
+        """Every entry in ``[start_ns, end_ns)``, oldest first, paging through Loki's limit.
+
+        If more entries than a page holds share one timestamp, the page size is doubled (up to
+        Loki's default maximum) rather than skipping them; past that a LokiQueryError is raised.
+        """
+        limit = min(page_size, MAX_LIMIT)
+        collected: list[Entry] = []
+        start = start_ns
+        while True:
+            page = self.query_range(query, start, end_ns, limit=limit)
+            seen = _keys_at(collected, start)
+            for entry in page:
+                # Entries at the boundary timestamp were (partly) on the previous page.
+                if entry.ts_ns == start and seen[entry.key] > 0:
+                    seen[entry.key] -= 1
+                    continue
+                collected.append(entry)
+            if len(page) < limit:
+                return collected  # Loki had no more in the window.
+            last = page[-1].ts_ns
+            if last > start:
+                start = last
+            elif limit < MAX_LIMIT:
+                limit = min(limit * 2, MAX_LIMIT)  # a full page at one timestamp: ask for more at once
+            else:
+                raise LokiQueryError(
+                    display_url(self.url),
+                    f"more than {MAX_LIMIT} entries share timestamp {start}; cannot page past them",
+                )
+
+
+def _keys_at(entries: list[Entry], ts_ns: int) -> Counter[tuple[Any, ...]]:
+    """Keys (with multiplicity) of the collected entries at ``ts_ns``: they sit at the end."""
+    keys: Counter[tuple[Any, ...]] = Counter()
+    for entry in reversed(entries):
+        if entry.ts_ns != ts_ns:
+            break
+        keys[entry.key] += 1
+    return keys
+
+
+def _error_message(response: requests.Response) -> str:
+    """Loki's own words: its error bodies are plain text, some proxies answer JSON."""
+    text = response.text.strip()
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:500] or response.reason or "no message"
+    if isinstance(body, dict):
+        for key in ("error", "message"):
+            if isinstance(body.get(key), str):
+                return body[key][:500]
+    return text[:500]
+

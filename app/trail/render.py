@@ -1,0 +1,189 @@
+"""Show a :class:`~trail.hops.Trail` as a text tree for people or as JSON for scripts.
+
+Log lines are untrusted input: control characters are escaped in text output so a hostile line
+cannot move the cursor or recolour the terminal. Colour is only ever added by us, and only when
+the caller says the output is a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from trail.hops import UNKNOWN_HOP, Hop, LogLine, Trail
+
+#: Version of the ``--json`` document; bump it when a key changes meaning or disappears.
+JSON_SCHEMA_VERSION = 1
+
+RED = "\x1b[31m"
+BOLD_RED = "\x1b[1;31m"
+YELLOW = "\x1b[33m"
+BOLD = "\x1b[1m"
+RESET = "\x1b[0m"
+
+# Keys every line has (docs/CONTRACT.md); anything else is shown as key=value after the message.
+_STANDARD_KEYS = frozenset(
+    {"time", "level", "logger", "message", "service", "correlation_id", "request_id",
+     "parent_request_id", "exception", "method", "route", "path", "status", "duration_ms", "caller"}
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clean(text: str) -> str:
+    """Escape control characters (ANSI escapes, newlines, ...) of untrusted text."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def format_time(ts_ns: int, *, date: bool = True) -> str:
+    """RFC 3339 UTC with microseconds (``date=False``: time of day only)."""
+    moment = datetime.fromtimestamp(ts_ns // 1_000_000_000, tz=timezone.utc)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S" if date else "%H:%M:%S")
+    return f"{text}.{ts_ns // 1000 % 1_000_000:06d}" + ("Z" if date else "")
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f} ms"
+
+
+class _Painter:
+    def __init__(self, color: bool) -> None:
+        self.color = color
+
+    def __call__(self, text: str, style: str) -> str:
+        return f"{style}{text}{RESET}" if self.color and style else text
+
+
+def _route(hop: Hop) -> str:
+    if hop.open:
+        return "-"
+    return clean(" ".join(part for part in (hop.method, hop.route) if part) or "-")
+
+
+def _notes(hop: Hop) -> str:
+    notes = []
+    if hop.open:
+        notes.append("open: no access line")
+    if hop.orphan:
+        notes.append(f"orphan: parent {clean(hop.parent_request_id or '?')} not in the logs")
+    return "; ".join(notes)
+
+
+def render_text(trail: Trail, *, window: tuple[int, int] | None = None, color: bool = False) -> str:
+    """The hop tree (children indented under parents), then each hop's lines in time order."""
+    paint = _Painter(color)
+    t0 = trail.start_ns or 0
+    hops = list(trail.walk())
+    out = [
+        paint(f"Trail {trail.correlation_id}: {len(hops)} hops, {trail.line_count} lines, "
+              f"started {format_time(t0)}", BOLD)
+    ]
+    if window:
+        out.append(f"Loki window {format_time(window[0])} .. {format_time(window[1])}")
+    out.append("")
+
+    rows = [("HOP", "ROUTE", "STATUS", "DURATION", "START", "REQUEST_ID", "")]
+    styles = [""]
+    for hop in hops:
+        rows.append((
+            "  " * hop.depth + clean(hop.service or "?"),
+            _route(hop),
+            "open" if hop.open else str(hop.status if hop.status is not None else "?"),
+            _ms(hop.duration_ms) if hop.duration_ms is not None else "-",
+            "+" + _ms((hop.start_ns - t0) / 1e6),
+            clean(hop.request_id),
+            _notes(hop),
+        ))
+        styles.append(BOLD_RED if hop.failed else YELLOW if (hop.open or hop.orphan) else "")
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    for row, style in zip(rows, styles):
+        text = "  ".join((
+            row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]),
+            row[3].rjust(widths[3]), row[4].rjust(widths[4]), row[5].ljust(widths[5]), row[6],
+        )).rstrip()
+        out.append(paint(text, style))
+
+    for hop in hops:
+        out.append("")
+        title = f"== {clean(hop.service or '?')} {'(open)' if hop.open else _route(hop)} [{clean(hop.request_id)}]"
+        out.append(paint(title, BOLD_RED if hop.failed else BOLD))
+        out.extend(_render_line(line, paint) for line in hop.lines)
+    if trail.unknown:
+        out.append("")
+        out.append(paint(f"== {UNKNOWN_HOP} hop (lines that are not JSON or name no request_id)", YELLOW))
+        out.extend(_render_line(line, paint) for line in trail.unknown)
+    return "\n".join(out) + "\n"
+
+
+def _render_line(line: LogLine, paint: _Painter) -> str:
+    when = format_time(line.ts_ns, date=False)
+    if line.fields is None:
+        service = f"[{clean(line.service)}] " if line.service else ""
+        return f"  {when} {service}{clean(line.raw)}"
+    extras = "".join(
+        f" {clean(str(key))}={clean(json.dumps(value) if not isinstance(value, str) else value)}"
+        for key, value in line.fields.items()
+        if key not in _STANDARD_KEYS
+    )
+    logger, message = clean(line.get("logger") or "-"), clean(line.get("message") or "")
+    text = f"  {when} {clean(line.level or '-'):<8} {logger}: {message}{extras}"
+    exception = line.get("exception")
+    if exception:
+        # Tracebacks keep their shape: one indented row per line, each escaped on its own.
+        text += "".join(f"\n      {clean(row)}" for row in exception.splitlines())
+    return paint(text, RED if line.is_error else "")
+
+
+def trail_to_dict(trail: Trail) -> dict[str, Any]:
+    """The ``--json`` document minus query details: hops flat in tree order, linked by id."""
+    t0 = trail.start_ns or 0
+    return {
+        "correlation_id": trail.correlation_id,
+        "start": format_time(t0) if trail.start_ns is not None else None,
+        "complete": trail.complete,
+        "problems": trail.problems(),
+        "roots": [hop.request_id for hop in trail.roots],
+        "hops": [_hop_to_dict(hop, t0) for hop in trail.walk()],
+        "unknown_lines": [_line_to_dict(line) for line in trail.unknown],
+    }
+
+
+def render_json(trail: Trail, **context: Any) -> str:
+    """``trail_to_dict`` plus whatever the caller adds (window, query, widened), as JSON."""
+    document = {"schema_version": JSON_SCHEMA_VERSION, **context, **trail_to_dict(trail)}
+    return json.dumps(document, indent=2) + "\n"
+
+
+def _hop_to_dict(hop: Hop, t0: int) -> dict[str, Any]:
+    return {
+        "request_id": hop.request_id,
+        "parent_request_id": hop.parent_request_id,
+        "depth": hop.depth,
+        "children": [child.request_id for child in hop.children],
+        "service": hop.service,
+        "method": hop.method,
+        "route": hop.route,
+        "path": hop.path,
+        "caller": hop.caller,
+        "status": hop.status,
+        "duration_ms": hop.duration_ms,
+        "start": format_time(hop.start_ns),
+        "start_offset_ms": round((hop.start_ns - t0) / 1e6, 3),
+        "open": hop.open,
+        "orphan": hop.orphan,
+        "error": hop.failed or hop.has_error_lines,
+        "lines": [_line_to_dict(line) for line in hop.lines],
+    }
+
+
+def _line_to_dict(line: LogLine) -> dict[str, Any]:
+    return {
+        "time": format_time(line.ts_ns),
+        "level": line.level or None,
+        "logger": line.get("logger"),
+        "message": line.get("message"),
+        "error": line.is_error,
+        "fields": line.fields,
+        "raw": None if line.fields is not None else line.raw,
+    }

@@ -1,0 +1,165 @@
+"""The Flask edge: where the ID comes from, what is refused, what is echoed, logged and measured."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from itertools import count
+from typing import Iterator
+
+import flask
+import pytest
+
+from correlation import context, ids, metrics
+from correlation.config import Settings
+from correlation.flask import Correlation
+from correlation.logs import ACCESS_LOGGER, CorrelationFilter, JsonFormatter
+
+_names = count()
+
+
+class App:
+    """A small Flask app wired with the extension, and the JSON lines it logged."""
+
+    def __init__(self, header: str) -> None:
+        self.service = f"edge{next(_names)}"
+        self.header = header
+        self.app = flask.Flask(self.service)
+        self.app.config["PROPAGATE_EXCEPTIONS"] = False
+        self.hops: list[context.Hop] = []
+
+        @self.app.route("/items/<int:item>", methods=["GET", "POST"])
+        def item(item: int) -> str:
+            self.hops.append(context.current())
+            logging.getLogger("view").info("item %d", item)
+            return "ok"
+
+        @self.app.get("/boom")
+        def boom() -> str:
+            raise RuntimeError("unhandled")
+
+        @self.app.get("/healthz")
+        def healthz() -> str:
+            return "ok"
+
+        Correlation(self.app, Settings(service=self.service, header=header), propagate_requests=False)
+        self.client = self.app.test_client()
+        self.stream = io.StringIO()
+        self.handler = logging.StreamHandler(self.stream)
+        self.handler.addFilter(CorrelationFilter(self.service))
+        self.handler.setFormatter(JsonFormatter())
+
+    def lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.stream.getvalue().splitlines()]
+
+    def access(self) -> list[dict]:
+        return [line for line in self.lines() if line["logger"] == ACCESS_LOGGER]
+
+
+@pytest.fixture(params=["X-Correlation-ID", "X-Trace-Token"])
+def edge(request: pytest.FixtureRequest) -> Iterator[App]:
+    app = App(request.param)
+    root = logging.getLogger()
+    root.addHandler(app.handler)
+    old_level, root.level = root.level, logging.INFO
+    yield app
+    root.removeHandler(app.handler)
+    root.level = old_level
+
+
+def _environ_key(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+def test_a_fresh_id_when_none_is_given(edge: App) -> None:
+    response = edge.client.get("/items/1")
+    cid = response.headers[edge.header]
+    assert ids.time_of(cid) is not None
+    (hop,) = edge.hops
+    assert hop.correlation_id == cid and hop.parent_request_id is None and len(hop.request_id) == 16
+
+
+def test_sources_in_order_header_then_x_request_id_then_traceparent(edge: App) -> None:
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    assert edge.client.get("/items/1", headers={edge.header: "primary", "X-Request-ID": "second", "traceparent": tp}).headers[edge.header] == "primary"
+    assert edge.client.get("/items/1", headers={"X-Request-ID": "second", "traceparent": tp}).headers[edge.header] == "second"
+    assert edge.client.get("/items/1", headers={"traceparent": tp}).headers[edge.header] == "0af7651916cd43dd8448eb211c80319c"
+    assert edge.hops[-1].parent_request_id == "b7ad6b7169203331", "the traceparent's parent-id is the parent hop"
+
+
+def test_parent_and_caller_come_from_the_calling_hop(edge: App) -> None:
+    edge.client.get("/items/7", headers={edge.header: "cid-1", "X-Parent-Request-ID": "0123456789abcdef", "X-Caller-Service": "gateway"})
+    assert edge.hops[-1] .parent_request_id == "0123456789abcdef"
+    (access,) = edge.access()
+    assert access["caller"] == "gateway" and access["parent_request_id"] == "0123456789abcdef"
+
+
+HOSTILE = ["a\r\nSet-Cookie: x=1", "x" * 10_000, "caf\u00e9", 'q"uote', "\x1b[2J\x1b[31m", "{}", "", "a b", "\x00"]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE, ids=lambda v: repr(v)[:20])
+def test_hostile_ids_are_replaced_logged_safely_and_counted(edge: App, hostile: str) -> None:
+    reason = ids.rejection_reason(hostile)
+    before = metrics.REJECTED_IDS.labels(edge.service, reason)._value.get()  # noqa: SLF001
+    response = edge.client.get("/items/1", environ_base={_environ_key(edge.header): hostile})
+    assert response.status_code == 200
+    echoed = response.headers[edge.header]
+    assert echoed != hostile and ids.time_of(echoed) is not None
+    assert metrics.REJECTED_IDS.labels(edge.service, reason)._value.get() == before + 1  # noqa: SLF001
+    (warning,) = [line for line in edge.lines() if line["logger"] == "correlation.edge"]
+    assert warning["level"] == "WARNING" and warning["correlation_id"] == echoed
+    assert len(warning["message"]) < 250 and not any(c in warning["message"] for c in "\r\n\x1b\x00")
+
+
+def test_hostile_parent_ids_and_traceparents_are_ignored(edge: App) -> None:
+    response = edge.client.get("/items/1", environ_base={"HTTP_X_PARENT_REQUEST_ID": "\x1b]0;x", "HTTP_TRACEPARENT": "garbage"})
+    assert response.status_code == 200 and edge.hops[-1].parent_request_id is None
+    response = edge.client.get("/items/1", environ_base={"HTTP_TRACEPARENT": "00-zz-yy-01"})
+    assert ids.time_of(response.headers[edge.header]) is not None
+
+
+@pytest.mark.parametrize("path, status", [("/items/1", 200), ("/nowhere", 404), ("/boom", 500), ("/items/x", 404)])
+def test_every_answer_echoes_the_id(edge: App, path: str, status: int) -> None:
+    response = edge.client.get(path, headers={edge.header: "echo-1"})
+    assert response.status_code == status and response.headers[edge.header] == "echo-1"
+
+
+def test_a_view_cannot_echo_a_second_id(edge: App) -> None:
+    @edge.app.get("/spoof")
+    def spoof() -> flask.Response:
+        return flask.Response("x", headers={edge.header: "spoofed"})
+
+    response = edge.client.get("/spoof", headers={edge.header: "real"})
+    assert response.headers.getlist(edge.header) == ["real"]
+
+
+def test_one_access_line_per_request_with_route_status_duration(edge: App) -> None:
+    edge.client.post("/items/42?x=1", headers={edge.header: "acc-1"})
+    edge.client.get("/boom", headers={edge.header: "acc-2"})
+    ok, failed = edge.access()
+    assert ok["route"] == "/items/<int:item>" and ok["path"] == "/items/42" and ok["method"] == "POST"
+    assert ok["status"] == 200 and ok["duration_ms"] > 0 and ok["level"] == "INFO" and ok["correlation_id"] == "acc-1"
+    assert failed["status"] == 500 and failed["level"] == "ERROR"
+    exception = [line for line in edge.lines() if "exception" in line]
+    assert exception and exception[0]["correlation_id"] == "acc-2", "the traceback carries the request's ID"
+
+
+def test_quiet_paths_keep_the_id_but_log_and_measure_nothing(edge: App) -> None:
+    response = edge.client.get("/healthz", headers={edge.header: "quiet"})
+    assert response.headers[edge.header] == "quiet"
+    assert edge.access() == []
+
+
+def test_red_metrics_with_exemplars_and_last_failure(edge: App) -> None:
+    edge.client.get("/items/1", headers={edge.header: "ok-1"})
+    edge.client.get("/boom", headers={edge.header: "fail-1"})
+    edge.client.get("/boom", headers={edge.header: "fail-2"})
+    text = edge.client.get("/metrics", headers={"Accept": "application/openmetrics-text"}).get_data(as_text=True)
+    mine = [line for line in text.splitlines() if f'service="{edge.service}"' in line]
+    assert any(line.startswith("http_server_request_duration_seconds_bucket") and '# {correlation_id="ok-1"}' in line for line in mine)
+    errors = [line for line in mine if line.startswith("http_server_errors_total")]
+    assert errors and '# {correlation_id="fail-2"}' in errors[0] and " 2.0 #" in errors[0]
+    last = [line for line in mine if line.startswith("correlation_last_failed_request{")]
+    assert len(last) == 1 and 'correlation_id="fail-2"' in last[0] and 'route="/boom"' in last[0]
+    assert f'http_server_requests_in_flight{{service="{edge.service}"}} 0.0' in text

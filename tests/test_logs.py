@@ -1,0 +1,95 @@
+"""Log records: the filter copies the hop, the formatter writes one JSON object per line."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from correlation import context
+from correlation.config import LokiSettings, Settings
+from correlation.logs import CorrelationFilter, JsonFormatter, setup_logging
+from correlation.loki import LokiHandler
+
+
+def _format(record: logging.LogRecord, service: str = "svc") -> dict:
+    CorrelationFilter(service).filter(record)
+    return json.loads(JsonFormatter().format(record))
+
+
+def _record(msg: str = "hello %s", args: tuple = ("there",), **extra: object) -> logging.LogRecord:
+    record = logging.makeLogRecord({"name": "demo.x", "levelno": logging.INFO, "levelname": "INFO", "msg": msg, "args": args})
+    record.__dict__.update(extra)
+    return record
+
+
+def test_fields_inside_a_request() -> None:
+    hop = context.Hop.start(parent_request_id="parent01")
+    with context.bound(hop):
+        line = _format(_record())
+    assert line["message"] == "hello there" and line["level"] == "INFO" and line["logger"] == "demo.x"
+    assert line["service"] == "svc"
+    assert (line["correlation_id"], line["request_id"], line["parent_request_id"]) == (hop.correlation_id, hop.request_id, "parent01")
+    assert line["time"].endswith("Z") and len(line["time"]) == len("2026-11-25T14:25:20.123456Z")
+
+
+def test_fields_outside_a_request_are_null() -> None:
+    line = _format(_record())
+    assert line["correlation_id"] is None and line["request_id"] is None
+
+
+def test_extras_are_written_and_values_passed_explicitly_win() -> None:
+    with context.bound():
+        line = _format(_record(status=502, duration_ms=1.5, correlation_id="given", service="other"))
+    assert line["status"] == 502 and line["duration_ms"] == 1.5
+    assert line["correlation_id"] == "given" and line["service"] == "other"
+
+
+def test_exception_and_unserialisable_values() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record = _record(exc_info=sys.exc_info(), thing=object())
+    line = _format(record)
+    assert "ValueError: boom" in line["exception"] and "Traceback" in line["exception"]
+    assert line["thing"].startswith("<object object")
+
+
+def test_each_record_is_one_line_even_with_newlines() -> None:
+    text = JsonFormatter().format(_record("a\nb\r\nc", ()))
+    assert "\n" not in text and json.loads(text)["message"] == "a\nb\r\nc"
+
+
+def test_setup_logging_installs_stdout_and_loki_once() -> None:
+    root = logging.getLogger()
+    before = list(root.handlers)
+    stream = io.StringIO()
+    settings = Settings(service="svc", loki=LokiSettings(url="http://127.0.0.1:9"))
+    try:
+        setup_logging(settings, stream=stream)
+        handlers = setup_logging(settings, stream=stream)  # again: replaces, does not add
+        ours = [h for h in root.handlers if h not in before]
+        assert ours == handlers and len(handlers) == 2
+        assert isinstance(handlers[1], LokiHandler) and handlers[1].labels == {"service_name": "svc", "env": "local"}
+        with context.bound() as hop:
+            logging.getLogger("t").warning("to stdout")
+        assert json.loads(stream.getvalue().splitlines()[-1])["correlation_id"] == hop.correlation_id
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+            if isinstance(handler, LokiHandler):
+                handler.buffer.drain()  # nothing listens at that URL: do not wait to flush
+            handler.close()
+
+
+def test_no_loki_handler_without_url() -> None:
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        handlers = setup_logging(Settings(service="svc"), stream=io.StringIO())
+        assert [type(h) for h in handlers] == [logging.StreamHandler]
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)

@@ -1,0 +1,250 @@
+"""The Loki shipper against the push sink: format, batching, retry rules, bounds, close, fork."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Iterator
+
+import pytest
+
+from correlation import context
+from correlation.config import LokiSettings
+from correlation.logs import CorrelationFilter, JsonFormatter
+from correlation.loki import LokiHandler
+from correlation.loki.handler import TRUNCATION_MARK
+from loki_sink import LokiSink
+
+LABELS = {"service_name": "svc", "env": "test"}
+
+
+def make_handler(sink: LokiSink | str, **overrides: object) -> LokiHandler:
+    values = {
+        "url": sink if isinstance(sink, str) else sink.url,
+        "batch_max_wait_seconds": 0.05,
+        "flush_timeout_seconds": 5.0,
+        "backoff_min_seconds": 0.05,
+        **overrides,
+    }
+    handler = LokiHandler(LokiSettings(**values), LABELS)  # type: ignore[arg-type]
+    handler.addFilter(CorrelationFilter("svc"))
+    handler.setFormatter(JsonFormatter())
+    return handler
+
+
+@pytest.fixture
+def logger() -> Iterator[logging.Logger]:
+    log = logging.getLogger(f"test.shipper.{time.monotonic_ns()}")
+    log.propagate = False
+    log.setLevel(logging.DEBUG)
+    yield log
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+
+
+def test_lines_arrive_with_fixed_labels_metadata_and_record_time(loki_sink: LokiSink, logger: logging.Logger) -> None:
+    handler = make_handler(loki_sink)
+    logger.addHandler(handler)
+    hop = context.Hop.start()
+    with context.bound(hop):
+        logger.warning("hello %s", "world")
+    old = logger.makeRecord(logger.name, logging.INFO, __file__, 1, "from the past", (), None)
+    old.created = time.time() - 600
+    logger.handle(old)
+    entries = loki_sink.wait_for(lambda e: len(e) == 2)
+    first, second = sorted(entries, key=lambda e: e.line)[::-1]
+    assert first.labels == LABELS and second.labels == LABELS
+    assert first.metadata == {"correlation_id": hop.correlation_id, "request_id": hop.request_id, "level": "warning"}
+    assert first.json["message"] == "hello world"
+    assert second.metadata == {"level": "info"}, "no empty metadata values outside a request"
+    assert abs(second.timestamp_ns - old.created * 1e9) < 1000, "timestamp is the record's, not send time"
+    push = loki_sink.pushes[0]
+    assert push.headers["content-encoding"] == "gzip"
+
+
+def test_lines_are_batched(loki_sink: LokiSink, logger: logging.Logger) -> None:
+    handler = make_handler(loki_sink, batch_max_wait_seconds=0.5)
+    logger.addHandler(handler)
+    for n in range(500):
+        logger.info("line %d", n)
+    entries = loki_sink.wait_for(lambda e: len(e) == 500)
+    assert len(loki_sink.pushes) <= 3
+    handler.flush(5)
+    assert [e.json["message"] for e in entries] == [f"line {n}" for n in range(500)]
+    assert handler.stats.snapshot().sent_lines == 500
+
+
+def test_auth_and_tenant_headers(loki_sink: LokiSink, logger: logging.Logger) -> None:
+    logger.addHandler(make_handler(loki_sink, tenant="team-a", username="u", password="p"))
+    logger.info("x")
+    loki_sink.wait_for(lambda e: len(e) == 1)
+    headers = loki_sink.pushes[0].headers
+    assert headers["x-scope-orgid"] == "team-a" and headers["authorization"] == "Basic dTpw"
+
+
+def test_emit_never_waits_for_a_stalled_loki(loki_sink: LokiSink, logger: logging.Logger) -> None:
+    loki_sink.script = ["stall"]
+    handler = make_handler(loki_sink, timeout_seconds=30.0)
+    logger.addHandler(handler)
+    started = time.monotonic()
+    for n in range(2000):
+        logger.info("line %d", n)
+    assert time.monotonic() - started < 2.0, "logging must not wait on Loki (the stall lasts 60 s)"
+    loki_sink.release_stalled()  # stalled push answered 503: retried, then everything arrives
+    loki_sink.wait_for(lambda e: len(e) == 2000, timeout=15)
+
+
+@pytest.mark.parametrize(
+    "failure, reason",
+    [(429, "rate_limited"), (500, "server_error"), (503, "server_error"), ("reset", "connection_error")],
+)
+def test_retryable_failures_are_retried_until_delivered(loki_sink: LokiSink, logger: logging.Logger, failure: object, reason: str) -> None:
+    loki_sink.script = [failure, failure]
+    handler = make_handler(loki_sink)
+    logger.addHandler(handler)
+    for n in range(10):
+        logger.info("line %d", n)
+    entries = loki_sink.wait_for(lambda e: len(e) >= 10)
+    assert sorted(e.json["message"] for e in entries) == sorted(f"line {n}" for n in range(10))
+    handler.flush(5)
+    stats = handler.stats.snapshot()
+    assert stats.retries[reason] == 2 and sum(stats.dropped.values()) == 0
+    assert loki_sink.requests == 3
+
+
+def test_connection_refused_is_retried(logger: logging.Logger) -> None:
+    with LokiSink() as sink:
+        dead_url = sink.url
+    handler = make_handler(dead_url, flush_timeout_seconds=0.3)  # nothing listens there now
+    logger.addHandler(handler)
+    logger.info("into the void")
+    logger.removeHandler(handler)
+    deadline = time.monotonic() + 10
+    while handler.stats.snapshot().retries["connection_error"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert handler.stats.snapshot().retries["connection_error"] >= 2
+    handler.close()
+    assert handler.stats.snapshot().dropped["shutdown"] == 1
+
+
+def test_client_errors_are_not_retried_and_are_counted(loki_sink: LokiSink, logger: logging.Logger, capfd: pytest.CaptureFixture[str]) -> None:
+    loki_sink.script = [(400, "entry for stream '{service_name=\"svc\"}' has timestamp too old\ntotal ignored: 3 out of 5")]
+    handler = make_handler(loki_sink, batch_max_wait_seconds=0.3)
+    logger.addHandler(handler)
+    for n in range(5):
+        logger.info("line %d", n)
+    deadline = time.monotonic() + 10
+    while handler.stats.snapshot().dropped["rejected"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    handler.flush(2)
+    stats = handler.stats.snapshot()
+    assert stats.dropped["rejected"] == 3, "Loki ingested the 2 valid entries of the 5"
+    assert sum(stats.retries.values()) == 0 and loki_sink.requests == 1
+    err = capfd.readouterr().err
+    assert "HTTP 400" in err and "timestamp too old" in err and "total ignored" not in err, "first line only"
+
+
+def test_a_push_too_large_for_loki_is_split_not_retried(loki_sink: LokiSink, logger: logging.Logger) -> None:
+    too_large = (500, "rpc error: code = ResourceExhausted desc = grpc: received message larger than max (4803609 vs. 4194304)")
+    loki_sink.script = [too_large]
+    handler = make_handler(loki_sink, batch_max_wait_seconds=0.3)
+    logger.addHandler(handler)
+    for n in range(40):
+        logger.info("line %d", n)
+    entries = loki_sink.wait_for(lambda e: len(e) == 40)
+    assert len(loki_sink.pushes) == 2, "split in two halves"
+    handler.flush(5)
+    assert sorted(e.json["message"] for e in entries) == sorted(f"line {n}" for n in range(40))
+    assert sum(handler.stats.snapshot().retries.values()) == 0
+
+
+def test_memory_bound_drops_are_counted(loki_sink: LokiSink, logger: logging.Logger) -> None:
+    loki_sink.script = ["stall"]
+    handler = make_handler(loki_sink, buffer_max_bytes=20_000, timeout_seconds=30.0)
+    logger.addHandler(handler)
+    for n in range(1000):
+        logger.info("line %d %s", n, "x" * 100)
+    lines, size = handler.buffered()
+    assert size <= 20_000
+    dropped = handler.stats.snapshot().dropped["buffer_full"]
+    assert dropped > 0
+    loki_sink.release_stalled()
+    handler.flush(10)
+    stats = handler.stats.snapshot()
+    assert stats.sent_lines + stats.dropped["buffer_full"] == 1000, "every line is sent or counted"
+
+
+def test_long_lines_are_truncated_and_counted(loki_sink: LokiSink, logger: logging.Logger) -> None:
+    handler = LokiHandler(LokiSettings(url=loki_sink.url, batch_max_wait_seconds=0.05), LABELS, max_line_bytes=1000)
+    handler.addFilter(CorrelationFilter("svc"))
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
+    with context.bound() as hop:
+        logger.info("big %s", "\u00e9" * 5000)
+    (entry,) = loki_sink.wait_for(lambda e: len(e) == 1)
+    assert len(entry.line.encode()) <= 1000 and entry.line.endswith(TRUNCATION_MARK)
+    assert entry.metadata["correlation_id"] == hop.correlation_id, "still in the request's trail"
+    assert handler.stats.snapshot().truncated_lines == 1
+
+
+def test_close_flushes_what_is_buffered(loki_sink: LokiSink, logger: logging.Logger) -> None:
+    handler = make_handler(loki_sink, batch_max_wait_seconds=30.0)
+    logger.addHandler(handler)
+    for n in range(300):
+        logger.info("line %d", n)
+    logger.removeHandler(handler)
+    handler.close()
+    assert len(loki_sink.entries) == 300
+
+
+def test_close_is_bounded_when_loki_is_down_and_counts_the_loss(loki_sink: LokiSink, logger: logging.Logger) -> None:
+    loki_sink.default = 503
+    handler = make_handler(loki_sink, flush_timeout_seconds=1.0)
+    logger.addHandler(handler)
+    for n in range(50):
+        logger.info("line %d", n)
+    logger.removeHandler(handler)
+    started = time.monotonic()
+    handler.close()
+    assert time.monotonic() - started < 3.0
+    stats = handler.stats.snapshot()
+    assert stats.dropped["shutdown"] == 50 and stats.sent_lines == 0
+
+
+def test_the_senders_own_logging_never_reaches_loki(loki_sink: LokiSink) -> None:
+    """urllib3 and friends log in the sender thread; shipping those would feed the loop forever."""
+    root = logging.getLogger()
+    old_level = root.level
+    handler = make_handler(loki_sink)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        logging.getLogger("app").info("one line")
+        loki_sink.wait_for(lambda e: len(e) >= 1)
+        handler.flush(2)
+        time.sleep(0.3)  # let a feedback loop, if any, show itself
+        assert [e.json["logger"] for e in loki_sink.entries] == ["app"]
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_ships_its_own_lines_only(loki_sink: LokiSink, logger: logging.Logger) -> None:
+    handler = make_handler(loki_sink, batch_max_wait_seconds=30.0)
+    logger.addHandler(handler)
+    logger.info("parent before fork")  # buffered in the parent, sender started
+    pid = os.fork()
+    if pid == 0:  # child: log, flush, leave without running the parent's atexit
+        try:
+            logger.info("child line")
+            handler.close()
+        finally:
+            os._exit(0)
+    assert os.waitpid(pid, 0)[1] == 0
+    handler.close()
+    messages = sorted(e.json["message"] for e in loki_sink.entries)
+    assert messages == ["child line", "parent before fork"], "the child neither lost its line nor resent the parent's"

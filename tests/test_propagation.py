@@ -1,0 +1,87 @@
+"""Outgoing `requests` calls carry the hop without the caller passing anything."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
+
+import pytest
+import requests
+
+from correlation import context, propagation, traceparent
+from correlation.metrics import CLIENT_DURATION
+
+
+@pytest.fixture
+def echo_server() -> Iterator[str]:
+    """Answers with the request headers it received, as JSON."""
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    propagation.instrument_requests("caller-svc")
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    propagation.uninstrument_requests()
+    server.shutdown()
+    server.server_close()
+
+
+def test_calls_inside_a_hop_carry_it(echo_server: str) -> None:
+    with context.bound() as hop:
+        seen = requests.get(echo_server, timeout=5).json()
+    assert seen["x-correlation-id"] == hop.correlation_id
+    assert seen["x-parent-request-id"] == hop.request_id
+    assert seen["x-caller-service"] == "caller-svc"
+    assert traceparent.parse(seen["traceparent"]) == (hop.correlation_id, hop.request_id, True)
+
+
+def test_sessions_and_threads_too(echo_server: str) -> None:
+    session = requests.Session()
+    with context.bound() as hop:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            seen = context.submit(pool, lambda: session.get(echo_server, timeout=5).json()).result()
+    assert seen["x-correlation-id"] == hop.correlation_id
+
+
+def test_foreign_ids_travel_without_traceparent(echo_server: str) -> None:
+    with context.bound(context.Hop.start("lb-7f3a.req_0042")):
+        seen = requests.get(echo_server, timeout=5).json()
+    assert seen["x-correlation-id"] == "lb-7f3a.req_0042" and "traceparent" not in seen
+
+
+def test_nothing_is_added_outside_a_request_and_caller_headers_win(echo_server: str) -> None:
+    assert "x-correlation-id" not in requests.get(echo_server, timeout=5).json()
+    with context.bound():
+        seen = requests.get(echo_server, headers={"X-Correlation-ID": "explicit"}, timeout=5).json()
+    assert seen["x-correlation-id"] == "explicit"
+
+
+def test_outgoing_calls_are_measured_per_downstream(echo_server: str) -> None:
+    downstream = echo_server.removeprefix("http://")
+    requests.get(echo_server, timeout=5)
+    count = CLIENT_DURATION.labels("caller-svc", downstream, "GET", "200")._sum  # noqa: SLF001
+    assert count.get() > 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get("http://127.0.0.1:9", timeout=2)
+    assert CLIENT_DURATION.labels("caller-svc", "127.0.0.1:9", "GET", "error")._sum.get() > 0  # noqa: SLF001
+
+
+def test_outgoing_headers_for_other_clients() -> None:
+    assert propagation.outgoing_headers() == {}
+    hop = context.Hop.start()
+    headers = propagation.outgoing_headers(hop, service="s", header="X-Trace")
+    assert headers["X-Trace"] == hop.correlation_id and headers["X-Caller-Service"] == "s"
