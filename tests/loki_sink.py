@@ -46,17 +46,23 @@ class Push:
     entries: list[PushedEntry]
 
 
-def validate_push(body: dict[str, Any], now_ns: int | None = None) -> list[PushedEntry]:
-    """The entries of a push body, or ValueError naming the first way it breaks Loki's format."""
+def validate_push(body: dict[str, Any], now_ns: int | None = None, *, allow_extra_keys: bool = False) -> list[PushedEntry]:
+    """The entries of a push body, or ValueError naming the first way it breaks Loki's format.
+
+    ``allow_extra_keys``: accept unknown keys next to ``streams`` and next to ``stream``/``values``
+    (Loki's JSON decoder ignores them; some third-party clients send them). Off by default.
+    """
     now_ns = now_ns or time.time_ns()
-    if not isinstance(body, dict) or set(body) != {"streams"}:
+    if not isinstance(body, dict) or not (set(body) == {"streams"} or (allow_extra_keys and "streams" in body)):
         raise ValueError(f"top level must be exactly {{'streams': [...]}}, got keys {sorted(body) if isinstance(body, dict) else type(body)}")
     streams = body["streams"]
     if not isinstance(streams, list) or not streams:
         raise ValueError("streams must be a non-empty list (Loki answers 422 otherwise)")
     entries = []
     for stream in streams:
-        if not isinstance(stream, dict) or set(stream) != {"stream", "values"}:
+        if not isinstance(stream, dict) or not (
+            set(stream) == {"stream", "values"} or (allow_extra_keys and {"stream", "values"} <= set(stream))
+        ):
             raise ValueError(f"a stream must have exactly 'stream' and 'values', got {sorted(stream)}")
         labels = stream["stream"]
         if not isinstance(labels, dict) or not labels:
@@ -102,6 +108,9 @@ class LokiSink:
     script: list[Any] = field(default_factory=list)
     #: Answer given once the script is used up.
     default: Any = 204
+    #: Accept unknown keys in the body and stream objects, as Loki does (for third-party clients
+    #: in benchmarks). Off by default: our own shipper must send exactly Loki's documented shape.
+    lenient: bool = False
 
     def __post_init__(self) -> None:
         self._lock = threading.Condition()
@@ -180,7 +189,7 @@ class LokiSink:
         if answer != 204 and answer != 200:
             return self._reply(request, int(answer), f"scripted answer {answer}")
         try:
-            entries = self._decode(request, raw)
+            entries = self._decode(request, raw, self.lenient)
         except ValueError as exc:
             with self._lock:
                 self.violations.append(str(exc))
@@ -191,7 +200,7 @@ class LokiSink:
         self._reply(request, answer, "")
 
     @staticmethod
-    def _decode(request: BaseHTTPRequestHandler, raw: bytes) -> list[PushedEntry]:
+    def _decode(request: BaseHTTPRequestHandler, raw: bytes, lenient: bool = False) -> list[PushedEntry]:
         content_type = request.headers.get("Content-Type", "")
         if content_type.split(";")[0].strip() != "application/json":
             raise ValueError(f"Content-Type {content_type!r}: Loki would read this as snappy protobuf")
@@ -206,7 +215,7 @@ class LokiSink:
             body = json.loads(raw)
         except (OSError, zlib.error, json.JSONDecodeError) as exc:
             raise ValueError(f"undecodable body: {exc}") from None
-        return validate_push(body)
+        return validate_push(body, allow_extra_keys=lenient)
 
     @staticmethod
     def _reply(request: BaseHTTPRequestHandler, status: int, text: str) -> None:

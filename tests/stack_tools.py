@@ -30,6 +30,7 @@ TOOL_PACKAGES = {
     "promtool": "prometheus",
     "prometheus": "prometheus",
     "amtool": "prometheus-alertmanager",
+    "prometheus-alertmanager": "prometheus-alertmanager",
     "docker-compose": "docker-compose",
 }
 
@@ -352,3 +353,66 @@ def instant_query(base: str, expr: str) -> dict[str, Any]:
 def provisioned_datasource_uids() -> set[str]:
     config = load_yaml("grafana/provisioning/datasources/datasources.yml")
     return {ds["uid"] for ds in config["datasources"]}
+
+
+# --- A real Alertmanager on loopback ----------------------------------------------------------
+
+@contextmanager
+def alertmanager_server(config: dict[str, Any]) -> Iterator[str]:
+    """Start the real Alertmanager (Debian's `prometheus-alertmanager`) on 127.0.0.1 with
+    `config`, clustering off and storage in a temp dir; yield its base URL, stop it."""
+    binary = require_tool("prometheus-alertmanager")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="am-test-") as tmp:
+        root = Path(tmp)
+        config_path = root / "alertmanager.yml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        log_path = root / "alertmanager.log"
+        cmd = [
+            binary,
+            f"--config.file={config_path}",
+            f"--storage.path={root / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--cluster.listen-address=",  # no gossip: a single local instance
+        ]
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            def ready() -> bool:
+                if proc.poll() is not None:
+                    raise AssertionError(f"alertmanager exited {proc.returncode}:\n{log_path.read_text()}")
+                with urllib.request.urlopen(base + "/-/ready", timeout=2) as resp:
+                    return resp.status == 200
+
+            wait_until(ready, 30, "alertmanager /-/ready")
+            yield base
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+# --- PromQL in the dashboards -----------------------------------------------------------------
+
+def dashboard_promql_queries() -> Iterator[tuple[str, str]]:
+    """(where, expr) for every Prometheus target and query variable in grafana/dashboards/*.json.
+    Expressions still hold Grafana variables: run them through substitute_grafana_vars."""
+    paths = sorted((REPO / "grafana/dashboards").glob("*.json"))
+    assert paths, "grafana/dashboards/*.json is empty"
+    for path in paths:
+        dashboard = json.loads(path.read_text())
+        uid = dashboard.get("uid", path.stem)
+        for panel in dashboard["panels"]:
+            for p in [panel, *panel.get("panels", [])]:  # collapsed rows hold their panels
+                for target in p.get("targets", []):
+                    if (target.get("datasource") or p.get("datasource") or {}).get("type") == "prometheus":
+                        yield f"{uid}/{p['title']}/{target['refId']}", target["expr"]
+        for var in dashboard.get("templating", {}).get("list", []):
+            if var["type"] == "query":
+                # label_values(metric, label) is Grafana's; the series it reads is PromQL.
+                metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", var["definition"]).groups()
+                yield f"{uid}/${var['name']}", f"count by ({label}) ({metric})"

@@ -83,6 +83,9 @@ class LokiSettings:
     flush_timeout_seconds: float = 10.0
     #: Give up a batch after retrying this long (Loki rejects entries over 1 h behind).
     max_retry_seconds: float = 300.0
+    #: On-disk spool for batches Loki cannot take (empty: none; lines then wait in memory only).
+    spool_dir: str = ""
+    spool_max_bytes: int = 1024 * 1024 * 1024
     #: Jittered exponential backoff between retries: first pause, and the cap (Promtail: 0.5 s).
     backoff_min_seconds: float = 0.5
     backoff_max_seconds: float = 30.0
@@ -131,6 +134,8 @@ class LokiSettings:
                 env, "LOKI_FLUSH_TIMEOUT_SECONDS", cls.flush_timeout_seconds, _positive(float), "seconds > 0"
             ),
             max_retry_seconds=_parse(env, "LOKI_MAX_RETRY_SECONDS", cls.max_retry_seconds, _positive(float), "seconds > 0"),
+            spool_dir=_get(env, "LOKI_SPOOL_DIR", ""),
+            spool_max_bytes=_parse(env, "LOKI_SPOOL_MAX_BYTES", cls.spool_max_bytes, _positive(int), "a positive integer"),
             backoff_min_seconds=_parse(
                 env, "LOKI_BACKOFF_MIN_SECONDS", cls.backoff_min_seconds, _positive(float), "seconds > 0"
             ),

@@ -101,6 +101,8 @@ class ShipperCollector(Collector):
         )
         buffered_lines = GaugeMetricFamily("loki_shipper_buffered_lines", "Lines waiting to be sent.", labels=["service"])
         buffered_bytes = GaugeMetricFamily("loki_shipper_buffered_bytes", "Bytes waiting to be sent.", labels=["service"])
+        spooled_lines = GaugeMetricFamily("loki_shipper_spooled_lines", "Lines waiting in the disk spool.", labels=["service"])
+        spooled_bytes = GaugeMetricFamily("loki_shipper_spooled_bytes", "Disk used by the spool.", labels=["service"])
         for handler in logging.getLogger().handlers:
             if not isinstance(handler, LokiHandler):
                 continue
@@ -116,7 +118,10 @@ class ShipperCollector(Collector):
                 dropped.add_metric([service, reason], stats.dropped[reason])
             buffered_lines.add_metric([service], lines)
             buffered_bytes.add_metric([service], size)
-        yield from (sent, batches, truncated, retries, dropped, buffered_lines, buffered_bytes)
+            lines, size = handler.spooled()
+            spooled_lines.add_metric([service], lines)
+            spooled_bytes.add_metric([service], size)
+        yield from (sent, batches, truncated, retries, dropped, buffered_lines, buffered_bytes, spooled_lines, spooled_bytes)
 
 
 REGISTRY.register(ShipperCollector())

@@ -48,7 +48,8 @@ class Chain:
         return codes
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Poll `url`/healthz until it answers 200; RuntimeError if the process dies or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -63,6 +64,23 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float) -> No
     raise RuntimeError(f"{url}/healthz did not answer 200 within {timeout} s")
 
 
+def start_service(
+    name: str,
+    port: int,
+    env: Mapping[str, str],
+    *,
+    host: str = "127.0.0.1",
+    stdout: IO[bytes] | int | None = None,
+    extra_args: tuple[str, ...] = (),
+) -> subprocess.Popen[bytes]:
+    """Start one service under gunicorn (not waiting for it to be healthy)."""
+    service_env = {**os.environ, **env, "SERVICE_NAME": name, "PORT": str(port), "BIND_HOST": host}
+    command = [sys.executable, "-m", "gunicorn", "--config", "python:demo.gunicorn_conf", *extra_args]
+    command.append("demo.services:create_app()")
+    # Own session: a Ctrl-C reaches only us, and we stop the services gracefully.
+    return subprocess.Popen(command, env=service_env, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def start_chain(
     ports: Mapping[str, int] | None = None,
     env: Mapping[str, str] | None = None,
@@ -73,26 +91,15 @@ def start_chain(
 ) -> Chain:
     """Start every service (leaves first) and wait until each answers /healthz."""
     ports = {**DEFAULT_PORTS, **(ports or {})}
-    base_env = {**os.environ, **(env or {})}
     urls = {name: f"http://{host}:{ports[name]}" for name in SERVICES}
+    downstream = {f"{other.upper()}_URL": url for other, url in urls.items()}
     chain = Chain(urls=urls)
     try:
         for name in reversed(SERVICES):  # leaves first, so callers find them up
-            service_env = {
-                **base_env,
-                "SERVICE_NAME": name,
-                "PORT": str(ports[name]),
-                "BIND_HOST": host,
-                **{f"{other.upper()}_URL": url for other, url in urls.items()},
-            }
-            command = [sys.executable, "-m", "gunicorn", "--config", "python:demo.gunicorn_conf", *extra_args]
-            command.append("demo.services:create_app()")
-            # Own session: a Ctrl-C reaches only us, and we stop the services gracefully.
-            chain.processes[name] = subprocess.Popen(
-                command, env=service_env, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True
-            )
+            service_env = {**(env or {}), **downstream}
+            chain.processes[name] = start_service(name, ports[name], service_env, host=host, stdout=stdout, extra_args=extra_args)
         for name in SERVICES:
-            _wait_healthy(urls[name], chain.processes[name], START_TIMEOUT_SECONDS)
+            wait_healthy(urls[name], chain.processes[name], START_TIMEOUT_SECONDS)
     except BaseException:
         chain.stop(timeout=5)
         raise

@@ -38,6 +38,7 @@ class LineBuffer:
         self._oldest_at = 0.0
         self._flushing = False
         self._closed = False
+        self._notify_at = max_bytes // 2  # the spill watermark (see Sender)
         self._cond = threading.Condition(threading.Lock())
 
     def put(self, entry: Entry) -> bool:
@@ -52,6 +53,8 @@ class LineBuffer:
             self._entries.append(entry)
             self._bytes += size
             self._unfinished += 1
+            if self._bytes >= self._notify_at:
+                self._cond.notify_all()  # a sender waiting to spill to disk
             return True
 
     def take(self, max_bytes: int, max_wait: float) -> list[Entry]:
@@ -70,15 +73,34 @@ class LineBuffer:
                     return []
                 else:
                     self._cond.wait()
-            batch: list[Entry] = []
-            taken = 0
-            while self._entries and (not batch or taken + self._entries[0].size <= max_bytes):
-                entry = self._entries.popleft()
-                batch.append(entry)
-                taken += entry.size
-            self._bytes -= taken
-            self._oldest_at = time.monotonic()
-            return batch
+            return self._pop_batch(max_bytes)
+
+    def take_now(self, max_bytes: int) -> list[Entry]:
+        """Remove and return up to ``max_bytes`` of the oldest entries without waiting."""
+        with self._cond:
+            return self._pop_batch(max_bytes)
+
+    def _pop_batch(self, max_bytes: int) -> list[Entry]:
+        batch: list[Entry] = []
+        taken = 0
+        while self._entries and (not batch or taken + self._entries[0].size <= max_bytes):
+            entry = self._entries.popleft()
+            batch.append(entry)
+            taken += entry.size
+        self._bytes -= taken
+        self._oldest_at = time.monotonic()
+        return batch
+
+    def wait_fill(self, threshold_bytes: int, timeout: float) -> bool:
+        """Wait up to ``timeout`` until at least ``threshold_bytes`` wait here. True if they do."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._bytes < threshold_bytes and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return self._bytes >= threshold_bytes
 
     def done(self, count: int) -> None:
         """Mark ``count`` taken entries as finished (sent or dropped)."""

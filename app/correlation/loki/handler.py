@@ -52,6 +52,9 @@ class LokiHandler(logging.Handler):
         os.register_at_fork(after_in_child=lambda: (h := ref()) is not None and h._new_pipeline())
 
     def _new_pipeline(self) -> None:
+        inherited = getattr(self, "sender", None)
+        if inherited is not None and inherited.spool is not None:
+            inherited.spool.release_inherited()  # the parent's spool stays the parent's
         self.stats = ShipperStats()
         self.buffer = LineBuffer(self.settings.buffer_max_bytes)
         self.sender = Sender(self.settings, self.labels, self.buffer, self.stats)
@@ -84,7 +87,10 @@ class LokiHandler(logging.Handler):
         return encoded[:keep].decode("utf-8", "ignore") + TRUNCATION_MARK
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Send everything buffered now; wait up to ``timeout`` (default: the flush timeout)."""
+        """Send everything buffered now; wait up to ``timeout`` (default: the flush timeout).
+
+        True once nothing waits in memory (with a spool, lines may still wait on disk).
+        """
         if self.sender.thread is None:
             return self.buffer.buffered[0] == 0
         return self.buffer.join(self.settings.flush_timeout_seconds if timeout is None else timeout)
@@ -100,5 +106,10 @@ class LokiHandler(logging.Handler):
         super().close()
 
     def buffered(self) -> tuple[int, int]:
-        """(lines, bytes) waiting to be sent."""
+        """(lines, bytes) waiting in memory."""
         return self.buffer.buffered
+
+    def spooled(self) -> tuple[int, int]:
+        """(lines, bytes) waiting in the on-disk spool."""
+        spool = self.sender.spool
+        return spool.pending if spool is not None else (0, 0)

@@ -8,6 +8,11 @@
   split in two and each half sent on its own.
 - other 4xx: never retried; counted as ``rejected``; Loki's first line of explanation goes to stderr.
 
+With a spool (``LOKI_SPOOL_DIR``) a batch that meets a retryable failure goes to disk at once and
+is retried from there, oldest first, before anything newer is sent; while Loki stays away, memory
+is moved to disk whenever it is half full, and at close what cannot be sent in time stays on disk
+for the next process instead of being dropped.
+
 The sender never logs through :mod:`logging`: its own trouble goes to stderr, rate-limited, so it
 cannot feed itself through the Loki handler.
 """
@@ -26,6 +31,7 @@ import urllib3
 from correlation.config import LokiSettings
 from correlation.loki.buffer import Entry, LineBuffer
 from correlation.loki.push import CONTENT_HEADERS, push_body
+from correlation.loki.spool import Spool
 from correlation.loki.stats import ShipperStats
 
 _REPORT_EVERY_SECONDS = 60.0
@@ -52,6 +58,8 @@ class Sender:
         if settings.basic_auth:
             self._headers.update(urllib3.make_headers(basic_auth=":".join(settings.basic_auth)))
         self._http: urllib3.PoolManager | None = None
+        self.spool: Spool | None = None  # opened by the thread: no disk I/O on the caller
+        self._replay_delay = settings.backoff_min_seconds
 
     def ensure_started(self) -> None:
         if self.thread is None:
@@ -73,17 +81,28 @@ class Sender:
     # -- the thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            batch = self.buffer.take(self.settings.batch_max_bytes, self.settings.batch_max_wait_seconds)
-            if not batch:
-                return
-            try:
-                self._deliver(batch)
-            except Exception as exc:  # a bug here must not kill shipping for the process
-                self.stats.drop("rejected", len(batch))
-                self._report("bug", f"loki shipper: unexpected error, {len(batch)} lines dropped: {exc!r}")
-            finally:
-                self.buffer.done(len(batch))
+        self.spool = self._open_spool()
+        try:
+            while True:
+                # What waits on disk is older than anything in memory: it goes first.
+                if self.spool is not None and self.spool.oldest() is not None:
+                    if not self._replay_oldest():
+                        self._spill(everything=True)  # stopping and out of time: keep it on disk
+                        return
+                    continue
+                batch = self.buffer.take(self.settings.batch_max_bytes, self.settings.batch_max_wait_seconds)
+                if not batch:
+                    return
+                try:
+                    self._deliver(batch)
+                except Exception as exc:  # a bug here must not kill shipping for the process
+                    self.stats.drop("rejected", len(batch))
+                    self._report("bug", f"loki shipper: unexpected error, {len(batch)} lines dropped: {exc!r}")
+                finally:
+                    self.buffer.done(len(batch))
+        finally:
+            if self.spool is not None:
+                self.spool.close()
 
     def _deliver(self, batch: list[Entry]) -> None:
         parts = [batch]
@@ -92,25 +111,14 @@ class Sender:
             started = time.monotonic()
             delay = self.settings.backoff_min_seconds
             while True:
-                outcome, reason, detail = self._push(part)
-                if outcome == _Outcome.SENT:
-                    self.stats.sent(len(part))
+                outcome, reason, detail = self._push(part, self.labels)
+                if outcome != _Outcome.RETRY:
+                    parts += self._settle(part, outcome, reason, detail)
                     break
-                if outcome == _Outcome.SPLIT:
-                    if len(part) == 1:
-                        self.stats.drop("too_large")
-                        self._report("too_large", f"loki shipper: Loki refuses a single entry as too large: {detail}")
-                    else:
-                        half = len(part) // 2
-                        parts += [part[half:], part[:half]]
-                    break
-                if outcome == _Outcome.REJECT:
-                    rejected = self._rejected_count(detail, len(part))
-                    self.stats.drop("rejected", rejected)
-                    self.stats.sent(len(part) - rejected)
-                    self._report("rejected", f"loki shipper: Loki refused {rejected} lines ({reason}): {detail}")
-                    break
-                # retryable
+                if self.spool is not None:
+                    # Retry from disk: memory stays free for new lines while Loki is away.
+                    self._to_spool(sorted(part + [e for p in parts for e in p], key=lambda e: e.timestamp_ns))
+                    return
                 now = time.monotonic()
                 if self._stopping.is_set() and now >= self._deadline:
                     self.stats.drop("shutdown", len(part) + sum(len(p) for p in parts))
@@ -121,14 +129,108 @@ class Sender:
                     break
                 self.stats.retried(reason)
                 self._report(reason, f"loki shipper: retrying ({reason}): {detail}")
-                pause = random.uniform(delay / 2, delay)  # jitter: replicas must not retry in step
-                if self._stopping.is_set():
-                    time.sleep(min(pause, max(0.0, self._deadline - now)))
-                else:
-                    self._stopping.wait(pause)  # a stop cuts the pause short
+                self._pause(delay)
                 delay = min(delay * 2, self.settings.backoff_max_seconds)
 
-    def _push(self, entries: list[Entry]) -> tuple[int, str, str]:
+    def _settle(self, part: list[Entry], outcome: int, reason: str, detail: str) -> list[list[Entry]]:
+        """Account for a push that will not be retried as is; return the halves of a split."""
+        if outcome == _Outcome.SENT:
+            self.stats.sent(len(part))
+        elif outcome == _Outcome.SPLIT:
+            if len(part) > 1:
+                half = len(part) // 2
+                return [part[half:], part[:half]]  # popped from the end: first half first
+            self.stats.drop("too_large")
+            self._report("too_large", f"loki shipper: Loki refuses a single entry as too large: {detail}")
+        else:
+            rejected = self._rejected_count(detail, len(part))
+            self.stats.drop("rejected", rejected)
+            if rejected < len(part):
+                self.stats.sent(len(part) - rejected)
+            self._report("rejected", f"loki shipper: Loki refused {rejected} lines ({reason}): {detail}")
+        return []
+
+    def _pause(self, delay: float) -> None:
+        pause = random.uniform(delay / 2, delay)  # jitter: replicas must not retry in step
+        if self._stopping.is_set():
+            time.sleep(min(pause, max(0.0, self._deadline - time.monotonic())))
+        else:
+            self._stopping.wait(pause)  # a stop cuts the pause short
+
+    # -- the spool ----------------------------------------------------------------------------
+
+    def _open_spool(self) -> Spool | None:
+        if not self.settings.spool_dir:
+            return None
+        try:
+            return Spool(self.settings.spool_dir, self.settings.spool_max_bytes)
+        except OSError as exc:
+            self._report("spool", f"loki shipper: LOKI_SPOOL_DIR={self.settings.spool_dir!r} unusable, no spool: {exc}")
+            return None
+
+    def _replay_oldest(self) -> bool:
+        """Try the oldest segment once; back off on failure. False when stopping ran out of time."""
+        assert self.spool is not None
+        segment = self.spool.oldest()
+        assert segment is not None
+        try:
+            labels, entries = segment.read()
+        except ValueError as exc:
+            self.stats.drop("spool_error", segment.lines)
+            self._report("spool_read", f"loki shipper: {exc}")
+            self.spool.remove(segment)
+            return True
+        outcome, reason, detail = self._push(entries, labels)
+        if outcome != _Outcome.RETRY:
+            for half in self._settle(entries, outcome, reason, detail):  # rare: a smaller batch size now
+                self._settle(half, *self._push(half, labels))
+            self.spool.remove(segment)
+            self._replay_delay = self.settings.backoff_min_seconds
+            return True
+        if self._stopping.is_set() and time.monotonic() >= self._deadline:
+            return False
+        self.stats.retried(reason)
+        self._report(reason, f"loki shipper: retrying from spool ({reason}): {detail}")
+        self._wait_spilling(self._replay_delay)
+        self._replay_delay = min(self._replay_delay * 2, self.settings.backoff_max_seconds)
+        return True
+
+    def _wait_spilling(self, delay: float) -> None:
+        """Back off before the next replay; meanwhile move memory to disk whenever it fills up."""
+        end = time.monotonic() + random.uniform(delay / 2, delay)
+        while (remaining := end - time.monotonic()) > 0:
+            if self._stopping.is_set():
+                self._spill(everything=True)
+                self._pause(remaining)
+                return
+            if self.buffer.wait_fill(self.buffer.max_bytes // 2, remaining):
+                self._spill(everything=False)
+
+    def _spill(self, everything: bool) -> None:
+        while True:
+            batch = self.buffer.take_now(self.settings.batch_max_bytes)
+            if not batch:
+                return
+            try:
+                self._to_spool(batch)
+            finally:
+                self.buffer.done(len(batch))
+            if not everything and self.buffer.buffered[1] < self.buffer.max_bytes // 2:
+                return
+
+    def _to_spool(self, entries: list[Entry]) -> None:
+        assert self.spool is not None
+        try:
+            stored = self.spool.write(entries, self.labels)
+        except OSError as exc:
+            self.stats.drop("spool_error", len(entries))
+            self._report("spool_write", f"loki shipper: cannot write the spool, {len(entries)} lines dropped: {exc}")
+            return
+        if not stored:
+            self.stats.drop("spool_full", len(entries))
+            self._report("spool_full", f"loki shipper: spool full (LOKI_SPOOL_MAX_BYTES), {len(entries)} lines dropped")
+
+    def _push(self, entries: list[Entry], labels: Mapping[str, str]) -> tuple[int, str, str]:
         timeout = self.settings.timeout_seconds
         if self._stopping.is_set():
             timeout = max(0.1, min(timeout, self._deadline - time.monotonic()))
@@ -136,7 +238,7 @@ class Sender:
             response = self._client().request(
                 "POST",
                 self.settings.push_url,
-                body=push_body(entries, self.labels),
+                body=push_body(entries, labels),
                 headers=self._headers,
                 timeout=urllib3.Timeout(total=timeout),
                 retries=False,

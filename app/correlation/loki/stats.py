@@ -12,7 +12,9 @@ DROP_REASONS = (
     "rejected",  # Loki answered 4xx other than 429 (bad entries, auth); never retried
     "too_large",  # a single entry Loki refuses even alone in a push
     "retries_exhausted",  # 429/5xx/connection errors for longer than max_retry_seconds
-    "shutdown",  # still buffered when the flush timeout at close ran out
+    "shutdown",  # still buffered when the flush timeout at close ran out (and no spool)
+    "spool_full",  # Loki down long enough to fill memory and the disk spool
+    "spool_error",  # the spool could not be written or read back (disk full, corrupt segment)
     "format_error",  # the record could not be formatted
 )
 RETRY_REASONS = ("rate_limited", "server_error", "connection_error")

@@ -1,0 +1,29 @@
+"""The push body: whatever the lines hold, Loki's format is respected and nothing is altered."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from correlation.loki.buffer import Entry
+from correlation.loki.push import push_body
+from loki_sink import validate_push
+
+LABELS = {"service_name": "svc", "env": "test"}
+metadata = st.dictionaries(st.sampled_from(["correlation_id", "request_id", "level"]), st.text(min_size=1, max_size=70))
+entries = st.lists(
+    st.builds(Entry, st.integers(min_value=1, max_value=time.time_ns()), st.text(max_size=300), metadata), min_size=1, max_size=50
+)
+
+
+@given(entries)
+def test_push_body_is_valid_and_round_trips(batch: list[Entry]) -> None:
+    body = json.loads(gzip.decompress(push_body(batch, LABELS)))
+    pushed = validate_push(body)
+    expected = sorted(batch, key=lambda e: e.timestamp_ns)
+    assert [(p.timestamp_ns, p.line, p.metadata) for p in pushed] == [(e.timestamp_ns, e.line, e.metadata) for e in expected]
+    assert all(p.labels == LABELS for p in pushed)

@@ -1,0 +1,84 @@
+"""Shipping faults with real gunicorn processes: SIGTERM flush, --preload, a stalled Loki."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+from conftest import free_port
+from correlation.logs import ACCESS_LOGGER
+from demo.run_local import start_service, wait_healthy
+from loki_sink import LokiSink
+
+
+@pytest.fixture
+def start_payments(tmp_path: Path) -> Iterator:
+    """Start the payments service under gunicorn with extra env/args; stopped at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(env: dict[str, str], *extra_args: str) -> tuple[str, subprocess.Popen[bytes]]:
+        port = free_port()
+        log = (tmp_path / f"payments-{port}.log").open("wb")
+        proc = start_service("payments", port, env, stdout=log, extra_args=extra_args)
+        started.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, proc, 20)
+        return url, proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _pay(url: str, n: int) -> list[str]:
+    ids = []
+    for _ in range(n):
+        response = requests.post(f"{url}/payments", json={"order_id": "o1"}, timeout=5)
+        assert response.status_code == 201
+        ids.append(response.headers["X-Correlation-ID"])
+    return ids
+
+
+def _access_ids(sink: LokiSink) -> set[str]:
+    return {e.metadata["correlation_id"] for e in sink.entries if e.json.get("logger") == ACCESS_LOGGER}
+
+
+def test_sigterm_flushes_buffered_lines_within_the_graceful_timeout(loki_sink: LokiSink, start_payments) -> None:
+    # A 60 s batch delay: without the flush at worker exit these lines would still be in memory.
+    url, proc = start_payments({"LOKI_URL": loki_sink.url, "LOKI_BATCH_MAX_WAIT_SECONDS": "60"})
+    ids = _pay(url, 30)
+    assert _access_ids(loki_sink) == set(), "still buffered"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert _access_ids(loki_sink) == set(ids)
+
+
+def test_preload_every_worker_ships(loki_sink: LokiSink, start_payments) -> None:
+    # With --preload the app (and its handler, whose sender thread already ran for the startup
+    # line) is built in the master; each forked worker must start its own sender.
+    env = {"LOKI_URL": loki_sink.url, "LOKI_BATCH_MAX_WAIT_SECONDS": "0.1"}
+    url, _ = start_payments(env, "--preload", "--workers", "2")
+    ids = _pay(url, 40)
+    loki_sink.wait_for(lambda entries: _access_ids(loki_sink) >= set(ids), timeout=15)
+
+
+def test_a_stalled_loki_does_not_slow_or_fail_requests(loki_sink: LokiSink, start_payments) -> None:
+    loki_sink.default = "stall"  # accepts, reads the push, never answers (for 60 s)
+    url, _ = start_payments({"LOKI_URL": loki_sink.url, "LOKI_BATCH_MAX_WAIT_SECONDS": "0.05"})
+    slowest = 0.0
+    for _ in range(40):
+        started = time.monotonic()
+        assert requests.post(f"{url}/payments", json={}, timeout=5).status_code == 201
+        slowest = max(slowest, time.monotonic() - started)
+    assert slowest < 1.0, f"a request took {slowest:.2f} s while Loki stalls for 60 s"
+    metrics = requests.get(f"{url}/metrics", timeout=5).text
+    buffered = [line for line in metrics.splitlines() if line.startswith("loki_shipper_buffered_lines{")]
+    assert buffered and float(buffered[0].rsplit(" ", 1)[1]) > 0, "the lines wait in memory, not in the request"
