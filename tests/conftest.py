@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 from loki_sink import LokiSink
+
+if TYPE_CHECKING:
+    from demo.run_local import Chain
 
 
 def free_port() -> int:
@@ -31,14 +34,14 @@ def chain_sink() -> Iterator[LokiSink]:
 
 
 @pytest.fixture(scope="module")
-def chain(chain_sink: LokiSink, tmp_path_factory: pytest.TempPathFactory) -> Iterator["Chain"]:
+def chain(chain_sink: LokiSink, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
     """gateway -> orders -> (payments, inventory) under gunicorn on loopback, shipping to the sink."""
-    from demo.run_local import Chain, start_chain
+    from demo.run_local import start_chain
     from demo.services import SERVICES
 
     log = (tmp_path_factory.mktemp("chain") / "services.log").open("wb")
     env = {"LOKI_URL": chain_sink.url, "LOKI_BATCH_MAX_WAIT_SECONDS": "0.2", "DEPLOY_ENV": "test"}
-    running: Chain = start_chain({name: free_port() for name in SERVICES}, env, stdout=log)
+    running = start_chain({name: free_port() for name in SERVICES}, env, stdout=log)
     yield running
     codes = running.stop()
     log.close()

@@ -209,7 +209,7 @@ def loki(monkeypatch: pytest.MonkeyPatch):
     standin.stop()
 
 
-# -- sample log lines, shaped as docs/CONTRACT.md says our services write them ------------------
+# -- sample log lines, shaped as README.md, Reference says our services write them ------------------
 def rfc3339(ts_ns: int) -> str:
     moment = datetime.fromtimestamp(ts_ns // 1_000_000_000, tz=timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{ts_ns // 1000 % 1_000_000:06d}Z"

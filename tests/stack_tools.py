@@ -299,6 +299,32 @@ def wait_until(predicate, deadline_seconds: float, what: str, interval: float = 
 
 
 @contextmanager
+def _serve(name: str, cmd: list[str], root: Path, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run a server binary whose last ``--web.listen-address`` is in ``cmd``; wait for /-/ready."""
+    log_path = root / f"{name}.log"
+    address = [a for a in cmd if a.startswith("--web.listen-address=")][-1].split("=", 1)[1]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env={**os.environ, **(env or {})})
+    base = f"http://{address}"
+    try:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited {proc.returncode}:\n{log_path.read_text()}")
+            with urllib.request.urlopen(base + "/-/ready", timeout=2) as resp:
+                return resp.status == 200
+
+        wait_until(ready, 30, f"{name} /-/ready")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextmanager
 def prometheus_server(config: dict[str, Any], extra_files: dict[str, str] | None = None,
                       env: dict[str, str] | None = None, features: tuple[str, ...] = ()) -> Iterator[str]:
     """Start the real `prometheus` on 127.0.0.1 with `config`, yield its base URL, stop it."""
@@ -310,7 +336,6 @@ def prometheus_server(config: dict[str, Any], extra_files: dict[str, str] | None
             (root / name).write_text(text)
         config_path = root / "prometheus.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        log_path = root / "prometheus.log"
         cmd = [
             binary,
             f"--config.file={config_path}",
@@ -318,26 +343,8 @@ def prometheus_server(config: dict[str, Any], extra_files: dict[str, str] | None
             f"--web.listen-address=127.0.0.1:{port}",
             "--enable-feature=" + ",".join(("exemplar-storage",) + features),
         ]
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root,
-                                    env={**os.environ, **(env or {})})
-        base = f"http://127.0.0.1:{port}"
-        try:
-            def ready() -> bool:
-                if proc.poll() is not None:
-                    raise AssertionError(f"prometheus exited {proc.returncode}:\n{log_path.read_text()}")
-                with urllib.request.urlopen(base + "/-/ready", timeout=2) as resp:
-                    return resp.status == 200
-
-            wait_until(ready, 30, "prometheus /-/ready")
+        with _serve("prometheus", cmd, root, env) as base:
             yield base
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 def instant_query(base: str, expr: str) -> dict[str, Any]:
@@ -367,7 +374,6 @@ def alertmanager_server(config: dict[str, Any]) -> Iterator[str]:
         root = Path(tmp)
         config_path = root / "alertmanager.yml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        log_path = root / "alertmanager.log"
         cmd = [
             binary,
             f"--config.file={config_path}",
@@ -375,25 +381,8 @@ def alertmanager_server(config: dict[str, Any]) -> Iterator[str]:
             f"--web.listen-address=127.0.0.1:{port}",
             "--cluster.listen-address=",  # no gossip: a single local instance
         ]
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            def ready() -> bool:
-                if proc.poll() is not None:
-                    raise AssertionError(f"alertmanager exited {proc.returncode}:\n{log_path.read_text()}")
-                with urllib.request.urlopen(base + "/-/ready", timeout=2) as resp:
-                    return resp.status == 200
-
-            wait_until(ready, 30, "alertmanager /-/ready")
+        with _serve("alertmanager", cmd, root) as base:
             yield base
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 # --- PromQL in the dashboards -----------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 
 from stack_tools import (
     REPO, check_logql, explore_exprs, instant_query, load_json, load_yaml, parse_explore_url,
-    prometheus_server, substitute_grafana_vars,
+    dashboard_promql_queries, prometheus_server, substitute_grafana_vars,
 )
 
 DASHBOARDS = {"service-overview": "grafana/dashboards/service-overview.json",
@@ -212,19 +212,8 @@ def prometheus() -> Iterator[str]:
         yield base
 
 
-def promql_queries(dashboards: dict[str, dict[str, Any]]) -> Iterator[tuple[str, str]]:
-    for uid, dashboard in dashboards.items():
-        for panel, target in targets(dashboard, "prometheus"):
-            yield f"{uid}/{panel['title']}/{target['refId']}", target["expr"]
-        for var in dashboard["templating"]["list"]:
-            if var["type"] == "query":
-                # label_values(metric, label) is Grafana's; the series it reads is PromQL.
-                metric, label = re.fullmatch(r"label_values\((\w+), (\w+)\)", var["definition"]).groups()
-                yield f"{uid}/${var['name']}", f"count by ({label}) ({metric})"
-
-
-def test_every_promql_query_runs(prometheus: str, dashboards: dict[str, dict[str, Any]]) -> None:
-    queries = list(promql_queries(dashboards))
+def test_every_promql_query_runs(prometheus: str) -> None:
+    queries = list(dashboard_promql_queries())
     assert len(queries) >= 10
     for where, expr in queries:
         try:

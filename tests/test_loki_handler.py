@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Iterator
 
 import pytest
 
@@ -15,33 +14,12 @@ from correlation.logs import CorrelationFilter, JsonFormatter
 from correlation.loki import LokiHandler
 from correlation.loki.handler import TRUNCATION_MARK
 from loki_sink import LokiSink
-
-LABELS = {"service_name": "svc", "env": "test"}
-
-
-def make_handler(sink: LokiSink | str, **overrides: object) -> LokiHandler:
-    values = {
-        "url": sink if isinstance(sink, str) else sink.url,
-        "batch_max_wait_seconds": 0.05,
-        "flush_timeout_seconds": 5.0,
-        "backoff_min_seconds": 0.05,
-        **overrides,
-    }
-    handler = LokiHandler(LokiSettings(**values), LABELS)  # type: ignore[arg-type]
-    handler.addFilter(CorrelationFilter("svc"))
-    handler.setFormatter(JsonFormatter())
-    return handler
+from shipper_tools import LABELS, logger, make_handler  # noqa: F401 - logger is a fixture
 
 
-@pytest.fixture
-def logger() -> Iterator[logging.Logger]:
-    log = logging.getLogger(f"test.shipper.{time.monotonic_ns()}")
-    log.propagate = False
-    log.setLevel(logging.DEBUG)
-    yield log
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
+
+
+
 
 
 def test_lines_arrive_with_fixed_labels_metadata_and_record_time(loki_sink: LokiSink, logger: logging.Logger) -> None:

@@ -5,45 +5,32 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from correlation.config import LokiSettings
-from correlation.logs import CorrelationFilter, JsonFormatter
 from correlation.loki import LokiHandler
 from correlation.loki.spool import Spool
 from loki_sink import LokiSink
-
-LABELS = {"service_name": "svc", "env": "test"}
+from shipper_tools import LABELS, logger  # noqa: F401 - a fixture
+from shipper_tools import make_handler as _make_handler
 
 
 def make_handler(sink: LokiSink, spool_dir: Path, **overrides: object) -> LokiHandler:
+    """Memory small next to the load, so an outage reaches the spool."""
     values = {
-        "url": sink.url,
-        "batch_max_wait_seconds": 0.05,
         "batch_max_bytes": 20_000,
         "buffer_max_bytes": 200_000,
-        "backoff_min_seconds": 0.05,
         "backoff_max_seconds": 0.2,
         "flush_timeout_seconds": 1.0,
         "spool_dir": str(spool_dir),
         **overrides,
     }
-    handler = LokiHandler(LokiSettings(**values), LABELS)  # type: ignore[arg-type]
-    handler.addFilter(CorrelationFilter("svc"))
-    handler.setFormatter(JsonFormatter())
-    return handler
+    return _make_handler(sink, **values)
 
 
-@pytest.fixture
-def logger() -> Iterator[logging.Logger]:
-    log = logging.getLogger(f"test.spool.{time.monotonic_ns()}")
-    log.propagate = False
-    yield log
-    for handler in list(log.handlers):
-        log.removeHandler(handler)
-        handler.close()
+
+
+
 
 
 def _messages(sink: LokiSink) -> list[str]:

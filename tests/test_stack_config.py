@@ -1,6 +1,6 @@
 """The compose file, Prometheus, Loki and Alertmanager configs: validated by the real tools where
 they exist here (docker-compose 1.29, promtool 2.42, amtool 0.25) and checked against
-docs/CONTRACT.md where no tool can (Loki, image contents)."""
+README.md, Reference where no tool can (Loki, image contents)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from demo.services import DEFAULT_PORTS as APP_SERVICES
 from stack_tools import REPO, TOOL_PACKAGES, load_yaml, require_tool, run
 
-APP_SERVICES = {"gateway": 8080, "orders": 8081, "payments": 8082, "inventory": 8083}  # CONTRACT.md
 DOWNSTREAM = {"gateway": {"ORDERS_URL": "http://orders:8081"},
               "orders": {"PAYMENTS_URL": "http://payments:8082", "INVENTORY_URL": "http://inventory:8083"}}
 PUBLISHED = {"gateway": 8080, "grafana": 3000, "prometheus": 9090, "alertmanager": 9093, "loki": 3100}

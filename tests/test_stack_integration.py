@@ -278,7 +278,7 @@ def test_alert_trail_url_leads_to_a_failed_request_whose_every_hop_reached_loki(
     (expr,) = explore_exprs(panes)
     check_logql(expr)
     match = re.fullmatch(r'\{service_name=~"\.\+"\} \| correlation_id="([^"]+)"', expr)
-    assert match, f"not the trail query of docs/CONTRACT.md: {expr}"
+    assert match, f"not the trail query of README.md, Reference: {expr}"
     cid = match.group(1)
 
     assert not stack.traffic.problems, stack.traffic.problems[:5]

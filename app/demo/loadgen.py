@@ -30,8 +30,8 @@ from typing import Mapping, TextIO
 
 import requests
 
-#: Where each demo service listens outside compose (docs/CONTRACT.md).
-SERVICE_PORTS = {"gateway": 8080, "orders": 8081, "payments": 8082, "inventory": 8083}
+from demo.services import DEFAULT_PORTS
+
 SCENARIOS = ("steady", "spike")
 CHECKOUT_BODY = {"items": [{"sku": "demo-widget", "quantity": 1}]}
 #: A fault target that does not answer is retried this often, not at every tick.
@@ -139,7 +139,7 @@ def parse_args(argv: list[str] | None = None, env: Mapping[str, str] = os.enviro
     p.add_argument("--duration", type=float, default=_env(env, "DURATION", d.duration), help="seconds, 0 = until stopped (LOADGEN_DURATION)")
     p.add_argument("--progress-every", type=float, default=_env(env, "PROGRESS_SECONDS", d.progress_every), help="seconds between progress lines (LOADGEN_PROGRESS_SECONDS)")
     p.add_argument("--scenario", choices=SCENARIOS, default=_env(env, "SCENARIO", d.scenario), help="LOADGEN_SCENARIO")
-    p.add_argument("--fault-service", choices=sorted(SERVICE_PORTS), default=_env(env, "FAULT_SERVICE", d.fault_service), help="service the spike breaks (LOADGEN_FAULT_SERVICE)")
+    p.add_argument("--fault-service", choices=sorted(DEFAULT_PORTS), default=_env(env, "FAULT_SERVICE", d.fault_service), help="service the spike breaks (LOADGEN_FAULT_SERVICE)")
     p.add_argument("--fault-url", default=env.get("LOADGEN_FAULT_URL", "").strip() or None, help="base URL of that service (LOADGEN_FAULT_URL; default http://localhost:<its port>)")
     p.add_argument("--spike-after", type=float, default=_env(env, "SPIKE_AFTER", d.spike_after), help="calm seconds before each spike (LOADGEN_SPIKE_AFTER)")
     p.add_argument("--spike-seconds", type=float, default=_env(env, "SPIKE_SECONDS", d.spike_seconds), help="length of each spike (LOADGEN_SPIKE_SECONDS)")
@@ -154,7 +154,7 @@ def parse_args(argv: list[str] | None = None, env: Mapping[str, str] = os.enviro
     return Settings(
         gateway_url=a.gateway_url.rstrip("/"), rate=a.rate, duration=a.duration, progress_every=a.progress_every,
         scenario=a.scenario, fault_service=a.fault_service,
-        fault_url=a.fault_url or f"http://localhost:{SERVICE_PORTS[a.fault_service]}",
+        fault_url=a.fault_url or f"http://localhost:{DEFAULT_PORTS[a.fault_service]}",
         spike_after=a.spike_after, spike_seconds=a.spike_seconds, spike_error_rate=a.spike_error_rate,
         timeout=a.timeout, workers=a.workers,
         correlation_header=env.get("CORRELATION_HEADER", "").strip() or d.correlation_header,

@@ -1,4 +1,4 @@
-"""Rebuild one request's hop tree from its log lines alone (docs/CONTRACT.md, "Log lines").
+"""Rebuild one request's hop tree from its log lines alone (README.md, Reference, "Log lines").
 
 Every line carries ``request_id`` (the hop) and ``parent_request_id`` (the hop that called it,
 null at the edge). Each hop writes one access line (logger ``correlation.access``) when its

@@ -23,7 +23,7 @@ YELLOW = "\x1b[33m"
 BOLD = "\x1b[1m"
 RESET = "\x1b[0m"
 
-# Keys every line has (docs/CONTRACT.md); anything else is shown as key=value after the message.
+# Keys every line has (README.md, Reference); anything else is shown as key=value after the message.
 _STANDARD_KEYS = frozenset(
     {"time", "level", "logger", "message", "service", "correlation_id", "request_id",
      "parent_request_id", "exception", "method", "route", "path", "status", "duration_ms", "caller"}
