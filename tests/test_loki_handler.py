@@ -226,3 +226,19 @@ def test_a_forked_child_ships_its_own_lines_only(loki_sink: LokiSink, logger: lo
     handler.close()
     messages = sorted(e.json["message"] for e in loki_sink.entries)
     assert messages == ["child line", "parent before fork"], "the child neither lost its line nor resent the parent's"
+
+
+def test_an_outage_within_the_memory_bound_loses_nothing_and_keeps_order(loki_sink: LokiSink, logger: logging.Logger) -> None:
+    loki_sink.default = 503
+    handler = make_handler(loki_sink, backoff_max_seconds=0.2)
+    logger.addHandler(handler)
+    for n in range(1000):  # steady load while Loki is down
+        logger.info("line %04d", n)
+        if n % 20 == 0:
+            time.sleep(0.002)
+    assert loki_sink.entries == [] and handler.stats.snapshot().retries["server_error"] > 0
+    loki_sink.default = 204
+    entries = loki_sink.wait_for(lambda e: len(e) >= 1000)
+    assert [e.json["message"] for e in entries] == [f"line {n:04d}" for n in range(1000)]
+    handler.flush(5)
+    assert sum(handler.stats.snapshot().dropped.values()) == 0

@@ -109,12 +109,14 @@ def start_chain(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loki-url", default=os.environ.get("LOKI_URL", "http://127.0.0.1:3100"))
+    parser.add_argument("--base-port", type=int, default=DEFAULT_PORTS["gateway"], help="gateway port; the others follow")
     args = parser.parse_args(argv)
+    ports = {name: args.base_port + n for n, name in enumerate(SERVICES)}
 
     stopping = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
-    chain = start_chain(env={"LOKI_URL": args.loki_url})
+    chain = start_chain(ports, env={"LOKI_URL": args.loki_url})
     for name, url in chain.urls.items():
         print(f"{name:<10} {url}", flush=True)
     print(f"logs -> {args.loki_url or 'stdout only'}; try: curl -si -X POST {chain.urls['gateway']}/checkout", flush=True)

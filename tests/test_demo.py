@@ -1,0 +1,110 @@
+"""The demo's own parts: fault settings and `make run-local`'s runner."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Iterator
+
+import pytest
+import requests
+
+from correlation.config import ConfigError
+from correlation.propagation import uninstrument_requests
+from demo.faults import FaultSettings, Faults, InjectedFault
+from demo.services import SERVICES, create_app
+
+
+def test_fault_settings_validate_and_keep_unset_keys() -> None:
+    base = FaultSettings(0.2, 50)
+    assert FaultSettings.parse({"latency_ms": 10}, base) == FaultSettings(0.2, 10)
+    for bad in [{"error_rate": 1.5}, {"error_rate": "x"}, {"latency_ms": -1}, {"latency_ms": 1.5}, {"latency_ms": 10**6}, {"oops": 1}]:
+        with pytest.raises(ValueError):
+            FaultSettings.parse(bad)
+    with pytest.raises(ConfigError, match="FAULT_ERROR_RATE"):
+        FaultSettings.from_env({"FAULT_ERROR_RATE": "2"})
+    assert FaultSettings.from_env({"FAULT_ERROR_RATE": "0.5", "FAULT_LATENCY_MS": "7"}) == FaultSettings(0.5, 7)
+
+
+def test_faults_fail_requests_at_the_set_rate() -> None:
+    always = Faults(FaultSettings(error_rate=1.0))
+    with pytest.raises(InjectedFault):
+        always.apply()
+    Faults(FaultSettings()).apply()  # no fault: returns
+
+
+@pytest.fixture
+def restore_process_state() -> Iterator[None]:
+    """create_app sets up root logging and patches requests: undo both after the test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+    uninstrument_requests()
+
+
+def test_admin_endpoint(restore_process_state: None) -> None:
+    app = create_app("payments", env={"FAULT_LATENCY_MS": "1"})
+    client = app.test_client()
+    assert client.get("/admin/faults").get_json() == {"error_rate": 0.0, "latency_ms": 1}
+    assert client.post("/admin/faults", json={"error_rate": 1.0}).get_json() == {"error_rate": 1.0, "latency_ms": 1}
+    failed = client.post("/payments", json={})
+    assert failed.status_code == 500 and failed.headers["X-Correlation-ID"]
+    bad = client.post("/admin/faults", json={"error_rate": 3})
+    assert bad.status_code == 400 and "outside [0, 1]" in bad.get_json()["error"]
+    assert client.post("/admin/faults", data="nope").status_code == 400
+    assert client.post("/admin/faults", json={"error_rate": 0}).status_code == 200
+    assert client.post("/payments", json={}).status_code == 201
+
+
+def test_unknown_service_is_refused() -> None:
+    with pytest.raises(ConfigError, match="SERVICE_NAME"):
+        create_app("billing", env={})
+
+
+def _free_port_run(count: int) -> int:
+    """A base port with ``count`` free ports after it (checked now; good enough on loopback)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + count > 65535:
+            continue
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port range")
+
+
+def test_run_local_starts_the_chain_and_stops_cleanly_on_sigterm(tmp_path) -> None:
+    base = _free_port_run(len(SERVICES))
+    log = (tmp_path / "run_local.log").open("w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "demo.run_local", "--base-port", str(base), "--loki-url", ""],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 40
+        while "try: curl" not in (tmp_path / "run_local.log").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "run_local.log").read_text()
+            time.sleep(0.1)
+        assert requests.post(f"http://127.0.0.1:{base}/checkout", timeout=10).status_code == 201
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = (tmp_path / "run_local.log").read_text()
+    assert "stopped: {" in output and "'gateway': 0" in output
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{base}/healthz", timeout=2)
