@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import ssl
 import threading
 import time
 import zlib
@@ -111,6 +112,8 @@ class LokiSink:
     #: Accept unknown keys in the body and stream objects, as Loki does (for third-party clients
     #: in benchmarks). Off by default: our own shipper must send exactly Loki's documented shape.
     lenient: bool = False
+    #: Serve HTTPS with this context (the URL then names host ``localhost``).
+    tls: ssl.SSLContext | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Condition()
@@ -129,7 +132,11 @@ class LokiSink:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{port}"
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
+            self.url = f"https://localhost:{port}"
 
     def __enter__(self) -> "LokiSink":
         threading.Thread(target=self._server.serve_forever, daemon=True).start()

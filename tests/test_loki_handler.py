@@ -242,3 +242,32 @@ def test_an_outage_within_the_memory_bound_loses_nothing_and_keeps_order(loki_si
     assert [e.json["message"] for e in entries] == [f"line {n:04d}" for n in range(1000)]
     handler.flush(5)
     assert sum(handler.stats.snapshot().dropped.values()) == 0
+
+
+@pytest.fixture(scope="module")
+def loki_ca():
+    import trustme
+
+    return trustme.CA()
+
+
+@pytest.mark.parametrize("verify, delivered", [("ca", True), (False, True), (True, False)], ids=["ca-bundle", "no-verify", "system-cas"])
+def test_tls_verification_follows_the_setting(loki_ca, logger: logging.Logger, tmp_path, verify, delivered: bool) -> None:
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    loki_ca.issue_cert("localhost").configure_cert(context)
+    if verify == "ca":
+        verify = str(tmp_path / "ca.pem")
+        loki_ca.cert_pem.write_to_path(verify)
+    with LokiSink(tls=context) as sink:
+        handler = make_handler(sink, tls_verify=verify, flush_timeout_seconds=0.5)
+        logger.addHandler(handler)
+        logger.info("over tls")
+        if delivered:
+            sink.wait_for(lambda e: len(e) == 1)
+        else:  # our test CA is not among the system's: the push must fail, not go through
+            deadline = time.monotonic() + 5
+            while handler.stats.snapshot().retries["connection_error"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert handler.stats.snapshot().retries["connection_error"] > 0 and sink.entries == []
