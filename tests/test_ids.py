@@ -93,3 +93,17 @@ def test_printable_escapes_and_truncates() -> None:
     shown = ids.printable("a\r\nb\x1b[31m" + "x" * 500)
     assert "\r" not in shown and "\n" not in shown and "\x1b" not in shown
     assert shown.startswith("a\\r\\nb\\x1b[31m") and shown.endswith("(+429 chars)")
+
+
+def test_forked_processes_draw_different_ids() -> None:
+    import os
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write, (ids.new_correlation_id(now_ms=NOW_MS) + ids.new_request_id()).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    mine = ids.new_correlation_id(now_ms=NOW_MS) + ids.new_request_id()
+    assert len(child) == 48 and child != mine

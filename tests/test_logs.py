@@ -5,10 +5,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 
 from correlation import context
 from correlation.config import LokiSettings, Settings
-from correlation.logs import CorrelationFilter, JsonFormatter, setup_logging
+from correlation.logs import CorrelationFilter, JsonFormatter, StdoutHandler, setup_logging
 from correlation.loki import LokiHandler
 
 
@@ -89,7 +90,44 @@ def test_no_loki_handler_without_url() -> None:
     before = list(root.handlers)
     try:
         handlers = setup_logging(Settings(service="svc"), stream=io.StringIO())
-        assert [type(h) for h in handlers] == [logging.StreamHandler]
+        assert [type(h) for h in handlers] == [StdoutHandler]
     finally:
         for handler in [h for h in root.handlers if h not in before]:
             root.removeHandler(handler)
+
+
+def test_stdout_lines_are_flushed_soon_without_a_flush_per_line() -> None:
+    class Stream(io.StringIO):
+        flushes = 0
+
+        def flush(self) -> None:
+            Stream.flushes += 1
+
+    stream = Stream()
+    handler = StdoutHandler(stream, flush_interval=0.05)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.stdout")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        for n in range(200):
+            logger.warning("line %d", n)
+        assert len(stream.getvalue().splitlines()) == 200
+        assert Stream.flushes < 20, "not one flush per line"
+        before = Stream.flushes
+        deadline = time.monotonic() + 5
+        while Stream.flushes == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert Stream.flushes > before, "the last line is flushed by the timer, without a next line"
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_a_record_is_formatted_once_for_all_handlers() -> None:
+    formatter = JsonFormatter()
+    record = _record()
+    CorrelationFilter("svc").filter(record)
+    first = formatter.format(record)
+    record.msg = "changed"
+    assert JsonFormatter().format(record) is first

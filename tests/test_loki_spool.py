@@ -117,13 +117,13 @@ def test_a_live_owners_segments_are_left_alone(tmp_path: Path) -> None:
     from correlation.loki.buffer import Entry
 
     owner = Spool(str(tmp_path), 10**6)
-    owner.write([Entry(1, "a", {})], LABELS)
+    owner.write([Entry.encode(1, "a")], LABELS)
     other = Spool(str(tmp_path), 10**6)
     assert other.oldest() is None, "the first spool's owner is alive"
     owner.close()
     third = Spool(str(tmp_path), 10**6)
     segment = third.oldest()
-    assert segment is not None and segment.read() == (LABELS, [Entry(1, "a", {})])
+    assert segment is not None and segment.read() == (LABELS, [Entry.encode(1, "a")])
 
 
 def test_a_corrupt_segment_is_counted_and_skipped(loki_sink: LokiSink, logger: logging.Logger, tmp_path: Path) -> None:

@@ -45,14 +45,14 @@ class _Edge:
         self.header = settings.header
         self._header_lower = settings.header.lower()
         self._id_sources = [(h, _environ_key(h)) for h in dict.fromkeys((settings.header, "X-Request-ID"))]
+        self._in_flight = metrics.IN_FLIGHT.labels(settings.service)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
         hop, rejections = self._inbound_hop(environ)
         token = context.bind(hop)
-        service = self.settings.service
         for header, reason, value in rejections:
-            metrics.count_rejected_id(service, reason)
+            metrics.count_rejected_id(self.settings.service, reason)
             _log.warning(
                 "rejected inbound %s (%s): %s; using %s", header, reason, ids.printable(value), hop.correlation_id
             )
@@ -67,12 +67,12 @@ class _Edge:
             return start_response(status_line, headers, exc_info)
 
         if not quiet:
-            metrics.IN_FLIGHT.labels(service).inc()
+            self._in_flight.inc()
         try:
             return self.app(environ, echo_id)
         finally:
             if not quiet:
-                metrics.IN_FLIGHT.labels(service).dec()
+                self._in_flight.dec()
                 self._report(environ, hop, status, time.perf_counter() - started)
             context.reset(token)
 
@@ -108,24 +108,22 @@ class _Edge:
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
         metrics.observe_request(self.settings.service, route, method, status, seconds, hop.correlation_id)
+        level = logging.ERROR if status >= 500 else logging.INFO
+        if not _access_log.isEnabledFor(level):
+            return
         caller = environ.get("HTTP_X_CALLER_SERVICE")
         duration_ms = round(seconds * 1000, 3)
-        _access_log.log(
-            logging.ERROR if status >= 500 else logging.INFO,
-            "%s %s %d %.1fms",
-            method,
-            path,
-            status,
-            duration_ms,
-            extra={
-                "method": method,
-                "route": route,
-                "path": path,
-                "status": status,
-                "duration_ms": duration_ms,
-                "caller": caller if caller and ids.is_valid_id(caller) else None,
-            },
-        )
+        fields = {
+            "method": method,
+            "route": route,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+            "caller": caller if caller and ids.is_valid_id(caller) else None,
+        }
+        # makeRecord + handle, not .log(): the caller's file and line (a stack walk) say nothing here.
+        args = (method, path, status, duration_ms)
+        _access_log.handle(_access_log.makeRecord(ACCESS_LOGGER, level, __file__, 0, "%s %s %d %.1fms", args, None, extra=fields))
 
 
 def _remember_route() -> None:

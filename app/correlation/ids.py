@@ -22,6 +22,7 @@ A hop's request ID is 16 hex digits (64 random bits): the shape of a W3C span-id
 from __future__ import annotations
 
 import os
+import random
 import re
 import time
 from datetime import datetime, timezone
@@ -37,11 +38,19 @@ _EARLIEST_PLAUSIBLE_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z
 _MAX_CLOCK_SKEW_MS = 10 * 60 * 1000
 
 
+# IDs name requests, they guard nothing: a fast generator seeded from the OS is enough, and
+# os.urandom costs a system call per ID on the request path. Our own instance (user code may seed
+# the global one for its tests) reseeded in every forked child, or gunicorn workers forked from
+# one master would draw the same IDs.
+_random = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
+
+
 def new_correlation_id(now_ms: int | None = None) -> str:
     """Return a fresh correlation ID: a UUIDv7 as 32 lowercase hex digits."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms
-    rand = int.from_bytes(os.urandom(10), "big")  # 80 bits, 74 of them used
-    rand_a = rand >> 68  # 12 bits
+    rand = _random.getrandbits(74)
+    rand_a = rand >> 62  # 12 bits
     rand_b = rand & ((1 << 62) - 1)
     value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
     return f"{value:032x}"
@@ -49,10 +58,7 @@ def new_correlation_id(now_ms: int | None = None) -> str:
 
 def new_request_id() -> str:
     """Return a fresh hop request ID: 16 lowercase hex digits, never all zeros (a W3C span-id)."""
-    while True:
-        rid = os.urandom(8).hex()
-        if rid != "0000000000000000":
-            return rid
+    return f"{_random.getrandbits(64) or 1:016x}"
 
 
 def is_valid_id(value: str) -> bool:

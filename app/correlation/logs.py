@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import threading
 import time
+import weakref
 from typing import Any
 
 from correlation import context
 from correlation.config import Settings
 
-#: Attributes every LogRecord has; anything else on a record came from ``extra=`` and is written.
-_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _CONTEXT_FIELDS = ("service", "correlation_id", "request_id", "parent_request_id")
+#: Where a JsonFormatter leaves the line it made, so the next handler does not format it again.
+_LINE_ATTR = "_correlation_json_line"
+#: Attributes every LogRecord has; anything else on a record came from ``extra=`` and is written.
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", _LINE_ATTR}
+#: A record with no more attributes than this (context fields aside) carries no extras.
+_PLAIN_RECORD_SIZE = len(logging.makeLogRecord({}).__dict__)
+_encode = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
 #: The logger of the one access line per request and hop.
 ACCESS_LOGGER = "correlation.access"
@@ -46,16 +54,33 @@ class CorrelationFilter(logging.Filter):
         return True
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def _utc_timestamp(created: float) -> str:
+    global _second_cache
     seconds = int(created)
-    micros = int((created - seconds) * 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{micros:06d}Z"
+    cached_second, prefix = _second_cache
+    if seconds != cached_second:  # strftime once a second, not once a line
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        _second_cache = (seconds, prefix)
+    return f"{prefix}.{int((created - seconds) * 1_000_000):06d}Z"
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: time, level, logger, message, context fields, extras, exception."""
+    """One JSON object per record: time, level, logger, message, context fields, extras, exception.
+
+    The line is kept on the record, so several handlers (stdout and Loki) format it once.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
+        line: str | None = record.__dict__.get(_LINE_ATTR)
+        if line is None:
+            line = self._format(record)
+            setattr(record, _LINE_ATTR, line)
+        return line
+
+    def _format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": _utc_timestamp(record.created),
             "level": record.levelname,
@@ -64,9 +89,11 @@ class JsonFormatter(logging.Formatter):
         }
         for name in _CONTEXT_FIELDS:
             entry[name] = getattr(record, name, None)
-        for name, value in record.__dict__.items():
-            if name not in _RECORD_ATTRS and name not in entry:
-                entry[name] = value
+        attrs = record.__dict__
+        if len(attrs) - sum(name in attrs for name in _CONTEXT_FIELDS) > _PLAIN_RECORD_SIZE:
+            for name, value in record.__dict__.items():
+                if name not in _RECORD_ATTRS and name not in entry:
+                    entry[name] = value
         if record.exc_info:
             if not record.exc_text:
                 record.exc_text = self.formatException(record.exc_info)
@@ -74,7 +101,60 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        return _encode(entry)
+
+
+class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler that does not flush after every record.
+
+    A flush is a system call; once per log line it was the largest single cost of an access line.
+    Lines are flushed when the last flush is ``flush_interval`` old, by a small timer thread when
+    no line follows, and at close: a line reaches the stream within about ``flush_interval``.
+    """
+
+    def __init__(self, stream: Any = None, flush_interval: float = 0.2) -> None:
+        super().__init__(stream)
+        self.flush_interval = flush_interval
+        self._last_flush = time.monotonic()
+        self._pending = threading.Event()
+        self._closed = False
+        self._start_flusher()
+        ref = weakref.ref(self)  # threads do not survive fork (gunicorn --preload): start anew
+        os.register_at_fork(after_in_child=lambda: (h := ref()) is not None and h._start_flusher())
+
+    def _start_flusher(self) -> None:
+        threading.Thread(target=self._flusher, name="log-stdout-flush", daemon=True).start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+            return
+        if time.monotonic() - self._last_flush >= self.flush_interval:
+            self.flush()
+        else:
+            self._pending.set()
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        self._pending.clear()
+        super().flush()
+
+    def _flusher(self) -> None:
+        while True:
+            self._pending.wait()
+            time.sleep(self.flush_interval)
+            if self._closed:
+                return
+            if self._pending.is_set():
+                with self.lock:  # type: ignore[union-attr]
+                    self.flush()
+
+    def close(self) -> None:
+        self._closed = True
+        self._pending.set()
+        super().close()
 
 
 def setup_logging(settings: Settings, *, stream: Any = None) -> list[logging.Handler]:
@@ -91,7 +171,7 @@ def setup_logging(settings: Settings, *, stream: Any = None) -> list[logging.Han
         old.close()
 
     formatter = JsonFormatter()
-    handlers: list[logging.Handler] = [logging.StreamHandler(stream or sys.stdout)]
+    handlers: list[logging.Handler] = [StdoutHandler(stream or sys.stdout)]
     if settings.loki.url:
         handlers.append(LokiHandler(settings.loki, labels={"service_name": settings.service, "env": settings.env}))
     for handler in handlers:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Iterator
+from typing import Any, Iterator
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -55,15 +55,23 @@ REJECTED_IDS = Counter(
 
 _last_failed_labels: dict[str, tuple[str, str, str, str]] = {}
 _last_failed_lock = threading.Lock()
+# Per label set, the histogram child and (for 5xx) the error counter child: label lookups in
+# prometheus_client take a lock and validate, and this runs on every request.
+_request_children: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
 
 
 def observe_request(service: str, route: str, method: str, status: int, seconds: float, correlation_id: str) -> None:
     """Record one answered request; 5xx also counts as an error and becomes the last failure."""
+    key = (service, route, method, status)
+    children = _request_children.get(key)
+    if children is None:
+        labels = (service, route, method, str(status))
+        errors = SERVER_ERRORS.labels(*labels) if status >= 500 else None
+        children = _request_children.setdefault(key, (REQUEST_DURATION.labels(*labels), errors))
     exemplar = {EXEMPLAR_LABEL: correlation_id}
-    labels = (service, route, method, str(status))
-    REQUEST_DURATION.labels(*labels).observe(seconds, exemplar)
-    if status >= 500:
-        SERVER_ERRORS.labels(*labels).inc(1, exemplar)
+    children[0].observe(seconds, exemplar)
+    if children[1] is not None:
+        children[1].inc(1, exemplar)
         record_failure(service, correlation_id, route, status)
 
 

@@ -16,6 +16,8 @@ timeout = 30
 graceful_timeout = 30
 keepalive = 5
 accesslog = None  # the library writes one JSON access line per request itself
+# No control socket: each service would claim the same default path, and nothing here uses it.
+control_socket_disable = True
 
 
 def worker_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature

@@ -61,7 +61,7 @@ class LokiHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         # The sender thread's own records (urllib3 warnings, ...) would feed themselves back.
-        if threading.current_thread() is self.sender.thread:
+        if threading.get_ident() == self.sender.thread_id:
             return
         try:
             line = self.format(record)
@@ -73,7 +73,7 @@ class LokiHandler(logging.Handler):
             line = self._fit(line)
         metadata = {name: value for name in METADATA_FIELDS if isinstance(value := getattr(record, name, None), str)}
         metadata["level"] = record.levelname.lower()
-        if not self.buffer.put(Entry(int(record.created * 1e9), line, metadata)):
+        if not self.buffer.put(Entry.encode(int(record.created * 1e9), line, metadata)):
             self.stats.drop("shutdown" if self.buffer.closed else "buffer_full")
             return
         self.sender.ensure_started()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from operator import itemgetter
 from typing import Iterable, Mapping
 
 from correlation.loki.buffer import Entry
@@ -18,10 +19,7 @@ CONTENT_HEADERS = {"Content-Type": "application/json", "Content-Encoding": "gzip
 
 def push_body(entries: Iterable[Entry], labels: Mapping[str, str]) -> bytes:
     """Encode ``entries`` as one stream with ``labels``, in timestamp order, gzip-compressed."""
-    values = [
-        [str(e.timestamp_ns), e.line, e.metadata] if e.metadata else [str(e.timestamp_ns), e.line]
-        for e in sorted(entries, key=lambda e: e.timestamp_ns)
-    ]
-    body = json.dumps({"streams": [{"stream": dict(labels), "values": values}]}, ensure_ascii=False)
+    values = b",".join(e.fragment for e in sorted(entries, key=itemgetter(0)))
+    body = b'{"streams":[{"stream":%s,"values":[%s]}]}' % (json.dumps(dict(labels)).encode("ascii"), values)
     # Level 1: most of the size win at a fraction of the CPU of the default level 9.
-    return gzip.compress(body.encode("utf-8"), compresslevel=1)
+    return gzip.compress(body, compresslevel=1)

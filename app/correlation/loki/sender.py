@@ -50,6 +50,7 @@ class Sender:
         self.buffer = buffer
         self.stats = stats
         self.thread: threading.Thread | None = None
+        self.thread_id: int | None = None
         self._start_lock = threading.Lock()
         self._stopping = threading.Event()
         self._deadline = float("inf")
@@ -67,6 +68,7 @@ class Sender:
                 if self.thread is None:
                     self.thread = threading.Thread(target=self._run, name="loki-sender", daemon=True)
                     self.thread.start()
+                    self.thread_id = self.thread.ident
 
     def stop(self, timeout: float) -> bool:
         """Deliver what is buffered within ``timeout`` seconds, then end the thread. True if all sent."""

@@ -36,7 +36,7 @@ class Segment:
         try:
             body = json.loads(gzip.decompress(self.path.read_bytes()))
             (stream,) = body["streams"]
-            entries = [Entry(int(v[0]), v[1], v[2] if len(v) > 2 else {}) for v in stream["values"]]
+            entries = [Entry.encode(int(v[0]), v[1], v[2] if len(v) > 2 else None) for v in stream["values"]]
             return dict(stream["stream"]), entries
         except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError) as exc:
             raise ValueError(f"unreadable spool segment {self.path}: {exc}") from None
