@@ -171,7 +171,7 @@ def test_request_trail_dashboard(dashboards: dict[str, dict[str, Any]]) -> None:
     assert (var["name"], var["type"]) == ("correlation_id", "textbox")
     loki = [(p, t) for p, t in targets(trail, "loki")]
     logs = [t for p, t in loki if p["type"] == "logs"]
-    assert [t["expr"] for t in logs] == ['{service_name=~".+"} | correlation_id="$correlation_id"']
+    assert [t["expr"] for t in logs] == ['{service_name=~".+"} | correlation_id="$correlation_id" | correlation_id!=""'], "an empty box shows nothing"
     assert [p["options"]["sortOrder"] for p, _ in loki if p["type"] == "logs"] == ["Ascending"], "time order"
     (hops_panel, hops) = [(p, t) for p, t in loki if p["type"] == "table"][0]
     assert '| json | logger="correlation.access"' in hops["expr"]

@@ -15,8 +15,8 @@ MS = 1_000_000
 CID = new_correlation_id(now_ms=T0 // MS)
 
 
-def trail_of(lines: list[tuple[int, Any]]) -> Trail:
-    raw = [(ts, line if isinstance(line, str) else json.dumps(line), None) for ts, line in lines]
+def trail_of(lines: list[tuple[int, Any]], metadata: dict[str, str] | None = None) -> Trail:
+    raw = [(ts, line if isinstance(line, str) else json.dumps(line), None, metadata or {}) for ts, line in lines]
     return build_trail(CID, raw)
 
 
@@ -184,3 +184,16 @@ def test_json_document_schema() -> None:
     assert line["level"] == "ERROR" and line["error"] and line["raw"] is None
     assert line["fields"]["request_id"] == PAYMENTS
     assert trail_to_dict(trail)["start"] == "2025-06-15T15:06:40.000000Z"
+
+
+def test_a_line_cut_to_lokis_limit_stays_on_its_hop_through_metadata() -> None:
+    lines = checkout_lines(CID, T0)
+    payments = next(line for _, line in lines if line["service"] == "payments")
+    cut = json.dumps({**payments, "message": "x" * 500})[:300] + " ...[truncated by loki shipper]"
+    trail = build_trail(CID, [
+        *((ts, json.dumps(line), None, {}) for ts, line in lines),
+        (T0 + 5 * MS, cut, "payments", {"request_id": payments["request_id"], "level": "error"}),
+    ])
+    hop = trail.hops[payments["request_id"]]
+    assert any(line.raw == cut and line.is_error for line in hop.lines)
+    assert trail.unknown == [] and not trail.problems()

@@ -244,7 +244,10 @@ def trail_problems(correlation_id: str, entries: Sequence[Entry]) -> list[str]:
 
 
 def _build(correlation_id: str, entries: Sequence[Entry]) -> Trail:
-    return build_trail(correlation_id, ((e.ts_ns, e.line, e.label("service_name")) for e in entries))
+    return build_trail(
+        correlation_id,
+        ((e.ts_ns, e.line, e.label("service_name"), {"request_id": e.label("request_id"), "level": e.label("level")}) for e in entries),
+    )
 
 
 def find_last_error(client: LokiQueryClient, service: str | None, window: Window) -> tuple[str, Entry] | None:

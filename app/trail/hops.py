@@ -14,15 +14,17 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 ACCESS_LOGGER = "correlation.access"
 ERROR_LEVELS = frozenset({"ERROR", "CRITICAL"})
 UNKNOWN_HOP = "unknown"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-#: What the trail is built from: (Loki timestamp in ns, line, ``service_name`` label or None).
-RawLine = tuple[int, str, "str | None"]
+#: What the trail is built from: (Loki timestamp in ns, line, ``service_name`` label or None,
+#: structured metadata). The metadata places a line that is not JSON (cut to Loki's line limit,
+#: written by a foreign logger) on its hop by ``request_id``.
+RawLine = tuple[int, str, "str | None", "Mapping[str, str | None]"]
 
 
 def _text(value: Any) -> str | None:
@@ -84,14 +86,18 @@ class LogLine:
         return self.level in ERROR_LEVELS
 
 
-def parse_line(ts_ns: int, raw: str, label_service: str | None = None) -> LogLine:
+def parse_line(ts_ns: int, raw: str, label_service: str | None = None, metadata: Mapping[str, str | None] | None = None) -> LogLine:
     """Parse one line; its own ``time`` wins over Loki's timestamp when it is readable."""
     try:
         fields = json.loads(raw)
     except ValueError:
         fields = None
     if not isinstance(fields, dict):
-        return LogLine(ts_ns, raw, None, label_service)
+        known = {k: v for k, v in (metadata or {}).items() if isinstance(v, str) and k in ("request_id", "level")}
+        if "request_id" not in known:
+            return LogLine(ts_ns, raw, None, label_service)
+        known["level"] = known.get("level", "").upper()
+        return LogLine(ts_ns, raw, {**known, "message": raw}, label_service)
     return LogLine(parse_time_ns(fields.get("time")) or ts_ns, raw, fields, label_service)
 
 
@@ -224,8 +230,8 @@ def build_trail(correlation_id: str, raw_lines: Iterable[RawLine]) -> Trail:
     """Group lines by ``request_id``, link hops through ``parent_request_id``, order everything."""
     hops: dict[str, Hop] = {}
     unknown: list[LogLine] = []
-    for ts_ns, raw, label_service in raw_lines:
-        line = parse_line(ts_ns, raw, label_service)
+    for ts_ns, raw, label_service, metadata in raw_lines:
+        line = parse_line(ts_ns, raw, label_service, metadata)
         request_id = line.get("request_id")
         if request_id is None:
             unknown.append(line)

@@ -1,0 +1,51 @@
+"""``python -m bench [p1 p2 p3 memory trail]``: run every benchmark, or the ones named."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+import time
+import traceback
+
+#: name -> module, in the order they run.
+BENCHMARKS = {
+    "p1": "bench.p1_shipping",
+    "p2": "bench.p2_request",
+    "p3": "bench.p3_stalled",
+    "memory": "bench.memory",
+    "trail": "bench.trail_lookup",
+}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown or any(a in ("-h", "--help") for a in argv):
+        print(f"usage: python -m bench [{' '.join(BENCHMARKS)}]", file=sys.stderr)
+        return 2 if unknown else 0
+    # The demo and library packages live under app/; the Loki sink under tests/.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for extra in (os.path.join(root, "tests"),):
+        if extra not in sys.path:
+            sys.path.append(extra)
+    print(f"bench: {', '.join(names)} | Python {platform.python_version()} | {os.cpu_count()} CPUs | "
+          f"load {os.getloadavg()[0]:.2f} | {time.strftime('%Y-%m-%d %H:%M:%S')}\n", flush=True)
+    failed = []
+    for name in names:
+        started = time.monotonic()
+        try:
+            importlib.import_module(BENCHMARKS[name]).run()
+        except Exception:
+            traceback.print_exc()
+            failed.append(name)
+        print(f"[{name} took {time.monotonic() - started:.0f} s]\n", flush=True)
+    if failed:
+        print(f"bench: failed to run: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

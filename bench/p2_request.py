@@ -1,0 +1,89 @@
+"""P2 request overhead: bare Flask vs fully instrumented, same ``GET /ping`` under the same gunicorn.
+
+gunicorn: 1 worker, gthread, 4 threads, keep-alive 5 s (FACTS.md, "request-path cost of the
+peers"). Instrumented = ``setup_logging`` (JSON to stdout, here /dev/null, and to a loopback Loki
+sink) + ``Correlation(app, settings)`` (ID, access line, RED metrics with exemplars, propagation).
+Load: wrk -t2 -c16 for BENCH_P2_SECONDS (10) per round, rounds interleaved (ABBA...).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from bench.load import LoadResult, free_port, have_wrk, run_load, wait_http
+from bench.sinkproc import SinkProcess
+from bench.table import fmt_ratio, median, print_table, targets_table
+
+NAME = "p2"
+TITLE = "P2 request overhead"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUNICORN = ["-w", "1", "-k", "gthread", "--threads", "4", "--keep-alive", "5"]
+
+
+def _start(factory: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "gunicorn", *GUNICORN, "-b", f"127.0.0.1:{port}", "--chdir", ROOT,
+               f"bench.apps:{factory}()"]
+    return subprocess.Popen(command, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run() -> None:
+    seconds = float(os.environ.get("BENCH_P2_SECONDS", "10"))
+    rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
+    connections = 16
+    results: dict[str, list[LoadResult]] = {"bare": [], "instrumented": []}
+    with SinkProcess() as sink:
+        ports = {"bare": free_port(), "instrumented": free_port()}
+        env = {"LOKI_URL": sink.url, "SERVICE_NAME": "bench", "DEPLOY_ENV": "bench", "PYTHONPATH": ROOT}
+        procs = {name: _start(f"{name}", ports[name], env) for name in results}
+        try:
+            urls = {name: f"http://127.0.0.1:{port}/ping" for name, port in ports.items()}
+            for name, url in urls.items():
+                wait_http(url)
+                run_load(url, connections=connections, seconds=2)  # warm-up
+            for r in range(rounds):
+                order = ["bare", "instrumented"] if r % 2 == 0 else ["instrumented", "bare"]
+                for name in order:
+                    results[name].append(run_load(urls[name], connections=connections, seconds=seconds))
+        finally:
+            for proc in procs.values():
+                _stop(proc)
+        shipped = sink.stats()
+
+    def med(name: str, field: str) -> float:
+        return median(getattr(r, field) for r in results[name])
+
+    rows = []
+    for name in results:
+        rs = results[name]
+        rows.append([name, med(name, "rps"), med(name, "p50_ms"), med(name, "p99_ms"), sum(r.errors for r in rs),
+                     " / ".join(f"{r.rps:,.0f}" for r in rs),
+                     fmt_ratio(med(name, "rps") / med("bare", "rps"))])
+    tool = results["bare"][0].tool
+    notes = [f"median of {rounds} interleaved rounds of {seconds:g} s, {connections} connections ({tool}"
+             + ("" if have_wrk() else ": Python fallback, install wrk for real figures") + ")",
+             f"instrumented shipped {shipped['entries']:,} access lines to the sink in {shipped['pushes']:,} pushes "
+             f"({shipped['violations']} refused)"]
+    print_table(TITLE + " (GET /ping, gunicorn 1 worker gthread x4)",
+                ["app", "req/s", "p50 ms", "p99 ms", "errors", "req/s per round", "vs bare"], rows, notes)
+    rps_i, rps_b = med("instrumented", "rps"), med("bare", "rps")
+    p99_i, p99_b = med("instrumented", "p99_ms"), med("bare", "p99_ms")
+    targets_table(f"{TITLE}: targets", [
+        ("throughput instrumented / bare", rps_i, rps_b, ">= 0.90x", rps_i >= 0.9 * rps_b),
+        ("p99 ms instrumented / bare", p99_i, p99_b, "<= 1.20x", p99_i <= 1.2 * p99_b),
+    ])

@@ -1,0 +1,129 @@
+"""The loopback Loki push sink of the tests (tests/loki_sink.py), run in its own process.
+
+In its own process the sink's JSON decoding and validation do not compete for the GIL with the
+code being measured (on a real deployment Loki runs elsewhere too). The parent talks to it over a
+pipe (JSON lines on stdin/stdout): ``stats()``, ``reset()``, ``set_lenient()``; entries are counted and then discarded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+TESTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+
+
+def _approx_push_bytes(entries: list[Any]) -> int:
+    """Decoded JSON size of a push, roughly (what Loki's 4 MB gRPC limit counts)."""
+    return sum(len(e.line.encode()) + 24 + sum(len(k) + len(v) + 6 for k, v in e.metadata.items()) for e in entries)
+
+
+def _serve(default: Any, lenient: bool) -> None:
+    """The child: start the sink, print its URL, answer one JSON line per command line on stdin."""
+    if TESTS_DIR not in sys.path:
+        sys.path.insert(0, TESTS_DIR)
+    from loki_sink import LokiSink
+
+    out = sys.stdout
+    # Clients that give up on a stalled push make the server print BrokenPipe tracebacks: not news.
+    sys.stderr = sys.stdout = open(os.devnull, "w")
+
+    def send(obj: Any) -> None:
+        out.write(json.dumps(obj) + "\n")
+        out.flush()
+
+    with LokiSink(default=default, lenient=lenient) as sink:
+        send(sink.url)
+        counted = 0  # pushes already counted (and emptied)
+        totals = {"entries": 0, "pushes": 0, "max_push_entries": 0, "max_push_bytes": 0}
+        for raw in sys.stdin:
+            command, arg = json.loads(raw)
+            if command == "stop":
+                break
+            with sink._lock:
+                for push in sink.pushes[counted:]:
+                    n = len(push.entries)
+                    totals["entries"] += n
+                    totals["pushes"] += 1
+                    totals["max_push_entries"] = max(totals["max_push_entries"], n)
+                    totals["max_push_bytes"] = max(totals["max_push_bytes"], _approx_push_bytes(push.entries))
+                    push.entries = []  # keep memory flat: counted is enough here
+                counted = len(sink.pushes)
+                if command == "reset":
+                    sink.pushes.clear()
+                    sink.violations.clear()
+                    counted = 0
+                    totals = dict.fromkeys(totals, 0)
+                elif command == "lenient":
+                    sink.lenient = bool(arg)
+                reply = {**totals, "violations": len(sink.violations),
+                         "first_violation": sink.violations[0] if sink.violations else "", "requests": sink.requests}
+            send(reply)
+        send({"stopped": True})
+    os._exit(0)  # stalled handler threads may still be waiting
+
+
+class SinkProcess:
+    """``with SinkProcess() as sink:`` gives ``sink.url``; ``default="stall"`` makes it hang pushes."""
+
+    def __init__(self, default: Any = 204, lenient: bool = False) -> None:
+        self._args = [json.dumps(default), "1" if lenient else "0"]
+        self._proc: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def __enter__(self) -> "SinkProcess":
+        root = os.path.dirname(TESTS_DIR)
+        self._proc = subprocess.Popen([sys.executable, "-m", "bench.sinkproc", *self._args], cwd=root,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        line = self._proc.stdout.readline()  # type: ignore[union-attr]
+        if not line:
+            raise RuntimeError("the Loki sink process did not start")
+        self.url = json.loads(line)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            self._ask("stop")
+        except (OSError, ValueError):
+            pass
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _ask(self, command: str, arg: Any = None) -> dict[str, Any]:
+        assert self._proc is not None and self._proc.stdin and self._proc.stdout
+        self._proc.stdin.write(json.dumps([command, arg]) + "\n")
+        self._proc.stdin.flush()
+        return json.loads(self._proc.stdout.readline())
+
+    def stats(self) -> dict[str, Any]:
+        return self._ask("stats")
+
+    def reset(self) -> dict[str, Any]:
+        return self._ask("reset")
+
+    def set_lenient(self, lenient: bool) -> dict[str, Any]:
+        return self._ask("lenient", lenient)
+
+    def wait_entries(self, count: int, timeout: float) -> tuple[dict[str, Any], float]:
+        """Poll until ``count`` entries arrived (or timeout); the stats and the time they did."""
+        deadline = time.perf_counter() + timeout
+        while True:
+            stats = self.stats()
+            now = time.perf_counter()
+            if stats["entries"] >= count or now >= deadline:
+                return stats, now
+            time.sleep(0.01)
+
+
+if __name__ == "__main__":
+    _serve(json.loads(sys.argv[1]), sys.argv[2] == "1")

@@ -1,0 +1,217 @@
+"""Trail lookup: how long does finding one request's lines in a real Loki take?
+
+Only with env LOKI_URL (and the usual LOKI_* auth settings) pointing at a real Loki, e.g. the
+compose stack's; otherwise it prints "skipped" and only checks its own helpers.
+
+Pushes BENCH_TRAIL_LINES (1,000,000) demo-like lines: 200k requests x 5 lines over 4 service
+streams (labels service_name, env="bench-trail"), spread over the last 55 minutes, with structured
+metadata correlation_id / request_id / level, through Loki's push API in 1 MiB batches (429 and
+5xx retried). Then times ``LokiQueryClient.query_all`` of one request's trail
+(``{service_name=~".+"} | correlation_id="ID"``) over the last hour, and over the window the
+trail CLI derives from the ID's own time (``trail.cli``: MARGIN_SECONDS before, the longest
+request plus the margin after). Loki indexes neither, so the time scales with the window.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import random
+import time
+from typing import Any, Iterator
+
+from bench.table import median, print_table, targets_table
+
+NAME = "trail"
+TITLE = "Trail lookup in a real Loki"
+NS = 1_000_000_000
+MS = 1_000_000
+BATCH_BYTES = 1024 * 1024
+SERVICES = ("gateway", "orders", "payments", "inventory")
+LABEL_ENV = "bench-trail"
+TARGET_MS = 150.0
+GZIP = True  # pushes gzip-compressed, as our shipper sends them
+
+
+def seeded_correlation_id(ms: int, rng: random.Random) -> str:
+    """Our UUIDv7 layout (correlation.ids) with reproducible random bits, so a run can find its ID."""
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | rng.getrandbits(12) << 64 | 0b10 << 62 | rng.getrandbits(62)
+    return f"{value:032x}"
+
+
+def request_lines(index: int, ts_ns: int, rng: random.Random) -> tuple[str, list[tuple[str, int, str, dict[str, str]]]]:
+    """One checkout's 5 lines as (service, ts_ns, line, metadata); the ID carries ``ts_ns``."""
+    cid = seeded_correlation_id(ts_ns // MS, rng)
+    rids = {s: f"{rng.getrandbits(64):016x}" for s in SERVICES}
+    parents = {"gateway": None, "orders": rids["gateway"], "payments": rids["orders"], "inventory": rids["orders"]}
+    order = f"{rng.getrandbits(48):012x}"
+    def access(method: str, route: str, ms: float, caller: str | None) -> dict[str, Any]:
+        return {"method": method, "route": route, "path": route, "status": 201, "duration_ms": ms, "caller": caller}
+
+    # One line of the app and one access line per hop, as the demo writes them: the trail the CLI
+    # rebuilds from these is complete, so it stays in the narrow window (no widening).
+    plan = [
+        ("gateway", 0, "demo", "checkout started with 1 item(s)", {}),
+        ("payments", 5, "correlation.access", "POST /payments 201 1.0ms", access("POST", "/payments", 1.0, "orders")),
+        ("inventory", 6, "correlation.access", "POST /reservations 201 1.0ms", access("POST", "/reservations", 1.0, "orders")),
+        ("orders", 8, "correlation.access", "POST /orders 201 6.0ms", access("POST", "/orders", 6.0, "gateway")),
+        ("gateway", 9, "correlation.access", "POST /checkout 201 9.0ms", access("POST", "/checkout", 9.0, None)),
+    ]
+    out = []
+    for service, offset_ms, logger, message, extra in plan:
+        t = ts_ns + offset_ms * MS
+        line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t // NS)) + f".{(t // 1000) % 1_000_000:06d}Z",
+                "level": "INFO", "logger": logger, "message": message, "service": service,
+                "correlation_id": cid, "request_id": rids[service], "parent_request_id": parents[service], **extra}
+        out.append((service, t, json.dumps(line), {"correlation_id": cid, "request_id": rids[service], "level": "info"}))
+    return cid, out
+
+
+def batches(requests: int, start_ns: int, end_ns: int, seed: int = 7) -> Iterator[dict[str, Any]]:
+    """Push bodies of about BATCH_BYTES each, all 4 streams, in time order."""
+    rng = random.Random(seed)
+    step = (end_ns - start_ns) // max(1, requests)
+    values: dict[str, list[list[Any]]] = {s: [] for s in SERVICES}
+    size = 0
+    for i in range(requests):
+        _, lines = request_lines(i, start_ns + i * step, rng)
+        for service, ts, line, metadata in lines:
+            values[service].append([str(ts), line, metadata])
+            size += len(line) + 120
+        if size >= BATCH_BYTES:
+            yield _body(values)
+            values = {s: [] for s in SERVICES}
+            size = 0
+    if size:
+        yield _body(values)
+
+
+def _body(values: dict[str, list[list[Any]]]) -> dict[str, Any]:
+    return {"streams": [{"stream": {"service_name": s, "env": LABEL_ENV}, "values": v} for s, v in values.items() if v]}
+
+
+def target_request(requests: int, start_ns: int, end_ns: int, seed: int = 7) -> tuple[str, int]:
+    """The correlation ID and time of the middle request ``batches`` generates (same seed)."""
+    rng = random.Random(seed)
+    step = (end_ns - start_ns) // max(1, requests)
+    cid = ""
+    for i in range(requests // 2 + 1):
+        cid, _ = request_lines(i, start_ns + i * step, rng)
+    return cid, start_ns + (requests // 2) * step
+
+
+def id_window(correlation_id: str) -> tuple[int, int]:
+    """The window the trail CLI queries first for one of our IDs (see trail.cli.fetch_trail)."""
+    from correlation.ids import time_ms_of
+    from trail import cli
+
+    id_ns = time_ms_of(correlation_id) * MS  # type: ignore[operator]
+    return (id_ns - int(cli.MARGIN_SECONDS * NS),
+            id_ns + int((cli.DEFAULT_MAX_REQUEST_SECONDS + cli.MARGIN_SECONDS) * NS))
+
+
+def _push(session: Any, settings: Any, body: dict[str, Any]) -> int:
+    """POST one batch, retrying 429/5xx/connection errors (0.5 s doubling, 10 tries). Retries made."""
+    import requests
+
+    data = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **settings.auth_headers()}
+    if GZIP:
+        data = gzip.compress(data, compresslevel=1)
+        headers["Content-Encoding"] = "gzip"
+    delay = 0.5
+    for attempt in range(10):
+        try:
+            r = session.post(settings.push_url, data=data, headers=headers, auth=settings.basic_auth,
+                             verify=settings.tls_verify, timeout=30)
+            if r.status_code // 100 == 2:
+                return attempt
+            if r.status_code != 429 and r.status_code < 500:
+                raise RuntimeError(f"Loki refused a push: HTTP {r.status_code}: {r.text[:300]}")
+        except requests.ConnectionError:
+            pass
+        time.sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(delay * 2, 8.0)
+    raise RuntimeError("Loki kept refusing a push after 10 tries")
+
+
+def self_check() -> str:
+    """Helpers on a small sample: bodies pass the sink's validation, the ID window covers the lines."""
+    import sys
+
+    from bench.sinkproc import TESTS_DIR
+
+    if TESTS_DIR not in sys.path:
+        sys.path.insert(0, TESTS_DIR)
+    from loki_sink import validate_push
+
+    now = time.time_ns()
+    start, end = now - 3300 * NS, now - 60 * NS
+    bodies = list(batches(3000, start, end))
+    entries = [e for b in bodies for e in validate_push(b)]
+    assert len(entries) == 15_000, len(entries)
+    assert all(len(json.dumps(b)) < 2 * BATCH_BYTES for b in bodies)
+    cid, ts = target_request(3000, start, end)
+    from correlation.ids import time_ms_of
+
+    assert time_ms_of(cid) == ts // MS, (cid, ts)
+    mine = [e for e in entries if e.metadata["correlation_id"] == cid]
+    assert len(mine) == 5 and {e.labels["service_name"] for e in mine} == set(SERVICES)
+    lo, hi = id_window(cid)
+    assert all(lo <= e.timestamp_ns < hi for e in mine) and hi - lo < 60 * NS
+    return f"helpers self-check ok: {len(bodies)} push bodies for 15,000 lines, all valid; ID window {(hi - lo) / NS:.0f} s"
+
+
+def run() -> None:
+    if not os.environ.get("LOKI_URL", "").strip():
+        print("skipped: set LOKI_URL to a real Loki")
+        print(f"  ({self_check()})\n", flush=True)
+        return
+    import requests
+
+    from correlation.config import LokiSettings
+    from trail import cli
+    from trail.cli import trail_query
+    from trail.loki_query import DEFAULT_PAGE_SIZE, LokiQueryClient
+
+    lines = int(os.environ.get("BENCH_TRAIL_LINES", "1000000"))
+    repeats = int(os.environ.get("BENCH_TRAIL_REPEATS", "7"))
+    settings = LokiSettings.from_env()
+    reqs = lines // 5
+    now = time.time_ns()
+    start, end = now - 3300 * NS, now - 30 * NS
+    session = requests.Session()
+    pushed = retries = 0
+    t0 = time.perf_counter()
+    for body in batches(reqs, start, end):
+        retries += _push(session, settings, body)
+        pushed += sum(len(s["values"]) for s in body["streams"])
+    push_s = time.perf_counter() - t0
+    cid, _ = target_request(reqs, start, end)
+    query = trail_query(cid)
+    client = LokiQueryClient(settings)
+    hour = cli.Window(time.time_ns() - 3600 * NS, time.time_ns())
+    # What `trail ID` does: None = let it derive the window from the ID (and widen if it must).
+    lookups: dict[str, cli.Window | None] = {"last 1 h": hour, "ID-derived": None}
+    times: dict[str, list[float]] = {k: [] for k in lookups}
+    found: dict[str, tuple[int, int, bool]] = {}
+    for _ in range(repeats):
+        for name, explicit in lookups.items():
+            t = time.perf_counter()
+            result = cli.fetch_trail(client, cid, explicit, max_request_seconds=cli.DEFAULT_MAX_REQUEST_SECONDS,
+                                     page_size=DEFAULT_PAGE_SIZE, now_ns=time.time_ns(), say=lambda _: None)
+            times[name].append((time.perf_counter() - t) * 1000)
+            complete = not cli.trail_problems(cid, result.entries)
+            found[name] = (len(result.entries), len(result.windows), complete)
+    rows = [[name, found[name][1], median(times[name]), min(times[name]), found[name][0], "yes" if found[name][2] else "NO"]
+            for name in lookups]
+    print_table(f"{TITLE} ({pushed:,} lines pushed in {push_s:.0f} s, {retries} retried pushes)",
+                ["window", "queries", "median ms", "min ms", "lines found", "complete trail"], rows,
+                [f"query: {query}", f"median of {repeats} interleaved runs of trail.cli.fetch_trail (what `trail ID` runs); "
+                 "expected 5 lines (the first query may include Loki warming up)"])
+    narrow, wide = median(times["ID-derived"]), median(times["last 1 h"])
+    ok = found["ID-derived"][0] == 5 and found["ID-derived"][2] and found["ID-derived"][1] == 1
+    targets_table(f"{TITLE}: targets", [
+        ("ID-derived window, ms (vs 1 h)", narrow, wide, f"< {TARGET_MS:.0f} ms, full trail", narrow < TARGET_MS and ok),
+    ])
