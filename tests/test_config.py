@@ -53,6 +53,8 @@ def test_basic_auth() -> None:
         ({"DEPLOY_ENV": "prod\n"}, None),  # stripped: valid
         ({"CORRELATION_HEADER": "X Bad"}, "CORRELATION_HEADER"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"LOG_STDOUT": "maybe"}, "LOG_STDOUT"),
+        ({"LOG_STDOUT": "false"}, "LOG_STDOUT=false needs LOKI_URL"),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str], names: str | None) -> None:

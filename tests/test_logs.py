@@ -131,3 +131,18 @@ def test_a_record_is_formatted_once_for_all_handlers() -> None:
     first = formatter.format(record)
     record.msg = "changed"
     assert JsonFormatter().format(record) is first
+
+
+def test_loki_only_when_stdout_is_off() -> None:
+    root = logging.getLogger()
+    before = list(root.handlers)
+    settings = Settings.from_env({"LOKI_URL": "http://127.0.0.1:9", "LOG_STDOUT": "false"}, service="svc")
+    try:
+        handlers = setup_logging(settings)
+        assert [type(h) for h in handlers] == [LokiHandler]
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+            if isinstance(handler, LokiHandler):
+                handler.buffer.drain()
+            handler.close()

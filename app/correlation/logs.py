@@ -160,7 +160,8 @@ class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def setup_logging(settings: Settings, *, stream: Any = None) -> list[logging.Handler]:
     """Send the root logger's records as JSON lines to ``stream`` (stdout) and to Loki.
 
-    Loki shipping is on when ``settings.loki.url`` is set. Returns the handlers it installed
+    Loki shipping is on when ``settings.loki.url`` is set; stdout unless ``settings.log_stdout``
+    is False. Returns the handlers it installed
     (replacing earlier ones it installed), so a caller can flush or close them.
     """
     from correlation.loki import LokiHandler  # the shipper is optional; import only when used
@@ -171,7 +172,7 @@ def setup_logging(settings: Settings, *, stream: Any = None) -> list[logging.Han
         old.close()
 
     formatter = JsonFormatter()
-    handlers: list[logging.Handler] = [StdoutHandler(stream or sys.stdout)]
+    handlers: list[logging.Handler] = [StdoutHandler(stream or sys.stdout)] if settings.log_stdout else []
     if settings.loki.url:
         handlers.append(LokiHandler(settings.loki, labels={"service_name": settings.service, "env": settings.env}))
     for handler in handlers:
