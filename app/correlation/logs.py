@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import threading
 import time
-import weakref
 from typing import Any
 
 from correlation import context
 from correlation.config import Settings
+from correlation.forks import rebuild_after_fork
 
 _CONTEXT_FIELDS = ("service", "correlation_id", "request_id", "parent_request_id")
 #: Where a JsonFormatter leaves the line it made, so the next handler does not format it again.
@@ -104,7 +103,7 @@ class JsonFormatter(logging.Formatter):
         return _encode(entry)
 
 
-class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StdoutHandler(logging.StreamHandler):
     """A StreamHandler that does not flush after every record.
 
     A flush is a system call; once per log line it was the largest single cost of an access line.
@@ -119,8 +118,8 @@ class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._pending = threading.Event()
         self._closed = False
         self._start_flusher()
-        ref = weakref.ref(self)  # threads do not survive fork (gunicorn --preload): start anew
-        os.register_at_fork(after_in_child=lambda: (h := ref()) is not None and h._start_flusher())
+        # Threads do not survive fork (gunicorn --preload): start anew in the child.
+        rebuild_after_fork(self, StdoutHandler._start_flusher)
 
     def _start_flusher(self) -> None:
         threading.Thread(target=self._flusher, name="log-stdout-flush", daemon=True).start()

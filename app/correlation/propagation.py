@@ -73,12 +73,12 @@ def instrument_requests(service: str, header: str = DEFAULT_HEADER) -> None:
     _service, _header = service, header
     if _original_send is None:
         _original_send = requests.Session.send
-        requests.Session.send = _send  # type: ignore[method-assign]
+        setattr(requests.Session, "send", _send)
 
 
 def uninstrument_requests() -> None:
     """Undo :func:`instrument_requests`."""
     global _original_send
     if _original_send is not None:
-        requests.Session.send = _original_send  # type: ignore[method-assign]
+        setattr(requests.Session, "send", _original_send)
         _original_send = None

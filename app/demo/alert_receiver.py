@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="payloads kept for GET /alerts (default %(default)s)")
     args = parser.parse_args(argv)
     server, _ = make_server(args.host, args.port, args.keep)
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), server.server_address[1]
     print(f"alert-receiver listening on http://{host}:{port}/alerts", flush=True)
     # As PID 1 in a container, SIGTERM has no default action: without this `docker stop` waits
     # for its timeout and kills.

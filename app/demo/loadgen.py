@@ -220,7 +220,7 @@ def _progress(out: TextIO, elapsed: float, stats: Stats, settings: Settings,
     s = stats.snapshot()
     line = (f"loadgen {'done' if final else 'at'} {elapsed:.1f}s: sent={s['sent']} ok={s['ok']} "
             f"5xx={s['server_errors']} 4xx={s['client_errors']} no_answer={s['failed']} skipped={s['skipped']} "
-            f"rate={s['sent'] / elapsed if elapsed > 0 else 0.0:.1f}/s")
+            f"rate={int(s['sent']) / elapsed if elapsed > 0 else 0.0:.1f}/s")
     if faults is not None:
         line += f" {settings.fault_service}.error_rate={faults.applied}"
     if s["last_failed_id"]:

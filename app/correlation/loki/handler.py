@@ -8,12 +8,11 @@ Loki. A background thread (:mod:`correlation.loki.sender`) batches and pushes. `
 from __future__ import annotations
 
 import logging
-import os
 import threading
-import weakref
 from typing import Mapping
 
 from correlation.config import LokiSettings
+from correlation.forks import rebuild_after_fork
 from correlation.loki.buffer import Entry, LineBuffer
 from correlation.loki.sender import Sender
 from correlation.loki.stats import ShipperStats
@@ -48,8 +47,7 @@ class LokiHandler(logging.Handler):
         self._new_pipeline()
         # After fork the parent's thread is gone and its buffered lines are the parent's to send:
         # the child starts empty and starts its own sender lazily (works with gunicorn --preload).
-        ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (h := ref()) is not None and h._new_pipeline())
+        rebuild_after_fork(self, LokiHandler._new_pipeline)
 
     def _new_pipeline(self) -> None:
         inherited = getattr(self, "sender", None)
@@ -86,14 +84,11 @@ class LokiHandler(logging.Handler):
         keep = self.max_line_bytes - len(TRUNCATION_MARK.encode())
         return encoded[:keep].decode("utf-8", "ignore") + TRUNCATION_MARK
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Send everything buffered now; wait up to ``timeout`` (default: the flush timeout).
-
-        True once nothing waits in memory (with a spool, lines may still wait on disk).
-        """
-        if self.sender.thread is None:
-            return self.buffer.buffered[0] == 0
-        return self.buffer.join(self.settings.flush_timeout_seconds if timeout is None else timeout)
+    def flush(self, timeout: float | None = None) -> None:
+        """Send everything buffered now; wait up to ``timeout`` (default: the flush timeout)
+        until nothing waits in memory (with a spool, lines may still wait on disk)."""
+        if self.sender.thread is not None:
+            self.buffer.join(self.settings.flush_timeout_seconds if timeout is None else timeout)
 
     def close(self) -> None:
         """Flush within ``flush_timeout_seconds``; what is still buffered then is counted as dropped."""
