@@ -10,6 +10,8 @@ from typing import Iterator
 
 import flask
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from correlation import context, ids, metrics
 from correlation.config import Settings
@@ -163,3 +165,16 @@ def test_red_metrics_with_exemplars_and_last_failure(edge: App) -> None:
     last = [line for line in mine if line.startswith("correlation_last_failed_request{")]
     assert len(last) == 1 and 'correlation_id="fail-2"' in last[0] and 'route="/boom"' in last[0]
     assert f'http_server_requests_in_flight{{service="{edge.service}"}} 0.0' in text
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.text(alphabet=st.characters(max_codepoint=0xFF), max_size=120))
+def test_any_inbound_value_is_kept_if_valid_else_replaced(edge: App, value: str) -> None:
+    # WSGI hands header values over as latin-1 strings: every byte a client can send.
+    response = edge.client.get("/items/1", environ_base={_environ_key(edge.header): value})
+    assert response.status_code == 200
+    echoed = response.headers[edge.header]
+    if ids.is_valid_id(value):
+        assert echoed == value
+    else:
+        assert ids.time_of(echoed) is not None
