@@ -68,7 +68,6 @@ class Sender:
                 if self.thread is None:
                     self.thread = threading.Thread(target=self._run, name="loki-sender", daemon=True)
                     self.thread.start()
-                    self.thread_id = self.thread.ident
 
     def stop(self, timeout: float) -> bool:
         """Deliver what is buffered within ``timeout`` seconds, then end the thread. True if all sent."""
@@ -83,6 +82,7 @@ class Sender:
     # -- the thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
+        self.thread_id = threading.get_ident()  # before anything here can log
         self.spool = self._open_spool()
         try:
             while True:
