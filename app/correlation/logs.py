@@ -132,7 +132,7 @@ class StdoutHandler(logging.StreamHandler):
             return
         if time.monotonic() - self._last_flush >= self.flush_interval:
             self.flush()
-        else:
+        elif not self._pending.is_set():  # set() takes a lock and wakes the flusher: once is enough
             self._pending.set()
 
     def flush(self) -> None:
