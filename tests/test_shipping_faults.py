@@ -61,13 +61,15 @@ def test_sigterm_flushes_buffered_lines_within_the_graceful_timeout(loki_sink: L
     assert _access_ids(loki_sink) == set(ids)
 
 
-def test_preload_every_worker_ships(loki_sink: LokiSink, start_payments) -> None:
+def test_preload_every_worker_ships(loki_sink: LokiSink, start_payments, tmp_path: Path) -> None:
     # With --preload the app (and its handler, whose sender thread already ran for the startup
-    # line) is built in the master; each forked worker must start its own sender.
-    env = {"LOKI_URL": loki_sink.url, "LOKI_BATCH_MAX_WAIT_SECONDS": "0.1"}
+    # line and holds its spool directory) is built in the master; each forked worker must start
+    # its own sender, with a spool directory of its own.
+    env = {"LOKI_URL": loki_sink.url, "LOKI_BATCH_MAX_WAIT_SECONDS": "0.1", "LOKI_SPOOL_DIR": str(tmp_path / "spool")}
     url, _ = start_payments(env, "--preload", "--workers", "2")
     ids = _pay(url, 40)
     loki_sink.wait_for(lambda entries: _access_ids(loki_sink) >= set(ids), timeout=15)
+    assert len(list((tmp_path / "spool").iterdir())) == 3, "master and two workers, one spool directory each"
 
 
 def test_a_stalled_loki_does_not_slow_or_fail_requests(loki_sink: LokiSink, start_payments) -> None:
@@ -82,3 +84,23 @@ def test_a_stalled_loki_does_not_slow_or_fail_requests(loki_sink: LokiSink, star
     metrics = requests.get(f"{url}/metrics", timeout=5).text
     buffered = [line for line in metrics.splitlines() if line.startswith("loki_shipper_buffered_lines{")]
     assert buffered and float(buffered[0].rsplit(" ", 1)[1]) > 0, "the lines wait in memory, not in the request"
+
+
+def test_lines_kept_on_disk_at_shutdown_are_sent_by_the_restarted_service(loki_sink: LokiSink, start_payments, tmp_path: Path) -> None:
+    env = {
+        "LOKI_URL": loki_sink.url,
+        "LOKI_SPOOL_DIR": str(tmp_path / "spool"),
+        "LOKI_BATCH_MAX_WAIT_SECONDS": "0.05",
+        "LOKI_FLUSH_TIMEOUT_SECONDS": "1",
+        "LOKI_BACKOFF_MAX_SECONDS": "0.2",
+    }
+    loki_sink.default = 503  # Loki down for the whole life of the first process
+    url, proc = start_payments(env)
+    ids = _pay(url, 20)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert _access_ids(loki_sink) == set() and list((tmp_path / "spool").rglob("*.json.gz"))
+
+    loki_sink.default = 204  # Loki is back; the service restarts on the same spool
+    start_payments(env)
+    loki_sink.wait_for(lambda entries: _access_ids(loki_sink) >= set(ids), timeout=20)
