@@ -1,0 +1,106 @@
+"""The shipper and the demo chain against a real Loki (runs only when LOKI_URL is set).
+
+What the push sink can only imitate: that Loki accepts our pushes, keeps the correlation ID as
+structured metadata (not a label), and answers the trail and error queries the stack uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import pytest
+import requests
+
+from correlation import context
+from correlation.config import LokiSettings
+from correlation.ids import new_correlation_id
+from correlation.logs import CorrelationFilter, JsonFormatter
+from correlation.loki import LokiHandler
+from trail.cli import trail_query
+from trail.loki_query import LokiQueryClient
+
+pytestmark = pytest.mark.skipif(not os.environ.get("LOKI_URL"), reason="needs a real Loki: set LOKI_URL")
+
+NS = 1_000_000_000
+
+
+def _wait_for(client: LokiQueryClient, query: str, start_ns: int, count: int) -> list:
+    deadline = time.monotonic() + 20  # ingested lines become queryable quickly, not instantly
+    while True:
+        entries = client.query_all(query, start_ns, time.time_ns() + NS)
+        if len(entries) >= count or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.5)
+
+
+def test_shipped_lines_carry_the_id_as_metadata_not_label() -> None:
+    settings = LokiSettings.from_env()
+    service = f"real-loki-test-{os.getpid()}"
+    handler = LokiHandler(LokiSettings(**{**settings.__dict__, "batch_max_wait_seconds": 0.1}), {"service_name": service, "env": "test"})
+    handler.addFilter(CorrelationFilter(service))
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.real_loki")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    start = time.time_ns() - NS
+    hop = context.Hop.start(new_correlation_id())
+    try:
+        with context.bound(hop):
+            logger.info("first")
+            logger.error("second, an error")
+        logger.info("outside any request")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert handler.stats.snapshot().sent_lines == 3 and sum(handler.stats.snapshot().dropped.values()) == 0
+
+    client = LokiQueryClient(settings)
+    entries = _wait_for(client, trail_query(hop.correlation_id), start, 2)
+    assert sorted(e.line.split('"message": "')[1].split('"')[0] for e in entries) == ["first", "second, an error"]
+    assert all(e.label("request_id") == hop.request_id for e in entries)
+    errors = _wait_for(client, f'{{service_name="{service}"}} | level="error"', start, 1)
+    assert [e.label("correlation_id") for e in errors] == [hop.correlation_id]
+
+    labels = requests.get(
+        settings.url.rstrip("/") + "/loki/api/v1/labels", headers=settings.auth_headers(), auth=settings.basic_auth,
+        verify=settings.tls_verify, params={"start": str(start)}, timeout=10,
+    ).json()["data"]
+    assert "correlation_id" not in labels and "request_id" not in labels
+    assert {"service_name", "env"} <= set(labels)
+
+
+def test_a_failed_checkout_is_found_and_followed_by_the_trail_cli(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import subprocess
+
+    from conftest import free_port
+    from demo.run_local import start_chain
+    from demo.services import SERVICES
+    from trail.cli import main
+
+    with (tmp_path / "chain.log").open("wb") as log:
+        chain = start_chain({name: free_port() for name in SERVICES}, {"LOKI_URL": os.environ["LOKI_URL"],
+                            "LOKI_BATCH_MAX_WAIT_SECONDS": "0.2", "DEPLOY_ENV": "test"}, stdout=log)
+        try:
+            requests.post(f"{chain.urls['payments']}/admin/faults", json={"error_rate": 1.0}, timeout=5)
+            failed = requests.post(f"{chain.urls['gateway']}/checkout", timeout=10)
+            requests.post(f"{chain.urls['payments']}/admin/faults", json={"error_rate": 0.0}, timeout=5)
+        finally:
+            assert all(code == 0 for code in chain.stop().values())  # stopping flushes every service
+    assert failed.status_code == 502
+    cid = failed.headers["X-Correlation-ID"]
+
+    deadline = time.monotonic() + 20
+    while True:
+        code = main(["--last-error", "--service", "payments", "--since", "5m", "--json"])
+        document = json.loads(capsys.readouterr().out or "{}")
+        if code == 0 and document.get("correlation_id") == cid or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert code == 0 and document["correlation_id"] == cid and document["complete"]
+    hops = {hop["service"]: hop for hop in document["hops"]}
+    assert {name: hops[name]["status"] for name in SERVICES} == {"gateway": 502, "orders": 502, "payments": 500, "inventory": 201}
+    assert hops["payments"]["parent_request_id"] == hops["orders"]["request_id"]
