@@ -178,3 +178,13 @@ def test_any_inbound_value_is_kept_if_valid_else_replaced(edge: App, value: str)
         assert echoed == value
     else:
         assert ids.time_of(echoed) is not None
+
+
+def test_made_up_methods_share_one_metric_label(edge: App) -> None:
+    for method in ("BREW", "WHEN", "XYZZY"):
+        edge.client.open("/items/1", method=method)
+    text = edge.client.get("/metrics").get_data(as_text=True)
+    mine = [line for line in text.splitlines() if f'service="{edge.service}"' in line and "_count" in line]
+    assert any('method="other"' in line and 'status="405"' in line for line in mine)
+    assert not any("BREW" in line or "XYZZY" in line for line in mine)
+    assert [line["method"] for line in edge.access()] == ["BREW", "WHEN", "XYZZY"], "the access line keeps it"

@@ -27,6 +27,8 @@ from correlation.logs import ACCESS_LOGGER
 _log = logging.getLogger("correlation.edge")
 _access_log = logging.getLogger(ACCESS_LOGGER)
 _ROUTE_KEY = "correlation.route"
+# The method is the client's to choose: as a metric label anything else would be unbounded.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 
 StartResponse = Callable[..., Any]
 
@@ -107,7 +109,8 @@ class _Edge:
         route = environ.get(_ROUTE_KEY, "unmatched")
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
-        metrics.observe_request(self.settings.service, route, method, status, seconds, hop.correlation_id)
+        metric_method = method if method in _METHODS else "other"
+        metrics.observe_request(self.settings.service, route, metric_method, status, seconds, hop.correlation_id)
         level = logging.ERROR if status >= 500 else logging.INFO
         if not _access_log.isEnabledFor(level):
             return
