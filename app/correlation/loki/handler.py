@@ -57,6 +57,17 @@ class LokiHandler(logging.Handler):
         self.buffer = LineBuffer(self.settings.buffer_max_bytes)
         self.sender = Sender(self.settings, self.labels, self.buffer, self.stats)
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Filter and emit without the handler-wide lock: the buffer has its own, held briefly.
+
+        Every request thread logs through this handler; the lock that ``logging`` takes around
+        ``emit`` would serialise them on formatting, for nothing.
+        """
+        if self.filter(record):
+            self.emit(record)
+            return True
+        return False
+
     def emit(self, record: logging.LogRecord) -> None:
         # The sender thread's own records (urllib3 warnings, ...) would feed themselves back.
         if threading.get_ident() == self.sender.thread_id:
