@@ -112,6 +112,11 @@ def test_failure_in_one_service_is_traceable(chain, chain_sink: LokiSink) -> Non
     errors = [e for e in trail if e.metadata["level"] == "error"]
     assert {e.labels["service_name"] for e in errors} >= {"payments", "orders", "gateway"}
     assert any("InjectedFault" in e.json.get("exception", "") for e in errors if e.labels["service_name"] == "payments")
+    # Only payments failed on its own; orders and gateway failed because their call did.
+    origins = {e.labels["service_name"]: (e.json.get("origin"), e.json.get("failed_downstream"))
+               for e in trail if e.json.get("logger") == ACCESS_LOGGER}
+    assert origins.pop("inventory", (None, None)) == (None, None), "inventory answered fine"
+    assert origins == {"payments": ("self", None), "orders": ("downstream", "payments"), "gateway": ("downstream", "orders")}
     # The last failed request of payments is named in its metrics, for alert annotations.
     text = requests.get(f"{payments}/metrics", timeout=5).text
     last = [line for line in text.splitlines() if line.startswith("correlation_last_failed_request{")]

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from correlation import context, ids, metrics
 from correlation.config import Settings
 from correlation.flask import Correlation
-from correlation.logs import ACCESS_LOGGER, CorrelationFilter, JsonFormatter
+from correlation.logs import JsonFormatter
+from correlation.schema import ACCESS_LOGGER
 
 _names = count()
 
@@ -30,6 +31,12 @@ class App:
         self.app = flask.Flask(self.service)
         self.app.config["PROPAGATE_EXCEPTIONS"] = False
         self.hops: list[context.Hop] = []
+
+        @self.app.get("/after-downstream-failed")
+        def after_downstream_failed() -> str:
+            # What the requests patch does when a call answers 5xx (tests/test_propagation.py).
+            context.current().failed_calls.append("payments")  # type: ignore[union-attr]
+            flask.abort(502)
 
         @self.app.route("/items/<int:item>", methods=["GET", "POST"])
         def item(item: int) -> str:
@@ -49,7 +56,6 @@ class App:
         self.client = self.app.test_client()
         self.stream = io.StringIO()
         self.handler = logging.StreamHandler(self.stream)
-        self.handler.addFilter(CorrelationFilter(self.service))
         self.handler.setFormatter(JsonFormatter())
 
     def lines(self) -> list[dict]:
@@ -188,3 +194,22 @@ def test_made_up_methods_share_one_metric_label(edge: App) -> None:
     assert any('method="other"' in line and 'status="405"' in line for line in mine)
     assert not any("BREW" in line or "XYZZY" in line for line in mine)
     assert [line["method"] for line in edge.access()] == ["BREW", "WHEN", "XYZZY"], "the access line keeps it"
+
+
+def test_a_5xx_says_whether_it_was_own_or_downstream(edge: App) -> None:
+    edge.client.get("/boom", headers={edge.header: "own-1"})
+    edge.client.get("/after-downstream-failed", headers={edge.header: "down-1"})
+    edge.client.get("/items/1", headers={edge.header: "fine-1"})
+    own, downstream, fine = edge.access()
+    assert (own["origin"], "failed_downstream" in own) == ("self", False)
+    assert (downstream["origin"], downstream["failed_downstream"], downstream["status"]) == ("downstream", "payments", 502)
+    assert "origin" not in fine, "only a 5xx has an origin"
+    text = edge.client.get("/metrics").get_data(as_text=True)
+    errors = [line for line in text.splitlines() if line.startswith("http_server_errors_total") and edge.service in line]
+    assert any('origin="self"' in line and 'route="/boom"' in line for line in errors)
+    assert any('origin="downstream"' in line and 'status="502"' in line for line in errors)
+
+
+def test_every_answer_names_the_service(edge: App) -> None:
+    for path in ("/items/1", "/boom", "/nowhere"):
+        assert edge.client.get(path).headers.getlist("X-Service-Name") == [edge.service]

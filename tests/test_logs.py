@@ -9,12 +9,15 @@ import time
 
 from correlation import context
 from correlation.config import LokiSettings, Settings
-from correlation.logs import CorrelationFilter, JsonFormatter, StdoutHandler, setup_logging
+from correlation.configure import setup_logging
+from correlation.logs import CorrelationFilter, JsonFormatter
+from correlation.stdout import StdoutHandler
 from correlation.loki import LokiHandler
 
 
 def _format(record: logging.LogRecord, service: str = "svc") -> dict:
-    CorrelationFilter(service).filter(record)
+    context.set_service(service)
+    CorrelationFilter().filter(record)
     return json.loads(JsonFormatter().format(record))
 
 
@@ -131,7 +134,7 @@ def test_stdout_lines_are_written_in_batches_and_soon() -> None:
 def test_a_record_is_formatted_once_for_all_handlers() -> None:
     formatter = JsonFormatter()
     record = _record()
-    CorrelationFilter("svc").filter(record)
+    CorrelationFilter().filter(record)
     first = formatter.format(record)
     record.msg = "changed"
     assert JsonFormatter().format(record) is first
@@ -150,3 +153,20 @@ def test_loki_only_when_stdout_is_off() -> None:
             if isinstance(handler, LokiHandler):
                 handler.buffer.drain()
             handler.close()
+
+
+def test_handlers_without_the_filter_still_carry_the_context() -> None:
+    context.set_service("svc-nofilter")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())  # no CorrelationFilter attached
+    log = logging.getLogger("test.nofilter")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        with context.bound() as hop:
+            log.warning("inside")
+    finally:
+        log.removeHandler(handler)
+    line = json.loads(stream.getvalue())
+    assert (line["correlation_id"], line["service"]) == (hop.correlation_id, "svc-nofilter")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -10,7 +11,7 @@ import pytest
 
 from correlation import context
 from correlation.config import LokiSettings
-from correlation.logs import CorrelationFilter, JsonFormatter
+
 from correlation.loki import LokiHandler
 from correlation.loki.handler import TRUNCATION_MARK
 from loki_sink import LokiSink
@@ -156,8 +157,6 @@ def test_memory_bound_drops_are_counted(loki_sink: LokiSink, logger: logging.Log
 
 def test_long_lines_are_truncated_and_counted(loki_sink: LokiSink, logger: logging.Logger) -> None:
     handler = LokiHandler(LokiSettings(url=loki_sink.url, batch_max_wait_seconds=0.05), LABELS, max_line_bytes=1000)
-    handler.addFilter(CorrelationFilter("svc"))
-    handler.setFormatter(JsonFormatter())
     logger.addHandler(handler)
     with context.bound() as hop:
         logger.info("big %s", "\u00e9" * 5000)
@@ -271,3 +270,45 @@ def test_tls_verification_follows_the_setting(loki_ca, logger: logging.Logger, t
             while handler.stats.snapshot().retries["connection_error"] == 0 and time.monotonic() < deadline:
                 time.sleep(0.02)
             assert handler.stats.snapshot().retries["connection_error"] > 0 and sink.entries == []
+
+
+def test_the_handler_reports_its_own_metrics_in_the_registry_given(loki_sink: LokiSink) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    handler = LokiHandler(LokiSettings(url=loki_sink.url, batch_max_wait_seconds=0.05), LABELS, registry=registry)
+    second = LokiHandler(LokiSettings(url=loki_sink.url, batch_max_wait_seconds=0.05), LABELS, registry=registry)
+    log = logging.getLogger("test.collector")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        with context.bound():
+            log.info("counted")
+        handler.flush(5)
+        text = generate_latest(registry).decode()
+        sent = [line for line in text.splitlines() if line.startswith("loki_shipper_sent_lines_total{")]
+        assert sent == ['loki_shipper_sent_lines_total{service="svc"} 1.0'], "two handlers of one service: one series"
+        assert 'loki_shipper_dropped_lines_total{reason="buffer_full",service="svc"} 0.0' in text
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+        second.close()
+    assert "service=" not in generate_latest(registry).decode(), "a closed handler is no longer reported"
+
+
+def test_records_without_the_filter_keep_their_id(loki_sink: LokiSink) -> None:
+    handler = LokiHandler(LokiSettings(url=loki_sink.url, batch_max_wait_seconds=0.05), LABELS, registry=None)
+    log = logging.getLogger("test.nofilter.loki")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.addHandler(handler)
+    try:
+        with context.bound() as hop:
+            log.info("no filter attached")
+        (entry,) = loki_sink.wait_for(lambda e: len(e) == 1)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    assert entry.metadata["correlation_id"] == hop.correlation_id
+    assert json.loads(entry.line)["correlation_id"] == hop.correlation_id, "JSON lines by default"

@@ -9,7 +9,7 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from correlation.loki.buffer import Entry
+from correlation.loki.buffer import PushEntry
 from correlation.loki.push import push_body
 from loki_sink import validate_push
 
@@ -22,13 +22,13 @@ entries = st.lists(
 
 @given(entries)
 def test_push_body_is_valid_and_round_trips(batch: list[tuple[int, str, dict[str, str]]]) -> None:
-    body = json.loads(gzip.decompress(push_body([Entry.encode(*e) for e in batch], LABELS)))
+    body = json.loads(gzip.decompress(push_body([PushEntry.encode(*e) for e in batch], LABELS)))
     pushed = validate_push(body)
     assert [(p.timestamp_ns, p.line, p.metadata) for p in pushed] == sorted(batch, key=lambda e: e[0])
     assert all(p.labels == LABELS for p in pushed)
 
 
 def test_lone_surrogates_and_non_ascii_survive() -> None:
-    entry = Entry.encode(1, "caf\u00e9 \udcff \u2603", {"correlation_id": "x"})
+    entry = PushEntry.encode(1, "caf\u00e9 \udcff \u2603", {"correlation_id": "x"})
     assert entry.fragment.isascii()
     assert entry.decode() == ("caf\u00e9 \udcff \u2603", {"correlation_id": "x"})

@@ -21,7 +21,11 @@ def echo_server() -> Iterator[str]:
     class Echo(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
-            self.send_response(200)
+            # /fail/<name>: answer 503 as service <name>; /named/<name>: 200 as service <name>.
+            parts = self.path.strip("/").split("/")
+            self.send_response(503 if parts[0] == "fail" else 200)
+            if len(parts) == 2:
+                self.send_header("X-Service-Name", parts[1])
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -31,7 +35,8 @@ def echo_server() -> Iterator[str]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    propagation.instrument_requests("caller-svc")
+    context.set_service("caller-svc")
+    propagation.instrument_requests()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     propagation.uninstrument_requests()
     server.shutdown()
@@ -83,5 +88,42 @@ def test_outgoing_calls_are_measured_per_downstream(echo_server: str) -> None:
 def test_outgoing_headers_for_other_clients() -> None:
     assert propagation.outgoing_headers() == {}
     hop = context.Hop.start()
-    headers = propagation.outgoing_headers(hop, service="s", header="X-Trace")
+    context.set_service("s")
+    headers = propagation.outgoing_headers(hop, header="X-Trace")
     assert headers["X-Trace"] == hop.correlation_id and headers["X-Caller-Service"] == "s"
+
+
+def test_peers_are_named_by_their_answer_else_host(echo_server: str) -> None:
+    requests.get(f"{echo_server}/named/stock-svc", timeout=5)
+    assert CLIENT_DURATION.labels("caller-svc", "stock-svc", "GET", "200")._sum.get() > 0  # noqa: SLF001
+    hostile = "a b/" + "x" * 80  # not a valid name: the host:port stands in, never the URL
+    assert propagation.peer_name(hostile, f"{echo_server}/some/path?q=1") == echo_server.removeprefix("http://")
+
+
+def test_failed_calls_are_noted_on_the_hop_in_order(echo_server: str) -> None:
+    with context.bound() as hop:
+        requests.get(f"{echo_server}/named/fine", timeout=5)
+        assert hop.failed_calls == [], "a 200 is no failure"
+        requests.get(f"{echo_server}/fail/payments", timeout=5)
+        with pytest.raises(requests.ConnectionError):
+            requests.get("http://127.0.0.1:9", timeout=2)
+    assert hop.failed_calls == ["payments", "127.0.0.1:9"]
+
+
+def test_timeouts_are_told_apart_from_errors(echo_server: str) -> None:  # instruments requests
+    import socket
+
+    with socket.socket() as silent:  # accepts the connection, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        peer = f"127.0.0.1:{silent.getsockname()[1]}"
+        with context.bound() as hop, pytest.raises(requests.Timeout):
+            requests.get(f"http://{peer}/", timeout=0.2)
+    assert hop.failed_calls == [peer]
+    assert CLIENT_DURATION.labels(context.service(), peer, "GET", "timeout")._sum.get() > 0  # noqa: SLF001
+
+
+def test_peer_names_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(propagation, "_peers", set())
+    names = {propagation.peer_name(f"svc{i}", "http://h:1") for i in range(propagation.MAX_PEERS + 10)}
+    assert len(names) == propagation.MAX_PEERS + 1 and "other" in names

@@ -16,9 +16,9 @@ import requests
 from correlation import context
 from correlation.config import LokiSettings
 from correlation.ids import new_correlation_id
-from correlation.logs import CorrelationFilter, JsonFormatter
+
 from correlation.loki import LokiHandler
-from trail.cli import trail_query
+from trail.lookup import trail_query
 from trail.loki_query import LokiQueryClient
 
 pytestmark = pytest.mark.skipif(not os.environ.get("LOKI_URL"), reason="needs a real Loki: set LOKI_URL")
@@ -39,8 +39,6 @@ def test_shipped_lines_carry_the_id_as_metadata_not_label() -> None:
     settings = LokiSettings.from_env()
     service = f"real-loki-test-{os.getpid()}"
     handler = LokiHandler(LokiSettings(**{**settings.__dict__, "batch_max_wait_seconds": 0.1}), {"service_name": service, "env": "test"})
-    handler.addFilter(CorrelationFilter(service))
-    handler.setFormatter(JsonFormatter())
     logger = logging.getLogger("test.real_loki")
     logger.propagate = False
     logger.setLevel(logging.INFO)

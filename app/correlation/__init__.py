@@ -11,12 +11,14 @@ Typical use::
 """
 
 from correlation.config import ConfigError, LokiSettings, Settings
-from correlation.context import Hop, bind, bound, correlation_id, current, reset, submit, wrap
+from correlation.configure import setup_logging
+from correlation.context import Hop, bind, bound, correlation_id, current, reset, service, set_service, submit, wrap
 from correlation.flask import Correlation
 from correlation.ids import is_valid_id, new_correlation_id, new_request_id, time_of
-from correlation.logs import CorrelationFilter, JsonFormatter, setup_logging
+from correlation.logs import CorrelationFilter, JsonFormatter
 from correlation.loki import LokiHandler
 from correlation.propagation import instrument_requests, outgoing_headers
+from correlation.stdout import StdoutHandler
 
 __all__ = [
     "ConfigError",
@@ -27,6 +29,7 @@ __all__ = [
     "LokiHandler",
     "LokiSettings",
     "Settings",
+    "StdoutHandler",
     "bind",
     "bound",
     "correlation_id",
@@ -37,6 +40,8 @@ __all__ = [
     "new_request_id",
     "outgoing_headers",
     "reset",
+    "service",
+    "set_service",
     "setup_logging",
     "submit",
     "time_of",

@@ -11,9 +11,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, TypeVar
 
+from correlation import schema
+
 T = TypeVar("T")
 
-DEFAULT_HEADER = "X-Correlation-ID"
+DEFAULT_HEADER = schema.CORRELATION_HEADER
 _HEADER_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 

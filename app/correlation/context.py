@@ -1,16 +1,22 @@
-"""The correlation context of the current request: which request, which hop, which parent hop.
+"""The correlation context: which service this process is, and which request, hop and parent
+hop the current code runs for.
 
-One ContextVar holds an immutable :class:`Hop`; Flask's threads, gunicorn's gthread workers and
-asyncio tasks each see their own. Work handed to another thread does not inherit it by itself:
-wrap the callable with :func:`wrap` (or submit through :func:`submit`).
+One ContextVar holds a :class:`Hop`; Flask's threads, gunicorn's gthread workers and asyncio
+tasks each see their own. Work handed to another thread does not inherit it by itself: wrap the
+callable with :func:`wrap` (or submit through :func:`submit`).
+
+The service name is the one process-wide value: set once at start (by ``setup_logging``,
+``Correlation`` or :func:`set_service`), read by the log filter, the Loki handler's labels and
+outgoing calls, so they cannot disagree. Until set, it is ``SERVICE_NAME`` (when valid) or ``app``.
 """
 
 from __future__ import annotations
 
 import contextvars
+import os
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator, ParamSpec, TypeVar
 
 from correlation import ids
@@ -31,6 +37,10 @@ class Hop:
     correlation_id: str
     request_id: str
     parent_request_id: str | None = None
+    #: Peers whose calls failed during this hop (5xx, no answer, timeout), in order. The one
+    #: mutable part: shared by every thread the hop is handed to, read when the hop answers, so
+    #: that a 5xx can say whether it was this hop's own failure or a downstream one.
+    failed_calls: list[str] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
     def start(cls, correlation_id: str | None = None, parent_request_id: str | None = None) -> "Hop":
@@ -39,6 +49,19 @@ class Hop:
 
 
 _current: contextvars.ContextVar[Hop | None] = contextvars.ContextVar("correlation_hop", default=None)
+_env_service = os.environ.get("SERVICE_NAME", "").strip()
+_service: str = _env_service if ids.is_valid_id(_env_service) else "app"
+
+
+def service() -> str:
+    """This process's service name: the ``service`` of every line, the caller name it sends."""
+    return _service
+
+
+def set_service(name: str) -> None:
+    """Name this process's service (validated by :class:`correlation.Settings` before it gets here)."""
+    global _service
+    _service = name
 
 
 def current() -> Hop | None:

@@ -2,14 +2,14 @@
 
 For every request, before any view or other extension runs (a WSGI wrapper around the app):
 
-1. pick the correlation ID from the configured header (``X-Correlation-ID``), else
-   ``X-Request-ID``, else the trace-id of a W3C ``traceparent``; refuse values that are not
-   1-64 characters of ``[A-Za-z0-9._-]`` (logged escaped and truncated, counted) and generate a
-   fresh ID instead;
-2. start this hop with its own request ID and its parent's (``X-Parent-Request-ID``, else the
-   ``traceparent`` parent-id) and bind it to the context;
-3. echo the correlation ID on the response, whatever the status, unhandled exceptions included;
-4. when the response is done: one access log line, RED metrics with the ID as exemplar.
+1. read the hop the caller asks for (:func:`correlation.wire.from_environ`); refused values are
+   logged escaped and truncated, counted, and replaced by a fresh ID;
+2. bind the hop to the context for the whole request;
+3. echo the correlation ID and this service's name on the response, whatever the status,
+   unhandled exceptions included;
+4. when the response is done: one access log line and RED metrics with the ID as exemplar. A 5xx
+   is the hop's own failure (``origin`` = ``self``) unless one of its outgoing calls failed
+   first (``downstream``, naming that peer).
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from typing import Any, Callable, Iterable
 
 import flask
 
-from correlation import context, ids, metrics, propagation, traceparent
+from correlation import context, ids, metrics, propagation, schema, wire
 from correlation.config import Settings
-from correlation.logs import ACCESS_LOGGER
 
 _log = logging.getLogger("correlation.edge")
-_access_log = logging.getLogger(ACCESS_LOGGER)
+_access_log = logging.getLogger(schema.ACCESS_LOGGER)
 _ROUTE_KEY = "correlation.route"
 # The method is the client's to choose: as a metric label anything else would be unbounded.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
@@ -33,30 +32,27 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 StartResponse = Callable[..., Any]
 
 
-def _environ_key(header: str) -> str:
-    return "HTTP_" + header.upper().replace("-", "_")
-
-
 class _Edge:
     """WSGI wrapper: binds the hop around the whole Flask app, so every hook and error sees it."""
 
     def __init__(self, app: Callable[..., Iterable[bytes]], settings: Settings, quiet_paths: frozenset[str]) -> None:
         self.app = app
-        self.settings = settings
+        self.service = settings.service
         self.quiet_paths = quiet_paths
         self.header = settings.header
-        self._header_lower = settings.header.lower()
-        self._id_sources = [(h, _environ_key(h)) for h in dict.fromkeys((settings.header, "X-Request-ID"))]
+        self._replaced = frozenset({settings.header.lower(), schema.SERVICE_HEADER.lower()})
         self._in_flight = metrics.IN_FLIGHT.labels(settings.service)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
-        hop, rejections = self._inbound_hop(environ)
+        inbound = wire.from_environ(environ, self.header)
+        hop = inbound.hop
         token = context.bind(hop)
-        for header, reason, value in rejections:
-            metrics.count_rejected_id(self.settings.service, reason)
+        for rejection in inbound.rejections:
+            metrics.count_rejected_id(self.service, rejection.reason)
             _log.warning(
-                "rejected inbound %s (%s): %s; using %s", header, reason, ids.printable(value), hop.correlation_id
+                "rejected inbound %s (%s): %s; using %s",
+                rejection.header, rejection.reason, ids.printable(rejection.value), hop.correlation_id,
             )
         quiet = environ.get("PATH_INFO") in self.quiet_paths
         status = 500  # unless the app starts a response
@@ -64,8 +60,9 @@ class _Edge:
         def echo_id(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             nonlocal status
             status = int(status_line[:3])
-            headers = [(k, v) for k, v in headers if k.lower() != self._header_lower]
+            headers = [(k, v) for k, v in headers if k.lower() not in self._replaced]
             headers.append((self.header, hop.correlation_id))
+            headers.append((schema.SERVICE_HEADER, self.service))
             return start_response(status_line, headers, exc_info)
 
         if not quiet:
@@ -75,63 +72,43 @@ class _Edge:
         finally:
             if not quiet:
                 self._in_flight.dec()
-                self._report(environ, hop, status, time.perf_counter() - started)
+                self._report(environ, inbound, status, time.perf_counter() - started)
             context.reset(token)
 
-    def _inbound_hop(self, environ: dict[str, Any]) -> tuple[context.Hop, list[tuple[str, str, str]]]:
-        rejections: list[tuple[str, str, str]] = []
-        correlation_id: str | None = None
-        for header, key in self._id_sources:
-            value = environ.get(key)
-            if value is None:
-                continue
-            reason = ids.rejection_reason(value)
-            if reason:
-                rejections.append((header, reason, value))
-            else:
-                correlation_id = value
-            break
-        parent = environ.get("HTTP_X_PARENT_REQUEST_ID")
-        if parent is not None and not ids.is_valid_id(parent):
-            rejections.append((propagation.PARENT_HEADER, ids.rejection_reason(parent) or "bad_characters", parent))
-            parent = None
-        raw_tp = environ.get("HTTP_TRACEPARENT")
-        if raw_tp is not None and not rejections and (correlation_id is None or parent is None):
-            tp = traceparent.parse(raw_tp)
-            if tp is None:
-                rejections.append(("traceparent", "bad_traceparent", raw_tp))
-            elif correlation_id is None or correlation_id == tp.trace_id:
-                correlation_id = tp.trace_id
-                parent = parent or tp.parent_id
-        return context.Hop.start(correlation_id, parent), rejections
-
-    def _report(self, environ: dict[str, Any], hop: context.Hop, status: int, seconds: float) -> None:
-        route = environ.get(_ROUTE_KEY, "unmatched")
+    def _report(self, environ: dict[str, Any], inbound: wire.Inbound, status: int, seconds: float) -> None:
+        hop = inbound.hop
+        route = environ.get(_ROUTE_KEY, schema.UNMATCHED_ROUTE)
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
         metric_method = method if method in _METHODS else "other"
-        metrics.observe_request(self.settings.service, route, metric_method, status, seconds, hop.correlation_id)
-        level = logging.ERROR if status >= 500 else logging.INFO
+        failed = status >= 500
+        origin = (schema.ORIGIN_DOWNSTREAM if hop.failed_calls else schema.ORIGIN_SELF) if failed else None
+        metrics.observe_request(self.service, route, metric_method, status, seconds, hop.correlation_id, origin)
+        level = logging.ERROR if failed else logging.INFO
         if not _access_log.isEnabledFor(level):
             return
-        caller = environ.get("HTTP_X_CALLER_SERVICE")
         duration_ms = round(seconds * 1000, 3)
-        fields = {
-            "method": method,
-            "route": route,
-            "path": path,
-            "status": status,
-            "duration_ms": duration_ms,
-            "caller": caller if caller and ids.is_valid_id(caller) else None,
+        fields: dict[str, Any] = {
+            schema.METHOD: method,
+            schema.ROUTE: route,
+            schema.PATH: path,
+            schema.STATUS: status,
+            schema.DURATION_MS: duration_ms,
+            schema.CALLER: inbound.caller,
         }
+        if origin is not None:
+            fields[schema.ORIGIN] = origin
+            if hop.failed_calls:
+                fields[schema.FAILED_DOWNSTREAM] = hop.failed_calls[0]
         # makeRecord + handle, not .log(): the caller's file and line (a stack walk) say nothing here.
         args = (method, path, status, duration_ms)
-        _access_log.handle(_access_log.makeRecord(ACCESS_LOGGER, level, __file__, 0, "%s %s %d %.1fms", args, None, extra=fields))
+        record = _access_log.makeRecord(schema.ACCESS_LOGGER, level, __file__, 0, "%s %s %d %.1fms", args, None, extra=fields)
+        _access_log.handle(record)
 
 
 def _remember_route() -> None:
     rule = flask.request.url_rule
-    flask.request.environ[_ROUTE_KEY] = rule.rule if rule is not None else "unmatched"
+    flask.request.environ[_ROUTE_KEY] = rule.rule if rule is not None else schema.UNMATCHED_ROUTE
 
 
 def _metrics_view() -> flask.Response:
@@ -167,10 +144,11 @@ class Correlation:
     def init_app(self, app: flask.Flask, settings: Settings | None = None) -> None:
         settings = settings or self.settings or Settings.from_env()
         self.settings = settings
+        context.set_service(settings.service)
         app.extensions["correlation"] = self
         app.wsgi_app = _Edge(app.wsgi_app, settings, self.quiet_paths)  # type: ignore[method-assign]
         app.before_request(_remember_route)
         if self.metrics_path:
             app.add_url_rule(self.metrics_path, "correlation_metrics", _metrics_view)
         if self.propagate_requests:
-            propagation.instrument_requests(settings.service, settings.header)
+            propagation.instrument_requests(settings.header)

@@ -1,76 +1,86 @@
-"""Carry the current hop to the services this one calls.
+"""Outgoing ``requests`` calls carry the current hop, and report how they went.
 
-The wire format, read back by the edge (:mod:`correlation.flask`) of the next service:
+:func:`instrument_requests` patches ``requests.Session.send`` (every ``requests`` call goes
+through it). While a hop is bound, each call:
 
-- ``X-Correlation-ID`` (name configurable): the request's correlation ID;
-- ``X-Parent-Request-ID``: this hop's request ID, the callee's parent;
-- ``X-Caller-Service``: this service's name, for the callee's access line;
-- ``traceparent``: W3C Trace Context with trace-id = correlation ID and parent-id = this hop's
-  request ID, sent only when the correlation ID has the trace-id shape (our generated IDs do),
-  so OpenTelemetry-instrumented neighbours join the same trail.
-
-:func:`instrument_requests` makes every ``requests`` call carry these headers while a hop is
-bound, without the caller passing them, and times each call per downstream host.
+- carries the hop's headers (:func:`correlation.wire.headers`), a header the caller set winning;
+- is timed per peer: the service name the peer answers in ``X-Service-Name``, else its
+  ``host:port`` (never a URL: a metric label must stay bounded);
+- when it fails (5xx, no answer, timeout), is noted on the hop, so that the hop's own 5xx is
+  reported as a downstream failure rather than its own (``origin`` in the access line and the
+  error metric).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
-from correlation import context, metrics, traceparent
-from correlation.config import DEFAULT_HEADER
+from correlation import context, ids, metrics, schema, wire
 
-PARENT_HEADER = "X-Parent-Request-ID"
-CALLER_HEADER = "X-Caller-Service"
-TRACEPARENT_HEADER = "traceparent"
+#: Distinct peer names kept as metric label values; past that, a peer is counted as ``other``:
+#: ``X-Service-Name`` is the peer's to choose, and a label must stay bounded.
+MAX_PEERS = 64
 
 _original_send: Any = None
-_service = "app"
-_header = DEFAULT_HEADER
+_header = schema.CORRELATION_HEADER
+_peers: set[str] = set()
+_peers_lock = threading.Lock()
 
 
-def outgoing_headers(hop: context.Hop | None = None, *, service: str | None = None, header: str | None = None) -> dict[str, str]:
+def outgoing_headers(hop: context.Hop | None = None, *, header: str | None = None) -> dict[str, str]:
     """The headers that hand ``hop`` (default: the current one) to a downstream service.
 
     Use it with HTTP clients other than ``requests``; empty when no hop is bound.
     """
     hop = hop or context.current()
-    if hop is None:
-        return {}
-    headers = {
-        header or _header: hop.correlation_id,
-        PARENT_HEADER: hop.request_id,
-        CALLER_HEADER: service or _service,
-    }
-    tp = traceparent.build(hop.correlation_id, hop.request_id)
-    if tp:
-        headers[TRACEPARENT_HEADER] = tp
-    return headers
+    return wire.headers(hop, context.service(), header or _header) if hop is not None else {}
+
+
+def peer_name(answered: str | None, url: str) -> str:
+    """The metric label for a peer: its ``X-Service-Name`` when valid, else host:port; bounded."""
+    name = answered if answered and ids.is_valid_id(answered) else (urlsplit(url).netloc or "unknown")
+    if name in _peers:
+        return name
+    with _peers_lock:
+        if len(_peers) >= MAX_PEERS:
+            return "other"
+        _peers.add(name)
+    return name
 
 
 def _send(session: requests.Session, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-    for name, value in outgoing_headers().items():
-        request.headers.setdefault(name, value)  # a header the caller set wins
-    downstream = urlsplit(request.url or "").netloc or "unknown"
+    hop = context.current()
+    if hop is not None:
+        for name, value in wire.headers(hop, context.service(), _header).items():
+            request.headers.setdefault(name, value)
+    url = request.url or ""
     method = request.method or "GET"
     started = time.perf_counter()
     try:
         response = _original_send(session, request, **kwargs)
-    except Exception:
-        metrics.observe_outgoing(_service, downstream, method, "error", time.perf_counter() - started)
+    except Exception as exc:
+        peer = peer_name(None, url)
+        outcome = "timeout" if isinstance(exc, requests.Timeout) else "error"
+        metrics.observe_outgoing(context.service(), peer, method, outcome, time.perf_counter() - started)
+        if hop is not None:
+            hop.failed_calls.append(peer)
         raise
-    metrics.observe_outgoing(_service, downstream, method, str(response.status_code), time.perf_counter() - started)
+    peer = peer_name(response.headers.get(schema.SERVICE_HEADER), url)
+    metrics.observe_outgoing(context.service(), peer, method, str(response.status_code), time.perf_counter() - started)
+    if hop is not None and response.status_code >= 500:
+        hop.failed_calls.append(peer)
     return response
 
 
-def instrument_requests(service: str, header: str = DEFAULT_HEADER) -> None:
-    """Patch ``requests.Session.send`` (all ``requests`` calls go through it). Idempotent."""
-    global _original_send, _service, _header
-    _service, _header = service, header
+def instrument_requests(header: str = schema.CORRELATION_HEADER) -> None:
+    """Patch ``requests.Session.send``. Idempotent; ``header`` is the correlation header sent."""
+    global _original_send, _header
+    _header = header
     if _original_send is None:
         _original_send = requests.Session.send
         setattr(requests.Session, "send", _send)

@@ -19,7 +19,7 @@ ENTRY_OVERHEAD = 136
 _encode = json.JSONEncoder().encode  # ensure_ascii: any str, lone surrogates included, is safe
 
 
-class Entry(NamedTuple):
+class PushEntry(NamedTuple):
     """One log line on its way to Loki, already in the form it takes in the push body.
 
     ``fragment`` is the JSON of ``["<unix ns>", "<line>", {structured metadata}]``: encoded once,
@@ -30,7 +30,7 @@ class Entry(NamedTuple):
     fragment: bytes
 
     @classmethod
-    def encode(cls, timestamp_ns: int, line: str, metadata: Mapping[str, str] | None = None) -> "Entry":
+    def encode(cls, timestamp_ns: int, line: str, metadata: Mapping[str, str] | None = None) -> "PushEntry":
         value = [str(timestamp_ns), line, metadata] if metadata else [str(timestamp_ns), line]
         return cls(timestamp_ns, _encode(value).encode("ascii"))
 
@@ -47,7 +47,7 @@ class Entry(NamedTuple):
 class LineBuffer:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries: deque[Entry] = deque()
+        self._entries: deque[PushEntry] = deque()
         self._bytes = 0
         self._unfinished = 0  # put but not yet marked done: waiting here or in flight
         self._oldest_at = 0.0
@@ -56,7 +56,7 @@ class LineBuffer:
         self._notify_at = max_bytes // 2  # the spill watermark (see Sender)
         self._cond = threading.Condition(threading.Lock())
 
-    def put(self, entry: Entry) -> bool:
+    def put(self, entry: PushEntry) -> bool:
         """Append ``entry``; False (and nothing stored) past the byte bound or once closed."""
         size = entry.size
         with self._cond:
@@ -72,7 +72,7 @@ class LineBuffer:
                 self._cond.notify_all()  # a sender waiting to spill to disk
             return True
 
-    def take(self, max_bytes: int, max_wait: float) -> list[Entry]:
+    def take(self, max_bytes: int, max_wait: float) -> list[PushEntry]:
         """Block until a batch is due, then remove and return it (at most ``max_bytes``).
 
         Returns an empty list only once the buffer is closed and empty.
@@ -90,13 +90,13 @@ class LineBuffer:
                     self._cond.wait()
             return self._pop_batch(max_bytes)
 
-    def take_now(self, max_bytes: int) -> list[Entry]:
+    def take_now(self, max_bytes: int) -> list[PushEntry]:
         """Remove and return up to ``max_bytes`` of the oldest entries without waiting."""
         with self._cond:
             return self._pop_batch(max_bytes)
 
-    def _pop_batch(self, max_bytes: int) -> list[Entry]:
-        batch: list[Entry] = []
+    def _pop_batch(self, max_bytes: int) -> list[PushEntry]:
+        batch: list[PushEntry] = []
         taken = 0
         while self._entries and (not batch or taken + self._entries[0].size <= max_bytes):
             entry = self._entries.popleft()

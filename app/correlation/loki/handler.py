@@ -8,17 +8,25 @@ Loki. A background thread (:mod:`correlation.loki.sender`) batches and pushes. `
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from typing import Mapping
 
+from prometheus_client import REGISTRY
+from prometheus_client.registry import CollectorRegistry
+
+from correlation import context, schema
 from correlation.config import LokiSettings
 from correlation.forks import rebuild_after_fork
-from correlation.loki.buffer import Entry, LineBuffer
+from correlation.logs import JsonFormatter, stamp
+from correlation.loki import collector
+from correlation.loki.buffer import LineBuffer, PushEntry
 from correlation.loki.sender import Sender
 from correlation.loki.stats import ShipperStats
 
-#: Record attributes sent as structured metadata (queryable with no parser, never labels).
-METADATA_FIELDS = ("correlation_id", "request_id")
+#: Record attributes sent as structured metadata besides ``level`` (queryable with no parser,
+#: never labels).
+_METADATA_ATTRS = tuple(name for name in schema.METADATA_FIELDS if name != schema.LEVEL)
 #: Loki's default ``max_line_size`` is 256 KB; longer lines are rejected, so we cut them first.
 DEFAULT_MAX_LINE_BYTES = 256 * 1024
 TRUNCATION_MARK = " ...[truncated by loki shipper]"
@@ -27,7 +35,11 @@ TRUNCATION_MARK = " ...[truncated by loki shipper]"
 class LokiHandler(logging.Handler):
     """Ship formatted records to Loki's push API under a fixed label set.
 
-    Lines longer than ``max_line_bytes`` are cut to that size and end with
+    ``labels`` default to this process's service (:func:`correlation.context.service`) and
+    ``env`` from ``DEPLOY_ENV``. Records that did not pass a :class:`CorrelationFilter` are given
+    the correlation context here, so the ID is never lost; lines are JSON (:class:`JsonFormatter`)
+    unless another formatter is set. The shipper's counters are reported in ``registry``
+    (None: nowhere). Lines longer than ``max_line_bytes`` are cut to that size and end with
     :data:`TRUNCATION_MARK` (counted in ``truncated_lines``); their structured metadata is kept, so
     they still show in the request's trail.
     """
@@ -35,16 +47,20 @@ class LokiHandler(logging.Handler):
     def __init__(
         self,
         settings: LokiSettings,
-        labels: Mapping[str, str],
+        labels: Mapping[str, str] | None = None,
         *,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         level: int = logging.NOTSET,
+        registry: CollectorRegistry | None = REGISTRY,
     ) -> None:
         super().__init__(level)
         self.settings = settings
-        self.labels = dict(labels)
+        self.labels = dict(labels) if labels is not None else default_labels()
         self.max_line_bytes = max_line_bytes
+        self.setFormatter(JsonFormatter())
         self._new_pipeline()
+        if registry is not None:
+            collector.register(self, registry)
         # After fork the parent's thread is gone and its buffered lines are the parent's to send:
         # the child starts empty and starts its own sender lazily (works with gunicorn --preload).
         rebuild_after_fork(self, LokiHandler._new_pipeline)
@@ -72,6 +88,7 @@ class LokiHandler(logging.Handler):
         # The sender thread's own records (urllib3 warnings, ...) would feed themselves back.
         if threading.get_ident() == self.sender.thread_id:
             return
+        stamp(record)
         try:
             line = self.format(record)
         except Exception:
@@ -80,9 +97,9 @@ class LokiHandler(logging.Handler):
             return
         if len(line) * 4 > self.max_line_bytes:  # cheap pre-check: 4 bytes per char at most
             line = self._fit(line)
-        metadata = {name: value for name in METADATA_FIELDS if isinstance(value := getattr(record, name, None), str)}
-        metadata["level"] = record.levelname.lower()
-        if not self.buffer.put(Entry.encode(int(record.created * 1e9), line, metadata)):
+        metadata = {name: value for name in _METADATA_ATTRS if isinstance(value := getattr(record, name, None), str)}
+        metadata[schema.LEVEL] = record.levelname.lower()
+        if not self.buffer.put(PushEntry.encode(int(record.created * 1e9), line, metadata)):
             self.stats.drop("shutdown" if self.buffer.closed else "buffer_full")
             return
         self.sender.ensure_started()
@@ -109,6 +126,7 @@ class LokiHandler(logging.Handler):
                 left = self.buffer.drain()
                 if left:
                     self.stats.drop("shutdown", left)
+        collector.unregister(self)
         super().close()
 
     def buffered(self) -> tuple[int, int]:
@@ -119,3 +137,9 @@ class LokiHandler(logging.Handler):
         """(lines, bytes) waiting in the on-disk spool."""
         spool = self.sender.spool
         return spool.pending if spool is not None else (0, 0)
+
+
+def default_labels() -> dict[str, str]:
+    """The stream labels when none are given: this process's service, and ``DEPLOY_ENV``."""
+    env = os.environ.get("DEPLOY_ENV", "").strip() or "local"
+    return {schema.SERVICE_LABEL: context.service(), schema.ENV_LABEL: env}

@@ -12,12 +12,12 @@ import json
 from operator import itemgetter
 from typing import Iterable, Mapping
 
-from correlation.loki.buffer import Entry
+from correlation.loki.buffer import PushEntry
 
 CONTENT_HEADERS = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
 
 
-def push_body(entries: Iterable[Entry], labels: Mapping[str, str]) -> bytes:
+def push_body(entries: Iterable[PushEntry], labels: Mapping[str, str]) -> bytes:
     """Encode ``entries`` as one stream with ``labels``, in timestamp order, gzip-compressed."""
     values = b",".join(e.fragment for e in sorted(entries, key=itemgetter(0)))
     body = b'{"streams":[{"stream":%s,"values":[%s]}]}' % (json.dumps(dict(labels)).encode("ascii"), values)

@@ -29,7 +29,7 @@ from typing import Mapping
 import urllib3
 
 from correlation.config import LokiSettings
-from correlation.loki.buffer import Entry, LineBuffer
+from correlation.loki.buffer import PushEntry, LineBuffer
 from correlation.loki.push import CONTENT_HEADERS, push_body
 from correlation.loki.spool import Spool
 from correlation.loki.stats import ShipperStats
@@ -106,7 +106,7 @@ class Sender:
             if self.spool is not None:
                 self.spool.close()
 
-    def _deliver(self, batch: list[Entry]) -> None:
+    def _deliver(self, batch: list[PushEntry]) -> None:
         parts = [batch]
         while parts:
             part = parts.pop()
@@ -134,7 +134,7 @@ class Sender:
                 self._pause(delay)
                 delay = min(delay * 2, self.settings.backoff_max_seconds)
 
-    def _settle(self, part: list[Entry], outcome: int, reason: str, detail: str) -> list[list[Entry]]:
+    def _settle(self, part: list[PushEntry], outcome: int, reason: str, detail: str) -> list[list[PushEntry]]:
         """Account for a push that will not be retried as is; return the halves of a split."""
         if outcome == _Outcome.SENT:
             self.stats.sent(len(part))
@@ -220,7 +220,7 @@ class Sender:
             if not everything and self.buffer.buffered[1] < self.buffer.max_bytes // 2:
                 return
 
-    def _to_spool(self, entries: list[Entry]) -> None:
+    def _to_spool(self, entries: list[PushEntry]) -> None:
         assert self.spool is not None
         try:
             stored = self.spool.write(entries, self.labels)
@@ -232,7 +232,7 @@ class Sender:
             self.stats.drop("spool_full", len(entries))
             self._report("spool_full", f"loki shipper: spool full (LOKI_SPOOL_MAX_BYTES), {len(entries)} lines dropped")
 
-    def _push(self, entries: list[Entry], labels: Mapping[str, str]) -> tuple[int, str, str]:
+    def _push(self, entries: list[PushEntry], labels: Mapping[str, str]) -> tuple[int, str, str]:
         timeout = self.settings.timeout_seconds
         if self._stopping.is_set():
             timeout = max(0.1, min(timeout, self._deadline - time.monotonic()))

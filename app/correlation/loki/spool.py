@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from correlation.loki.buffer import Entry
+from correlation.loki.buffer import PushEntry
 from correlation.loki.push import push_body
 
 _SEGMENT = re.compile(r"(\d{12})-(\d+)\.json\.gz")
@@ -31,12 +31,12 @@ class Segment:
     path: Path
     lines: int
 
-    def read(self) -> tuple[dict[str, str], list[Entry]]:
+    def read(self) -> tuple[dict[str, str], list[PushEntry]]:
         """The labels and entries of the segment; ValueError if it is unreadable."""
         try:
             body = json.loads(gzip.decompress(self.path.read_bytes()))
             (stream,) = body["streams"]
-            entries = [Entry.encode(int(v[0]), v[1], v[2] if len(v) > 2 else None) for v in stream["values"]]
+            entries = [PushEntry.encode(int(v[0]), v[1], v[2] if len(v) > 2 else None) for v in stream["values"]]
             return dict(stream["stream"]), entries
         except (OSError, EOFError, ValueError, KeyError, TypeError, IndexError) as exc:
             raise ValueError(f"unreadable spool segment {self.path}: {exc}") from None
@@ -93,7 +93,7 @@ class Spool:
         self._segments.append(segment)
         self._bytes += segment.path.stat().st_size
 
-    def write(self, entries: list[Entry], labels: Mapping[str, str]) -> bool:
+    def write(self, entries: list[PushEntry], labels: Mapping[str, str]) -> bool:
         """Store a batch; False if it does not fit in ``max_bytes``. OSError on disk trouble."""
         body = push_body(entries, labels)
         if self._bytes + len(body) > self.max_bytes:

@@ -1,0 +1,89 @@
+"""The shipper's own Prometheus metrics, read from each handler at scrape time.
+
+A :class:`LokiHandler` registers itself here when it is built (``registry=`` as prometheus_client's
+collectors take it) and leaves when it is closed. One collector per registry serves every handler
+registered with it: two collectors yielding the same metric names would be refused by the
+registry.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from correlation import schema
+from correlation.loki.stats import DROP_REASONS, RETRY_REASONS
+
+if TYPE_CHECKING:
+    from correlation.loki.handler import LokiHandler
+
+_collectors: "weakref.WeakKeyDictionary[CollectorRegistry, ShipperCollector]" = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def register(handler: "LokiHandler", registry: CollectorRegistry) -> None:
+    """Report ``handler``'s counters in ``registry`` from now on."""
+    with _lock:
+        collector = _collectors.get(registry)
+        if collector is None:
+            collector = _collectors[registry] = ShipperCollector()
+            registry.register(collector)
+    collector.handlers.add(handler)
+
+
+def unregister(handler: "LokiHandler") -> None:
+    """Stop reporting ``handler`` (it was closed) in every registry."""
+    with _lock:
+        for collector in _collectors.values():
+            collector.handlers.discard(handler)
+
+
+class ShipperCollector(Collector):
+    """Reads the counters of its handlers (held weakly) at scrape time."""
+
+    def __init__(self) -> None:
+        self.handlers: "weakref.WeakSet[LokiHandler]" = weakref.WeakSet()
+
+    def collect(self) -> Iterator[Metric]:
+        # Summed per service: two handlers of one service (say, one per test, or a second one
+        # added by dictConfig) must not give a scrape duplicate series.
+        totals: dict[tuple[str, str, str], int] = {}
+        for handler in list(self.handlers):
+            service = handler.labels.get(schema.SERVICE_LABEL, "")
+            stats = handler.stats.snapshot()
+            samples = [("sent_lines", "", stats.sent_lines), ("sent_batches", "", stats.sent_batches),
+                       ("truncated_lines", "", stats.truncated_lines)]
+            samples += [("retries", reason, stats.retries[reason]) for reason in RETRY_REASONS]
+            samples += [("dropped_lines", reason, stats.dropped[reason]) for reason in DROP_REASONS]
+            (buffered_lines, buffered_bytes), (spooled_lines, spooled_bytes) = handler.buffered(), handler.spooled()
+            samples += [("buffered_lines", "", buffered_lines), ("buffered_bytes", "", buffered_bytes),
+                        ("spooled_lines", "", spooled_lines), ("spooled_bytes", "", spooled_bytes)]
+            for name, reason, value in samples:
+                key = (name, service, reason)
+                totals[key] = totals.get(key, 0) + value
+        for name, kind, doc, by_reason in _FAMILIES:
+            family_type = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            family = family_type(f"loki_shipper_{name}", doc, labels=["service", "reason"] if by_reason else ["service"])
+            for (sample, owner, reason), total in sorted(totals.items()):
+                if sample == name:
+                    family.add_metric([owner, reason] if by_reason else [owner], total)
+            yield family
+
+
+#: (name, type, help, labelled by reason): every reason is reported from the start, so that
+#: rate() sees the first retry or drop.
+_FAMILIES = (
+    ("sent_lines", "counter", "Log lines Loki accepted.", False),
+    ("sent_batches", "counter", "Pushes Loki accepted.", False),
+    ("truncated_lines", "counter", "Lines cut to Loki's maximum line size.", False),
+    ("retries", "counter", "Pushes retried, by reason.", True),
+    ("dropped_lines", "counter", "Log lines that never reached Loki, by reason.", True),
+    ("buffered_lines", "gauge", "Lines waiting to be sent.", False),
+    ("buffered_bytes", "gauge", "Bytes waiting to be sent.", False),
+    ("spooled_lines", "gauge", "Lines waiting in the disk spool.", False),
+    ("spooled_bytes", "gauge", "Disk used by the spool.", False),
+)

@@ -1,0 +1,119 @@
+"""The wire: what a hop reads from the message that started it, and what it writes on the
+messages it sends. Pure functions, no state: the Flask edge, the ``requests`` patch and the
+Celery integration are thin adapters around :func:`read` and :func:`headers`.
+
+Inbound, in order of preference:
+
+- the correlation ID from the configured header (``X-Correlation-ID``), else ``X-Request-ID``,
+  else the trace-id of a W3C ``traceparent``;
+- the parent hop from ``X-Parent-Request-ID``, else the ``traceparent`` parent-id;
+- the caller's service name from ``X-Caller-Service`` (shown in the access line, never trusted
+  for anything else).
+
+A value that is not 1-64 characters of ``[A-Za-z0-9._-]`` (or a malformed ``traceparent``) is a
+:class:`Rejection`: the hop still starts, with a fresh ID, and the adapter logs (escaped) and
+counts it. Outbound: the correlation ID, this hop's request ID as the callee's parent, this
+service's name, and a ``traceparent`` when the ID has the trace-id shape (ours do), so an
+OpenTelemetry-instrumented neighbour joins the same trail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable, Mapping
+
+from correlation import ids, schema, traceparent
+from correlation.context import Hop
+
+#: Reads one header by its name (case-insensitively), None when absent.
+HeaderGetter = Callable[[str], "str | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An inbound value refused: which header, why (a metric label), the raw value."""
+
+    header: str
+    reason: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """What a message said about its place in the trail: the new hop, the caller, what was refused."""
+
+    hop: Hop
+    caller: str | None
+    rejections: tuple[Rejection, ...]
+
+
+def read(get: HeaderGetter, header: str = schema.CORRELATION_HEADER) -> Inbound:
+    """Start the hop a message asks for; every refused value is reported, never raised."""
+    rejections: list[Rejection] = []
+    correlation_id: str | None = None
+    for name in _id_headers(header):
+        value = get(name)
+        if value is None:
+            continue
+        reason = ids.rejection_reason(value)
+        if reason:
+            rejections.append(Rejection(name, reason, value))
+        else:
+            correlation_id = value
+        break
+    parent = get(schema.PARENT_HEADER)
+    if parent is not None and not ids.is_valid_id(parent):
+        rejections.append(Rejection(schema.PARENT_HEADER, ids.rejection_reason(parent) or "bad_characters", parent))
+        parent = None
+    raw_tp = get(schema.TRACEPARENT_HEADER)
+    # traceparent only fills a gap, and only when nothing else was refused: a refused ID with a
+    # valid traceparent beside it must not be smuggled in under the trace-id.
+    if raw_tp is not None and not rejections and (correlation_id is None or parent is None):
+        tp = traceparent.parse(raw_tp)
+        if tp is None:
+            rejections.append(Rejection(schema.TRACEPARENT_HEADER, "bad_traceparent", raw_tp))
+        elif correlation_id is None or correlation_id == tp.trace_id:
+            correlation_id = tp.trace_id
+            parent = parent or tp.parent_id
+    caller = get(schema.CALLER_HEADER)
+    if caller is not None and not ids.is_valid_id(caller):
+        caller = None  # shown only, never trusted: a bad one is simply not shown
+    return Inbound(Hop.start(correlation_id, parent), caller, tuple(rejections))
+
+
+def from_environ(environ: Mapping[str, Any], header: str = schema.CORRELATION_HEADER) -> Inbound:
+    """:func:`read` over a WSGI environ (``X-Correlation-ID`` is ``HTTP_X_CORRELATION_ID`` there)."""
+    return read(lambda name: environ.get(environ_key(name)), header)
+
+
+def from_headers(headers: Mapping[str, str], header: str = schema.CORRELATION_HEADER) -> Inbound:
+    """:func:`read` over a plain mapping of header names, matched case-insensitively."""
+    lowered = {str(k).lower(): v for k, v in headers.items()}
+
+    def get(name: str) -> str | None:
+        value = lowered.get(name.lower())
+        return value if value is None or isinstance(value, str) else str(value)
+
+    return read(get, header)
+
+
+def headers(hop: Hop, service: str, header: str = schema.CORRELATION_HEADER) -> dict[str, str]:
+    """The headers that hand ``hop`` on to the next service (or task)."""
+    out = {header: hop.correlation_id, schema.PARENT_HEADER: hop.request_id, schema.CALLER_HEADER: service}
+    tp = traceparent.build(hop.correlation_id, hop.request_id)
+    if tp:
+        out[schema.TRACEPARENT_HEADER] = tp
+    return out
+
+
+@lru_cache(maxsize=64)
+def environ_key(header: str) -> str:
+    """The WSGI environ key of an HTTP header."""
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+@lru_cache(maxsize=16)
+def _id_headers(header: str) -> tuple[str, ...]:
+    """Where the correlation ID may come from, best first (no duplicate when they are the same)."""
+    return tuple(dict.fromkeys((header, schema.REQUEST_ID_HEADER)))
