@@ -7,8 +7,10 @@ import json
 import logging
 import time
 
+import pytest
+
 from correlation import context
-from correlation.config import LokiSettings, Settings
+from correlation.config import ConfigError, LokiSettings, Settings
 from correlation.configure import setup_logging
 from correlation.logs import CorrelationFilter, JsonFormatter
 from correlation.stdout import StdoutHandler
@@ -170,3 +172,54 @@ def test_handlers_without_the_filter_still_carry_the_context() -> None:
         log.removeHandler(handler)
     line = json.loads(stream.getvalue())
     assert (line["correlation_id"], line["service"]) == (hop.correlation_id, "svc-nofilter")
+
+
+def test_dictconfig_after_setup_logging_says_the_loki_handler_is_gone(capfd: pytest.CaptureFixture[str]) -> None:
+    import logging.config
+
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    try:
+        setup_logging(Settings(service="svc", loki=LokiSettings(url="http://127.0.0.1:9", flush_timeout_seconds=0.2)),
+                      stream=io.StringIO())
+        logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
+        assert "closed by a logging reconfiguration" in capfd.readouterr().err
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+        root.handlers[:] = before
+        root.setLevel(level)
+
+
+def test_setup_logging_keeps_handlers_a_dictconfig_attached() -> None:
+    root = logging.getLogger()
+    before = list(root.handlers)
+    configured = StdoutHandler(io.StringIO())
+    root.addHandler(configured)
+    try:
+        handlers = setup_logging(Settings(service="svc"), stream=io.StringIO())
+        assert handlers == [] and configured in root.handlers, "no second stdout handler"
+    finally:
+        root.removeHandler(configured)
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"url": "http://loki:3100", "batch_max_bytes": -1}, "batch_max_bytes="),
+    ({"url": "http://loki:3100", "bach_max_bytes": 10}, "unknown Loki option"),
+    ({"url": "ftp://loki"}, "url="),
+])
+def test_plain_handler_options_are_checked_like_the_environment(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        LokiHandler(registry=None, **options)
+
+
+def test_plain_handler_options_build_the_settings() -> None:
+    handler = LokiHandler(url="http://loki:3100", batch_max_bytes=2048, tls_verify=False, registry=None,
+                          labels={"service_name": "a", "env": "b"})
+    try:
+        assert (handler.settings.url, handler.settings.batch_max_bytes, handler.settings.tls_verify) == (
+            "http://loki:3100", 2048, False)
+    finally:
+        handler.close()

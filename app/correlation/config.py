@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Mapping, TypeVar
 
 from correlation import schema
+from correlation.trust import TrustPolicy
 
 T = TypeVar("T")
 
@@ -55,6 +56,11 @@ def _bool(raw: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError(raw)
+
+
+def _as_text(value: object) -> str:
+    """A plain option value as its environment variable would hold it."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _name(env: Mapping[str, str], var: str, default: str, pattern: re.Pattern[str], what: str) -> str:
@@ -146,6 +152,26 @@ class LokiSettings:
             ),
         )
 
+    def with_options(self, options: Mapping[str, object]) -> "LokiSettings":
+        """These settings with some fields given as plain values (``url="http://loki:3100"``,
+        ``batch_max_bytes=1048576``), as ``logging.config.dictConfig`` passes them; each is checked
+        like its ``LOKI_*`` variable, and an unknown name is refused."""
+        if not options:
+            return self
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise ConfigError(f"unknown Loki option(s) {', '.join(unknown)}: expected some of {', '.join(sorted(names))}")
+        current = {name: getattr(self, name) for name in names}
+        env = {f"LOKI_{name.upper()}": _as_text(value) for name, value in {**current, **options}.items()}
+        try:
+            return LokiSettings.from_env(env)
+        except ConfigError as exc:
+            message = str(exc)
+            for name in names:
+                message = message.replace(f"LOKI_{name.upper()}=", f"{name}=")
+            raise ConfigError(message) from None
+
     def auth_headers(self) -> dict[str, str]:
         """Tenant and bearer headers for every call to Loki (basic auth goes through requests)."""
         headers = {}
@@ -170,11 +196,15 @@ class Settings:
     log_level: str = "INFO"
     #: JSON lines on stdout too. Off saves a write per line when Loki gets them anyway.
     log_stdout: bool = True
+    #: Whose inbound IDs are kept (``CORRELATION_TRUST_INBOUND``: all, none, or CIDR ranges).
+    trust_inbound: TrustPolicy = field(default_factory=TrustPolicy)
+    #: Error responses carry the correlation ID (RFC 9457 problem+json, or the HTML page + ID).
+    error_bodies: bool = True
     loki: LokiSettings = field(default_factory=LokiSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
-        """Read ``SERVICE_NAME``, ``DEPLOY_ENV``, ``CORRELATION_HEADER``, ``LOG_LEVEL``, ``LOG_STDOUT``, ``LOKI_*``.
+        """Read ``SERVICE_NAME``, ``DEPLOY_ENV``, ``CORRELATION_*``, ``LOG_LEVEL``, ``LOG_STDOUT``, ``LOKI_*``.
 
         Keyword arguments win over the environment (e.g. ``service="orders"``).
         """
@@ -186,6 +216,10 @@ class Settings:
             "header": _name(env, "CORRELATION_HEADER", DEFAULT_HEADER, _HEADER_NAME, "an HTTP header name"),
             "log_level": _get(env, "LOG_LEVEL", cls.log_level).upper(),
             "log_stdout": _parse(env, "LOG_STDOUT", cls.log_stdout, _bool, "true or false"),
+            "trust_inbound": _parse(
+                env, "CORRELATION_TRUST_INBOUND", TrustPolicy(), TrustPolicy.parse, "all, none or CIDR ranges (10.0.0.0/8,...)"
+            ),
+            "error_bodies": _parse(env, "CORRELATION_ERROR_BODIES", cls.error_bodies, _bool, "true or false"),
             "loki": LokiSettings.from_env(env),
         }
         values.update(overrides)

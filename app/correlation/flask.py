@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import flask
 
-from correlation import context, ids, metrics, propagation, schema, wire
+from correlation import context, errors, ids, metrics, propagation, schema, wire
 from correlation.config import Settings
 
 _log = logging.getLogger("correlation.edge")
@@ -32,6 +32,21 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 StartResponse = Callable[..., Any]
 
 
+class InFlight(NamedTuple):
+    """A request being handled now, as the edge saw it start (for a worker about to be killed)."""
+
+    edge: "_Edge"
+    inbound: wire.Inbound
+    environ: dict[str, Any]
+    started: float  # time.perf_counter()
+
+
+#: The requests this process is handling now, by hop request ID. Read by
+#: :func:`correlation.gunicorn.worker_abort`: when gunicorn kills a worker for a timeout, these
+#: are the requests that would otherwise vanish without a line.
+IN_FLIGHT: dict[str, InFlight] = {}
+
+
 class _Edge:
     """WSGI wrapper: binds the hop around the whole Flask app, so every hook and error sees it."""
 
@@ -40,12 +55,13 @@ class _Edge:
         self.service = settings.service
         self.quiet_paths = quiet_paths
         self.header = settings.header
+        self.trust = settings.trust_inbound
         self._replaced = frozenset({settings.header.lower(), schema.SERVICE_HEADER.lower()})
         self._in_flight = metrics.IN_FLIGHT.labels(settings.service)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
-        inbound = wire.from_environ(environ, self.header)
+        inbound = wire.from_environ(environ, self.header, trusted=self.trust.trusts(environ.get("REMOTE_ADDR")))
         hop = inbound.hop
         token = context.bind(hop)
         for rejection in inbound.rejections:
@@ -67,15 +83,21 @@ class _Edge:
 
         if not quiet:
             self._in_flight.inc()
+            IN_FLIGHT[hop.request_id] = InFlight(self, inbound, environ, started)
         try:
             return self.app(environ, echo_id)
         finally:
             if not quiet:
                 self._in_flight.dec()
-                self._report(environ, inbound, status, time.perf_counter() - started)
+                # Absent when a dying worker already wrote this hop's end (gunicorn.worker_abort).
+                if IN_FLIGHT.pop(hop.request_id, None) is not None:
+                    self.report(environ, inbound, status, time.perf_counter() - started)
             context.reset(token)
 
-    def _report(self, environ: dict[str, Any], inbound: wire.Inbound, status: int, seconds: float) -> None:
+    def report(
+        self, environ: dict[str, Any], inbound: wire.Inbound, status: int, seconds: float, *, note: str = ""
+    ) -> None:
+        """The hop's end: RED metrics and the access line (``note`` is appended to its message)."""
         hop = inbound.hop
         route = environ.get(_ROUTE_KEY, schema.UNMATCHED_ROUTE)
         method = environ.get("REQUEST_METHOD", "GET")
@@ -96,13 +118,15 @@ class _Edge:
             schema.DURATION_MS: duration_ms,
             schema.CALLER: inbound.caller,
         }
+        if inbound.client_correlation_id is not None:
+            fields[schema.CLIENT_CORRELATION_ID] = inbound.client_correlation_id
         if origin is not None:
             fields[schema.ORIGIN] = origin
             if hop.failed_calls:
                 fields[schema.FAILED_DOWNSTREAM] = hop.failed_calls[0]
         # makeRecord + handle, not .log(): the caller's file and line (a stack walk) say nothing here.
-        args = (method, path, status, duration_ms)
-        record = _access_log.makeRecord(schema.ACCESS_LOGGER, level, __file__, 0, "%s %s %d %.1fms", args, None, extra=fields)
+        args = (method, path, status, duration_ms, note)
+        record = _access_log.makeRecord(schema.ACCESS_LOGGER, level, __file__, 0, "%s %s %d %.1fms%s", args, None, extra=fields)
         _access_log.handle(record)
 
 
@@ -122,7 +146,7 @@ class Correlation:
     ``settings`` defaults to :meth:`Settings.from_env`. ``metrics_path`` serves Prometheus metrics
     (None: do not). Requests to ``quiet_paths`` keep their correlation ID but write no access
     line and no metrics (health checks and scrapes would drown the rest). ``propagate_requests``
-    makes outgoing ``requests`` calls carry the hop (see :mod:`correlation.propagation`).
+    makes outgoing ``requests`` (and, when installed, ``httpx``) calls carry the hop (see :mod:`correlation.propagation`).
     """
 
     def __init__(
@@ -146,9 +170,18 @@ class Correlation:
         self.settings = settings
         context.set_service(settings.service)
         app.extensions["correlation"] = self
-        app.wsgi_app = _Edge(app.wsgi_app, settings, self.quiet_paths)  # type: ignore[method-assign]
+        self.edge = _Edge(app.wsgi_app, settings, self.quiet_paths)
+        app.wsgi_app = self.edge  # type: ignore[method-assign]
         app.before_request(_remember_route)
+        if settings.error_bodies:
+            errors.install(app)
         if self.metrics_path:
             app.add_url_rule(self.metrics_path, "correlation_metrics", _metrics_view)
         if self.propagate_requests:
             propagation.instrument_requests(settings.header)
+            try:  # httpx is optional: propagate through it too when it is installed
+                from correlation.httpx_client import instrument_httpx
+            except ImportError:
+                pass
+            else:
+                instrument_httpx()

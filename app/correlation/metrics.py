@@ -94,6 +94,58 @@ def count_rejected_id(service: str, reason: str) -> None:
     REJECTED_IDS.labels(service, reason).inc()
 
 
+# -- Task runs (correlation.celery): the same RED, per task --------------------------------------
+
+#: Queue waits and task runs can last far longer than a request: the request buckets, then minutes.
+TASK_BUCKETS = (*BUCKETS, 30.0, 60.0, 300.0)
+TASK_DURATION = Histogram(
+    "task_run_duration_seconds",
+    "Time to run a task, by task and end state.",
+    ["service", "task", "state"],
+    buckets=TASK_BUCKETS,
+)
+TASK_QUEUE_WAIT = Histogram(
+    "task_queue_wait_seconds",
+    "Time from publish to the start of a run, by task.",
+    ["service", "task"],
+    buckets=TASK_BUCKETS,
+)
+TASK_FAILURES = Counter(
+    "task_failures",
+    "Task runs that failed (a retry is not a failure); origin: self or downstream.",
+    ["service", "task", "origin"],
+)
+TASK_IN_PROGRESS = Gauge("task_runs_in_progress", "Task runs executing now.", ["service"])
+TASK_PUBLISH_FAILURES = Counter(
+    "task_publish_failures", "Tasks that could not be published, by reason.", ["service", "task", "reason"]
+)
+
+
+def observe_task(
+    service: str,
+    task: str,
+    state: str,
+    status: int,
+    seconds: float,
+    queue_wait_seconds: float | None,
+    correlation_id: str,
+    origin: str | None = None,
+) -> None:
+    """Record one task run; a failure (status >= 500) is counted and becomes the last failure,
+    with the task's name as its route."""
+    exemplar = {EXEMPLAR_LABEL: correlation_id}
+    TASK_DURATION.labels(service, task, state).observe(seconds, exemplar)
+    if queue_wait_seconds is not None:
+        TASK_QUEUE_WAIT.labels(service, task).observe(queue_wait_seconds, exemplar)
+    if status >= 500:
+        TASK_FAILURES.labels(service, task, origin or "self").inc(1, exemplar)
+        record_failure(service, correlation_id, task, status)
+
+
+def count_task_publish_failure(service: str, task: str, reason: str) -> None:
+    TASK_PUBLISH_FAILURES.labels(service, task, reason).inc()
+
+
 def render(accept_header: str | None) -> tuple[bytes, str]:
     """The registry in the format the scraper asked for: OpenMetrics (with exemplars) or text."""
     encoder, content_type = choose_encoder(accept_header or "")

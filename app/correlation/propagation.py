@@ -53,27 +53,38 @@ def peer_name(answered: str | None, url: str) -> str:
     return name
 
 
+def call_started() -> tuple[context.Hop | None, float]:
+    """Before an outgoing call: the hop it is made for, and the start time."""
+    return context.current(), time.perf_counter()
+
+
+def call_ended(hop: context.Hop | None, started: float, url: str, method: str,
+               status: int | None, answered_as: str | None = None, *, timed_out: bool = False) -> None:
+    """After an outgoing call (``status`` None: no answer): time it per peer, note a failure."""
+    peer = peer_name(answered_as, url)
+    outcome = str(status) if status is not None else ("timeout" if timed_out else "error")
+    metrics.observe_outgoing(context.service(), peer, method, outcome, time.perf_counter() - started)
+    if hop is not None and (status is None or status >= 500):
+        hop.failed_calls.append(peer)
+
+
+def current_header() -> str:
+    """The correlation header outgoing calls carry (set by :func:`instrument_requests`)."""
+    return _header
+
+
 def _send(session: requests.Session, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-    hop = context.current()
+    hop, started = call_started()
     if hop is not None:
         for name, value in wire.headers(hop, context.service(), _header).items():
             request.headers.setdefault(name, value)
-    url = request.url or ""
-    method = request.method or "GET"
-    started = time.perf_counter()
+    url, method = request.url or "", request.method or "GET"
     try:
         response = _original_send(session, request, **kwargs)
     except Exception as exc:
-        peer = peer_name(None, url)
-        outcome = "timeout" if isinstance(exc, requests.Timeout) else "error"
-        metrics.observe_outgoing(context.service(), peer, method, outcome, time.perf_counter() - started)
-        if hop is not None:
-            hop.failed_calls.append(peer)
+        call_ended(hop, started, url, method, None, timed_out=isinstance(exc, requests.Timeout))
         raise
-    peer = peer_name(response.headers.get(schema.SERVICE_HEADER), url)
-    metrics.observe_outgoing(context.service(), peer, method, str(response.status_code), time.perf_counter() - started)
-    if hop is not None and response.status_code >= 500:
-        hop.failed_calls.append(peer)
+    call_ended(hop, started, url, method, response.status_code, response.headers.get(schema.SERVICE_HEADER))
     return response
 
 

@@ -40,13 +40,35 @@ ORIGIN_SELF = "self"
 ORIGIN_DOWNSTREAM = "downstream"
 #: With ``origin`` = ``downstream``: the first peer whose call failed.
 FAILED_DOWNSTREAM = "failed_downstream"
-#: The keys the access line adds to :data:`LINE_KEYS` (the last two only on a 5xx).
-ACCESS_KEYS = (METHOD, ROUTE, PATH, STATUS, DURATION_MS, CALLER, ORIGIN, FAILED_DOWNSTREAM)
+#: Only when the sender is not trusted (``CORRELATION_TRUST_INBOUND``): the valid ID it sent,
+#: which was not followed. Also structured metadata, so support can search by it.
+CLIENT_CORRELATION_ID = "client_correlation_id"
+#: The keys the access line adds to :data:`LINE_KEYS` (the last three only when they apply).
+ACCESS_KEYS = (METHOD, ROUTE, PATH, STATUS, DURATION_MS, CALLER, ORIGIN, FAILED_DOWNSTREAM, CLIENT_CORRELATION_ID)
 #: The route of a request that matched no URL rule.
 UNMATCHED_ROUTE = "unmatched"
 
+# A task run (``correlation.celery``) is a hop too, with its own access line (same logger): it
+# carries ``status`` (200 success, 202 retry, 500 failure), ``duration_ms`` (the run), ``caller``
+# (the publishing service) and ``origin``/``failed_downstream`` like an HTTP hop, plus these.
+KIND = "kind"  #: only on a task run's access line: ``task`` (an asynchronous hop)
+KIND_TASK = "task"
+TASK = "task"  #: the task's name
+TASK_ID = "task_id"  #: the message's task ID: the same for every attempt
+STATE = "state"  #: ``success``, ``retry`` or ``failure`` (``ignored``, ``rejected``: Celery's rarer ends)
+STATE_SUCCESS = "success"
+STATE_RETRY = "retry"
+STATE_FAILURE = "failure"
+ATTEMPT = "attempt"  #: 1 for the first run, 2 for the first retry, ...
+QUEUE = "queue"  #: the queue (routing key) the message came from
+#: When the message was published (RFC 3339, like ``time``): the task hop's start in the trail.
+PUBLISHED_AT = "published_at"
+QUEUE_WAIT_MS = "queue_wait_ms"  #: float: publish to start of the run; null when the publish time is unknown
+#: The keys a task run's access line adds to :data:`LINE_KEYS` besides status, duration and caller.
+TASK_ACCESS_KEYS = (KIND, TASK, TASK_ID, STATE, ATTEMPT, QUEUE, PUBLISHED_AT, QUEUE_WAIT_MS)
+
 #: Every key the contract defines; anything else on a line came from the app's ``extra=``.
-STANDARD_KEYS = frozenset((*LINE_KEYS, STACK, *ACCESS_KEYS))
+STANDARD_KEYS = frozenset((*LINE_KEYS, STACK, *ACCESS_KEYS, *TASK_ACCESS_KEYS))
 
 # -- Loki streams -----------------------------------------------------------------------------
 
@@ -58,6 +80,8 @@ STREAM_LABELS = (SERVICE_LABEL, ENV_LABEL)
 #: Structured metadata of every entry: queryable with no parser, indexed by nothing.
 #: ``level`` is lowercase here (``error``), as Grafana's log-level detection expects.
 METADATA_FIELDS = (CORRELATION_ID, REQUEST_ID, LEVEL)
+#: Structured metadata of the entries whose record carries it.
+OPTIONAL_METADATA_FIELDS = (CLIENT_CORRELATION_ID,)
 
 # -- HTTP headers ------------------------------------------------------------------------------
 
@@ -74,6 +98,9 @@ TRACEPARENT_HEADER = "traceparent"
 #: On every response: the answering service's name, so a caller's metrics name the peer
 #: service rather than a host.
 SERVICE_HEADER = "X-Service-Name"
+#: On task messages only, beside the headers above: when the message was published, in Unix
+#: milliseconds (the task hop's start; its queue wait is the run's start minus this).
+PUBLISHED_AT_HEADER = "X-Published-At"
 
 # -- Metrics ------------------------------------------------------------------------------------
 

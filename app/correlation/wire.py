@@ -46,10 +46,18 @@ class Inbound:
     hop: Hop
     caller: str | None
     rejections: tuple[Rejection, ...]
+    #: From an untrusted sender: the valid ID it sent, kept for search but not followed.
+    client_correlation_id: str | None = None
 
 
-def read(get: HeaderGetter, header: str = schema.CORRELATION_HEADER) -> Inbound:
-    """Start the hop a message asks for; every refused value is reported, never raised."""
+def read(get: HeaderGetter, header: str = schema.CORRELATION_HEADER, *, trusted: bool = True) -> Inbound:
+    """Start the hop a message asks for; every refused value is reported, never raised.
+
+    From an untrusted sender (see :mod:`correlation.trust`) nothing is followed: the hop starts a
+    fresh trail, and a valid ID it sent is only kept as ``client_correlation_id``.
+    """
+    if not trusted:
+        return _untrusted(get, header)
     rejections: list[Rejection] = []
     correlation_id: str | None = None
     for name in _id_headers(header):
@@ -82,12 +90,28 @@ def read(get: HeaderGetter, header: str = schema.CORRELATION_HEADER) -> Inbound:
     return Inbound(Hop.start(correlation_id, parent), caller, tuple(rejections))
 
 
-def from_environ(environ: Mapping[str, Any], header: str = schema.CORRELATION_HEADER) -> Inbound:
+def _untrusted(get: HeaderGetter, header: str) -> Inbound:
+    rejections: list[Rejection] = []
+    client_id = None
+    for name in _id_headers(header):
+        value = get(name)
+        if value is None:
+            continue
+        reason = ids.rejection_reason(value)
+        if reason:
+            rejections.append(Rejection(name, reason, value))
+        else:
+            client_id = value
+        break
+    return Inbound(Hop.start(), None, tuple(rejections), client_id)
+
+
+def from_environ(environ: Mapping[str, Any], header: str = schema.CORRELATION_HEADER, *, trusted: bool = True) -> Inbound:
     """:func:`read` over a WSGI environ (``X-Correlation-ID`` is ``HTTP_X_CORRELATION_ID`` there)."""
-    return read(lambda name: environ.get(environ_key(name)), header)
+    return read(lambda name: environ.get(environ_key(name)), header, trusted=trusted)
 
 
-def from_headers(headers: Mapping[str, str], header: str = schema.CORRELATION_HEADER) -> Inbound:
+def from_headers(headers: Mapping[str, str], header: str = schema.CORRELATION_HEADER, *, trusted: bool = True) -> Inbound:
     """:func:`read` over a plain mapping of header names, matched case-insensitively."""
     lowered = {str(k).lower(): v for k, v in headers.items()}
 
@@ -95,7 +119,7 @@ def from_headers(headers: Mapping[str, str], header: str = schema.CORRELATION_HE
         value = lowered.get(name.lower())
         return value if value is None or isinstance(value, str) else str(value)
 
-    return read(get, header)
+    return read(get, header, trusted=trusted)
 
 
 def headers(hop: Hop, service: str, header: str = schema.CORRELATION_HEADER) -> dict[str, str]:

@@ -7,16 +7,18 @@ Loki. A background thread (:mod:`correlation.loki.sender`) batches and pushes. `
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import sys
 import threading
-from typing import Mapping
+from typing import Any, Mapping
 
 from prometheus_client import REGISTRY
 from prometheus_client.registry import CollectorRegistry
 
 from correlation import context, schema
-from correlation.config import LokiSettings
+from correlation.config import ConfigError, LokiSettings
 from correlation.forks import rebuild_after_fork
 from correlation.logs import JsonFormatter, stamp
 from correlation.loki import collector
@@ -26,10 +28,22 @@ from correlation.loki.stats import ShipperStats
 
 #: Record attributes sent as structured metadata besides ``level`` (queryable with no parser,
 #: never labels).
-_METADATA_ATTRS = tuple(name for name in schema.METADATA_FIELDS if name != schema.LEVEL)
+_METADATA_ATTRS = tuple(name for name in schema.METADATA_FIELDS if name != schema.LEVEL) + schema.OPTIONAL_METADATA_FIELDS
 #: Loki's default ``max_line_size`` is 256 KB; longer lines are rejected, so we cut them first.
 DEFAULT_MAX_LINE_BYTES = 256 * 1024
 TRUNCATION_MARK = " ...[truncated by loki shipper]"
+
+# logging closes every handler at exit (its atexit hook); a close before that is a
+# reconfiguration. Registered after logging's own hook, so it runs first.
+_exiting = False
+
+
+def _mark_exiting() -> None:
+    global _exiting
+    _exiting = True
+
+
+atexit.register(_mark_exiting)
 
 
 class LokiHandler(logging.Handler):
@@ -46,14 +60,20 @@ class LokiHandler(logging.Handler):
 
     def __init__(
         self,
-        settings: LokiSettings,
+        settings: LokiSettings | None = None,
         labels: Mapping[str, str] | None = None,
         *,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
         level: int = logging.NOTSET,
         registry: CollectorRegistry | None = REGISTRY,
+        **options: Any,
     ) -> None:
         super().__init__(level)
+        # dictConfig passes plain values (url="http://loki:3100", batch_max_bytes=1048576, ...):
+        # they override the LOKI_* environment, field by field, checked like the environment.
+        settings = (settings or LokiSettings.from_env()).with_options(options)
+        if not settings.url:
+            raise ConfigError("LokiHandler needs url= (or LOKI_URL): where should the lines go?")
         self.settings = settings
         self.labels = dict(labels) if labels is not None else default_labels()
         self.max_line_bytes = max_line_bytes
@@ -119,10 +139,22 @@ class LokiHandler(logging.Handler):
             self.buffer.join(self.settings.flush_timeout_seconds if timeout is None else timeout)
 
     def close(self) -> None:
-        """Flush within ``flush_timeout_seconds``; what is still buffered then is counted as dropped."""
+        """Flush within ``flush_timeout_seconds``; what is still buffered then is counted as dropped
+        (with a spool, it stays on disk for the next process)."""
+        if getattr(self, "_installed_by_correlation", False) and not _exiting:
+            print(
+                "correlation: the Loki handler installed by setup_logging was closed by a logging "
+                "reconfiguration (logging.config.dictConfig?): lines no longer go to Loki. Add "
+                "correlation.LokiHandler to that configuration, or call setup_logging after it.",
+                file=sys.stderr,
+            )
+        self.close_within(self.settings.flush_timeout_seconds)
+
+    def close_within(self, seconds: float) -> None:
+        """:meth:`close`, waiting at most ``seconds`` (a worker being killed has about one)."""
         if self.sender.thread is not None or self.buffer.buffered[0]:
             self.sender.ensure_started()
-            if not self.sender.stop(self.settings.flush_timeout_seconds):
+            if not self.sender.stop(seconds):
                 left = self.buffer.drain()
                 if left:
                     self.stats.drop("shutdown", left)

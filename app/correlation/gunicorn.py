@@ -1,0 +1,91 @@
+"""Gunicorn: its own log lines as JSON lines of the service, and no request lost without a word
+when it kills a worker for a timeout.
+
+In a gunicorn config file (``gunicorn --config python:myapp.gunicorn_conf``)::
+
+    from correlation.gunicorn import gunicorn_logconfig, worker_abort  # noqa: F401 (a hook)
+
+    logconfig_dict = gunicorn_logconfig()
+
+- ``logconfig_dict`` (built by :func:`gunicorn_logconfig` from the environment, as
+  ``setup_logging`` would) sends gunicorn's error log (boot, worker exits, ``WORKER TIMEOUT``)
+  through the same JSON stdout and Loki handlers as the application, and turns gunicorn's own
+  access log off: the library writes a richer one per hop.
+- :func:`worker_abort` runs in a worker gunicorn is killing for a timeout (SIGABRT). It writes,
+  for each request still in flight there, the hop's access line as a 500 ending in
+  ``worker timeout``, so the trail ends with the reason and ``trail --last-error`` finds it, then
+  sends what is buffered to Loki (or to the disk spool) within :data:`ABORT_FLUSH_SECONDS`: the
+  arbiter sends SIGKILL about a second later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Mapping
+
+from correlation import context
+from correlation.config import Settings
+from correlation.flask import IN_FLIGHT
+
+#: What the aborted worker may spend sending its last lines (gunicorn's arbiter checks its
+#: workers about once a second and then sends SIGKILL).
+ABORT_FLUSH_SECONDS = 0.6
+
+_log = logging.getLogger("correlation.gunicorn")
+
+
+def gunicorn_logconfig(settings: Settings | None = None) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for gunicorn's ``logconfig_dict``: root to JSON stdout and
+    Loki (when ``LOKI_URL`` is set), gunicorn's loggers through the root."""
+    settings = settings or Settings.from_env()
+    handlers: dict[str, dict[str, Any]] = {}
+    if settings.log_stdout:
+        handlers["stdout"] = {"class": "correlation.StdoutHandler", "stream": "ext://sys.stdout"}
+    if settings.loki.url:  # the rest of LOKI_* is read by the handler itself
+        handlers["loki"] = {
+            "class": "correlation.LokiHandler",
+            "labels": {"service_name": settings.service, "env": settings.env},
+        }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "root": {"level": settings.log_level, "handlers": list(handlers)},
+        "handlers": handlers,
+        "loggers": {
+            "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+            # The library writes one access line per hop with the correlation fields; gunicorn's
+            # would be a second, poorer one.
+            "gunicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+        },
+    }
+
+
+def worker_abort(worker: Any) -> None:
+    """Gunicorn hook: log the requests this worker is abandoning, then flush the shipper."""
+    now = time.perf_counter()
+    timeout = getattr(getattr(worker, "cfg", None), "timeout", None)
+    note = f" worker timeout (gunicorn --timeout {timeout}s killed the worker)" if timeout else " worker timeout"
+    for request_id in list(IN_FLIGHT):
+        item = IN_FLIGHT.pop(request_id, None)  # taken: the edge will not write a second end
+        if item is None:
+            continue
+        with context.bound(item.inbound.hop):
+            item.edge.report(item.environ, item.inbound, 500, now - item.started, note=note)
+    flush_all(ABORT_FLUSH_SECONDS)
+
+
+def flush_all(seconds: float) -> None:
+    """Send what every handler of the root logger holds, within ``seconds`` in all."""
+    deadline = time.monotonic() + seconds
+    for handler in logging.getLogger().handlers:
+        remaining = max(0.0, deadline - time.monotonic())
+        try:
+            close_within = getattr(handler, "close_within", None)
+            if close_within is not None:
+                close_within(remaining)  # the Loki handler: deliver, or spool, within the time left
+            else:
+                handler.flush()
+        except Exception:  # the worker is dying: never let one handler stop the others
+            pass
+

@@ -1,0 +1,83 @@
+"""httpx calls carry the hop like requests calls: a real httpx against a real loopback server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from correlation import context, traceparent
+from correlation.httpx_client import CorrelationTransport, instrument_httpx, uninstrument_httpx
+from correlation.metrics import CLIENT_DURATION
+from tests.fakes import LoopbackServer, QuietHandler
+
+
+class Echo(QuietHandler):
+    """Answers with the request headers it received; /fail/<name> answers 503 as service <name>."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        parts = self.path.strip("/").split("/")
+        body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+        self.send_response(503 if parts[0] == "fail" else 200)
+        if len(parts) == 2:
+            self.send_header("X-Service-Name", parts[1])
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def echo() -> Iterator[str]:
+    context.set_service("httpx-caller")
+    instrument_httpx()
+    with LoopbackServer(Echo) as server:
+        yield server.url
+    uninstrument_httpx()
+
+
+def test_sync_client_carries_the_hop(echo: str) -> None:
+    with context.bound() as hop, httpx.Client() as client:
+        seen = client.get(echo).json()
+    assert seen["x-correlation-id"] == hop.correlation_id and seen["x-parent-request-id"] == hop.request_id
+    assert seen["x-caller-service"] == "httpx-caller"
+    assert traceparent.parse(seen["traceparent"]) == (hop.correlation_id, hop.request_id, True)
+
+
+def test_async_tasks_each_carry_their_own_hop(echo: str) -> None:
+    async def one(client: httpx.AsyncClient) -> tuple[str, str]:
+        with context.bound() as hop:
+            seen = (await client.get(echo)).json()
+        return hop.correlation_id, seen["x-correlation-id"]
+
+    async def many() -> list[tuple[str, str]]:
+        async with httpx.AsyncClient() as client:
+            return await asyncio.gather(*(one(client) for _ in range(5)))
+
+    pairs = asyncio.run(many())
+    assert all(sent == received for sent, received in pairs) and len({sent for sent, _ in pairs}) == 5
+
+
+def test_nothing_outside_a_hop_and_caller_headers_win(echo: str) -> None:
+    with httpx.Client() as client:
+        assert "x-correlation-id" not in client.get(echo).json()
+        with context.bound():
+            assert client.get(echo, headers={"X-Correlation-ID": "mine"}).json()["x-correlation-id"] == "mine"
+
+
+def test_failures_are_noted_and_measured_per_peer(echo: str) -> None:
+    with context.bound() as hop, httpx.Client(timeout=2) as client:
+        client.get(f"{echo}/fail/payments")
+        with pytest.raises(httpx.ConnectError):
+            client.get("http://127.0.0.1:9/")
+    assert hop.failed_calls == ["payments", "127.0.0.1:9"]
+    assert CLIENT_DURATION.labels("httpx-caller", "payments", "GET", "503")._sum.get() > 0  # noqa: SLF001
+
+
+def test_a_transport_of_your_own_can_be_wrapped() -> None:
+    uninstrument_httpx()  # only the wrapper adds the headers here
+    with LoopbackServer(Echo) as server, httpx.Client(transport=CorrelationTransport(httpx.HTTPTransport())) as client:
+        with context.bound() as hop:
+            assert client.get(server.url).json()["x-correlation-id"] == hop.correlation_id
