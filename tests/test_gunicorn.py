@@ -104,7 +104,9 @@ def test_dictconfig_handlers_ship_app_and_gunicorn_lines(slowpoke: str, loki_sin
     assert all(line["service"] == "slowpoke" for line in boot)
 
 
-def test_a_worker_timeout_ends_the_trail_with_the_reason(slowpoke: str, loki_sink: FakeLoki) -> None:
+def test_a_worker_timeout_ends_the_trail_with_the_reason(
+    slowpoke: str, loki_sink: FakeLoki, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     try:  # gunicorn may still answer a bare 500 as the worker dies, or just close the connection
         status = requests.get(f"{slowpoke}/slow/30", headers={"X-Correlation-ID": "doomed-1"}, timeout=15).status_code
     except requests.RequestException:
@@ -121,3 +123,11 @@ def test_a_worker_timeout_ends_the_trail_with_the_reason(slowpoke: str, loki_sin
     timeouts = wait_until(lambda: [x for x in _lines(loki_sink) if "WORKER TIMEOUT" in x["message"]] or None, 10,
                           "gunicorn's WORKER TIMEOUT line in Loki")
     assert timeouts[0]["service"] == "slowpoke" and timeouts[0]["level"] == "CRITICAL"
+    # ... and `trail --last-error` finds it.
+    from trail.cli import main as trail
+
+    monkeypatch.setenv("LOKI_URL", loki_sink.url)
+    capsys.readouterr()
+    assert trail(["--last-error", "--service", "slowpoke", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["correlation_id"] == "doomed-1"
