@@ -2,13 +2,19 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum < app/pyproject.toml | cut -d' ' -f1)
-# Debian packages the tests run for real: Prometheus + promtool, Alertmanager + amtool, and
-# docker-compose (1.29, validates the compose file without a Docker engine).
-DEBIAN_TOOLS    := prometheus promtool prometheus-alertmanager amtool docker-compose
-DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose
+# Debian packages the tests run for real: Prometheus + promtool, Alertmanager + amtool,
+# docker-compose (1.29, validates the compose file without a Docker engine) and redis-server (the
+# Celery broker of the notifications worker; `make run-local` uses it too when present), and
+# chromium (headless, loads the trail page in tests/test_trail_web_browser.py).
+DEBIAN_TOOLS    := prometheus promtool prometheus-alertmanager amtool docker-compose redis-server chromium
+DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose redis-server chromium
 PYTEST_ARGS ?=
+# Linted and format-checked by `make lint` (settings: [tool.ruff] in app/pyproject.toml).
+LINTED := app tests bench
+# The demo (app/demo) is not installed with the library: it runs from source.
+DEMO_ENV := PYTHONPATH=$(CURDIR)/app
 
-.PHONY: setup system-deps test bench run-local up down clean
+.PHONY: setup system-deps lint test bench run-local up down clean
 
 setup: $(STAMP) system-deps
 
@@ -26,15 +32,20 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES) >/dev/null; \
 	fi
 
-test: setup
+# Style first: it takes a second, the tests take minutes.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+test: setup lint
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 bench: setup
 	$(VENV)/bin/pip install --quiet -e 'app[dev,bench]'
-	$(PY) -m bench
+	$(DEMO_ENV) $(PY) -m bench
 
 run-local: $(STAMP)
-	$(PY) -m demo.run_local
+	$(DEMO_ENV) $(PY) -m demo.run_local
 
 up:
 	docker compose up -d --build

@@ -1,15 +1,24 @@
 """The two tiny apps of P2: the same ``GET /ping`` -> "ok", bare and fully instrumented.
 
-    gunicorn -w 1 -k gthread --threads 4 "bench.apps:bare()"
-    LOKI_URL=http://127.0.0.1:3100 gunicorn -w 1 -k gthread --threads 4 "bench.apps:instrumented()"
+gunicorn -w 1 -k gthread --threads 4 "bench.apps:bare()"
+LOKI_URL=http://127.0.0.1:3100 gunicorn -w 1 -k gthread --threads 4 "bench.apps:instrumented()"
+
+For the attribution (bench/attribution.py): ``BENCH_OFF`` switches parts of the instrumented app
+off from the bench side, ``BENCH_THREAD_NAMES=1`` names the OS threads (see bench/switches.py).
 """
 
 from __future__ import annotations
 
+import os
+
 import flask
+
+from bench import switches
 
 
 def _ping_app(name: str) -> flask.Flask:
+    if os.environ.get("BENCH_THREAD_NAMES") == "1":
+        switches.name_os_threads()
     app = flask.Flask(name)
 
     @app.get("/ping")
@@ -28,8 +37,10 @@ def instrumented() -> flask.Flask:
     """ID at the edge, JSON logs to stdout and Loki (LOKI_URL), access line, metrics, propagation."""
     from correlation import Correlation, Settings, setup_logging
 
+    off = switches.off_parts()
+    app = _ping_app("instrumented")
     settings = Settings.from_env(service="bench")
     setup_logging(settings)
-    app = _ping_app("instrumented")
     Correlation(app, settings)
+    switches.apply(app, off)
     return app

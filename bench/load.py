@@ -55,20 +55,39 @@ def parse_wrk(output: str) -> LoadResult:
     return LoadResult(total, rps, p50, p99, errors, "wrk")
 
 
-def run_load(url: str, *, connections: int, seconds: float, method: str = "GET", body: str = "",
-             threads: int = 2, timeout_s: float = 10.0) -> LoadResult:
+def run_load(
+    url: str,
+    *,
+    connections: int,
+    seconds: float,
+    method: str = "GET",
+    body: str = "",
+    threads: int = 2,
+    timeout_s: float = 10.0,
+) -> LoadResult:
     if have_wrk():
         return _wrk(url, connections, seconds, method, body, threads, timeout_s)
     return _python_load(url, connections, seconds, method, body, timeout_s)
 
 
-def _wrk(url: str, connections: int, seconds: float, method: str, body: str, threads: int, timeout_s: float) -> LoadResult:
-    args = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{seconds:g}s", f"--timeout={timeout_s:g}s", "--latency"]
+def _wrk(
+    url: str, connections: int, seconds: float, method: str, body: str, threads: int, timeout_s: float
+) -> LoadResult:
+    args = [
+        "wrk",
+        f"-t{min(threads, connections)}",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        f"--timeout={timeout_s:g}s",
+        "--latency",
+    ]
     script = None
     if method != "GET" or body:
         fd, script = tempfile.mkstemp(suffix=".lua")
         with os.fdopen(fd, "w") as f:
-            f.write(f'wrk.method = "{method}"\nwrk.body = [[{body}]]\nwrk.headers["Content-Type"] = "application/json"\n')
+            f.write(
+                f'wrk.method = "{method}"\nwrk.body = [[{body}]]\nwrk.headers["Content-Type"] = "application/json"\n'
+            )
         args += ["-s", script]
     try:
         out = subprocess.run(args + [url], capture_output=True, text=True, timeout=seconds + timeout_s + 30, check=True)
@@ -127,24 +146,16 @@ def _python_load(url: str, connections: int, seconds: float, method: str, body: 
 
 
 def wait_http(url: str, timeout: float = 20.0) -> None:
+    """Wait until ``url`` answers 200 (RuntimeError after ``timeout`` seconds)."""
     import urllib.request
 
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} did not answer 200 within {timeout} s")
-        time.sleep(0.1)
+    from tests.fakes import wait_until
 
+    def answers() -> bool:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    try:
+        wait_until(answers, timeout, f"{url} to answer 200", interval=0.1)
+    except AssertionError as exc:
+        raise RuntimeError(str(exc)) from None

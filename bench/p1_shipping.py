@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bench.sinkproc import SinkProcess
 from bench.table import fmt, fmt_ratio, median, print_table, targets_table
@@ -51,7 +52,7 @@ def _logger(handler: logging.Handler, *, json_lines: bool = True) -> logging.Log
         log.removeHandler(old)
     log.propagate = False
     log.setLevel(logging.INFO)
-    handler.addFilter(CorrelationFilter("bench"))
+    handler.addFilter(CorrelationFilter())
     if json_lines:
         handler.setFormatter(JsonFormatter())
     log.addHandler(handler)
@@ -73,7 +74,9 @@ def _emit(log: logging.Logger, lines: int) -> float:
         context.reset(token)
 
 
-def _result(lines: int, emit_s: float, delivered: int, delivered_s: float, sink: dict[str, Any] | None) -> dict[str, Any]:
+def _result(
+    lines: int, emit_s: float, delivered: int, delivered_s: float, sink: dict[str, Any] | None
+) -> dict[str, Any]:
     return {
         "lines": lines,
         "caller_us": emit_s / lines * 1e6,
@@ -87,7 +90,7 @@ def _result(lines: int, emit_s: float, delivered: int, delivered_s: float, sink:
     }
 
 
-def run_floor(sink: SinkProcess, lines: int) -> dict[str, Any]:
+def run_floor(sink: SinkProcess, lines: int) -> dict[str, Any]:  # noqa: ARG001 - every variant's signature
     handler = ListHandler()
     log = _logger(handler)
     emit_s = _emit(log, lines)
@@ -183,42 +186,67 @@ def run() -> None:
     for key, label, _ in VARIANTS:
         rs = results[key]
         delivered = f"{min(r['delivered'] for r in rs):,}/{counts[key]:,}"
-        rows.append([
-            label, counts[key], med(key, "caller_us"), med(key, "emit_lps"),
-            med(key, "delivered_lps") if key != "floor" else "-", delivered if key != "floor" else "-",
-            fmt(med(key, "pushes")) if key != "floor" else "-",
-            f"{max(r['max_push_mb'] for r in rs):.1f}" if key != "floor" else "-",
-            fmt_ratio(med(key, "caller_us") / med("floor", "caller_us")),
-        ])
-    notes = [f"median of {rounds} interleaved rounds; sink = tests/loki_sink.py in its own process; 2xx only counted"]
+        rows.append(
+            [
+                label,
+                counts[key],
+                med(key, "caller_us"),
+                med(key, "emit_lps"),
+                med(key, "delivered_lps") if key != "floor" else "-",
+                delivered if key != "floor" else "-",
+                fmt(med(key, "pushes")) if key != "floor" else "-",
+                f"{max(r['max_push_mb'] for r in rs):.1f}" if key != "floor" else "-",
+                fmt_ratio(med(key, "caller_us") / med("floor", "caller_us")),
+            ]
+        )
+    notes = [f"median of {rounds} interleaved rounds; sink = tests.fakes.FakeLoki in its own process; 2xx only counted"]
     violations = {key: sum(r["violations"] for r in results[key]) for key in results}
     for key, count in violations.items():
         if count:
             first = next(r["first_violation"] for r in results[key] if r["first_violation"])
             notes.append(f"{key}: {count} pushes refused by the sink: {first[:120]}")
-    notes.append("loki-logger-handler's streams carry extra keys (message_in_json_format, loki_metadata): "
-                 "Loki ignores them, so the sink ran lenient for it")
+    notes.append(
+        "loki-logger-handler's streams carry extra keys (message_in_json_format, loki_metadata): "
+        "Loki ignores them, so the sink ran lenient for it"
+    )
     big = max(r["max_push_mb"] for r in results["llh"])
     if big > 4.0:
-        notes.append(f"loki-logger-handler sent a {big:.0f} MB push: a real Loki refuses > 4 MB with a 500 "
-                     "(FACTS.md), so those lines would be lost there")
+        notes.append(
+            f"loki-logger-handler sent a {big:.0f} MB push: a real Loki refuses > 4 MB with a 500 "
+            "(docs/loki-facts.md), so those lines would be lost there"
+        )
     dropped = [r.get("dropped") for r in results["ours"] if r.get("dropped")]
     if dropped:
         notes.append(f"ours dropped lines: {dropped}")
     print_table(
         f"{TITLE} (BENCH_LINES={lines:,})",
-        ["variant", "lines", "caller us/line", "emit lines/s", "delivered lines/s", "delivered", "pushes",
-         "largest push MB", "caller vs floor"],
-        rows, notes,
+        [
+            "variant",
+            "lines",
+            "caller us/line",
+            "emit lines/s",
+            "delivered lines/s",
+            "delivered",
+            "pushes",
+            "largest push MB",
+            "caller vs floor",
+        ],
+        rows,
+        notes,
     )
     ours = med("ours", "delivered_lps")
     pll = med("pll", "delivered_lps")
     ceiling = med("floor", "emit_lps") / pll
     if ceiling < 100:
-        print(f"  note: the floor (formatting only, nothing shipped) is {ceiling:.0f}x python-logging-loki here, so the "
-              f"100x target needs a faster caller path than today's formatting alone\n")
+        print(
+            f"  note: the floor (formatting only, nothing shipped) is {ceiling:.0f}x python-logging-loki here, so the "
+            f"100x target needs a faster caller path than today's formatting alone\n"
+        )
     llh = med("llh", "delivered_lps")
-    targets_table(f"{TITLE}: targets (delivered lines/s)", [
-        ("ours vs python-logging-loki", ours, pll, ">= 100x", ours >= 100 * pll),
-        ("ours vs loki-logger-handler", ours, llh, ">= 2x", ours >= 2 * llh),
-    ])
+    targets_table(
+        f"{TITLE}: targets (delivered lines/s)",
+        [
+            ("ours vs python-logging-loki", ours, pll, ">= 100x", ours >= 100 * pll),
+            ("ours vs loki-logger-handler", ours, llh, ">= 2x", ours >= 2 * llh),
+        ],
+    )

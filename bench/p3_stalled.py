@@ -15,9 +15,10 @@ import urllib.request
 from collections import Counter
 from typing import Any
 
-from bench.load import LoadResult, free_port, have_wrk, run_load
+from bench.load import LoadResult, have_wrk, run_load
 from bench.sinkproc import SinkProcess
 from bench.table import median, print_table, targets_table
+from tests.fakes import free_port
 
 NAME = "p3"
 TITLE = "P3 stalled Loki"
@@ -61,8 +62,9 @@ def run() -> None:
             for r in range(rounds):
                 order = ["healthy", "stalled"] if r % 2 == 0 else ["stalled", "healthy"]
                 for name in order:
-                    results[name].append(run_load(urls[name], connections=CONCURRENCY, seconds=seconds,
-                                                  method="POST", body="{}"))
+                    results[name].append(
+                        run_load(urls[name], connections=CONCURRENCY, seconds=seconds, method="POST", body="{}")
+                    )
             for name, chain in chains.items():
                 state[name] = _shipper_state(chain.urls)
         finally:
@@ -75,26 +77,57 @@ def run() -> None:
     rows = []
     for name, rs in results.items():
         s = state.get(name, {})
-        rows.append([name, med(name, "rps"), med(name, "p50_ms"), med(name, "p99_ms"),
-                     " / ".join(f"{r.p99_ms:.0f}" for r in rs), sum(r.errors for r in rs),
-                     int(s.get("loki_shipper_sent_lines", 0)), int(s.get("loki_shipper_buffered_lines", 0)),
-                     int(sum(v for k, v in s.items() if k.startswith("loki_shipper_dropped_lines")))])
-    notes = [f"median of {rounds} interleaved rounds of {seconds:g} s, POST /checkout at {CONCURRENCY} connections "
-             f"({results['healthy'][0].tool}{'' if have_wrk() else ', Python fallback'})",
-             "sent/buffered/dropped: loki_shipper_* summed over the 4 services' /metrics after the last round",
-             f"sink pushes answered: healthy {sink_stats['healthy']['pushes']:,}, stalled {sink_stats['stalled']['pushes']:,} "
-             f"(requests received by the stalled sink: {sink_stats['stalled']['requests']:,})",
-             f"exit codes at stop: {codes}"]
-    retries = {k.replace("loki_shipper_", ""): int(v) for k, v in state.get("stalled", {}).items()
-               if ("retries" in k or "dropped" in k) and v}
+        rows.append(
+            [
+                name,
+                med(name, "rps"),
+                med(name, "p50_ms"),
+                med(name, "p99_ms"),
+                " / ".join(f"{r.p99_ms:.0f}" for r in rs),
+                sum(r.errors for r in rs),
+                int(s.get("loki_shipper_sent_lines", 0)),
+                int(s.get("loki_shipper_buffered_lines", 0)),
+                int(sum(v for k, v in s.items() if k.startswith("loki_shipper_dropped_lines"))),
+            ]
+        )
+    notes = [
+        f"median of {rounds} interleaved rounds of {seconds:g} s, POST /checkout at {CONCURRENCY} connections "
+        f"({results['healthy'][0].tool}{'' if have_wrk() else ', Python fallback'})",
+        "sent/buffered/dropped: loki_shipper_* summed over the 4 services' /metrics after the last round",
+        f"sink pushes answered: healthy {sink_stats['healthy']['pushes']:,}, "
+        f"stalled {sink_stats['stalled']['pushes']:,} "
+        f"(requests received by the stalled sink: {sink_stats['stalled']['requests']:,})",
+        f"exit codes at stop: {codes}",
+    ]
+    retries = {
+        k.replace("loki_shipper_", ""): int(v)
+        for k, v in state.get("stalled", {}).items()
+        if ("retries" in k or "dropped" in k) and v
+    }
     if retries:
         notes.append(f"stalled chain shipper counters (non-zero): {retries}")
-    print_table(TITLE + " (demo chain, POST /checkout)",
-                ["Loki", "req/s", "p50 ms", "p99 ms", "p99 per round", "errors", "sent lines", "buffered lines", "dropped lines"],
-                rows, notes)
+    print_table(
+        TITLE + " (demo chain, POST /checkout)",
+        [
+            "Loki",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "p99 per round",
+            "errors",
+            "sent lines",
+            "buffered lines",
+            "dropped lines",
+        ],
+        rows,
+        notes,
+    )
     p99_s, p99_h = med("stalled", "p99_ms"), med("healthy", "p99_ms")
     errors = sum(r.errors for rs in results.values() for r in rs)
-    targets_table(f"{TITLE}: targets", [
-        ("p99 ms stalled / healthy", p99_s, p99_h, "<= 1.10x", p99_s <= 1.10 * p99_h),
-        ("errors (both chains, all rounds)", errors, None, "== 0", errors == 0),
-    ])
+    targets_table(
+        f"{TITLE}: targets",
+        [
+            ("p99 ms stalled / healthy", p99_s, p99_h, "<= 1.10x", p99_s <= 1.10 * p99_h),
+            ("errors (both chains, all rounds)", errors, None, "== 0", errors == 0),
+        ],
+    )

@@ -1,4 +1,4 @@
-"""The loopback Loki push sink of the tests (tests/loki_sink.py), run in its own process.
+"""The tests' fake Loki (``tests.fakes.FakeLoki``), run in its own process as a push sink.
 
 In its own process the sink's JSON decoding and validation do not compete for the GIL with the
 code being measured (on a real deployment Loki runs elsewhere too). The parent talks to it over a
@@ -14,7 +14,8 @@ import sys
 import time
 from typing import Any
 
-TESTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+#: The repository root: ``python -m bench`` runs from there, so ``tests.fakes`` imports as a package.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _approx_push_bytes(entries: list[Any]) -> int:
@@ -24,9 +25,7 @@ def _approx_push_bytes(entries: list[Any]) -> int:
 
 def _serve(default: Any, lenient: bool) -> None:
     """The child: start the sink, print its URL, answer one JSON line per command line on stdin."""
-    if TESTS_DIR not in sys.path:
-        sys.path.insert(0, TESTS_DIR)
-    from loki_sink import LokiSink
+    from tests.fakes import FakeLoki
 
     out = sys.stdout
     # Clients that give up on a stalled push make the server print BrokenPipe tracebacks: not news.
@@ -36,32 +35,33 @@ def _serve(default: Any, lenient: bool) -> None:
         out.write(json.dumps(obj) + "\n")
         out.flush()
 
-    with LokiSink(default=default, lenient=lenient) as sink:
+    with FakeLoki(default=default, lenient=lenient) as sink:
         send(sink.url)
-        counted = 0  # pushes already counted (and emptied)
         totals = {"entries": 0, "pushes": 0, "max_push_entries": 0, "max_push_bytes": 0}
+        requests = 0  # every request received since start (stalled ones too); not reset
         for raw in sys.stdin:
             command, arg = json.loads(raw)
             if command == "stop":
                 break
-            with sink._lock:
-                for push in sink.pushes[counted:]:
-                    n = len(push.entries)
-                    totals["entries"] += n
-                    totals["pushes"] += 1
-                    totals["max_push_entries"] = max(totals["max_push_entries"], n)
-                    totals["max_push_bytes"] = max(totals["max_push_bytes"], _approx_push_bytes(push.entries))
-                    push.entries = []  # keep memory flat: counted is enough here
-                counted = len(sink.pushes)
-                if command == "reset":
-                    sink.pushes.clear()
-                    sink.violations.clear()
-                    counted = 0
-                    totals = dict.fromkeys(totals, 0)
-                elif command == "lenient":
-                    sink.lenient = bool(arg)
-                reply = {**totals, "violations": len(sink.violations),
-                         "first_violation": sink.violations[0] if sink.violations else "", "requests": sink.requests}
+            pushes, received = sink.drain()  # counted, then let go: memory stays flat
+            requests += received
+            for push in pushes:
+                n = len(push.entries)
+                totals["entries"] += n
+                totals["pushes"] += 1
+                totals["max_push_entries"] = max(totals["max_push_entries"], n)
+                totals["max_push_bytes"] = max(totals["max_push_bytes"], _approx_push_bytes(push.entries))
+            if command == "reset":
+                sink.violations.clear()
+                totals = dict.fromkeys(totals, 0)
+            elif command == "lenient":
+                sink.lenient = bool(arg)
+            reply = {
+                **totals,
+                "violations": len(sink.violations),
+                "first_violation": sink.violations[0] if sink.violations else "",
+                "requests": requests,
+            }
             send(reply)
         send({"stopped": True})
     os._exit(0)  # stalled handler threads may still be waiting
@@ -75,10 +75,15 @@ class SinkProcess:
         self._proc: subprocess.Popen[str] | None = None
         self.url = ""
 
-    def __enter__(self) -> "SinkProcess":
-        root = os.path.dirname(TESTS_DIR)
-        self._proc = subprocess.Popen([sys.executable, "-m", "bench.sinkproc", *self._args], cwd=root,
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    def __enter__(self) -> SinkProcess:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.sinkproc", *self._args],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
         line = self._proc.stdout.readline()  # type: ignore[union-attr]
         if not line:
             raise RuntimeError("the Loki sink process did not start")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import statistics
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 
 def median(values: Iterable[float]) -> float:
@@ -55,7 +56,7 @@ def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], not
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def line(row: Sequence[str]) -> str:
-        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
+        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
         return "  ".join(parts).rstrip()
 
     rule = "-" * len(line(cells[0]))
@@ -73,6 +74,8 @@ def targets_table(title: str, checks: Sequence[tuple[str, Any, Any, str, bool | 
 
     A baseline of None means the check is absolute (no ratio).
     """
-    rows = [(name, fmt(v), fmt(b), "-" if b is None else fmt_ratio(ratio(v, b)), target, mark(ok))
-            for name, v, b, target, ok in checks]
+    rows = [
+        (name, fmt(v), fmt(b), "-" if b is None else fmt_ratio(ratio(v, b)), target, mark(ok))
+        for name, v, b, target, ok in checks
+    ]
     print_table(title, ["comparison", "ours", "baseline", "ratio", "target", "result"], rows)

@@ -8,8 +8,10 @@ streams (labels service_name, env="bench-trail"), spread over the last 55 minute
 metadata correlation_id / request_id / level, through Loki's push API in 1 MiB batches (429 and
 5xx retried). Then times ``LokiQueryClient.query_all`` of one request's trail
 (``{service_name=~".+"} | correlation_id="ID"``) over the last hour, and over the window the
-trail CLI derives from the ID's own time (``trail.cli``: MARGIN_SECONDS before, the longest
-request plus the margin after). Loki indexes neither, so the time scales with the window.
+trail lookup derives from the ID's own time (``trail.lookup.id_window``: MARGIN_SECONDS before,
+the longest request plus the margin after). Loki indexes neither, so the time scales with the window.
+Next to them, the same lookup through trail-web (``GET /t/ID``, the HTML page and ``?format=json``),
+served by gunicorn as docker-compose.yml runs it: what a click on an exemplar or log field costs.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ import gzip
 import json
 import os
 import random
+import subprocess
+import sys
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from bench.table import median, print_table, targets_table
 
@@ -31,6 +37,10 @@ BATCH_BYTES = 1024 * 1024
 SERVICES = ("gateway", "orders", "payments", "inventory")
 LABEL_ENV = "bench-trail"
 TARGET_MS = 150.0
+#: The trail page, served: Loki's lookup plus the page's own work.
+TRAIL_WEB_TARGET_MS = 250.0
+#: trail-web as docker-compose.yml runs it (service trail-web); the address comes from TRAIL_WEB_BIND.
+TRAIL_WEB_COMMAND = ("-m", "gunicorn", "--config", "python:trail.gunicorn_conf", "trail.web:create_app()")
 GZIP = True  # pushes gzip-compressed, as our shipper sends them
 
 
@@ -102,13 +112,12 @@ def target_request(requests: int, start_ns: int, end_ns: int, seed: int = 7) -> 
 
 
 def id_window(correlation_id: str) -> tuple[int, int]:
-    """The window the trail CLI queries first for one of our IDs (see trail.cli.fetch_trail)."""
-    from correlation.ids import time_ms_of
-    from trail import cli
+    """The window the trail lookup queries first for one of our IDs (trail.lookup.id_window)."""
+    from trail.lookup import id_window as trail_id_window
 
-    id_ns = time_ms_of(correlation_id) * MS  # type: ignore[operator]
-    return (id_ns - int(cli.MARGIN_SECONDS * NS),
-            id_ns + int((cli.DEFAULT_MAX_REQUEST_SECONDS + cli.MARGIN_SECONDS) * NS))
+    window = trail_id_window(correlation_id)
+    assert window is not None, f"{correlation_id} carries no time"
+    return window.start_ns, window.end_ns
 
 
 def _push(session: Any, settings: Any, body: dict[str, Any]) -> int:
@@ -138,13 +147,7 @@ def _push(session: Any, settings: Any, body: dict[str, Any]) -> int:
 
 def self_check() -> str:
     """Helpers on a small sample: bodies pass the sink's validation, the ID window covers the lines."""
-    import sys
-
-    from bench.sinkproc import TESTS_DIR
-
-    if TESTS_DIR not in sys.path:
-        sys.path.insert(0, TESTS_DIR)
-    from loki_sink import validate_push
+    from tests.fakes import validate_push
 
     now = time.time_ns()
     start, end = now - 3300 * NS, now - 60 * NS
@@ -163,6 +166,30 @@ def self_check() -> str:
     return f"helpers self-check ok: {len(bodies)} push bodies for 15,000 lines, all valid; ID window {(hi - lo) / NS:.0f} s"
 
 
+@contextmanager
+def trail_web() -> Iterator[str]:
+    """trail-web under gunicorn on a free loopback port, reading the same Loki (LOKI_*); its base URL."""
+    import requests
+
+    from tests.fakes import free_port, wait_until
+
+    port = free_port()
+    env = {**os.environ, "TRAIL_WEB_BIND": f"127.0.0.1:{port}"}
+    proc = subprocess.Popen([sys.executable, *TRAIL_WEB_COMMAND], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def healthy() -> bool:
+            assert proc.poll() is None, f"trail-web exited {proc.returncode}"
+            return requests.get(f"{base}/healthz", timeout=2).status_code == 200
+
+        wait_until(healthy, 30, "trail-web /healthz")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
 def run() -> None:
     if not os.environ.get("LOKI_URL", "").strip():
         print("skipped: set LOKI_URL to a real Loki")
@@ -171,9 +198,8 @@ def run() -> None:
     import requests
 
     from correlation.config import LokiSettings
-    from trail import cli
-    from trail.cli import trail_query
-    from trail.loki_query import DEFAULT_PAGE_SIZE, LokiQueryClient
+    from trail.loki_query import LokiQueryClient
+    from trail.lookup import Window, lookup_trail, trail_query
 
     lines = int(os.environ.get("BENCH_TRAIL_LINES", "1000000"))
     repeats = int(os.environ.get("BENCH_TRAIL_REPEATS", "7"))
@@ -191,27 +217,55 @@ def run() -> None:
     cid, _ = target_request(reqs, start, end)
     query = trail_query(cid)
     client = LokiQueryClient(settings)
-    hour = cli.Window(time.time_ns() - 3600 * NS, time.time_ns())
+    hour = Window.last(3600)
     # What `trail ID` does: None = let it derive the window from the ID (and widen if it must).
-    lookups: dict[str, cli.Window | None] = {"last 1 h": hour, "ID-derived": None}
+    lookups: dict[str, Window | None] = {"last 1 h": hour, "ID-derived": None}
     times: dict[str, list[float]] = {k: [] for k in lookups}
     found: dict[str, tuple[int, int, bool]] = {}
-    for _ in range(repeats):
-        for name, explicit in lookups.items():
-            t = time.perf_counter()
-            result = cli.fetch_trail(client, cid, explicit, max_request_seconds=cli.DEFAULT_MAX_REQUEST_SECONDS,
-                                     page_size=DEFAULT_PAGE_SIZE, now_ns=time.time_ns(), say=lambda _: None)
-            times[name].append((time.perf_counter() - t) * 1000)
-            complete = not cli.trail_problems(cid, result.entries)
-            found[name] = (len(result.entries), len(result.windows), complete)
+    # The same lookup through trail-web: its page (what a click opens) and its JSON document.
+    pages = {"ID-derived, trail-web page": "", "ID-derived, trail-web JSON": "?format=json"}
+    times.update({k: [] for k in pages})
+    with trail_web() as base:
+        for _ in range(repeats):
+            for name, explicit in lookups.items():
+                t = time.perf_counter()
+                result = lookup_trail(client, cid, explicit)
+                times[name].append((time.perf_counter() - t) * 1000)
+                found[name] = (len(result.entries), len(result.windows), result.trail.complete)
+            for name, suffix in pages.items():
+                t = time.perf_counter()
+                answer = session.get(f"{base}/t/{cid}{suffix}", timeout=30)
+                times[name].append((time.perf_counter() - t) * 1000)
+                found[name] = _served(answer, suffix)
     rows = [[name, found[name][1], median(times[name]), min(times[name]), found[name][0], "yes" if found[name][2] else "NO"]
-            for name in lookups]
+            for name in [*lookups, *pages]]
     print_table(f"{TITLE} ({pushed:,} lines pushed in {push_s:.0f} s, {retries} retried pushes)",
                 ["window", "queries", "median ms", "min ms", "lines found", "complete trail"], rows,
-                [f"query: {query}", f"median of {repeats} interleaved runs of trail.cli.fetch_trail (what `trail ID` runs); "
-                 "expected 5 lines (the first query may include Loki warming up)"])
+                [f"query: {query}",
+                 f"median of {repeats} interleaved runs of trail.lookup.lookup_trail (what `trail ID` runs) and "
+                 "of GET /t/ID on trail-web (gunicorn, as in compose); expected 5 lines "
+                 "(the first query may include Loki warming up)"])
     narrow, wide = median(times["ID-derived"]), median(times["last 1 h"])
     ok = found["ID-derived"][0] == 5 and found["ID-derived"][2] and found["ID-derived"][1] == 1
+    page = median(times["ID-derived, trail-web page"])
+    page_ok = found["ID-derived, trail-web page"] == found["ID-derived"]
     targets_table(f"{TITLE}: targets", [
         ("ID-derived window, ms (vs 1 h)", narrow, wide, f"< {TARGET_MS:.0f} ms, full trail", narrow < TARGET_MS and ok),
+        ("trail-web page served, ms (vs CLI lookup)", page, narrow, f"< {TRAIL_WEB_TARGET_MS:.0f} ms, full trail",
+         page < TRAIL_WEB_TARGET_MS and ok and page_ok),
     ])
+
+
+def _served(answer: Any, suffix: str) -> tuple[int, int, bool]:
+    """(lines, windows searched, complete) of a trail-web answer; the page's from its JSON twin's
+    shape: 200 and one waterfall row per hop."""
+    if answer.status_code != 200:
+        return (0, 0, False)
+    if suffix:
+        document = answer.json()
+        lines = sum(len(hop["lines"]) for hop in document["hops"]) + len(document["unknown_lines"])
+        return (lines, 2 if document["widened"] else 1, document["complete"])
+    html = answer.text
+    widened = "so the window was widened once" in html
+    lines = int(html.split(" lines, started ", 1)[0].rsplit(" ", 1)[-1]) if " lines, started " in html else 0
+    return (lines, 2 if widened else 1, 'class="problems"' not in html)

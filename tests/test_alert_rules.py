@@ -3,34 +3,69 @@ evaluating them with the Grafana URL coming from its external label."""
 
 from __future__ import annotations
 
+import copy
 import glob
+import json
 import re
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
 
-from stack_tools import (
-    REPO, check_logql, explore_exprs, explore_url, free_port, http_get_json, instant_query,
-    load_yaml, parse_explore_url, prometheus_server, provisioned_datasource_uids, require_tool,
-    run, wait_until,
+from tests.fakes import LoopbackServer, QuietHandler, free_port, wait_until
+from tests.support.grafana import (
+    check_logql,
+    explore_exprs,
+    explore_url,
+    parse_explore_url,
+    provisioned_datasource_uids,
 )
+from tests.support.stack import (
+    REPO,
+    alertmanager_server,
+    http_get_json,
+    instant_query,
+    load_yaml,
+    prometheus_server,
+    require_tool,
+    run,
+)
+from trail.links import trail_page_path
 
 RULES = "alerts/correlation-demo.rules.yml"
 TEST_FILES = sorted(glob.glob(str(REPO / "alerts/tests/*.yml")))
 DEFAULT_GRAFANA = "http://localhost:3000"
-URL_KEYS = {"dashboard_url", "logs_url", "trail_url"}
+DEFAULT_RUNBOOKS = "http://localhost:9095"
+DEFAULT_TRAIL_WEB = "http://localhost:8090"
+URL_KEYS = {"dashboard_url", "logs_url", "trail_url", "trail_page_url", "runbook_url"}
 REQUIRED = {  # alert -> annotations it must carry
-    "HighErrorRatio": {"summary", "description", "dashboard_url", "logs_url", "trail_url"},
+    "HighErrorRatio": {
+        "summary",
+        "description",
+        "dashboard_url",
+        "logs_url",
+        "trail_url",
+        "trail_page_url",
+        "runbook_url",
+    },
+    "DownstreamErrors": {"summary", "description", "dashboard_url", "logs_url", "runbook_url"},
     "HighLatencyP99": {"summary", "description", "dashboard_url", "logs_url"},
-    "ServiceDown": {"summary", "description", "dashboard_url", "logs_url"},
+    "ServiceDown": {"summary", "description", "dashboard_url", "logs_url", "runbook_url"},
     "LokiLogsDropped": {"summary", "description", "dashboard_url", "logs_url"},
 }
+#: severity critical pages: every page has a runbook and names the service at fault.
+PAGING = {name for name, keys in REQUIRED.items() if "runbook_url" in keys}
+GRAFANA_BASE = '{{- $grafana := or $externalLabels.grafana_url "http://localhost:3000" -}}'
+RUNBOOK_BASE = '{{- $runbooks := or $externalLabels.runbook_base_url "http://localhost:9095" -}}'
+TRAIL_WEB_BASE = '{{- $trailweb := or $externalLabels.trail_web_url "http://localhost:8090" -}}'
+#: Each link annotation's base: (Go template line, default address); Grafana's for the rest.
+BASES = {"runbook_url": (RUNBOOK_BASE, DEFAULT_RUNBOOKS), "trail_page_url": (TRAIL_WEB_BASE, DEFAULT_TRAIL_WEB)}
 
 
 def rules() -> list[dict[str, Any]]:
@@ -52,21 +87,58 @@ def test_every_alert_has_its_annotations() -> None:
     found = {r["alert"]: r for r in rules()}
     assert set(found) == set(REQUIRED)
     for name, rule in found.items():
-        assert REQUIRED[name] <= set(rule["annotations"]), name
-        assert rule["labels"]["severity"] in {"critical", "warning"}
+        assert REQUIRED[name] == set(rule["annotations"]), name
+        assert rule["labels"]["severity"] == ("critical" if name in PAGING else "warning"), name
 
 
-def test_links_share_one_grafana_base() -> None:
-    """One mechanism for Grafana's address: the external label, with the documented default."""
-    base = '{{- $grafana := or $externalLabels.grafana_url "http://localhost:3000" -}}'
+def test_every_page_names_the_service_at_fault() -> None:
+    """Alertmanager's inhibit_rules compare labels of one name (alertmanager issue 2254): every
+    page carries `cause_service`, set from the alert's own service or, for DownstreamErrors, from
+    the failing peer (PromQL label_replace; promtool's expectations check the values)."""
+    for rule in rules():
+        if rule["alert"] in {"HighErrorRatio", "ServiceDown"}:
+            assert rule["labels"]["cause_service"] == "{{ $labels.service }}", rule["alert"]
+        elif rule["alert"] == "DownstreamErrors":
+            assert '"cause_service", "$1", "downstream"' in rule["expr"]
+    for _, case, alert in expected_alerts():
+        if case["alertname"] in PAGING:
+            assert alert["exp_labels"]["cause_service"], case
+
+
+def test_inhibition_uses_cause_service_on_both_sides() -> None:
+    am = load_yaml("alerts/alertmanager.yml")
+    by_target = {tuple(r["target_matchers"]): r for r in am["inhibit_rules"]}
+    downstream = by_target[('alertname="DownstreamErrors"',)]
+    assert downstream["equal"] == ["cause_service"]
+    assert downstream["source_matchers"] == ['alertname=~"HighErrorRatio|ServiceDown"']
+
+
+def test_links_share_one_base_each() -> None:
+    """One mechanism per address: an external label with the documented default, for Grafana
+    (grafana_url), the runbooks (runbook_base_url) and trail-web (trail_web_url)."""
     for rule in rules():
         for key, template in rule["annotations"].items():
             if key.endswith("_url"):
+                base = BASES.get(key, (GRAFANA_BASE, DEFAULT_GRAFANA))[0]
                 assert template.splitlines()[0] == base, (rule["alert"], key)
                 assert "http://" not in template.replace(base, ""), f"literal URL in {rule['alert']}.{key}"
 
 
+def test_every_page_has_a_runbook_in_the_repository() -> None:
+    """runbook_url is the runbook's path in this repository under the base."""
+    for rule in rules():
+        if rule["alert"] not in PAGING:
+            continue
+        path = rule["annotations"]["runbook_url"].splitlines()[1].removeprefix("{{ $runbooks }}/")
+        assert path == f"alerts/runbooks/{rule['alert']}.md"
+        text = (REPO / path).read_text()
+        assert text.startswith(f"# {rule['alert']} (page)"), path
+        for part in ("**What it means.**", "**First three things to check**", "\n1. ", "\n2. ", "\n3. ", "trail "):
+            assert part in text, (path, part)
+
+
 # --- the exact expectations in alerts/tests: are they the links we mean? ----------------------
+
 
 def expected_alerts() -> Iterator[tuple[dict[str, Any], dict[str, Any], dict[str, str]]]:
     """(test group, alert_rule_test entry, one expected alert) for every expected alert."""
@@ -78,12 +150,15 @@ def expected_alerts() -> Iterator[tuple[dict[str, Any], dict[str, Any], dict[str
 
 
 def failed_request(group: dict[str, Any], service: str) -> tuple[str, float] | None:
-    """The correlation ID and time of the service's correlation_last_failed_request input, if any."""
+    """The correlation ID and time of the service's correlation_last_failed_request input, if any;
+    with several (one per replica) the newest, as the rule's topk(1) picks it."""
+    found = []
     for series in group["input_series"]:
-        if series["series"].startswith("correlation_last_failed_request{") and f'service="{service}"' in series["series"]:
+        name = series["series"]
+        if name.startswith("correlation_last_failed_request{") and f'service="{service}"' in name:
             cid = re.search(r'correlation_id="([^"]+)"', series["series"]).group(1)
-            return cid, float(series["values"].split("x")[0])
-    return None
+            found.append((cid, float(series["values"].split("x")[0])))
+    return max(found, key=lambda failure: failure[1], default=None)
 
 
 def test_unit_tests_cover_every_alert_firing() -> None:
@@ -101,9 +176,12 @@ def test_expected_links_are_absolute_and_decode_to_valid_explore_queries() -> No
             url = annotations[key]
             # Grafana linkifies an annotation only when the whole value is one http URL.
             assert re.fullmatch(r"https?://\S+", url), (key, url)
-            assert url.startswith(DEFAULT_GRAFANA + "/")
+            assert url.startswith(BASES.get(key, (GRAFANA_BASE, DEFAULT_GRAFANA))[1] + "/")
+        if "runbook_url" in annotations:
+            assert annotations["runbook_url"] == f"{DEFAULT_RUNBOOKS}/alerts/runbooks/{case['alertname']}.md"
         assert annotations["dashboard_url"] == (
-            f"{DEFAULT_GRAFANA}/d/service-overview/service-overview?orgId=1&var-service={service}&from=now-1h&to=now")
+            f"{DEFAULT_GRAFANA}/d/service-overview/service-overview?orgId=1&var-service={service}&from=now-1h&to=now"
+        )
 
         logs = parse_explore_url(annotations["logs_url"], uids)
         (logs_expr,) = explore_exprs(logs)
@@ -118,20 +196,25 @@ def test_expected_links_are_absolute_and_decode_to_valid_explore_queries() -> No
             failure = failed_request(group, service)
             if failure is None:
                 assert annotations["trail_url"] == f"{DEFAULT_GRAFANA}/d/request-trail/request-trail?orgId=1"
+                assert annotations["trail_page_url"] == f"{DEFAULT_TRAIL_WEB}/", "trail-web's own form"
             else:
                 cid, at = failure
                 trail = parse_explore_url(annotations["trail_url"], uids)
                 (trail_expr,) = explore_exprs(trail)
                 assert trail_expr == f'{{service_name=~".+"}} | correlation_id="{cid}"'
                 check_logql(trail_expr)
-                assert trail["trail"]["range"] == {"from": str(int(at * 1000 - 60_000)), "to": str(int(at * 1000 + 120_000))}
-                assert annotations["trail_url"] == explore_url(DEFAULT_GRAFANA, "trail", trail_expr, *trail["trail"]["range"].values())
+                window = {"from": str(int(at * 1000 - 60_000)), "to": str(int(at * 1000 + 120_000))}
+                assert trail["trail"]["range"] == window
+                assert annotations["trail_url"] == explore_url(DEFAULT_GRAFANA, "trail", trail_expr, *window.values())
                 assert cid in annotations["description"]
+                # The trail page finds the window from the ID itself (trail.links, as the page's own links).
+                assert annotations["trail_page_url"] == DEFAULT_TRAIL_WEB + trail_page_path(cid)
         checked += 1
     assert checked >= len(REQUIRED)
 
 
 # --- a real Prometheus -------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def prometheus() -> Iterator[str]:
@@ -163,28 +246,22 @@ class FakeService:
         self.scrapes = 0
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802
                 fake.scrapes += 1
                 n = fake.scrapes
+                hop = 'service="payments",route="/payments",method="POST"'
                 body = (
-                    f'http_server_request_duration_seconds_count{{service="payments",route="/payments",method="POST",status="201"}} {90 * n}\n'
-                    f'http_server_request_duration_seconds_count{{service="payments",route="/payments",method="POST",status="500"}} {10 * n}\n'
-                    f'http_server_errors_total{{service="payments",route="/payments",method="POST",status="500"}} {10 * n}\n'
-                    f'correlation_last_failed_request{{service="payments",correlation_id="{correlation_id}",route="/payments",status="500"}} {failed_at}\n'
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    f'http_server_request_duration_seconds_count{{{hop},status="201"}} {90 * n}\n'
+                    f'http_server_request_duration_seconds_count{{{hop},status="500"}} {10 * n}\n'
+                    f'http_server_errors_total{{{hop},status="500",origin="self"}} {10 * n}\n'
+                    f'correlation_last_failed_request{{service="payments",correlation_id="{correlation_id}",'
+                    f'route="/payments",status="500"}} {failed_at}\n'
+                )
+                self.reply(200, body, "text/plain; version=0.0.4")
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.target = f"127.0.0.1:{self.server.server_address[1]}"
+        self.server = LoopbackServer(Handler)
+        self.target = self.server.address
 
 
 def test_real_prometheus_renders_links_from_the_grafana_url_label(tmp_path: Path) -> None:
@@ -192,9 +269,11 @@ def test_real_prometheus_renders_links_from_the_grafana_url_label(tmp_path: Path
     whose prometheus.yml external label reads $GRAFANA_URL: the links use that address, and
     trail_url is built from a scraped correlation_last_failed_request."""
     grafana = "http://grafana.example.test:3000"
+    runbooks = "https://git.example.test/team/repo/blob/main"
+    trail_web = "http://trail.example.test:8090"
     cid, failed_at = "0192f0c4e2a87abc8def0123456789ab", int(time.time()) - 30
     fake = FakeService(cid, failed_at)
-    threading.Thread(target=fake.server.serve_forever, daemon=True).start()
+    fake.server.start()
 
     rule_file = load_yaml(RULES)
     for group in rule_file["groups"]:
@@ -202,19 +281,32 @@ def test_real_prometheus_renders_links_from_the_grafana_url_label(tmp_path: Path
             rule.pop("for", None)
     repo_config = load_yaml("prometheus/prometheus.yml")
     config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s",
-                   "external_labels": repo_config["global"]["external_labels"]},  # ${GRAFANA_URL}
+        "global": {
+            "scrape_interval": "1s",
+            "evaluation_interval": "1s",
+            "external_labels": repo_config["global"]["external_labels"],
+        },  # ${GRAFANA_URL}
         "rule_files": ["rules.yml"],
-        "scrape_configs": [{
-            "job_name": "demo-services", "honor_labels": True,
-            "static_configs": [{"targets": [fake.target], "labels": {"service": "payments"}},
-                               {"targets": [f"127.0.0.1:{free_port()}"], "labels": {"service": "inventory"}}],
-        }],
+        "scrape_configs": [
+            {
+                "job_name": "demo-services",
+                "honor_labels": True,
+                "static_configs": [
+                    {"targets": [fake.target], "labels": {"service": "payments"}},
+                    {"targets": [f"127.0.0.1:{free_port()}"], "labels": {"service": "inventory"}},
+                ],
+            }
+        ],
     }
     try:
         # Prometheus 3 expands ${VAR} in external labels by default; 2.42 needs the feature flag.
-        with prometheus_server(config, {"rules.yml": yaml.safe_dump(rule_file)},
-                               env={"GRAFANA_URL": grafana}, features=("expand-external-labels",)) as base:
+        with prometheus_server(
+            config,
+            {"rules.yml": yaml.safe_dump(rule_file)},
+            env={"GRAFANA_URL": grafana, "RUNBOOK_BASE_URL": runbooks, "TRAIL_WEB_URL": trail_web},
+            features=("expand-external-labels",),
+        ) as base:
+
             def firing() -> dict[str, dict[str, Any]]:
                 alerts = http_get_json(base + "/api/v1/alerts")["data"]["alerts"]
                 found = {a["labels"]["alertname"]: a for a in alerts if a["state"] == "firing"}
@@ -222,26 +314,117 @@ def test_real_prometheus_renders_links_from_the_grafana_url_label(tmp_path: Path
 
             alerts = wait_until(firing, 60, "HighErrorRatio and ServiceDown to fire", interval=0.5)
     finally:
-        fake.server.shutdown()
-        fake.server.server_close()
+        fake.server.stop()
 
     uids = provisioned_datasource_uids()
     errors = alerts["HighErrorRatio"]
     assert errors["labels"]["service"] == "payments"
     annotations = errors["annotations"]
-    assert annotations["dashboard_url"] == f"{grafana}/d/service-overview/service-overview?orgId=1&var-service=payments&from=now-1h&to=now"
+    assert annotations["dashboard_url"] == (
+        f"{grafana}/d/service-overview/service-overview?orgId=1&var-service=payments&from=now-1h&to=now"
+    )
     trail = parse_explore_url(annotations["trail_url"], uids)
     assert annotations["trail_url"] == explore_url(
-        grafana, "trail", f'{{service_name=~".+"}} | correlation_id="{cid}"',
-        str(failed_at * 1000 - 60_000), str(failed_at * 1000 + 120_000))
+        grafana,
+        "trail",
+        f'{{service_name=~".+"}} | correlation_id="{cid}"',
+        str(failed_at * 1000 - 60_000),
+        str(failed_at * 1000 + 120_000),
+    )
     assert trail["trail"]["range"]["from"] == str(failed_at * 1000 - 60_000)
     logs = parse_explore_url(annotations["logs_url"], uids)
     started = (int(logs["logs"]["range"]["from"]) + 15 * 60 * 1000) / 1000
     assert abs(started - time.time()) < 120, "the logs window centres on the alert's start"
     assert annotations["logs_url"].startswith(grafana + "/explore?")
     assert cid in annotations["description"]
+    assert annotations["runbook_url"] == f"{runbooks}/alerts/runbooks/HighErrorRatio.md"
+    assert annotations["trail_page_url"] == f"{trail_web}/t/{cid}"
+    assert errors["labels"]["cause_service"] == "payments"
 
     down = alerts["ServiceDown"]
     assert down["labels"]["service"] == "inventory"
     assert down["annotations"]["dashboard_url"].startswith(f"{grafana}/d/service-overview/")
     assert urllib.parse.urlsplit(down["annotations"]["logs_url"]).netloc == "grafana.example.test:3000"
+    assert down["annotations"]["runbook_url"] == f"{runbooks}/alerts/runbooks/ServiceDown.md"
+
+
+# --- a real Alertmanager: which pages get through --------------------------------------------------
+
+
+class WebhookCapture:
+    """A webhook target recording every alert Alertmanager notifies, as (alertname, service, cause)."""
+
+    def __init__(self) -> None:
+        self.notified: list[tuple[str, str, str]] = []
+        self.lock = threading.Lock()
+        capture = self
+
+        class Handler(QuietHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                payload = json.loads(self.read_body())
+                with capture.lock:
+                    capture.notified += [
+                        (a["labels"]["alertname"], a["labels"]["service"], a["labels"].get("cause_service", ""))
+                        for a in payload["alerts"]
+                    ]
+                self.reply(200, {"ok": True})
+
+        self.server = LoopbackServer(Handler)
+
+
+def test_real_alertmanager_pages_once_per_cause() -> None:
+    """alerts/alertmanager.yml as written (only the webhook address changed) in a real
+    Alertmanager, given the alerts the rules raise: a cause's own page silences its callers'
+    DownstreamErrors about it (equal cause_service), a down service silences its own error alerts
+    (equal service), and a peer with no page of its own (an external API) still gets one."""
+
+    def alert(name: str, service: str, cause: str, **labels: str) -> dict[str, Any]:
+        all_labels = {"alertname": name, "service": service, "cause_service": cause, "severity": "critical", **labels}
+        return {"labels": all_labels, "annotations": {"summary": f"{name} {service}"}}
+
+    sent = [
+        alert("HighErrorRatio", "payments", "payments"),
+        alert("DownstreamErrors", "orders", "payments", downstream="payments"),
+        alert("ServiceDown", "inventory", "inventory", job="demo-services", instance="inventory:8083"),
+        alert("HighErrorRatio", "inventory", "inventory"),
+        alert("DownstreamErrors", "orders", "inventory", downstream="inventory:8083"),
+        alert("DownstreamErrors", "gateway", "billing-api", downstream="billing-api:443"),
+    ]
+    capture = WebhookCapture()
+    config = _with_webhook(load_yaml("alerts/alertmanager.yml"), capture.server.url + "/alerts")
+    with capture.server, alertmanager_server(config) as am:
+        body = json.dumps(sent).encode()
+        request = urllib.request.Request(
+            am + "/api/v2/alerts", data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 200
+
+        def settled() -> list[dict[str, Any]]:
+            alerts = http_get_json(am + "/api/v2/alerts")
+            return alerts if len(alerts) == len(sent) and len(capture.notified) >= 3 else []
+
+        states = wait_until(settled, 30, "Alertmanager to notify the pages that get through", interval=0.2)
+    suppressed = {
+        (a["labels"]["alertname"], a["labels"]["service"], a["labels"]["cause_service"])
+        for a in states
+        if a["status"]["inhibitedBy"]
+    }
+    assert suppressed == {
+        ("DownstreamErrors", "orders", "payments"),
+        ("HighErrorRatio", "inventory", "inventory"),
+        ("DownstreamErrors", "orders", "inventory"),
+    }
+    assert sorted(capture.notified) == [
+        ("DownstreamErrors", "gateway", "billing-api"),
+        ("HighErrorRatio", "payments", "payments"),
+        ("ServiceDown", "inventory", "inventory"),
+    ]
+
+
+def _with_webhook(config: dict[str, Any], url: str) -> dict[str, Any]:
+    """``config`` with its one webhook pointed at ``url``; nothing else changed."""
+    changed = copy.deepcopy(config)
+    (webhook,) = [w for r in changed["receivers"] for w in r.get("webhook_configs", [])]
+    webhook["url"] = url
+    return changed

@@ -7,8 +7,7 @@ import requests
 from correlation import ids
 from correlation.logs import ACCESS_LOGGER
 from demo.services import SERVICES
-from loki_sink import LokiSink, PushedEntry
-from raw_http import raw_request
+from tests.fakes import FakeLoki, PushedEntry, raw_request
 
 # Through gunicorn: values its HTTP parser lets through reach our edge and are replaced; control
 # characters (CR, LF, ESC, NUL) and headers over 8 KB are refused by gunicorn itself (400/431)
@@ -31,19 +30,25 @@ HOSTILE_IDS = [
 ]
 
 
-def _trail(sink: LokiSink, correlation_id: str, services: int = len(SERVICES)) -> list[PushedEntry]:
+def _trail(sink: FakeLoki, correlation_id: str, services: int = len(SERVICES)) -> list[PushedEntry]:
     """Wait until an access line from ``services`` distinct services arrived for the ID."""
 
     def complete(entries: list[PushedEntry]) -> bool:
-        access = {e.labels["service_name"] for e in entries if e.metadata.get("correlation_id") == correlation_id and e.json["logger"] == ACCESS_LOGGER}
+        access = {
+            e.labels["service_name"]
+            for e in entries
+            if e.metadata.get("correlation_id") == correlation_id and e.json["logger"] == ACCESS_LOGGER
+        }
         return len(access) >= services
 
     entries = sink.wait_for(complete, timeout=15)
     return [e for e in entries if e.metadata.get("correlation_id") == correlation_id]
 
 
-def test_checkout_leaves_a_trail_from_every_hop(chain, chain_sink: LokiSink) -> None:
-    response = requests.post(f"{chain.urls['gateway']}/checkout", json={"items": [{"sku": "a", "quantity": 2}]}, timeout=10)
+def test_checkout_leaves_a_trail_from_every_hop(chain, chain_sink: FakeLoki) -> None:
+    response = requests.post(
+        f"{chain.urls['gateway']}/checkout", json={"items": [{"sku": "a", "quantity": 2}]}, timeout=10
+    )
     assert response.status_code == 201
     cid = response.headers["X-Correlation-ID"]
     assert ids.time_of(cid) is not None, "the gateway generates time-carrying IDs"
@@ -72,7 +77,7 @@ def test_checkout_leaves_a_trail_from_every_hop(chain, chain_sink: LokiSink) -> 
     assert any("charging payment" in line["message"] for line in lines if line["service"] == "orders")
 
 
-def test_inbound_id_is_kept_across_the_chain(chain, chain_sink: LokiSink) -> None:
+def test_inbound_id_is_kept_across_the_chain(chain, chain_sink: FakeLoki) -> None:
     cid = "lb-7f3a.req_0042"
     response = requests.post(f"{chain.urls['gateway']}/checkout", headers={"X-Correlation-ID": cid}, timeout=10)
     assert response.status_code == 201
@@ -80,7 +85,7 @@ def test_inbound_id_is_kept_across_the_chain(chain, chain_sink: LokiSink) -> Non
     assert {e.labels["service_name"] for e in _trail(chain_sink, cid)} == set(SERVICES)
 
 
-def test_hostile_inbound_ids_are_replaced_never_crash(chain, chain_sink: LokiSink) -> None:
+def test_hostile_inbound_ids_are_replaced_never_crash(chain, chain_sink: FakeLoki) -> None:
     replaced = 0
     for hostile in HOSTILE_IDS:
         status, headers = raw_request(f"{chain.urls['gateway']}/checkout", "POST", [b"X-Correlation-ID: " + hostile])
@@ -93,13 +98,17 @@ def test_hostile_inbound_ids_are_replaced_never_crash(chain, chain_sink: LokiSin
         replaced += 1
     assert replaced >= 8
     text = requests.get(f"{chain.urls['gateway']}/metrics", timeout=5).text
-    counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("correlation_rejected_ids_total{"))
+    counted = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("correlation_rejected_ids_total{")
+    )
     assert counted >= replaced
     # The service still answers normally.
     assert requests.post(f"{chain.urls['gateway']}/checkout", timeout=10).status_code == 201
 
 
-def test_failure_in_one_service_is_traceable(chain, chain_sink: LokiSink) -> None:
+def test_failure_in_one_service_is_traceable(chain, chain_sink: FakeLoki) -> None:
     payments = chain.urls["payments"]
     assert requests.post(f"{payments}/admin/faults", json={"error_rate": 1.0}, timeout=5).status_code == 200
     try:
@@ -113,10 +122,17 @@ def test_failure_in_one_service_is_traceable(chain, chain_sink: LokiSink) -> Non
     assert {e.labels["service_name"] for e in errors} >= {"payments", "orders", "gateway"}
     assert any("InjectedFault" in e.json.get("exception", "") for e in errors if e.labels["service_name"] == "payments")
     # Only payments failed on its own; orders and gateway failed because their call did.
-    origins = {e.labels["service_name"]: (e.json.get("origin"), e.json.get("failed_downstream"))
-               for e in trail if e.json.get("logger") == ACCESS_LOGGER}
+    origins = {
+        e.labels["service_name"]: (e.json.get("origin"), e.json.get("failed_downstream"))
+        for e in trail
+        if e.json.get("logger") == ACCESS_LOGGER
+    }
     assert origins.pop("inventory", (None, None)) == (None, None), "inventory answered fine"
-    assert origins == {"payments": ("self", None), "orders": ("downstream", "payments"), "gateway": ("downstream", "orders")}
+    assert origins == {
+        "payments": ("self", None),
+        "orders": ("downstream", "payments"),
+        "gateway": ("downstream", "orders"),
+    }
     # The last failed request of payments is named in its metrics, for alert annotations.
     text = requests.get(f"{payments}/metrics", timeout=5).text
     last = [line for line in text.splitlines() if line.startswith("correlation_last_failed_request{")]
@@ -138,6 +154,11 @@ def test_metrics_carry_correlation_id_exemplars(chain) -> None:
 
 def test_every_response_echoes_the_id(chain) -> None:
     gateway = chain.urls["gateway"]
-    for method, path in [("GET", "/no-such-page"), ("GET", "/checkout"), ("POST", "/admin/faults"), ("GET", "/healthz")]:
+    for method, path in [
+        ("GET", "/no-such-page"),
+        ("GET", "/checkout"),
+        ("POST", "/admin/faults"),
+        ("GET", "/healthz"),
+    ]:
         response = requests.request(method, gateway + path, headers={"X-Correlation-ID": "echo-me"}, timeout=5)
         assert response.headers.get("X-Correlation-ID") == "echo-me", (method, path, response.status_code)

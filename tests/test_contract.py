@@ -43,15 +43,27 @@ def test_stream_labels_and_metadata_are_the_schemas() -> None:
 
 def test_headers_are_the_schemas() -> None:
     headers = [row[0] for row in _table("### HTTP headers")]
-    assert headers == [schema.CORRELATION_HEADER, schema.REQUEST_ID_HEADER, schema.PARENT_HEADER,
-                       schema.CALLER_HEADER, schema.TRACEPARENT_HEADER, schema.SERVICE_HEADER]
+    assert headers == [
+        schema.CORRELATION_HEADER,
+        schema.REQUEST_ID_HEADER,
+        schema.PARENT_HEADER,
+        schema.CALLER_HEADER,
+        schema.TRACEPARENT_HEADER,
+        schema.SERVICE_HEADER,
+    ]
 
 
 def _exposed() -> dict[str, tuple[str, list[str]]]:
     """Metric name as scraped (counters with ``_total``) -> (type, label names), from the code."""
     found: dict[str, tuple[str, list[str]]] = {}
-    defined = [metrics.REQUEST_DURATION, metrics.SERVER_ERRORS, metrics.IN_FLIGHT, metrics.CLIENT_DURATION,
-               metrics.LAST_FAILED, metrics.REJECTED_IDS]
+    defined = [
+        metrics.REQUEST_DURATION,
+        metrics.SERVER_ERRORS,
+        metrics.IN_FLIGHT,
+        metrics.CLIENT_DURATION,
+        metrics.LAST_FAILED,
+        metrics.REJECTED_IDS,
+    ]
     for metric in defined:
         name = metric._name + ("_total" if metric._type == "counter" else "")  # noqa: SLF001
         found[name] = (metric._type, list(metric._labelnames))  # noqa: SLF001

@@ -8,21 +8,29 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import requests
 
 from correlation.config import ConfigError
 from correlation.propagation import uninstrument_requests
-from demo.faults import FaultSettings, Faults, InjectedFault
+from demo.faults import Faults, FaultSettings, InjectedFault
+from demo.run_local import DEMO_SOURCE_ROOT
 from demo.services import SERVICES, create_app
 
 
 def test_fault_settings_validate_and_keep_unset_keys() -> None:
     base = FaultSettings(0.2, 50)
     assert FaultSettings.parse({"latency_ms": 10}, base) == FaultSettings(0.2, 10)
-    for bad in [{"error_rate": 1.5}, {"error_rate": "x"}, {"latency_ms": -1}, {"latency_ms": 1.5}, {"latency_ms": 10**6}, {"oops": 1}]:
+    for bad in [
+        {"error_rate": 1.5},
+        {"error_rate": "x"},
+        {"latency_ms": -1},
+        {"latency_ms": 1.5},
+        {"latency_ms": 10**6},
+        {"oops": 1},
+    ]:
         with pytest.raises(ValueError):
             FaultSettings.parse(bad)
     with pytest.raises(ConfigError, match="FAULT_ERROR_RATE"):
@@ -86,12 +94,15 @@ def _free_port_run(count: int) -> int:
     raise RuntimeError("no free port range")
 
 
+@pytest.mark.process  # the rest of this file runs in-process: unit
 def test_run_local_starts_the_chain_and_stops_cleanly_on_sigterm(tmp_path) -> None:
     base = _free_port_run(len(SERVICES))
     log = (tmp_path / "run_local.log").open("w+")
     proc = subprocess.Popen(
         [sys.executable, "-m", "demo.run_local", "--base-port", str(base), "--loki-url", ""],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=DEMO_SOURCE_ROOT,  # the demo is not installed: run it from source
     )
     try:
         deadline = time.monotonic() + 40

@@ -54,7 +54,11 @@ def test_headers_of_the_error_are_kept() -> None:
 
 def test_opt_out_leaves_werkzeug_alone() -> None:
     response = _app(error_bodies=False).test_client().get("/gone", headers={"Accept": "application/json"})
-    assert response.status_code == 410 and response.mimetype == "text/html" and "Correlation ID" not in response.get_data(as_text=True)
+    assert (
+        response.status_code == 410
+        and response.mimetype == "text/html"
+        and "Correlation ID" not in response.get_data(as_text=True)
+    )
 
 
 def test_the_apps_own_handlers_win() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections.abc import Iterator
 from itertools import count
-from typing import Iterator
 
 import flask
 import pytest
@@ -90,15 +90,29 @@ def test_a_fresh_id_when_none_is_given(edge: App) -> None:
 
 def test_sources_in_order_header_then_x_request_id_then_traceparent(edge: App) -> None:
     tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    assert edge.client.get("/items/1", headers={edge.header: "primary", "X-Request-ID": "second", "traceparent": tp}).headers[edge.header] == "primary"
-    assert edge.client.get("/items/1", headers={"X-Request-ID": "second", "traceparent": tp}).headers[edge.header] == "second"
-    assert edge.client.get("/items/1", headers={"traceparent": tp}).headers[edge.header] == "0af7651916cd43dd8448eb211c80319c"
+    assert (
+        edge.client.get(
+            "/items/1", headers={edge.header: "primary", "X-Request-ID": "second", "traceparent": tp}
+        ).headers[edge.header]
+        == "primary"
+    )
+    assert (
+        edge.client.get("/items/1", headers={"X-Request-ID": "second", "traceparent": tp}).headers[edge.header]
+        == "second"
+    )
+    assert (
+        edge.client.get("/items/1", headers={"traceparent": tp}).headers[edge.header]
+        == "0af7651916cd43dd8448eb211c80319c"
+    )
     assert edge.hops[-1].parent_request_id == "b7ad6b7169203331", "the traceparent's parent-id is the parent hop"
 
 
 def test_parent_and_caller_come_from_the_calling_hop(edge: App) -> None:
-    edge.client.get("/items/7", headers={edge.header: "cid-1", "X-Parent-Request-ID": "0123456789abcdef", "X-Caller-Service": "gateway"})
-    assert edge.hops[-1] .parent_request_id == "0123456789abcdef"
+    edge.client.get(
+        "/items/7",
+        headers={edge.header: "cid-1", "X-Parent-Request-ID": "0123456789abcdef", "X-Caller-Service": "gateway"},
+    )
+    assert edge.hops[-1].parent_request_id == "0123456789abcdef"
     (access,) = edge.access()
     assert access["caller"] == "gateway" and access["parent_request_id"] == "0123456789abcdef"
 
@@ -121,7 +135,9 @@ def test_hostile_ids_are_replaced_logged_safely_and_counted(edge: App, hostile: 
 
 
 def test_hostile_parent_ids_and_traceparents_are_ignored(edge: App) -> None:
-    response = edge.client.get("/items/1", environ_base={"HTTP_X_PARENT_REQUEST_ID": "\x1b]0;x", "HTTP_TRACEPARENT": "garbage"})
+    response = edge.client.get(
+        "/items/1", environ_base={"HTTP_X_PARENT_REQUEST_ID": "\x1b]0;x", "HTTP_TRACEPARENT": "garbage"}
+    )
     assert response.status_code == 200 and edge.hops[-1].parent_request_id is None
     response = edge.client.get("/items/1", environ_base={"HTTP_TRACEPARENT": "00-zz-yy-01"})
     assert ids.time_of(response.headers[edge.header]) is not None
@@ -165,7 +181,10 @@ def test_red_metrics_with_exemplars_and_last_failure(edge: App) -> None:
     edge.client.get("/boom", headers={edge.header: "fail-2"})
     text = edge.client.get("/metrics", headers={"Accept": "application/openmetrics-text"}).get_data(as_text=True)
     mine = [line for line in text.splitlines() if f'service="{edge.service}"' in line]
-    assert any(line.startswith("http_server_request_duration_seconds_bucket") and '# {correlation_id="ok-1"}' in line for line in mine)
+    assert any(
+        line.startswith("http_server_request_duration_seconds_bucket") and '# {correlation_id="ok-1"}' in line
+        for line in mine
+    )
     errors = [line for line in mine if line.startswith("http_server_errors_total")]
     assert errors and '# {correlation_id="fail-2"}' in errors[0] and " 2.0 #" in errors[0]
     last = [line for line in mine if line.startswith("correlation_last_failed_request{")]
@@ -202,10 +221,16 @@ def test_a_5xx_says_whether_it_was_own_or_downstream(edge: App) -> None:
     edge.client.get("/items/1", headers={edge.header: "fine-1"})
     own, downstream, fine = edge.access()
     assert (own["origin"], "failed_downstream" in own) == ("self", False)
-    assert (downstream["origin"], downstream["failed_downstream"], downstream["status"]) == ("downstream", "payments", 502)
+    assert (downstream["origin"], downstream["failed_downstream"], downstream["status"]) == (
+        "downstream",
+        "payments",
+        502,
+    )
     assert "origin" not in fine, "only a 5xx has an origin"
     text = edge.client.get("/metrics").get_data(as_text=True)
-    errors = [line for line in text.splitlines() if line.startswith("http_server_errors_total") and edge.service in line]
+    errors = [
+        line for line in text.splitlines() if line.startswith("http_server_errors_total") and edge.service in line
+    ]
     assert any('origin="self"' in line and 'route="/boom"' in line for line in errors)
     assert any('origin="downstream"' in line and 'status="502"' in line for line in errors)
 

@@ -7,22 +7,37 @@ interpolation) is not exercised, only their content."""
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from stack_tools import (
-    REPO, check_logql, explore_exprs, instant_query, load_json, load_yaml, parse_explore_url,
-    dashboard_promql_queries, prometheus_server, substitute_grafana_vars,
+from tests.support.grafana import (
+    check_logql,
+    dashboard_promql_queries,
+    explore_exprs,
+    parse_explore_url,
+    substitute_grafana_vars,
 )
+from tests.support.stack import REPO, instant_query, load_json, load_yaml, prometheus_server
+from trail.links import DEFAULT_TRAIL_WEB_URL
 
-DASHBOARDS = {"service-overview": "grafana/dashboards/service-overview.json",
-              "request-trail": "grafana/dashboards/request-trail.json"}
+DASHBOARDS = {
+    "service-overview": "grafana/dashboards/service-overview.json",
+    "request-trail": "grafana/dashboards/request-trail.json",
+}
 SAMPLE_ID = "0192f0c4e2a87abc8def0123456789ab"
 TRAIL_EXPR = f'{{service_name=~".+"}} | correlation_id="{SAMPLE_ID}"'
 # What Grafana puts in place of its link variables, for decoding.
-LINK_VARS = {"${__value.raw}": SAMPLE_ID, "${__from}": "1764079200000", "${__to}": "1764082800000",
-             "${__url_time_range}": "from=1764079200000&to=1764082800000"}
+LINK_VARS = {
+    "${__value.raw}": SAMPLE_ID,
+    "${__from}": "1764079200000",
+    "${__to}": "1764082800000",
+    "${__url_time_range}": "from=1764079200000&to=1764082800000",
+    # The dashboards' trail-web address and ID, as their trail-web links write them.
+    "${trail_web_url:raw}": DEFAULT_TRAIL_WEB_URL,
+    "${correlation_id:percentencode}": SAMPLE_ID,
+}
 # Dashboard variables for running queries: every service, a sample ID.
 VARS = {"service": ".+", "correlation_id": SAMPLE_ID}
 
@@ -74,9 +89,13 @@ def fill_link_vars(url: str) -> str:
 
 # --- data sources ------------------------------------------------------------------------------
 
+
 def test_datasources_have_fixed_uids_and_types(datasources: dict[str, dict[str, Any]]) -> None:
     assert {uid: ds["type"] for uid, ds in datasources.items()} == {
-        "prometheus": "prometheus", "loki": "loki", "alertmanager": "alertmanager"}
+        "prometheus": "prometheus",
+        "loki": "loki",
+        "alertmanager": "alertmanager",
+    }
     assert datasources["alertmanager"]["jsonData"]["implementation"] == "prometheus"
     assert datasources["prometheus"]["url"] == "http://prometheus:9090"
     assert datasources["loki"]["url"] == "http://loki:3100"
@@ -93,10 +112,16 @@ def test_provisioning_escapes_dollars() -> None:
 
 def test_correlation_id_links_open_the_full_trail(datasources: dict[str, dict[str, Any]]) -> None:
     uids = set(datasources)
-    (exemplar,) = datasources["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
-    (derived,) = datasources["loki"]["jsonData"]["derivedFields"]
+    # The 6-hour fallbacks; the time-scoped links through trail-web: tests/test_trail_web_links.py.
+    exemplars = datasources["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
+    (exemplar,) = [d for d in exemplars if "/explore?" in d["url"]]
+    (derived,) = [d for d in datasources["loki"]["jsonData"]["derivedFields"] if "/explore?" in d["url"]]
     assert exemplar["name"] == "correlation_id" and "datasourceUid" not in exemplar
-    assert (derived["name"], derived["matcherType"], derived["matcherRegex"]) == ("correlation_id", "label", "correlation_id")
+    assert (derived["name"], derived["matcherType"], derived["matcherRegex"]) == (
+        "correlation_id",
+        "label",
+        "correlation_id",
+    )
     assert "datasourceUid" not in derived, "an internal link may only target a tracing data source"
     for link in (exemplar["url"], derived["url"]):
         # In the file $$ stands for $; Grafana then fills ${__value.raw} with the clicked ID.
@@ -108,6 +133,7 @@ def test_correlation_id_links_open_the_full_trail(datasources: dict[str, dict[st
 
 # --- dashboards --------------------------------------------------------------------------------
 
+
 def test_dashboards_have_fixed_uids_and_are_provisioned(dashboards: dict[str, dict[str, Any]]) -> None:
     for uid, dashboard in dashboards.items():
         assert dashboard["uid"] == uid
@@ -118,7 +144,9 @@ def test_dashboards_have_fixed_uids_and_are_provisioned(dashboards: dict[str, di
     assert provider["type"] == "file"
 
 
-def test_every_datasource_uid_used_is_provisioned(dashboards: dict[str, dict[str, Any]], datasources: dict[str, Any]) -> None:
+def test_every_datasource_uid_used_is_provisioned(
+    dashboards: dict[str, dict[str, Any]], datasources: dict[str, Any]
+) -> None:
     def used(value: Any) -> Iterator[dict[str, Any]]:
         if isinstance(value, dict):
             ds = value.get("datasource")
@@ -139,7 +167,7 @@ def test_every_datasource_uid_used_is_provisioned(dashboards: dict[str, dict[str
 
 
 def test_service_variable_works_for_prometheus_and_loki(dashboards: dict[str, dict[str, Any]]) -> None:
-    (var,) = dashboards["service-overview"]["templating"]["list"]
+    (var,) = [v for v in dashboards["service-overview"]["templating"]["list"] if v["name"] == "service"]
     assert var["name"] == "service" and var["multi"] and var["includeAll"]
     # Loki refuses a selector whose only matcher matches "" ({service_name=~".*"}).
     assert var["allValue"] == ".+"
@@ -152,9 +180,13 @@ def test_overview_panels(dashboards: dict[str, dict[str, Any]]) -> None:
         by_type.setdefault(panel["type"], []).append(panel)
     prom = [t for _, t in targets(overview, "prometheus")]
     exprs = " ".join(t["expr"] for t in prom)
-    for metric in ("http_server_request_duration_seconds_count", "http_server_errors_total",
-                   "http_server_request_duration_seconds_bucket", "correlation_last_failed_request",
-                   "loki_shipper_dropped_lines_total"):
+    for metric in (
+        "http_server_request_duration_seconds_count",
+        "http_server_errors_total",
+        "http_server_request_duration_seconds_bucket",
+        "correlation_last_failed_request",
+        "loki_shipper_dropped_lines_total",
+    ):
         assert metric in exprs, metric
     assert any(t.get("exemplar") for t in prom), "RED panels show exemplars"
     (logs_panel,) = by_type["logs"]
@@ -167,11 +199,13 @@ def test_overview_panels(dashboards: dict[str, dict[str, Any]]) -> None:
 
 def test_request_trail_dashboard(dashboards: dict[str, dict[str, Any]]) -> None:
     trail = dashboards["request-trail"]
-    (var,) = trail["templating"]["list"]
+    (var,) = [v for v in trail["templating"]["list"] if v["type"] != "constant"]  # trail_web_url is a constant
     assert (var["name"], var["type"]) == ("correlation_id", "textbox")
     loki = [(p, t) for p, t in targets(trail, "loki")]
     logs = [t for p, t in loki if p["type"] == "logs"]
-    assert [t["expr"] for t in logs] == ['{service_name=~".+"} | correlation_id="$correlation_id" | correlation_id!=""'], "an empty box shows nothing"
+    assert [t["expr"] for t in logs] == [
+        '{service_name=~".+"} | correlation_id="$correlation_id" | correlation_id!=""'
+    ], "an empty box shows nothing"
     assert [p["options"]["sortOrder"] for p, _ in loki if p["type"] == "logs"] == ["Ascending"], "time order"
     (hops_panel, hops) = [(p, t) for p, t in loki if p["type"] == "table"][0]
     assert '| json | logger="correlation.access"' in hops["expr"]
@@ -198,6 +232,8 @@ def test_every_dashboard_link_resolves(dashboards: dict[str, dict[str, Any]], da
             if "/explore?" in filled:
                 for expr in explore_exprs(parse_explore_url(filled, set(datasources))):
                     check_logql(expr)
+            elif filled.startswith(DEFAULT_TRAIL_WEB_URL + "/"):  # checked in tests/test_trail_web_links.py
+                assert filled.split("/")[-1] == SAMPLE_ID, url
             else:
                 match = re.match(r"/d/([^/?]+)/", filled)
                 assert match and match.group(1) in DASHBOARDS, f"link to unknown dashboard: {url}"
@@ -206,12 +242,14 @@ def test_every_dashboard_link_resolves(dashboards: dict[str, dict[str, Any]], da
 
 # --- PromQL against a real Prometheus ---------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def prometheus() -> Iterator[str]:
     with prometheus_server({"global": {"scrape_interval": "15s"}}) as base:
         yield base
 
 
+@pytest.mark.stack  # the rest of this file is static: unit
 def test_every_promql_query_runs(prometheus: str) -> None:
     queries = list(dashboard_promql_queries())
     assert len(queries) >= 10
@@ -224,15 +262,19 @@ def test_every_promql_query_runs(prometheus: str) -> None:
 
 # --- the LogQL checker itself ------------------------------------------------------------------
 
-@pytest.mark.parametrize("expr", [
-    '{service_name=~".*"} | level="error"',          # only an empty-compatible matcher
-    '{service_name="orders" | level="error"',        # unbalanced brace
-    '{service_name="orders"} | level="error',        # unterminated string
-    '{service_name="orders"} | levle "error"',       # not a stage
-    '{service_name="orders"} | jsn',                 # unknown parser
-    'service_name="orders"',                         # no selector
-    '{service_name=orders}',                         # unquoted value
-])
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        '{service_name=~".*"} | level="error"',  # only an empty-compatible matcher
+        '{service_name="orders" | level="error"',  # unbalanced brace
+        '{service_name="orders"} | level="error',  # unterminated string
+        '{service_name="orders"} | levle "error"',  # not a stage
+        '{service_name="orders"} | jsn',  # unknown parser
+        'service_name="orders"',  # no selector
+        "{service_name=orders}",  # unquoted value
+    ],
+)
 def test_logql_checker_rejects_broken_queries(expr: str) -> None:
     with pytest.raises(ValueError):
         check_logql(expr)

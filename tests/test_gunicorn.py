@@ -16,7 +16,7 @@ import requests
 
 from tests.fakes import FakeLoki, free_port, wait_until
 
-APP = textwrap.dedent('''
+APP = textwrap.dedent("""
     import time, flask, correlation
 
     app = flask.Flask("slowpoke")
@@ -30,9 +30,9 @@ APP = textwrap.dedent('''
     @app.get("/fast")
     def fast():
         return "ok"
-''')
+""")
 
-CONF = textwrap.dedent('''
+CONF = textwrap.dedent("""
     from correlation.gunicorn import worker_abort  # noqa: F401 - the hook
     # The team's own dictConfig, with the library's handlers named in it the logging way.
     logconfig_dict = {
@@ -56,21 +56,33 @@ CONF = textwrap.dedent('''
     timeout = 2
     accesslog = None
     control_socket_disable = True
-''')
+""")
 
 
 @pytest.fixture
 def slowpoke(tmp_path: Path, loki_sink: FakeLoki):
     (tmp_path / "slowpoke_app.py").write_text(APP)
-    (tmp_path / "slowpoke_conf.py").write_text(CONF.replace("\"LOKI\"", repr(loki_sink.url)))
+    (tmp_path / "slowpoke_conf.py").write_text(CONF.replace('"LOKI"', repr(loki_sink.url)))
     port = free_port()
     env = {**os.environ, "SERVICE_NAME": "slowpoke", "PYTHONPATH": str(tmp_path)}
     env.pop("LOKI_URL", None)
     log = (tmp_path / "gunicorn.out").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "python:slowpoke_conf", "--bind", f"127.0.0.1:{port}",
-         "--chdir", str(tmp_path), "slowpoke_app:app"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--config",
+            "python:slowpoke_conf",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--chdir",
+            str(tmp_path),
+            "slowpoke_app:app",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -94,10 +106,15 @@ def _lines(loki: FakeLoki) -> list[dict]:
 
 
 def test_dictconfig_handlers_ship_app_and_gunicorn_lines(slowpoke: str, loki_sink: FakeLoki) -> None:
-    cid = requests.get(f"{slowpoke}/fast", headers={"X-Correlation-ID": "dict-config-1"}, timeout=5).headers["X-Correlation-ID"]
+    cid = requests.get(f"{slowpoke}/fast", headers={"X-Correlation-ID": "dict-config-1"}, timeout=5).headers[
+        "X-Correlation-ID"
+    ]
     assert cid == "dict-config-1"
-    lines = wait_until(lambda: [line for line in _lines(loki_sink) if line.get("correlation_id") == cid] or None, 10,
-                       "the access line in Loki")
+    lines = wait_until(
+        lambda: [line for line in _lines(loki_sink) if line.get("correlation_id") == cid] or None,
+        10,
+        "the access line in Loki",
+    )
     assert lines[0]["service"] == "slowpoke" and lines[0]["route"] == "/fast"
     boot = [line for line in _lines(loki_sink) if line["logger"] == "gunicorn.error"]
     assert any("Booting worker" in line["message"] for line in boot), "gunicorn's own lines reach Loki as JSON"
@@ -114,14 +131,20 @@ def test_a_worker_timeout_ends_the_trail_with_the_reason(
     assert status in (500, None)
 
     def aborted() -> list[dict] | None:
-        return [line for line in _lines(loki_sink) if line.get("correlation_id") == "doomed-1"
-                and line["logger"] == "correlation.access"] or None
+        return [
+            line
+            for line in _lines(loki_sink)
+            if line.get("correlation_id") == "doomed-1" and line["logger"] == "correlation.access"
+        ] or None
 
     (line,) = wait_until(aborted, 15, "the aborted request's access line in Loki")
     assert line["status"] == 500 and line["route"] == "/slow/<int:seconds>" and line["level"] == "ERROR"
     assert "worker timeout" in line["message"] and line["duration_ms"] >= 2000
-    timeouts = wait_until(lambda: [x for x in _lines(loki_sink) if "WORKER TIMEOUT" in x["message"]] or None, 10,
-                          "gunicorn's WORKER TIMEOUT line in Loki")
+    timeouts = wait_until(
+        lambda: [x for x in _lines(loki_sink) if "WORKER TIMEOUT" in x["message"]] or None,
+        10,
+        "gunicorn's WORKER TIMEOUT line in Loki",
+    )
     assert timeouts[0]["service"] == "slowpoke" and timeouts[0]["level"] == "CRITICAL"
     # ... and `trail --last-error` finds it.
     from trail.cli import main as trail

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 
 import httpx
@@ -12,28 +11,14 @@ import pytest
 from correlation import context, traceparent
 from correlation.httpx_client import CorrelationTransport, instrument_httpx, uninstrument_httpx
 from correlation.metrics import CLIENT_DURATION
-from tests.fakes import LoopbackServer, QuietHandler
-
-
-class Echo(QuietHandler):
-    """Answers with the request headers it received; /fail/<name> answers 503 as service <name>."""
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        parts = self.path.strip("/").split("/")
-        body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
-        self.send_response(503 if parts[0] == "fail" else 200)
-        if len(parts) == 2:
-            self.send_header("X-Service-Name", parts[1])
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+from tests.fakes import HeaderEcho, LoopbackServer
 
 
 @pytest.fixture
 def echo() -> Iterator[str]:
     context.set_service("httpx-caller")
     instrument_httpx()
-    with LoopbackServer(Echo) as server:
+    with LoopbackServer(HeaderEcho) as server:
         yield server.url
     uninstrument_httpx()
 
@@ -78,6 +63,9 @@ def test_failures_are_noted_and_measured_per_peer(echo: str) -> None:
 
 def test_a_transport_of_your_own_can_be_wrapped() -> None:
     uninstrument_httpx()  # only the wrapper adds the headers here
-    with LoopbackServer(Echo) as server, httpx.Client(transport=CorrelationTransport(httpx.HTTPTransport())) as client:
+    with (
+        LoopbackServer(HeaderEcho) as server,
+        httpx.Client(transport=CorrelationTransport(httpx.HTTPTransport())) as client,
+    ):
         with context.bound() as hop:
             assert client.get(server.url).json()["x-correlation-id"] == hop.correlation_id

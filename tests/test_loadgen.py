@@ -5,13 +5,12 @@ from __future__ import annotations
 import io
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from demo import loadgen
-from stack_tools import free_port, wait_until
+from tests.fakes import LoopbackServer, QuietHandler, free_port, wait_until
 
 
 class FakeGateway:
@@ -25,57 +24,47 @@ class FakeGateway:
         self.lock = threading.Lock()
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+                body = json.loads(self.read_body() or b"{}")
                 if self.path == "/admin/faults":
                     with fake.lock:
                         fake.error_rate = float(body["error_rate"])
                         fake.fault_posts.append(fake.error_rate)
-                    self._send(200, {"error_rate": fake.error_rate})
+                    self.reply(200, {"error_rate": fake.error_rate})
                 elif self.path == "/checkout":
                     assert body["items"], body
                     with fake.lock:
                         fake.checkouts += 1
                         n, failing = fake.checkouts, fake.error_rate > 0
                     status = 500 if failing and n % 2 else 201
-                    self._send(status, {}, {"X-Correlation-ID": f"id{n:04d}"})
+                    self.reply(status, {}, headers={"X-Correlation-ID": f"id{n:04d}"})
                 else:
-                    self._send(404, {})
+                    self.reply(404, {})
 
-            def _send(self, status: int, body: dict, headers: dict | None = None) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.server = LoopbackServer(Handler)
+        self.url = self.server.url
 
 
 @pytest.fixture
 def gateway() -> Iterator[FakeGateway]:
     fake = FakeGateway()
-    thread = threading.Thread(target=fake.server.serve_forever, daemon=True)
-    thread.start()
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
-    thread.join(timeout=5)
+    with fake.server:
+        yield fake
 
 
-def settings(gateway: FakeGateway, **overrides: object) -> loadgen.Settings:
-    base = dict(gateway_url=gateway.url, fault_url=gateway.url, rate=40.0, duration=1.0,
-                progress_every=0.25, timeout=2.0, workers=4)
+def settings(gateway: FakeGateway, **overrides: object) -> loadgen.LoadSettings:
+    base = dict(
+        gateway_url=gateway.url,
+        fault_url=gateway.url,
+        rate=40.0,
+        duration=1.0,
+        progress_every=0.25,
+        timeout=2.0,
+        workers=4,
+    )
     base.update(overrides)
-    return loadgen.Settings(**base)  # type: ignore[arg-type]
+    return loadgen.LoadSettings(**base)  # type: ignore[arg-type]
 
 
 def test_steady_run_is_paced_bounded_and_counted(gateway: FakeGateway) -> None:
@@ -93,8 +82,10 @@ def test_steady_run_is_paced_bounded_and_counted(gateway: FakeGateway) -> None:
 
 def test_spike_flips_faults_on_and_off_and_resets_at_exit(gateway: FakeGateway) -> None:
     out = io.StringIO()
-    stats = loadgen.run(settings(gateway, scenario="spike", duration=1.6, spike_after=0.3,
-                                 spike_seconds=0.4, spike_error_rate=0.5), out=out)
+    stats = loadgen.run(
+        settings(gateway, scenario="spike", duration=1.6, spike_after=0.3, spike_seconds=0.4, spike_error_rate=0.5),
+        out=out,
+    )
     # Reset at start, then cycles of calm 0.3 s / spike 0.4 s, and 0 again at exit.
     assert gateway.fault_posts[:4] == [0.0, 0.5, 0.0, 0.5], gateway.fault_posts
     assert gateway.fault_posts[-1] == 0.0 and gateway.error_rate == 0.0
@@ -105,16 +96,27 @@ def test_spike_flips_faults_on_and_off_and_resets_at_exit(gateway: FakeGateway) 
 
 def test_unreachable_gateway_is_counted_not_fatal() -> None:
     port = free_port()  # nothing listens there
-    stats = loadgen.run(loadgen.Settings(gateway_url=f"http://127.0.0.1:{port}", rate=20, duration=0.5,
-                                         progress_every=1, timeout=1), out=io.StringIO())
+    stats = loadgen.run(
+        loadgen.LoadSettings(
+            gateway_url=f"http://127.0.0.1:{port}", rate=20, duration=0.5, progress_every=1, timeout=1
+        ),
+        out=io.StringIO(),
+    )
     assert stats.sent == stats.failed > 0
 
 
 def test_stop_event_ends_an_unbounded_run(gateway: FakeGateway) -> None:
     stop = threading.Event()
     result: list[loadgen.Stats] = []
-    runner = threading.Thread(target=lambda: result.append(
-        loadgen.run(settings(gateway, duration=0.0, scenario="spike", spike_after=0.0, spike_seconds=60), out=io.StringIO(), stop=stop)))
+    runner = threading.Thread(
+        target=lambda: result.append(
+            loadgen.run(
+                settings(gateway, duration=0.0, scenario="spike", spike_after=0.0, spike_seconds=60),
+                out=io.StringIO(),
+                stop=stop,
+            )
+        )
+    )
     runner.start()
     wait_until(lambda: gateway.checkouts >= 5, 10, "five checkouts")
     assert gateway.error_rate == 0.5, "the spike is on"
@@ -135,15 +137,28 @@ def test_spike_cycle(elapsed: float, expected: bool) -> None:
 def test_flags_env_and_defaults() -> None:
     s = loadgen.parse_args([], env={})
     assert (s.rate, s.scenario, s.fault_service, s.fault_url) == (5.0, "steady", "payments", "http://localhost:8082")
-    env = {"LOADGEN_RATE": "7", "LOADGEN_SCENARIO": "spike", "LOADGEN_FAULT_URL": "http://payments:8082",
-           "LOADGEN_SPIKE_AFTER": "30", "LOADGEN_GATEWAY_URL": "http://gateway:8080/"}
+    env = {
+        "LOADGEN_RATE": "7",
+        "LOADGEN_SCENARIO": "spike",
+        "LOADGEN_FAULT_URL": "http://payments:8082",
+        "LOADGEN_SPIKE_AFTER": "30",
+        "LOADGEN_GATEWAY_URL": "http://gateway:8080/",
+    }
     s = loadgen.parse_args([], env=env)
-    assert (s.rate, s.scenario, s.fault_url, s.spike_after, s.gateway_url) == (7.0, "spike", "http://payments:8082", 30.0, "http://gateway:8080")
+    assert (s.rate, s.scenario, s.fault_url, s.spike_after, s.gateway_url) == (
+        7.0,
+        "spike",
+        "http://payments:8082",
+        30.0,
+        "http://gateway:8080",
+    )
     s = loadgen.parse_args(["--rate", "2", "--fault-service", "inventory"], env={"LOADGEN_RATE": "7"})
     assert (s.rate, s.fault_url) == (2.0, "http://localhost:8083")
 
 
-@pytest.mark.parametrize("argv", [["--rate", "0"], ["--spike-error-rate", "1.5"], ["--scenario", "chaos"], ["--workers", "0"]])
+@pytest.mark.parametrize(
+    "argv", [["--rate", "0"], ["--spike-error-rate", "1.5"], ["--scenario", "chaos"], ["--workers", "0"]]
+)
 def test_bad_flags_are_refused(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         loadgen.parse_args(argv, env={})

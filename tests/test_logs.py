@@ -13,8 +13,8 @@ from correlation import context
 from correlation.config import ConfigError, LokiSettings, Settings
 from correlation.configure import setup_logging
 from correlation.logs import CorrelationFilter, JsonFormatter
-from correlation.stdout import StdoutHandler
 from correlation.loki import LokiHandler
+from correlation.stdout import StdoutHandler
 
 
 def _format(record: logging.LogRecord, service: str = "svc") -> dict:
@@ -24,7 +24,9 @@ def _format(record: logging.LogRecord, service: str = "svc") -> dict:
 
 
 def _record(msg: str = "hello %s", args: tuple = ("there",), **extra: object) -> logging.LogRecord:
-    record = logging.makeLogRecord({"name": "demo.x", "levelno": logging.INFO, "levelname": "INFO", "msg": msg, "args": args})
+    record = logging.makeLogRecord(
+        {"name": "demo.x", "levelno": logging.INFO, "levelname": "INFO", "msg": msg, "args": args}
+    )
     record.__dict__.update(extra)
     return record
 
@@ -35,7 +37,11 @@ def test_fields_inside_a_request() -> None:
         line = _format(_record())
     assert line["message"] == "hello there" and line["level"] == "INFO" and line["logger"] == "demo.x"
     assert line["service"] == "svc"
-    assert (line["correlation_id"], line["request_id"], line["parent_request_id"]) == (hop.correlation_id, hop.request_id, "parent01")
+    assert (line["correlation_id"], line["request_id"], line["parent_request_id"]) == (
+        hop.correlation_id,
+        hop.request_id,
+        "parent01",
+    )
     assert line["time"].endswith("Z") and len(line["time"]) == len("2026-11-25T14:25:20.123456Z")
 
 
@@ -180,8 +186,10 @@ def test_dictconfig_after_setup_logging_says_the_loki_handler_is_gone(capfd: pyt
     root = logging.getLogger()
     before, level = list(root.handlers), root.level
     try:
-        setup_logging(Settings(service="svc", loki=LokiSettings(url="http://127.0.0.1:9", flush_timeout_seconds=0.2)),
-                      stream=io.StringIO())
+        setup_logging(
+            Settings(service="svc", loki=LokiSettings(url="http://127.0.0.1:9", flush_timeout_seconds=0.2)),
+            stream=io.StringIO(),
+        )
         logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
         assert "closed by a logging reconfiguration" in capfd.readouterr().err
     finally:
@@ -205,21 +213,32 @@ def test_setup_logging_keeps_handlers_a_dictconfig_attached() -> None:
             root.removeHandler(handler)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"url": "http://loki:3100", "batch_max_bytes": -1}, "batch_max_bytes="),
-    ({"url": "http://loki:3100", "bach_max_bytes": 10}, "unknown Loki option"),
-    ({"url": "ftp://loki"}, "url="),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"url": "http://loki:3100", "batch_max_bytes": -1}, "batch_max_bytes="),
+        ({"url": "http://loki:3100", "bach_max_bytes": 10}, "unknown Loki option"),
+        ({"url": "ftp://loki"}, "url="),
+    ],
+)
 def test_plain_handler_options_are_checked_like_the_environment(options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         LokiHandler(registry=None, **options)
 
 
 def test_plain_handler_options_build_the_settings() -> None:
-    handler = LokiHandler(url="http://loki:3100", batch_max_bytes=2048, tls_verify=False, registry=None,
-                          labels={"service_name": "a", "env": "b"})
+    handler = LokiHandler(
+        url="http://loki:3100",
+        batch_max_bytes=2048,
+        tls_verify=False,
+        registry=None,
+        labels={"service_name": "a", "env": "b"},
+    )
     try:
         assert (handler.settings.url, handler.settings.batch_max_bytes, handler.settings.tls_verify) == (
-            "http://loki:3100", 2048, False)
+            "http://loki:3100",
+            2048,
+            False,
+        )
     finally:
         handler.close()

@@ -11,19 +11,13 @@ import pytest
 
 from correlation import context
 from correlation.config import LokiSettings
-
 from correlation.loki import LokiHandler
 from correlation.loki.handler import TRUNCATION_MARK
-from loki_sink import LokiSink
-from shipper_tools import LABELS, logger, make_handler  # noqa: F401 - logger is a fixture
+from tests.fakes import FakeLoki
+from tests.support.shipper import LABELS, make_handler
 
 
-
-
-
-
-
-def test_lines_arrive_with_fixed_labels_metadata_and_record_time(loki_sink: LokiSink, logger: logging.Logger) -> None:
+def test_lines_arrive_with_fixed_labels_metadata_and_record_time(loki_sink: FakeLoki, logger: logging.Logger) -> None:
     handler = make_handler(loki_sink)
     logger.addHandler(handler)
     hop = context.Hop.start()
@@ -43,7 +37,7 @@ def test_lines_arrive_with_fixed_labels_metadata_and_record_time(loki_sink: Loki
     assert push.headers["content-encoding"] == "gzip"
 
 
-def test_lines_are_batched(loki_sink: LokiSink, logger: logging.Logger) -> None:
+def test_lines_are_batched(loki_sink: FakeLoki, logger: logging.Logger) -> None:
     handler = make_handler(loki_sink, batch_max_wait_seconds=0.5)
     logger.addHandler(handler)
     for n in range(500):
@@ -55,7 +49,7 @@ def test_lines_are_batched(loki_sink: LokiSink, logger: logging.Logger) -> None:
     assert handler.stats.snapshot().sent_lines == 500
 
 
-def test_auth_and_tenant_headers(loki_sink: LokiSink, logger: logging.Logger) -> None:
+def test_auth_and_tenant_headers(loki_sink: FakeLoki, logger: logging.Logger) -> None:
     logger.addHandler(make_handler(loki_sink, tenant="team-a", username="u", password="p"))
     logger.info("x")
     loki_sink.wait_for(lambda e: len(e) == 1)
@@ -63,7 +57,7 @@ def test_auth_and_tenant_headers(loki_sink: LokiSink, logger: logging.Logger) ->
     assert headers["x-scope-orgid"] == "team-a" and headers["authorization"] == "Basic dTpw"
 
 
-def test_emit_never_waits_for_a_stalled_loki(loki_sink: LokiSink, logger: logging.Logger) -> None:
+def test_emit_never_waits_for_a_stalled_loki(loki_sink: FakeLoki, logger: logging.Logger) -> None:
     loki_sink.script = ["stall"]
     handler = make_handler(loki_sink, timeout_seconds=30.0)
     logger.addHandler(handler)
@@ -79,7 +73,9 @@ def test_emit_never_waits_for_a_stalled_loki(loki_sink: LokiSink, logger: loggin
     "failure, reason",
     [(429, "rate_limited"), (500, "server_error"), (503, "server_error"), ("reset", "connection_error")],
 )
-def test_retryable_failures_are_retried_until_delivered(loki_sink: LokiSink, logger: logging.Logger, failure: object, reason: str) -> None:
+def test_retryable_failures_are_retried_until_delivered(
+    loki_sink: FakeLoki, logger: logging.Logger, failure: object, reason: str
+) -> None:
     loki_sink.script = [failure, failure]
     handler = make_handler(loki_sink)
     logger.addHandler(handler)
@@ -90,11 +86,11 @@ def test_retryable_failures_are_retried_until_delivered(loki_sink: LokiSink, log
     handler.flush(5)
     stats = handler.stats.snapshot()
     assert stats.retries[reason] == 2 and sum(stats.dropped.values()) == 0
-    assert loki_sink.requests == 3
+    assert len(loki_sink.requests) == 3
 
 
 def test_connection_refused_is_retried(logger: logging.Logger) -> None:
-    with LokiSink() as sink:
+    with FakeLoki() as sink:
         dead_url = sink.url
     handler = make_handler(dead_url, flush_timeout_seconds=0.3)  # nothing listens there now
     logger.addHandler(handler)
@@ -108,8 +104,12 @@ def test_connection_refused_is_retried(logger: logging.Logger) -> None:
     assert handler.stats.snapshot().dropped["shutdown"] == 1
 
 
-def test_client_errors_are_not_retried_and_are_counted(loki_sink: LokiSink, logger: logging.Logger, capfd: pytest.CaptureFixture[str]) -> None:
-    loki_sink.script = [(400, "entry for stream '{service_name=\"svc\"}' has timestamp too old\ntotal ignored: 3 out of 5")]
+def test_client_errors_are_not_retried_and_are_counted(
+    loki_sink: FakeLoki, logger: logging.Logger, capfd: pytest.CaptureFixture[str]
+) -> None:
+    loki_sink.script = [
+        (400, "entry for stream '{service_name=\"svc\"}' has timestamp too old\ntotal ignored: 3 out of 5")
+    ]
     handler = make_handler(loki_sink, batch_max_wait_seconds=0.3)
     logger.addHandler(handler)
     for n in range(5):
@@ -120,13 +120,16 @@ def test_client_errors_are_not_retried_and_are_counted(loki_sink: LokiSink, logg
     handler.flush(2)
     stats = handler.stats.snapshot()
     assert stats.dropped["rejected"] == 3, "Loki ingested the 2 valid entries of the 5"
-    assert sum(stats.retries.values()) == 0 and loki_sink.requests == 1
+    assert sum(stats.retries.values()) == 0 and len(loki_sink.requests) == 1
     err = capfd.readouterr().err
     assert "HTTP 400" in err and "timestamp too old" in err and "total ignored" not in err, "first line only"
 
 
-def test_a_push_too_large_for_loki_is_split_not_retried(loki_sink: LokiSink, logger: logging.Logger) -> None:
-    too_large = (500, "rpc error: code = ResourceExhausted desc = grpc: received message larger than max (4803609 vs. 4194304)")
+def test_a_push_too_large_for_loki_is_split_not_retried(loki_sink: FakeLoki, logger: logging.Logger) -> None:
+    too_large = (
+        500,
+        "rpc error: code = ResourceExhausted desc = grpc: received message larger than max (4803609 vs. 4194304)",
+    )
     loki_sink.script = [too_large]
     handler = make_handler(loki_sink, batch_max_wait_seconds=0.3)
     logger.addHandler(handler)
@@ -139,7 +142,7 @@ def test_a_push_too_large_for_loki_is_split_not_retried(loki_sink: LokiSink, log
     assert sum(handler.stats.snapshot().retries.values()) == 0
 
 
-def test_memory_bound_drops_are_counted(loki_sink: LokiSink, logger: logging.Logger) -> None:
+def test_memory_bound_drops_are_counted(loki_sink: FakeLoki, logger: logging.Logger) -> None:
     loki_sink.script = ["stall"]
     handler = make_handler(loki_sink, buffer_max_bytes=20_000, timeout_seconds=30.0)
     logger.addHandler(handler)
@@ -155,7 +158,7 @@ def test_memory_bound_drops_are_counted(loki_sink: LokiSink, logger: logging.Log
     assert stats.sent_lines + stats.dropped["buffer_full"] == 1000, "every line is sent or counted"
 
 
-def test_long_lines_are_truncated_and_counted(loki_sink: LokiSink, logger: logging.Logger) -> None:
+def test_long_lines_are_truncated_and_counted(loki_sink: FakeLoki, logger: logging.Logger) -> None:
     handler = LokiHandler(LokiSettings(url=loki_sink.url, batch_max_wait_seconds=0.05), LABELS, max_line_bytes=1000)
     logger.addHandler(handler)
     with context.bound() as hop:
@@ -166,7 +169,7 @@ def test_long_lines_are_truncated_and_counted(loki_sink: LokiSink, logger: loggi
     assert handler.stats.snapshot().truncated_lines == 1
 
 
-def test_close_flushes_what_is_buffered(loki_sink: LokiSink, logger: logging.Logger) -> None:
+def test_close_flushes_what_is_buffered(loki_sink: FakeLoki, logger: logging.Logger) -> None:
     handler = make_handler(loki_sink, batch_max_wait_seconds=30.0)
     logger.addHandler(handler)
     for n in range(300):
@@ -176,7 +179,7 @@ def test_close_flushes_what_is_buffered(loki_sink: LokiSink, logger: logging.Log
     assert len(loki_sink.entries) == 300
 
 
-def test_close_is_bounded_when_loki_is_down_and_counts_the_loss(loki_sink: LokiSink, logger: logging.Logger) -> None:
+def test_close_is_bounded_when_loki_is_down_and_counts_the_loss(loki_sink: FakeLoki, logger: logging.Logger) -> None:
     loki_sink.default = 503
     handler = make_handler(loki_sink, flush_timeout_seconds=1.0)
     logger.addHandler(handler)
@@ -190,7 +193,7 @@ def test_close_is_bounded_when_loki_is_down_and_counts_the_loss(loki_sink: LokiS
     assert stats.dropped["shutdown"] == 50 and stats.sent_lines == 0
 
 
-def test_the_senders_own_logging_never_reaches_loki(loki_sink: LokiSink) -> None:
+def test_the_senders_own_logging_never_reaches_loki(loki_sink: FakeLoki) -> None:
     """urllib3 and friends log in the sender thread; shipping those would feed the loop forever."""
     root = logging.getLogger()
     old_level = root.level
@@ -210,7 +213,7 @@ def test_the_senders_own_logging_never_reaches_loki(loki_sink: LokiSink) -> None
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_ships_its_own_lines_only(loki_sink: LokiSink, logger: logging.Logger) -> None:
+def test_a_forked_child_ships_its_own_lines_only(loki_sink: FakeLoki, logger: logging.Logger) -> None:
     handler = make_handler(loki_sink, batch_max_wait_seconds=30.0)
     logger.addHandler(handler)
     logger.info("parent before fork")  # buffered in the parent, sender started
@@ -227,7 +230,9 @@ def test_a_forked_child_ships_its_own_lines_only(loki_sink: LokiSink, logger: lo
     assert messages == ["child line", "parent before fork"], "the child neither lost its line nor resent the parent's"
 
 
-def test_an_outage_within_the_memory_bound_loses_nothing_and_keeps_order(loki_sink: LokiSink, logger: logging.Logger) -> None:
+def test_an_outage_within_the_memory_bound_loses_nothing_and_keeps_order(
+    loki_sink: FakeLoki, logger: logging.Logger
+) -> None:
     loki_sink.default = 503
     handler = make_handler(loki_sink, backoff_max_seconds=0.2)
     logger.addHandler(handler)
@@ -250,8 +255,12 @@ def loki_ca():
     return trustme.CA()
 
 
-@pytest.mark.parametrize("verify, delivered", [("ca", True), (False, True), (True, False)], ids=["ca-bundle", "no-verify", "system-cas"])
-def test_tls_verification_follows_the_setting(loki_ca, logger: logging.Logger, tmp_path, verify, delivered: bool) -> None:
+@pytest.mark.parametrize(
+    "verify, delivered", [("ca", True), (False, True), (True, False)], ids=["ca-bundle", "no-verify", "system-cas"]
+)
+def test_tls_verification_follows_the_setting(
+    loki_ca, logger: logging.Logger, tmp_path, verify, delivered: bool
+) -> None:
     import ssl
 
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -259,7 +268,7 @@ def test_tls_verification_follows_the_setting(loki_ca, logger: logging.Logger, t
     if verify == "ca":
         verify = str(tmp_path / "ca.pem")
         loki_ca.cert_pem.write_to_path(verify)
-    with LokiSink(tls=context) as sink:
+    with FakeLoki(tls=context) as sink:
         handler = make_handler(sink, tls_verify=verify, flush_timeout_seconds=0.5)
         logger.addHandler(handler)
         logger.info("over tls")
@@ -272,7 +281,7 @@ def test_tls_verification_follows_the_setting(loki_ca, logger: logging.Logger, t
             assert handler.stats.snapshot().retries["connection_error"] > 0 and sink.entries == []
 
 
-def test_the_handler_reports_its_own_metrics_in_the_registry_given(loki_sink: LokiSink) -> None:
+def test_the_handler_reports_its_own_metrics_in_the_registry_given(loki_sink: FakeLoki) -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry()
@@ -297,7 +306,7 @@ def test_the_handler_reports_its_own_metrics_in_the_registry_given(loki_sink: Lo
     assert "service=" not in generate_latest(registry).decode(), "a closed handler is no longer reported"
 
 
-def test_records_without_the_filter_keep_their_id(loki_sink: LokiSink) -> None:
+def test_records_without_the_filter_keep_their_id(loki_sink: FakeLoki) -> None:
     handler = LokiHandler(LokiSettings(url=loki_sink.url, batch_max_wait_seconds=0.05), LABELS, registry=None)
     log = logging.getLogger("test.nofilter.loki")
     log.setLevel(logging.INFO)

@@ -11,12 +11,14 @@ from hypothesis import strategies as st
 
 from correlation.loki.buffer import PushEntry
 from correlation.loki.push import push_body
-from loki_sink import validate_push
+from tests.fakes import validate_push
 
 LABELS = {"service_name": "svc", "env": "test"}
 metadata = st.dictionaries(st.sampled_from(["correlation_id", "request_id", "level"]), st.text(min_size=1, max_size=70))
 entries = st.lists(
-    st.tuples(st.integers(min_value=1, max_value=time.time_ns()), st.text(max_size=300), metadata), min_size=1, max_size=50
+    st.tuples(st.integers(min_value=1, max_value=time.time_ns()), st.text(max_size=300), metadata),
+    min_size=1,
+    max_size=50,
 )
 
 

@@ -10,12 +10,12 @@ import pytest
 
 from correlation.loki import LokiHandler
 from correlation.loki.spool import Spool
-from loki_sink import LokiSink
-from shipper_tools import LABELS, logger  # noqa: F401 - a fixture
-from shipper_tools import make_handler as _make_handler
+from tests.fakes import FakeLoki
+from tests.support.shipper import LABELS
+from tests.support.shipper import make_handler as _make_handler
 
 
-def make_handler(sink: LokiSink, spool_dir: Path, **overrides: object) -> LokiHandler:
+def make_handler(sink: FakeLoki, spool_dir: Path, **overrides: object) -> LokiHandler:
     """Memory small next to the load, so an outage reaches the spool."""
     values = {
         "batch_max_bytes": 20_000,
@@ -28,12 +28,7 @@ def make_handler(sink: LokiSink, spool_dir: Path, **overrides: object) -> LokiHa
     return _make_handler(sink, **values)
 
 
-
-
-
-
-
-def _messages(sink: LokiSink) -> list[str]:
+def _messages(sink: FakeLoki) -> list[str]:
     return [e.json["message"] for e in sink.entries]
 
 
@@ -47,7 +42,9 @@ def _steady_load(logger: logging.Logger, count: int, start: int = 0) -> list[str
     return sent
 
 
-def test_an_outage_longer_than_memory_loses_nothing_and_keeps_order(loki_sink: LokiSink, logger: logging.Logger, tmp_path: Path) -> None:
+def test_an_outage_longer_than_memory_loses_nothing_and_keeps_order(
+    loki_sink: FakeLoki, logger: logging.Logger, tmp_path: Path
+) -> None:
     loki_sink.default = 503  # Loki is down
     handler = make_handler(loki_sink, tmp_path)
     logger.addHandler(handler)
@@ -68,7 +65,9 @@ def test_an_outage_longer_than_memory_loses_nothing_and_keeps_order(loki_sink: L
     assert handler.spooled() == (0, 0)
 
 
-def test_past_the_disk_bound_lines_are_dropped_and_counted(loki_sink: LokiSink, logger: logging.Logger, tmp_path: Path) -> None:
+def test_past_the_disk_bound_lines_are_dropped_and_counted(
+    loki_sink: FakeLoki, logger: logging.Logger, tmp_path: Path
+) -> None:
     loki_sink.default = 503
     handler = make_handler(loki_sink, tmp_path, spool_max_bytes=30_000)
     logger.addHandler(handler)
@@ -84,10 +83,12 @@ def test_past_the_disk_bound_lines_are_dropped_and_counted(loki_sink: LokiSink, 
         time.sleep(0.02)
     stats = handler.stats.snapshot()
     assert stats.dropped["spool_full"] > 0
-    assert stats.sent_lines + stats.dropped["spool_full"] + stats.dropped["buffer_full"] == 2000, "every line is sent or counted"
+    assert stats.sent_lines + stats.dropped["spool_full"] + stats.dropped["buffer_full"] == 2000, (
+        "every line is sent or counted"
+    )
 
 
-def test_what_could_not_be_sent_at_exit_is_replayed_by_the_next_process(loki_sink: LokiSink, tmp_path: Path) -> None:
+def test_what_could_not_be_sent_at_exit_is_replayed_by_the_next_process(loki_sink: FakeLoki, tmp_path: Path) -> None:
     first = logging.getLogger("test.spool.first")
     first.propagate = False
     loki_sink.default = 503
@@ -114,19 +115,19 @@ def test_what_could_not_be_sent_at_exit_is_replayed_by_the_next_process(loki_sin
 
 
 def test_a_live_owners_segments_are_left_alone(tmp_path: Path) -> None:
-    from correlation.loki.buffer import Entry
+    from correlation.loki.buffer import PushEntry
 
     owner = Spool(str(tmp_path), 10**6)
-    owner.write([Entry.encode(1, "a")], LABELS)
+    owner.write([PushEntry.encode(1, "a")], LABELS)
     other = Spool(str(tmp_path), 10**6)
     assert other.oldest() is None, "the first spool's owner is alive"
     owner.close()
     third = Spool(str(tmp_path), 10**6)
     segment = third.oldest()
-    assert segment is not None and segment.read() == (LABELS, [Entry.encode(1, "a")])
+    assert segment is not None and segment.read() == (LABELS, [PushEntry.encode(1, "a")])
 
 
-def test_a_corrupt_segment_is_counted_and_skipped(loki_sink: LokiSink, logger: logging.Logger, tmp_path: Path) -> None:
+def test_a_corrupt_segment_is_counted_and_skipped(loki_sink: FakeLoki, logger: logging.Logger, tmp_path: Path) -> None:
     dead = tmp_path / "p1-dead"
     dead.mkdir()
     (dead / "000000000001-7.json.gz").write_bytes(b"not gzip")
@@ -138,7 +139,9 @@ def test_a_corrupt_segment_is_counted_and_skipped(loki_sink: LokiSink, logger: l
     assert handler.stats.snapshot().dropped["spool_error"] == 7
 
 
-def test_an_unusable_spool_dir_is_reported_and_shipping_goes_on(loki_sink: LokiSink, logger: logging.Logger, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_an_unusable_spool_dir_is_reported_and_shipping_goes_on(
+    loki_sink: FakeLoki, logger: logging.Logger, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
     handler = make_handler(loki_sink, not_a_dir)

@@ -2,45 +2,23 @@
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import requests
 
 from correlation import context, propagation, traceparent
 from correlation.metrics import CLIENT_DURATION
+from tests.fakes import HeaderEcho, LoopbackServer
 
 
 @pytest.fixture
 def echo_server() -> Iterator[str]:
-    """Answers with the request headers it received, as JSON."""
-
-    class Echo(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
-            # /fail/<name>: answer 503 as service <name>; /named/<name>: 200 as service <name>.
-            parts = self.path.strip("/").split("/")
-            self.send_response(503 if parts[0] == "fail" else 200)
-            if len(parts) == 2:
-                self.send_header("X-Service-Name", parts[1])
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     context.set_service("caller-svc")
     propagation.instrument_requests()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
+    with LoopbackServer(HeaderEcho) as server:
+        yield server.url
     propagation.uninstrument_requests()
-    server.shutdown()
-    server.server_close()
 
 
 def test_calls_inside_a_hop_carry_it(echo_server: str) -> None:
@@ -97,7 +75,7 @@ def test_peers_are_named_by_their_answer_else_host(echo_server: str) -> None:
     requests.get(f"{echo_server}/named/stock-svc", timeout=5)
     assert CLIENT_DURATION.labels("caller-svc", "stock-svc", "GET", "200")._sum.get() > 0  # noqa: SLF001
     hostile = "a b/" + "x" * 80  # not a valid name: the host:port stands in, never the URL
-    assert propagation.peer_name(hostile, f"{echo_server}/some/path?q=1") == echo_server.removeprefix("http://")
+    assert propagation.peer_name(hostile, "http://10.9.8.7:1234/some/path?q=1") == "10.9.8.7:1234"
 
 
 def test_failed_calls_are_noted_on_the_hop_in_order(echo_server: str) -> None:
@@ -127,3 +105,9 @@ def test_peer_names_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(propagation, "_peers", set())
     names = {propagation.peer_name(f"svc{i}", "http://h:1") for i in range(propagation.MAX_PEERS + 10)}
     assert len(names) == propagation.MAX_PEERS + 1 and "other" in names
+
+
+def test_a_peer_that_stops_answering_keeps_its_service_name(echo_server: str) -> None:
+    requests.get(f"{echo_server}/named/stock", timeout=5)
+    assert propagation.peer_name(None, f"{echo_server}/anything") == "stock", "remembered from its last answer"
+    assert propagation.peer_name(None, "http://127.0.0.1:1/") == "127.0.0.1:1", "never answered: the address"

@@ -6,6 +6,7 @@ structured metadata (not a label), and answers the trail and error queries the s
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -16,10 +17,9 @@ import requests
 from correlation import context
 from correlation.config import LokiSettings
 from correlation.ids import new_correlation_id
-
 from correlation.loki import LokiHandler
-from trail.lookup import trail_query
 from trail.loki_query import LokiQueryClient
+from trail.lookup import trail_query
 
 pytestmark = pytest.mark.skipif(not os.environ.get("LOKI_URL"), reason="needs a real Loki: set LOKI_URL")
 
@@ -38,7 +38,9 @@ def _wait_for(client: LokiQueryClient, query: str, start_ns: int, count: int) ->
 def test_shipped_lines_carry_the_id_as_metadata_not_label() -> None:
     settings = LokiSettings.from_env()
     service = f"real-loki-test-{os.getpid()}"
-    handler = LokiHandler(LokiSettings(**{**settings.__dict__, "batch_max_wait_seconds": 0.1}), {"service_name": service, "env": "test"})
+    handler = LokiHandler(
+        LokiSettings(**{**settings.__dict__, "batch_max_wait_seconds": 0.1}), {"service_name": service, "env": "test"}
+    )
     logger = logging.getLogger("test.real_loki")
     logger.propagate = False
     logger.setLevel(logging.INFO)
@@ -57,14 +59,18 @@ def test_shipped_lines_carry_the_id_as_metadata_not_label() -> None:
 
     client = LokiQueryClient(settings)
     entries = _wait_for(client, trail_query(hop.correlation_id), start, 2)
-    assert sorted(e.line.split('"message": "')[1].split('"')[0] for e in entries) == ["first", "second, an error"]
+    assert sorted(json.loads(e.line)["message"] for e in entries) == ["first", "second, an error"]
     assert all(e.label("request_id") == hop.request_id for e in entries)
     errors = _wait_for(client, f'{{service_name="{service}"}} | level="error"', start, 1)
     assert [e.label("correlation_id") for e in errors] == [hop.correlation_id]
 
     labels = requests.get(
-        settings.url.rstrip("/") + "/loki/api/v1/labels", headers=settings.auth_headers(), auth=settings.basic_auth,
-        verify=settings.tls_verify, params={"start": str(start)}, timeout=10,
+        settings.url.rstrip("/") + "/loki/api/v1/labels",
+        headers=settings.auth_headers(),
+        auth=settings.basic_auth,
+        verify=settings.tls_verify,
+        params={"start": str(start)},
+        timeout=10,
     ).json()["data"]
     assert "correlation_id" not in labels and "request_id" not in labels
     assert {"service_name", "env"} <= set(labels)
@@ -72,16 +78,18 @@ def test_shipped_lines_carry_the_id_as_metadata_not_label() -> None:
 
 def test_a_failed_checkout_is_found_and_followed_by_the_trail_cli(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
-    import subprocess
 
-    from conftest import free_port
     from demo.run_local import start_chain
     from demo.services import SERVICES
+    from tests.fakes import free_port
     from trail.cli import main
 
     with (tmp_path / "chain.log").open("wb") as log:
-        chain = start_chain({name: free_port() for name in SERVICES}, {"LOKI_URL": os.environ["LOKI_URL"],
-                            "LOKI_BATCH_MAX_WAIT_SECONDS": "0.2", "DEPLOY_ENV": "test"}, stdout=log)
+        chain = start_chain(
+            {name: free_port() for name in SERVICES},
+            {"LOKI_URL": os.environ["LOKI_URL"], "LOKI_BATCH_MAX_WAIT_SECONDS": "0.2", "DEPLOY_ENV": "test"},
+            stdout=log,
+        )
         try:
             requests.post(f"{chain.urls['payments']}/admin/faults", json={"error_rate": 1.0}, timeout=5)
             failed = requests.post(f"{chain.urls['gateway']}/checkout", timeout=10)
@@ -100,5 +108,10 @@ def test_a_failed_checkout_is_found_and_followed_by_the_trail_cli(tmp_path, caps
         time.sleep(0.5)
     assert code == 0 and document["correlation_id"] == cid and document["complete"]
     hops = {hop["service"]: hop for hop in document["hops"]}
-    assert {name: hops[name]["status"] for name in SERVICES} == {"gateway": 502, "orders": 502, "payments": 500, "inventory": 201}
+    assert {name: hops[name]["status"] for name in SERVICES} == {
+        "gateway": 502,
+        "orders": 502,
+        "payments": 500,
+        "inventory": 201,
+    }
     assert hops["payments"]["parent_request_id"] == hops["orders"]["request_id"]

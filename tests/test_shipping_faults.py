@@ -5,16 +5,15 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
 
-from conftest import free_port
 from correlation.logs import ACCESS_LOGGER
 from demo.run_local import start_service, wait_healthy
-from loki_sink import LokiSink
+from tests.fakes import FakeLoki, free_port, wait_until
 
 
 @pytest.fixture
@@ -47,11 +46,11 @@ def _pay(url: str, n: int) -> list[str]:
     return ids
 
 
-def _access_ids(sink: LokiSink) -> set[str]:
+def _access_ids(sink: FakeLoki) -> set[str]:
     return {e.metadata["correlation_id"] for e in sink.entries if e.json.get("logger") == ACCESS_LOGGER}
 
 
-def test_sigterm_flushes_buffered_lines_within_the_graceful_timeout(loki_sink: LokiSink, start_payments) -> None:
+def test_sigterm_flushes_buffered_lines_within_the_graceful_timeout(loki_sink: FakeLoki, start_payments) -> None:
     # A 60 s batch delay: without the flush at worker exit these lines would still be in memory.
     url, proc = start_payments({"LOKI_URL": loki_sink.url, "LOKI_BATCH_MAX_WAIT_SECONDS": "60"})
     ids = _pay(url, 30)
@@ -61,7 +60,7 @@ def test_sigterm_flushes_buffered_lines_within_the_graceful_timeout(loki_sink: L
     assert _access_ids(loki_sink) == set(ids)
 
 
-def test_preload_every_worker_ships(loki_sink: LokiSink, start_payments, tmp_path: Path) -> None:
+def test_preload_every_worker_ships(loki_sink: FakeLoki, start_payments, tmp_path: Path) -> None:
     # With --preload the app (and its handler, whose sender thread already ran for the startup
     # line and holds its spool directory) is built in the master; each forked worker must start
     # its own sender, with a spool directory of its own.
@@ -69,10 +68,11 @@ def test_preload_every_worker_ships(loki_sink: LokiSink, start_payments, tmp_pat
     url, _ = start_payments(env, "--preload", "--workers", "2")
     ids = _pay(url, 40)
     loki_sink.wait_for(lambda entries: _access_ids(loki_sink) >= set(ids), timeout=15)
-    assert len(list((tmp_path / "spool").iterdir())) == 3, "master and two workers, one spool directory each"
+    # Master and two workers, one spool directory each (a sender opens its own as it starts).
+    wait_until(lambda: len(list((tmp_path / "spool").iterdir())) == 3, 10, "three spool directories")
 
 
-def test_a_stalled_loki_does_not_slow_or_fail_requests(loki_sink: LokiSink, start_payments) -> None:
+def test_a_stalled_loki_does_not_slow_or_fail_requests(loki_sink: FakeLoki, start_payments) -> None:
     loki_sink.default = "stall"  # accepts, reads the push, never answers (for 60 s)
     url, _ = start_payments({"LOKI_URL": loki_sink.url, "LOKI_BATCH_MAX_WAIT_SECONDS": "0.05"})
     slowest = 0.0
@@ -86,7 +86,9 @@ def test_a_stalled_loki_does_not_slow_or_fail_requests(loki_sink: LokiSink, star
     assert buffered and float(buffered[0].rsplit(" ", 1)[1]) > 0, "the lines wait in memory, not in the request"
 
 
-def test_lines_kept_on_disk_at_shutdown_are_sent_by_the_restarted_service(loki_sink: LokiSink, start_payments, tmp_path: Path) -> None:
+def test_lines_kept_on_disk_at_shutdown_are_sent_by_the_restarted_service(
+    loki_sink: FakeLoki, start_payments, tmp_path: Path
+) -> None:
     env = {
         "LOKI_URL": loki_sink.url,
         "LOKI_SPOOL_DIR": str(tmp_path / "spool"),

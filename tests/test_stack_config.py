@@ -12,11 +12,22 @@ import pytest
 import yaml
 
 from demo.services import DEFAULT_PORTS as APP_SERVICES
-from stack_tools import REPO, TOOL_PACKAGES, load_yaml, require_tool, run
+from tests.support.stack import REPO, TOOL_PACKAGES, load_yaml, require_tool, run
 
-DOWNSTREAM = {"gateway": {"ORDERS_URL": "http://orders:8081"},
-              "orders": {"PAYMENTS_URL": "http://payments:8082", "INVENTORY_URL": "http://inventory:8083"}}
-PUBLISHED = {"gateway": 8080, "grafana": 3000, "prometheus": 9090, "alertmanager": 9093, "loki": 3100}
+DOWNSTREAM = {
+    "gateway": {"ORDERS_URL": "http://orders:8081"},
+    "orders": {"PAYMENTS_URL": "http://payments:8082", "INVENTORY_URL": "http://inventory:8083"},
+}
+PUBLISHED = {
+    "gateway": 8080,
+    "grafana": 3000,
+    "prometheus": 9090,
+    "alertmanager": 9093,
+    "loki": 3100,
+    "alert-receiver": 9095,
+    "trail-web": 8090,
+    "notifications": 8084,
+}
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +42,7 @@ def test_required_tools_are_installed(tool: str) -> None:
 
 # --- docker-compose.yml ------------------------------------------------------------------------
 
+
 def test_compose_file_is_valid_for_docker_compose() -> None:
     exe = require_tool("docker-compose")
     run([exe, "-f", "docker-compose.yml", "config", "-q"], cwd=REPO)
@@ -39,15 +51,29 @@ def test_compose_file_is_valid_for_docker_compose() -> None:
 def test_compose_has_every_service_and_no_version_key(compose: dict) -> None:
     assert "version" not in compose, "the version key is obsolete in the Compose spec"
     assert set(compose["services"]) == set(APP_SERVICES) | {
-        "loadgen", "alert-receiver", "loki", "prometheus", "alertmanager", "grafana"}
+        "loadgen",
+        "alert-receiver",
+        "trail-web",
+        "notifications",
+        "redis",
+        "loki",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+    }
 
 
 def test_images_are_pinned_exactly(compose: dict) -> None:
-    expected = {"loki": r"grafana/loki:3\.7\.\d+", "prometheus": r"prom/prometheus:v3\.\d+\.\d+",
-                "alertmanager": r"prom/alertmanager:v0\.\d+\.\d+", "grafana": r"grafana/grafana:1[23]\.\d+\.\d+"}
+    expected = {
+        "loki": r"grafana/loki:3\.7\.\d+",
+        "prometheus": r"prom/prometheus:v3\.\d+\.\d+",
+        "alertmanager": r"prom/alertmanager:v0\.\d+\.\d+",
+        "grafana": r"grafana/grafana:1[23]\.\d+\.\d+",
+        "redis": r"redis:7\.\d+\.\d+-alpine",
+    }
     for name, pattern in expected.items():
         assert re.fullmatch(pattern, compose["services"][name]["image"]), compose["services"][name]["image"]
-    for name in (*APP_SERVICES, "loadgen", "alert-receiver"):
+    for name in (*APP_SERVICES, "loadgen", "alert-receiver", "trail-web", "notifications"):
         svc = compose["services"][name]
         assert svc["build"] == "./app" and svc["image"] == "correlation-demo:local", name
     assert (REPO / "app").is_dir()
@@ -69,7 +95,9 @@ def test_published_ports_are_loopback_only(compose: dict) -> None:
     for name, svc in compose["services"].items():
         for port in svc.get("ports", []):
             assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
-    published = {name: int(str(p).split(":")[1]) for name, svc in compose["services"].items() for p in svc.get("ports", [])}
+    published = {
+        name: int(str(p).split(":")[1]) for name, svc in compose["services"].items() for p in svc.get("ports", [])
+    }
     assert published == PUBLISHED
 
 
@@ -95,7 +123,7 @@ def test_healthchecks_use_tools_the_images_have(compose: dict) -> None:
     shell, command = services["grafana"]["healthcheck"]["test"]
     assert shell == "CMD-SHELL" and "wget" in command and "curl -f" in command and "/api/health" in command
     # The Python image has neither curl nor wget.
-    for name in (*APP_SERVICES, "alert-receiver"):
+    for name in (*APP_SERVICES, "alert-receiver", "trail-web"):
         assert services[name]["healthcheck"]["test"][:3] == ["CMD", "python", "-c"], name
 
 
@@ -137,6 +165,7 @@ def test_loadgen_and_receiver_run_the_demo_modules(compose: dict) -> None:
 
 # --- prometheus/prometheus.yml -----------------------------------------------------------------
 
+
 def repo_prometheus_config() -> dict:
     """prometheus.yml with container paths mapped to the repo, as compose mounts them."""
     config = load_yaml("prometheus/prometheus.yml")
@@ -162,7 +191,11 @@ def test_prometheus_scrapes_every_service_with_its_label() -> None:
     targets = {t: g["labels"]["service"] for g in job["static_configs"] for t in g["targets"]}
     assert targets == {f"{name}:{port}": name for name, port in APP_SERVICES.items()}
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
-    assert config["global"]["external_labels"] == {"grafana_url": "${GRAFANA_URL}"}
+    assert config["global"]["external_labels"] == {
+        "grafana_url": "${GRAFANA_URL}",
+        "runbook_base_url": "${RUNBOOK_BASE_URL}",
+        "trail_web_url": "${TRAIL_WEB_URL}",
+    }
 
 
 def test_rule_glob_matches_the_rule_files_only() -> None:
@@ -172,6 +205,7 @@ def test_rule_glob_matches_the_rule_files_only() -> None:
 
 
 # --- loki/loki.yaml ----------------------------------------------------------------------------
+
 
 def test_loki_config_supports_structured_metadata_and_retention() -> None:
     loki = load_yaml("loki/loki.yaml")
@@ -188,6 +222,7 @@ def test_loki_config_supports_structured_metadata_and_retention() -> None:
 
 
 # --- alerts/alertmanager.yml -------------------------------------------------------------------
+
 
 def test_amtool_accepts_alertmanager_config() -> None:
     amtool = require_tool("amtool")

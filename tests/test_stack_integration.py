@@ -1,61 +1,88 @@
-"""The whole alerting path, for real: the demo chain under gunicorn shipping to the Loki push sink,
-a real Prometheus scraping it (config derived from prometheus/prometheus.yml, rules from
-alerts/*.rules.yml with only `for:` shortened), a real Alertmanager (config derived from
-alerts/alertmanager.yml) and the demo alert receiver.
+"""The whole alerting path, for real: the demo chain under gunicorn shipping to the fake Loki, a
+real Prometheus scraping it (prometheus/prometheus.yml with 1 s intervals; alerts/*.rules.yml with
+only `for` shortened), a real Alertmanager (alerts/alertmanager.yml with only the webhook's
+address changed), the notifier (trail.notify) reading the fake Loki, and a fake chat webhook.
 
-payments is made to fail half of its requests; the HighErrorRatio alert for payments must reach
-the receiver with a trail_url whose LogQL names the correlation ID of a checkout that really
-failed, whose lines from all four hops reached the sink. Everything listens on 127.0.0.1 on free
-ports; every wait is a poll with a deadline; every process started here is stopped here.
+One page per root cause, with the hop that broke:
+- payments fails half its requests: exactly one page reaches the chat webhook, naming payments
+  and InjectedFault, and its correlation ID is a checkout that really failed; the alert's
+  trail_url opens such a checkout, whose lines from all four hops reached Loki;
+- then Loki stops answering and inventory fails too: one more page, naming inventory, with the
+  links only, within 5 s of the notifier getting the alert;
+- orders fails on its own (fresh Prometheus and Alertmanager): exactly one page, naming orders.
+Each scenario prints its spike-to-notification time (README.md, "The notifier").
 """
 
 from __future__ import annotations
 
 import copy
-import glob
 import json
 import re
-import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
-import requests
 import yaml
 
+from correlation.config import LokiSettings
 from correlation.ids import time_ms_of
-from demo.alert_receiver import AlertStore, make_server
 from demo.services import SERVICES
-from loki_sink import LokiSink, PushedEntry
-from stack_tools import (
-    REPO, alertmanager_server, check_logql, dashboard_promql_queries, explore_exprs, http_get_json,
-    instant_query, load_yaml, parse_explore_url, prometheus_server, provisioned_datasource_uids,
-    substitute_grafana_vars, wait_until,
+from tests.fakes import FakeLoki, PushedEntry, wait_until
+from tests.support.alerting import (
+    FOR_SCALE,
+    GRAFANA,
+    INTERVAL_SECONDS,
+    RUNBOOKS,
+    TRAIL_WEB,
+    ChatWebhook,
+    LokiGate,
+    NotifierRun,
+    Traffic,
+    alerting_stack,
+    critical_alerts,
+    for_ms,
+    running_notifier,
+    set_faults,
 )
+from tests.support.grafana import (
+    check_logql,
+    dashboard_promql_queries,
+    explore_exprs,
+    parse_explore_url,
+    provisioned_datasource_uids,
+    substitute_grafana_vars,
+)
+from tests.support.stack import REPO, http_get_json, instant_query, load_yaml
+from trail.links import trail_page_path
+from trail.web import TrailWebSettings, create_app
 
-GRAFANA = "http://grafana.integration.test:3000"
-RULE_FILES = sorted(glob.glob(str(REPO / "alerts/*.rules.yml")))
-SHORT_FOR = "5s"
 #: Deadlines: generous, other test sessions share this 2-core machine.
-TRAFFIC_MAX_SECONDS = 120.0
-ALERT_DEADLINE_SECONDS = 120.0
-REQUEST_PERIOD_SECONDS = 0.2  # pacing of the traffic loop (a few checkouts a second), not a sync
-FAILING_SERVICE = "payments"
+ALERT_DEADLINE_SECONDS = 90.0
 ERROR_RATE = 0.5  # some checkouts fail, some succeed: "this ID failed" is then a real check
 #: The status each hop of a checkout answers when payments fails it.
 FAILED_TRAIL_STATUSES = {"gateway": 502, "orders": 502, "payments": 500, "inventory": 201}
 #: Dashboard queries on series that exist only after a drop, a retry or a rejected inbound ID.
 MAY_BE_EMPTY = ("loki_shipper_dropped_lines_total", "loki_shipper_retries_total", "correlation_rejected_ids_total")
+INJECTED_FAULT = "demo.faults.InjectedFault"
+#: How long after a page no second page may follow: past DownstreamErrors' (shortened) `for`
+#: and Alertmanager's group_wait, counted from the page.
+QUIET_AFTER_PAGE_SECONDS = 6.0
+#: README's goal for spike to page: `for` + 2 evaluation intervals + 5 s.
+HER_FOR_SECONDS = for_ms("2m") / FOR_SCALE / 1000
+GOAL_SECONDS = HER_FOR_SECONDS + 2 * INTERVAL_SECONDS + 5
 
 
-# --- derived configs -------------------------------------------------------------------------------
-
-def shorten_for(text: str) -> str:
-    """The rules file with every rule's `for:` set to SHORT_FOR; every other byte unchanged."""
-    return re.sub(r"^(\s+for:[ \t]*)\S+[ \t]*$", rf"\g<1>{SHORT_FOR}", text, flags=re.MULTILINE)
+def rule_for(name: str) -> str:
+    (rule,) = [
+        r
+        for g in load_yaml("alerts/correlation-demo.rules.yml")["groups"]
+        for r in g["rules"]
+        if r.get("alert") == name
+    ]
+    return str(rule["for"])
 
 
 def without_for(rule_file: dict[str, Any]) -> dict[str, Any]:
@@ -66,187 +93,133 @@ def without_for(rule_file: dict[str, Any]) -> dict[str, Any]:
     return stripped
 
 
-def derived_prometheus_config(targets: dict[str, str], rule_names: list[str], alertmanager: str) -> dict[str, Any]:
-    """prometheus/prometheus.yml with the demo job pointed at the local chain (same `service`
-    labels), 1 s intervals, the derived rule files and the local Alertmanager."""
-    repo = load_yaml("prometheus/prometheus.yml")
-    (job,) = [copy.deepcopy(j) for j in repo["scrape_configs"] if j["job_name"] == "demo-services"]
-    assert job.get("honor_labels") is True, "the app's own `service` label must win"
-    seen = set()
-    for static in job["static_configs"]:
-        service = static["labels"]["service"]
-        (target,) = static["targets"]
-        assert target.split(":")[0] == service, f"compose target {target} for service {service}"
-        static["targets"] = [targets[service]]
-        seen.add(service)
-    assert seen == set(SERVICES), f"prometheus.yml scrapes {sorted(seen)}, the chain is {SERVICES}"
-    assert repo["rule_files"] == ["/etc/prometheus/alerts/*.rules.yml"], "the derived config mirrors this glob"
-    (repo_am,) = repo["alerting"]["alertmanagers"]
-    alerting = copy.deepcopy(repo["alerting"])
-    alerting["alertmanagers"][0]["static_configs"] = [{"targets": [alertmanager]}]
-    assert len(repo_am["static_configs"]) == 1
-    return {
-        "global": {
-            "scrape_interval": "1s",
-            "evaluation_interval": "1s",
-            # `grafana_url: ${GRAFANA_URL}` as written; expanded from the environment.
-            "external_labels": repo["global"]["external_labels"],
-            # scrape_protocols is left out: Prometheus 2.42 does not know it (exemplar-storage
-            # makes 2.42 ask for OpenMetrics anyway).
-        },
-        "rule_files": rule_names,
-        "alerting": alerting,
-        "scrape_configs": [job],
-    }
-
-
-def derived_alertmanager_config(webhook_url: str) -> dict[str, Any]:
-    """alerts/alertmanager.yml with the webhook pointed at the local receiver and short waits."""
-    config = load_yaml("alerts/alertmanager.yml")
-    config["route"]["group_wait"] = "1s"
-    config["route"]["group_interval"] = "1s"
-    webhooks = [w for r in config["receivers"] for w in r.get("webhook_configs", [])]
-    assert len(webhooks) == 1, webhooks
-    assert urllib.parse.urlsplit(webhooks[0]["url"]).path == "/alerts", "the receiver listens on /alerts"
-    webhooks[0]["url"] = webhook_url
-    return config
-
-
-# --- traffic -----------------------------------------------------------------------------------
-
 @dataclass
-class Traffic:
-    """A bounded loop of POST /checkout in a thread, recording each answer's correlation ID."""
+class Page:
+    """A page as the chat webhook got it, and how long it took."""
 
-    gateway: str
-    failed: dict[str, int] = field(default_factory=dict)  # correlation ID -> status (>= 500)
-    succeeded: dict[str, int] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
+    body: dict[str, Any]
+    spike_to_page: float  # seconds from setting the fault to the page at the chat webhook
+    receipt_to_page: float  # seconds from the notifier getting the alert to the page at the webhook
 
-    def __post_init__(self) -> None:
-        self.stop_event = threading.Event()
-        self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, name="checkout-traffic", daemon=True)
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + TRAFFIC_MAX_SECONDS
-        with requests.Session() as session:
-            while not self.stop_event.is_set() and time.monotonic() < deadline:
-                try:
-                    response = session.post(f"{self.gateway}/checkout", json={}, timeout=10)
-                    cid = response.headers.get("X-Correlation-ID", "")
-                    with self.lock:
-                        if not cid:
-                            self.problems.append(f"answer {response.status_code} without X-Correlation-ID")
-                        elif response.status_code >= 500:
-                            self.failed[cid] = response.status_code
-                        else:
-                            self.succeeded[cid] = response.status_code
-                except requests.RequestException as exc:
-                    with self.lock:
-                        self.problems.append(repr(exc))
-                self.stop_event.wait(REQUEST_PERIOD_SECONDS)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "the traffic thread did not stop"
-
-    def all_ids(self) -> set[str]:
-        with self.lock:
-            return set(self.failed) | set(self.succeeded)
-
-
-# --- the stack ---------------------------------------------------------------------------------
 
 @dataclass
 class Stack:
     prometheus: str
     alertmanager: str
-    receiver: AlertStore
+    notifier: NotifierRun
+    chat: ChatWebhook
     traffic: Traffic
-    alert: dict[str, Any]  # the first firing HighErrorRatio alert for payments the receiver got
+    alert: dict[str, Any]  # HighErrorRatio for payments as Alertmanager sent it
     derived_rules: dict[str, str]  # rules file name -> derived text
     started: float  # Unix seconds when the faults were set
+    payments_page: Page
+    pages_after_quiet: list[str]  # services named by pages once QUIET_AFTER_PAGE_SECONDS passed
+    alerts_after_quiet: set[tuple[str, str, str]]  # paging alerts Prometheus held then
+    inventory_page: Page  # with Loki stopped
+    all_pages: list[str]
 
 
-def set_faults(base: str, **values: Any) -> dict[str, Any]:
-    response = requests.post(f"{base}/admin/faults", json=values, timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def receiver_alert(store: AlertStore, alertname: str, service: str) -> dict[str, Any] | None:
-    for payload in store.snapshot():
-        for alert in payload["alerts"]:
-            labels = alert["labels"]
-            if alert["status"] == "firing" and labels.get("alertname") == alertname and labels.get("service") == service:
-                return alert
-    return None
-
-
-def diagnostics(prometheus: str, alertmanager: str, store: AlertStore, traffic: Traffic) -> str:
+def diagnostics(prometheus: str, alertmanager: str, run: NotifierRun, traffic: Traffic) -> str:
     parts = []
-    for name, url in (("prometheus alerts", prometheus + "/api/v1/alerts"),
-                      ("prometheus targets", prometheus + "/api/v1/targets?state=active"),
-                      ("alertmanager alerts", alertmanager + "/api/v2/alerts")):
+    for name, url in (
+        ("prometheus alerts", prometheus + "/api/v1/alerts"),
+        ("alertmanager alerts", alertmanager + "/api/v2/alerts"),
+    ):
         try:
             parts.append(f"{name}: {json.dumps(http_get_json(url))[:3000]}")
         except Exception as exc:  # noqa: BLE001 - this is only a failure report
             parts.append(f"{name}: {exc!r}")
-    parts.append(f"receiver payloads: {len(store.snapshot())}")
-    parts.append(f"traffic: {len(traffic.failed)} failed, {len(traffic.succeeded)} succeeded, problems {traffic.problems[:5]}")
+    parts.append(f"notifier stdout: {run.out.getvalue()[-3000:]}")
+    parts.append(
+        f"traffic: {len(traffic.failed)} failed, {len(traffic.succeeded)} succeeded, problems {traffic.problems[:5]}"
+    )
     return "\n".join(parts)
 
 
-@pytest.fixture(scope="module")
-def stack(chain: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    out = (tmp_path_factory.mktemp("receiver") / "alerts.log").open("w")
-    server, store = make_server("127.0.0.1", 0, out=out)
-    threading.Thread(target=server.serve_forever, name="alert-receiver", daemon=True).start()
-    receiver_url = f"http://127.0.0.1:{server.server_address[1]}"
-    traffic = Traffic(chain.urls["gateway"])
-    failing = chain.urls[FAILING_SERVICE]
-    try:
-        wait_until(lambda: requests.get(receiver_url + "/healthz", timeout=2).status_code == 200, 10, "the alert receiver")
-        derived_rules = {Path(path).name: shorten_for(Path(path).read_text()) for path in RULE_FILES}
-        with alertmanager_server(derived_alertmanager_config(receiver_url + "/alerts")) as am:
-            targets = {name: urllib.parse.urlsplit(url).netloc for name, url in chain.urls.items()}
-            config = derived_prometheus_config(targets, sorted(derived_rules), urllib.parse.urlsplit(am).netloc)
-            # Prometheus 2.42 expands ${GRAFANA_URL} in external labels only with this feature.
-            with prometheus_server(config, derived_rules, env={"GRAFANA_URL": GRAFANA},
-                                   features=("expand-external-labels",)) as prom:
-                def all_up() -> bool:
-                    result = instant_query(prom, 'up{job="demo-services"} == 1')["result"]
-                    return {r["metric"].get("service") for r in result} == set(SERVICES)
+def wait_for_page(chat: ChatWebhook, run: NotifierRun, service: str, since: float, what: str, explain: Any) -> Page:
+    """The first page naming ``service`` at the chat webhook; its timings."""
 
-                wait_until(all_up, 60, "Prometheus to scrape all four services", interval=0.5)
-                started = time.time()
-                assert set_faults(failing, error_rate=ERROR_RATE)["error_rate"] == ERROR_RATE
-                traffic.start()
-                try:
-                    alert = wait_until(lambda: receiver_alert(store, "HighErrorRatio", FAILING_SERVICE),
-                                       ALERT_DEADLINE_SECONDS, "HighErrorRatio for payments at the receiver",
-                                       interval=0.5)
-                except AssertionError as exc:
-                    raise AssertionError(f"{exc}\n{diagnostics(prom, am, store, traffic)}") from None
-                finally:
-                    traffic.stop()
-                yield Stack(prom, am, store, traffic, alert, derived_rules, started)
-    finally:
-        traffic.stop_event.set()
+    def arrived() -> tuple[float, dict[str, Any]] | None:
+        return next(((at, body) for at, body in chat.pages() if body["service"] == service), None)
+
+    try:
+        at, body = wait_until(arrived, ALERT_DEADLINE_SECONDS, what, interval=0.1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{explain()}") from None
+    received = run.received[(body["alertname"], service, "firing")]
+    page = Page(body, at - since, at - received)
+    print(
+        f"\n{what}: spike-to-notification {page.spike_to_page:.1f} s, alert-to-notification "
+        f"{page.receipt_to_page:.2f} s (for {HER_FOR_SECONDS:g} s, evaluation interval {INTERVAL_SECONDS:g} s, "
+        f"group_wait {load_yaml('alerts/alertmanager.yml')['route']['group_wait']}; goal {GOAL_SECONDS:g} s)"
+    )
+    print(body["text"])
+    return page
+
+
+def firing_alert(run: NotifierRun, alertname: str, service: str) -> dict[str, Any]:
+    for payload in run.notifier.snapshot()[0]:
+        for alert in payload["alerts"]:
+            labels = alert["labels"]
+            if alert["status"] == "firing" and (labels.get("alertname"), labels.get("service")) == (alertname, service):
+                return dict(alert)
+    raise AssertionError(f"the notifier got no firing {alertname} for {service}")
+
+
+@pytest.fixture(scope="module")
+def stack(chain: Any, chain_sink: FakeLoki) -> Iterator[Stack]:
+    chat = ChatWebhook()
+    gate = LokiGate(chain_sink.url)
+    traffic = Traffic(chain.urls["gateway"])
+    with chat.server, gate.server, running_notifier(gate.server.url, chat.server.url) as run:
         try:
-            set_faults(failing, error_rate=0.0, latency_ms=0)
+            with alerting_stack(chain.urls, run.url) as (prom, am, rules):
+
+                def explain() -> str:
+                    return diagnostics(prom, am, run, traffic)
+
+                started, spike = time.time(), time.monotonic()
+                assert set_faults(chain.urls["payments"], error_rate=ERROR_RATE)["error_rate"] == ERROR_RATE
+                traffic.start()
+                payments = wait_for_page(chat, run, "payments", spike, "payments fails", explain)
+                # Long enough for any echo of the same cause to page too, if the rules let it.
+                time.sleep(QUIET_AFTER_PAGE_SECONDS)  # a deliberate wait: asserting that nothing comes
+                after_quiet = [body["service"] for _, body in chat.pages()]
+                alerts_after_quiet = critical_alerts(prom)
+
+                gate.stall()  # Loki stops answering the notifier
+                spike = time.monotonic()
+                set_faults(chain.urls["inventory"], error_rate=ERROR_RATE)
+                inventory = wait_for_page(chat, run, "inventory", spike, "inventory fails, Loki stopped", explain)
+                traffic.stop()
+                for name in ("payments", "inventory"):
+                    set_faults(chain.urls[name], error_rate=0.0)
+                alert = firing_alert(run, "HighErrorRatio", "payments")
+                all_pages = [body["service"] for _, body in chat.pages()]
+                yield Stack(
+                    prom,
+                    am,
+                    run,
+                    chat,
+                    traffic,
+                    alert,
+                    rules,
+                    started,
+                    payments,
+                    after_quiet,
+                    alerts_after_quiet,
+                    inventory,
+                    all_pages,
+                )
         finally:
-            server.shutdown()
-            server.server_close()
-            out.close()
+            traffic.stop_event.set()
+            gate.released.set()
+            for name in ("payments", "inventory"):
+                set_faults(chain.urls[name], error_rate=0.0, latency_ms=0)
 
 
 # --- the tests ---------------------------------------------------------------------------------
+
 
 def test_derived_rules_differ_only_in_for(stack: Stack) -> None:
     """The rules Prometheus ran are the repo's: expressions, labels and annotations identical."""
@@ -255,14 +228,86 @@ def test_derived_rules_differ_only_in_for(stack: Stack) -> None:
         original = yaml.safe_load((REPO / "alerts" / name).read_text())
         derived = yaml.safe_load(text)
         assert without_for(derived) == without_for(original), name
-        for group, derived_group in zip(original["groups"], derived["groups"]):
-            for rule, derived_rule in zip(group["rules"], derived_group["rules"]):
+        for group, derived_group in zip(original["groups"], derived["groups"], strict=True):
+            for rule, derived_rule in zip(group["rules"], derived_group["rules"], strict=True):
                 assert ("for" in rule) == ("for" in derived_rule), rule.get("alert")
                 if "for" in rule:
-                    assert derived_rule["for"] == SHORT_FOR
+                    assert for_ms(derived_rule["for"]) == for_ms(rule["for"]) // FOR_SCALE
 
 
-def test_alert_trail_url_leads_to_a_failed_request_whose_every_hop_reached_loki(stack: Stack, chain_sink: LokiSink) -> None:
+def test_payments_failing_pages_once_naming_payments_and_the_injected_fault(stack: Stack) -> None:
+    page = stack.payments_page.body
+    assert stack.pages_after_quiet == ["payments"], "orders and gateway answered 502 too, but must not page"
+    assert stack.alerts_after_quiet == {("HighErrorRatio", "payments", "firing")}
+    assert (page["alertname"], page["severity"], page["service"], page["cause_service"]) == (
+        "HighErrorRatio",
+        "critical",
+        "payments",
+        "payments",
+    )
+    assert page["status"] == "firing" and page["trail"] == "found", page["trail_note"]
+    hop = page["root_cause"]
+    assert (hop["service"], hop["method"], hop["route"], hop["status"]) == ("payments", "POST", "/payments", 500)
+    assert hop["duration_ms"] > 0
+    assert page["error"]["type"] == INJECTED_FAULT and "injected fault" in page["error"]["message"]
+    cid = page["correlation_id"]
+    assert stack.traffic.failed.get(cid) == 502 and cid not in stack.traffic.succeeded, "a checkout that failed"
+    assert page["trail_command"] == f"trail {cid}"
+    panes = parse_explore_url(page["trail_url"], provisioned_datasource_uids())
+    assert page["trail_url"].startswith(GRAFANA + "/explore?") and explore_exprs(panes) == [
+        f'{{service_name=~".+"}} | correlation_id="{cid}"'
+    ]
+    assert page["runbook_url"] == f"{RUNBOOKS}/alerts/runbooks/HighErrorRatio.md"
+    assert page["logs_url"] == stack.alert["annotations"]["logs_url"]
+    assert page["dashboard_url"] == stack.alert["annotations"]["dashboard_url"]
+    assert stack.payments_page.spike_to_page < GOAL_SECONDS * 2, "far from the README's figure"
+
+
+def test_with_loki_stopped_a_page_still_arrives_within_5_s_with_links_only(stack: Stack) -> None:
+    page = stack.inventory_page.body
+    assert stack.all_pages == ["payments", "inventory"], "one page per cause, no echo from orders or gateway"
+    assert (page["alertname"], page["service"], page["trail"]) == ("HighErrorRatio", "inventory", "unavailable")
+    assert page["trail_note"].startswith("the trail could not be read: Loki did not answer within")
+    assert page["root_cause"] is None and page["correlation_id"] is None
+    assert page["runbook_url"] == f"{RUNBOOKS}/alerts/runbooks/HighErrorRatio.md"
+    assert page["trail_url"] and page["logs_url"] and page["dashboard_url"]
+    assert "Links only: the trail could not be read" in page["text"]
+    assert stack.inventory_page.receipt_to_page < 5.0, stack.inventory_page.receipt_to_page
+
+
+def test_orders_failing_on_its_own_pages_once_naming_orders(stack: Stack, chain: Any, chain_sink: FakeLoki) -> None:
+    """A fresh Prometheus and Alertmanager (so payments' and inventory's failures are not in its
+    rates): orders fails before calling anyone; gateway answers 502 for it."""
+    chat = ChatWebhook()
+    traffic = Traffic(chain.urls["gateway"])
+    with chat.server, running_notifier(chain_sink.url, chat.server.url) as run:
+        try:
+            with alerting_stack(chain.urls, run.url) as (prom, am, _):
+                spike = time.monotonic()
+                set_faults(chain.urls["orders"], error_rate=ERROR_RATE)
+                traffic.start()
+                page = wait_for_page(
+                    chat, run, "orders", spike, "orders fails on its own", lambda: diagnostics(prom, am, run, traffic)
+                )
+                time.sleep(QUIET_AFTER_PAGE_SECONDS)  # a deliberate wait: asserting that nothing comes
+                pages = [body["service"] for _, body in chat.pages()]
+                alerts = critical_alerts(prom)
+                traffic.stop()
+        finally:
+            traffic.stop_event.set()
+            set_faults(chain.urls["orders"], error_rate=0.0)
+    assert pages == ["orders"] and alerts == {("HighErrorRatio", "orders", "firing")}
+    body = page.body
+    assert (body["alertname"], body["cause_service"], body["trail"]) == ("HighErrorRatio", "orders", "found")
+    hop = body["root_cause"]
+    assert (hop["service"], hop["route"], hop["status"]) == ("orders", "/orders", 500)
+    assert body["error"]["type"] == INJECTED_FAULT
+    assert traffic.failed.get(body["correlation_id"]) == 502
+
+
+def test_alert_trail_url_leads_to_a_failed_request_whose_every_hop_reached_loki(
+    stack: Stack, chain_sink: FakeLoki
+) -> None:
     alert = stack.alert
     annotations = alert["annotations"]
     assert alert["labels"]["severity"] == "critical"
@@ -298,8 +343,10 @@ def test_alert_trail_url_leads_to_a_failed_request_whose_every_hop_reached_loki(
     assert stack.started * 1000 - 1000 <= created_ms <= time.time() * 1000
 
     # It is the payments gauge's ID, and the window is computed from the gauge's value.
-    series = instant_query(stack.prometheus,
-                           f'last_over_time(correlation_last_failed_request{{service="payments",correlation_id="{cid}"}}[10m])')["result"]
+    series = instant_query(
+        stack.prometheus,
+        f'last_over_time(correlation_last_failed_request{{service="payments",correlation_id="{cid}"}}[10m])',
+    )["result"]
     assert len(series) == 1, series
     failed_at_ms = float(series[0]["value"][1]) * 1000
     assert series[0]["metric"]["route"] == "/payments" and series[0]["metric"]["status"] == "500"
@@ -311,7 +358,11 @@ def test_alert_trail_url_leads_to_a_failed_request_whose_every_hop_reached_loki(
         return [e for e in entries if e.metadata.get("correlation_id") == cid]
 
     def complete(entries: list[PushedEntry]) -> bool:
-        access = {e.labels["service_name"]: e.json["status"] for e in trail(entries) if e.json.get("logger") == "correlation.access"}
+        access = {
+            e.labels["service_name"]: e.json["status"]
+            for e in trail(entries)
+            if e.json.get("logger") == "correlation.access"
+        }
         return access == FAILED_TRAIL_STATUSES
 
     try:
@@ -322,14 +373,23 @@ def test_alert_trail_url_leads_to_a_failed_request_whose_every_hop_reached_loki(
     assert {e.labels["service_name"] for e in entries} == set(SERVICES)
     assert all(e.json["correlation_id"] == cid for e in entries)
     assert all(e.labels.get("env") == "test" for e in entries)
-    assert any(e.labels["service_name"] == "payments" and e.metadata.get("level") == "error" for e in entries), \
+    assert any(e.labels["service_name"] == "payments" and e.metadata.get("level") == "error" for e in entries), (
         "payments logged the injected fault at level error"
+    )
+
+    # trail_page_url: the same request's page on trail-web, which finds it around the ID's own time.
+    assert annotations["trail_page_url"] == TRAIL_WEB + trail_page_path(cid)
+    web = create_app(TrailWebSettings(LokiSettings(url=chain_sink.url))).test_client()
+    document = web.get(trail_page_path(cid) + "?format=json").get_json()
+    assert {hop["service"]: hop["status"] for hop in document["hops"]} == FAILED_TRAIL_STATUSES
+    assert document["widened"] is False and document["window"]["end_ns"] - document["window"]["start_ns"] <= 60e9
 
 
 def test_alert_logs_and_dashboard_urls_use_the_grafana_label(stack: Stack) -> None:
     annotations = stack.alert["annotations"]
     assert annotations["dashboard_url"] == (
-        f"{GRAFANA}/d/service-overview/service-overview?orgId=1&var-service=payments&from=now-1h&to=now")
+        f"{GRAFANA}/d/service-overview/service-overview?orgId=1&var-service=payments&from=now-1h&to=now"
+    )
     dashboard = urllib.parse.urlsplit(annotations["dashboard_url"])
     assert urllib.parse.parse_qs(dashboard.query, strict_parsing=True)["var-service"] == ["payments"]
 
@@ -351,18 +411,29 @@ def test_prometheus_stored_correlation_id_exemplars(stack: Stack) -> None:
     start, end = stack.started - 60, time.time() + 60
 
     def exemplars(query: str) -> list[str]:
-        url = stack.prometheus + "/api/v1/query_exemplars?" + urllib.parse.urlencode(
-            {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}"})
+        url = (
+            stack.prometheus
+            + "/api/v1/query_exemplars?"
+            + urllib.parse.urlencode({"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}"})
+        )
         body = http_get_json(url)
         assert body["status"] == "success", body
         return [e["labels"].get("correlation_id", "") for s in body["data"] for e in s["exemplars"]]
 
-    latency = wait_until(lambda: [c for c in exemplars("http_server_request_duration_seconds_bucket") if c in ids],
-                         30, "a latency exemplar carrying one of our correlation IDs", interval=0.5)
+    latency = wait_until(
+        lambda: [c for c in exemplars("http_server_request_duration_seconds_bucket") if c in ids],
+        30,
+        "a latency exemplar carrying one of our correlation IDs",
+        interval=0.5,
+    )
     assert latency
     # The payments error counter's exemplars are IDs of checkouts that failed.
-    errors = wait_until(lambda: exemplars('http_server_errors_total{service="payments"}'), 30,
-                        "an exemplar on payments' error counter", interval=0.5)
+    errors = wait_until(
+        lambda: exemplars('http_server_errors_total{service="payments"}'),
+        30,
+        "an exemplar on payments' error counter",
+        interval=0.5,
+    )
     assert set(errors) <= set(stack.traffic.failed), set(errors) - set(stack.traffic.failed)
 
 
@@ -384,7 +455,8 @@ def test_dashboard_promql_runs_on_real_data(stack: Stack) -> None:
     empty = []
     for where, expr in queries:
         try:
-            data = instant_query(stack.prometheus, substitute_grafana_vars(expr, {"service": ".+", "correlation_id": "x"}))
+            expr = substitute_grafana_vars(expr, {"service": ".+", "correlation_id": "x"})
+            data = instant_query(stack.prometheus, expr)
         except AssertionError as exc:
             raise AssertionError(f"{where}: {exc}") from None
         if not data["result"] and not any(metric in expr for metric in MAY_BE_EMPTY):

@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 from correlation.ids import new_correlation_id
-from loki_query_standin import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line
-from trail.hops import ACCESS_LOGGER, UNKNOWN_HOP, Trail, build_trail, parse_time_ns
+from correlation.schema import ACCESS_LOGGER
+from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line
+from trail.hops import UNKNOWN_HOP, Trail, build_trail, parse_time_ns
 from trail.render import JSON_SCHEMA_VERSION, RED, render_json, render_text, trail_to_dict
 
 T0 = 1_750_000_000_000_000_000
@@ -20,20 +21,34 @@ def trail_of(lines: list[tuple[int, Any]], metadata: dict[str, str] | None = Non
     return build_trail(CID, raw)
 
 
-def without(lines: list[tuple[int, dict[str, Any]]], request_id: str, *, access_only: bool = False) -> list[tuple[int, dict[str, Any]]]:
-    return [(ts, line) for ts, line in lines
-            if not (line["request_id"] == request_id and (not access_only or line["logger"] == ACCESS_LOGGER))]
+def without(
+    lines: list[tuple[int, dict[str, Any]]], request_id: str, *, access_only: bool = False
+) -> list[tuple[int, dict[str, Any]]]:
+    return [
+        (ts, line)
+        for ts, line in lines
+        if not (line["request_id"] == request_id and (not access_only or line["logger"] == ACCESS_LOGGER))
+    ]
 
 
 # -- the tree --------------------------------------------------------------------------------------
 def test_checkout_tree_is_rebuilt_with_order_offsets_and_access_fields() -> None:
     trail = trail_of(checkout_lines(CID, T0))
     assert [(hop.request_id, hop.depth) for hop in trail.walk()] == [
-        (GATEWAY, 0), (ORDERS, 1), (PAYMENTS, 2), (INVENTORY, 2)]
+        (GATEWAY, 0),
+        (ORDERS, 1),
+        (PAYMENTS, 2),
+        (INVENTORY, 2),
+    ]
     by_id = trail.hops
     gateway, orders, payments = by_id[GATEWAY], by_id[ORDERS], by_id[PAYMENTS]
     assert (gateway.service, gateway.method, gateway.route, gateway.status, gateway.duration_ms) == (
-        "gateway", "POST", "/checkout", 502, 40.0)
+        "gateway",
+        "POST",
+        "/checkout",
+        502,
+        40.0,
+    )
     # The access line is written at the end: start = its time - duration.
     assert trail.start_ns == T0 == gateway.start_ns
     assert [hop.start_ns - T0 for hop in trail.walk()] == [0, 3 * MS, 6 * MS, 20 * MS]
@@ -68,8 +83,11 @@ def test_hop_whose_parent_is_missing_is_an_orphan_at_top_level() -> None:
 
 
 def test_parent_loop_from_corrupt_lines_is_shown_not_lost() -> None:
-    lines = [log_line(CID, "aaaa", "bbbb", "x", T0, "one"), log_line(CID, "bbbb", "aaaa", "y", T0 + MS, "two"),
-             log_line(CID, "cccc", "cccc", "z", T0 + 2 * MS, "self")]
+    lines = [
+        log_line(CID, "aaaa", "bbbb", "x", T0, "one"),
+        log_line(CID, "bbbb", "aaaa", "y", T0 + MS, "two"),
+        log_line(CID, "cccc", "cccc", "z", T0 + 2 * MS, "self"),
+    ]
     trail = trail_of(lines)
     assert sorted(hop.request_id for hop in trail.walk()) == ["aaaa", "bbbb", "cccc"]
     assert trail.hops["aaaa"].orphan and trail.hops["cccc"].orphan
@@ -81,14 +99,26 @@ def test_non_json_lines_and_lines_without_request_id_go_to_the_unknown_hop() -> 
     lines.append((T0 + 10 * MS, json.dumps({"message": "no hop named", "correlation_id": CID})))
     lines.append((T0 + 11 * MS, "[1, 2]"))
     trail = trail_of(lines)
-    assert [line.raw for line in trail.unknown] == [
-        lines[-2][1], "[1, 2]", "panic: plain text from somewhere"]
+    assert [line.raw for line in trail.unknown] == [lines[-2][1], "[1, 2]", "panic: plain text from somewhere"]
     assert len(trail.hops) == 4 and trail.complete
 
 
 def test_hostile_field_types_do_not_crash() -> None:
-    lines = [(T0, {"request_id": 12, "parent_request_id": {"x": 1}, "logger": ACCESS_LOGGER, "status": "abc",
-                   "duration_ms": "NaN", "time": 5, "level": None, "message": ["m"]})]
+    lines = [
+        (
+            T0,
+            {
+                "request_id": 12,
+                "parent_request_id": {"x": 1},
+                "logger": ACCESS_LOGGER,
+                "status": "abc",
+                "duration_ms": "NaN",
+                "time": 5,
+                "level": None,
+                "message": ["m"],
+            },
+        )
+    ]
     trail = trail_of(lines)
     hop = trail.hops["12"]
     assert hop.orphan and hop.status is None and hop.duration_ms is None and hop.start_ns == T0
@@ -122,13 +152,26 @@ def test_text_tree_indents_children_and_lists_lines_per_hop_in_tree_order() -> N
     assert rows[0].split()[1:7] == ["POST", "/checkout", "502", "40.0", "ms", "+0.0"]
     assert rows[2].split()[1:7] == ["POST", "/payments", "500", "12.0", "ms", "+6.0"]
     sections = [line for line in text.splitlines() if line.startswith("== ")]
-    assert sections == [f"== gateway POST /checkout [{GATEWAY}]", f"== orders POST /orders [{ORDERS}]",
-                        f"== payments POST /payments [{PAYMENTS}]", f"== inventory POST /reservations [{INVENTORY}]"]
+    assert sections == [
+        f"== gateway POST /checkout [{GATEWAY}]",
+        f"== orders POST /orders [{ORDERS}]",
+        f"== payments POST /payments [{PAYMENTS}]",
+        f"== inventory POST /reservations [{INVENTORY}]",
+    ]
     payments_block = text.split(sections[2])[1].split("== ")[0]
     assert payments_block.index("charging card") < payments_block.index("card processor timed out")
     assert "      TimeoutError: processor" in payments_block  # traceback rows indented
     assert "order_id=o-17" in text  # fields beyond the contract's are shown
     assert "\x1b[" not in text
+
+
+def test_stack_info_keeps_its_shape_below_its_line() -> None:
+    lines = [
+        log_line(CID, "r1", None, "orders", T0, "where am I", stack='Stack (most recent call last):\n  File "x.py"')
+    ]
+    text = render_text(trail_of(lines))
+    assert 'where am I\n      Stack (most recent call last):\n        File "x.py"' in text
+    assert "stack=" not in text  # a contract key, not shown again as an extra field
 
 
 def test_open_and_orphan_hops_are_noted_in_the_tree() -> None:
@@ -167,14 +210,45 @@ def test_json_document_schema() -> None:
     trail = trail_of(checkout_lines(CID, T0))
     document = json.loads(render_json(trail, query="q", window={"start": "a", "end": "b"}, widened=False))
     assert document["schema_version"] == JSON_SCHEMA_VERSION
-    assert set(document) == {"schema_version", "query", "window", "widened", "correlation_id", "start",
-                             "complete", "problems", "roots", "hops", "unknown_lines"}
+    assert set(document) == {
+        "schema_version",
+        "query",
+        "window",
+        "widened",
+        "correlation_id",
+        "start",
+        "complete",
+        "problems",
+        "roots",
+        "hops",
+        "unknown_lines",
+    }
     assert document["correlation_id"] == CID and document["roots"] == [GATEWAY] and document["complete"]
     hops = document["hops"]
     assert [hop["request_id"] for hop in hops] == [GATEWAY, ORDERS, PAYMENTS, INVENTORY]
-    assert set(hops[0]) == {"request_id", "parent_request_id", "depth", "children", "service", "method", "route",
-                            "path", "caller", "status", "duration_ms", "start", "start_offset_ms", "open",
-                            "orphan", "error", "lines"}
+    assert set(hops[0]) == {
+        "request_id",
+        "parent_request_id",
+        "depth",
+        "children",
+        "service",
+        "method",
+        "route",
+        "path",
+        "caller",
+        "status",
+        "async",
+        "task",
+        "state",
+        "queue_wait_ms",
+        "duration_ms",
+        "start",
+        "start_offset_ms",
+        "open",
+        "orphan",
+        "error",
+        "lines",
+    }
     orders = hops[1]
     assert orders["children"] == [PAYMENTS, INVENTORY] and orders["parent_request_id"] == GATEWAY
     assert (orders["status"], orders["duration_ms"], orders["start_offset_ms"], orders["depth"]) == (502, 30.0, 3.0, 1)
@@ -190,10 +264,13 @@ def test_a_line_cut_to_lokis_limit_stays_on_its_hop_through_metadata() -> None:
     lines = checkout_lines(CID, T0)
     payments = next(line for _, line in lines if line["service"] == "payments")
     cut = json.dumps({**payments, "message": "x" * 500})[:300] + " ...[truncated by loki shipper]"
-    trail = build_trail(CID, [
-        *((ts, json.dumps(line), None, {}) for ts, line in lines),
-        (T0 + 5 * MS, cut, "payments", {"request_id": payments["request_id"], "level": "error"}),
-    ])
+    trail = build_trail(
+        CID,
+        [
+            *((ts, json.dumps(line), None, {}) for ts, line in lines),
+            (T0 + 5 * MS, cut, "payments", {"request_id": payments["request_id"], "level": "error"}),
+        ],
+    )
     hop = trail.hops[payments["request_id"]]
     assert any(line.raw == cut and line.is_error for line in hop.lines)
     assert trail.unknown == [] and not trail.problems()

@@ -16,7 +16,7 @@ import requests
 
 from correlation.config import LokiSettings
 from correlation.ids import new_correlation_id
-from loki_query_standin import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines
+from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines
 from trail.cli import main
 
 pytestmark = pytest.mark.skipif(not os.environ.get("LOKI_URL"), reason="needs a real Loki: set LOKI_URL")
@@ -27,14 +27,22 @@ MS = 1_000_000
 def push(settings: LokiSettings, lines: list[tuple[int, dict[str, Any]]]) -> None:
     streams: dict[str, dict[str, Any]] = {}
     for ts_ns, line in lines:
-        stream = streams.setdefault(line["service"], {
-            "stream": {"service_name": line["service"], "env": "trail-test"}, "values": []})
-        metadata = {"correlation_id": line["correlation_id"], "request_id": line["request_id"],
-                    "level": line["level"].lower()}
+        stream = streams.setdefault(
+            line["service"], {"stream": {"service_name": line["service"], "env": "trail-test"}, "values": []}
+        )
+        metadata = {
+            "correlation_id": line["correlation_id"],
+            "request_id": line["request_id"],
+            "level": line["level"].lower(),
+        }
         stream["values"].append([str(ts_ns), json.dumps(line), metadata])
     response = requests.post(
-        settings.push_url, json={"streams": list(streams.values())}, headers=settings.auth_headers(),
-        auth=settings.basic_auth, verify=settings.tls_verify, timeout=10,
+        settings.push_url,
+        json={"streams": list(streams.values())},
+        headers=settings.auth_headers(),
+        auth=settings.basic_auth,
+        verify=settings.tls_verify,
+        timeout=10,
     )
     assert response.status_code // 100 == 2, response.text
 
@@ -57,8 +65,11 @@ def test_trail_of_a_pushed_checkout(capsys: pytest.CaptureFixture[str]) -> None:
         time.sleep(1)
     assert document, "the pushed lines never became queryable"
     assert [(h["request_id"], h["depth"], h["service"], h["status"]) for h in document["hops"]] == [
-        (GATEWAY, 0, "gateway", 502), (ORDERS, 1, "orders", 502),
-        (PAYMENTS, 2, "payments", 500), (INVENTORY, 2, "inventory", 201)]
+        (GATEWAY, 0, "gateway", 502),
+        (ORDERS, 1, "orders", 502),
+        (PAYMENTS, 2, "payments", 500),
+        (INVENTORY, 2, "inventory", 201),
+    ]
     assert sum(len(h["lines"]) for h in document["hops"]) == 11 and document["unknown_lines"] == []
     assert document["widened"] is False  # found in the narrow window around the ID's own time
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import ipaddress
 import io
+import ipaddress
 import json
 import logging
 
@@ -12,13 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from correlation import Correlation, ConfigError, Settings, ids
+from correlation import ConfigError, Correlation, Settings, ids
 from correlation.logs import JsonFormatter
 from correlation.trust import TrustPolicy
 
 ipv4 = st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n)))
-networks = st.lists(st.tuples(ipv4, st.integers(0, 32)).map(lambda t: ipaddress.ip_network(f"{t[0]}/{t[1]}", strict=False)),
-                    min_size=1, max_size=4)
+networks = st.lists(
+    st.tuples(ipv4, st.integers(0, 32)).map(lambda t: ipaddress.ip_network(f"{t[0]}/{t[1]}", strict=False)),
+    min_size=1,
+    max_size=4,
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -45,15 +48,24 @@ def test_bad_settings_stop_the_service_with_a_clear_message(bad: str) -> None:
 def _app(trust: str) -> tuple[flask.Flask, io.StringIO, logging.Handler]:
     app = flask.Flask("trust")
     app.get("/")(lambda: "ok")
-    Correlation(app, Settings.from_env({"CORRELATION_TRUST_INBOUND": trust}, service="edge-trust"), propagate_requests=False)
+    Correlation(
+        app, Settings.from_env({"CORRELATION_TRUST_INBOUND": trust}, service="edge-trust"), propagate_requests=False
+    )
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     return app, stream, handler
 
 
-@pytest.mark.parametrize("trust, peer, kept", [("all", "203.0.113.9", True), ("none", "10.1.2.3", False),
-                                               ("10.0.0.0/8", "10.1.2.3", True), ("10.0.0.0/8", "203.0.113.9", False)])
+@pytest.mark.parametrize(
+    "trust, peer, kept",
+    [
+        ("all", "203.0.113.9", True),
+        ("none", "10.1.2.3", False),
+        ("10.0.0.0/8", "10.1.2.3", True),
+        ("10.0.0.0/8", "203.0.113.9", False),
+    ],
+)
 def test_the_edge_keeps_trusted_ids_and_records_the_others(trust: str, peer: str, kept: bool) -> None:
     app, stream, handler = _app(trust)
     access = logging.getLogger("correlation.access")
@@ -61,8 +73,11 @@ def test_the_edge_keeps_trusted_ids_and_records_the_others(trust: str, peer: str
     old_level = access.level
     access.setLevel(logging.INFO)
     try:
-        response = app.test_client().get("/", headers={"X-Correlation-ID": "client-chosen-1", "X-Parent-Request-ID": "p1"},
-                                         environ_base={"REMOTE_ADDR": peer})
+        response = app.test_client().get(
+            "/",
+            headers={"X-Correlation-ID": "client-chosen-1", "X-Parent-Request-ID": "p1"},
+            environ_base={"REMOTE_ADDR": peer},
+        )
     finally:
         access.removeHandler(handler)
         access.setLevel(old_level)

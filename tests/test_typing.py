@@ -11,6 +11,10 @@ APP = Path(__file__).resolve().parents[1] / "app"
 
 def test_mypy_finds_no_errors() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "correlation", "trail", "demo"], cwd=APP, capture_output=True, text=True, timeout=240
+        [sys.executable, "-m", "mypy", "correlation", "trail", "demo"],
+        cwd=APP,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -17,23 +17,38 @@ def test_the_sources_in_order_of_preference() -> None:
     assert both.hop.parent_request_id is None, "another trace's parent is not this request's parent"
     assert wire.from_headers({"x-request-id": "second"}).hop.correlation_id == "second", "names are case-insensitive"
     from_tp = wire.from_headers({"traceparent": TP}).hop
-    assert (from_tp.correlation_id, from_tp.parent_request_id) == ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+    assert (from_tp.correlation_id, from_tp.parent_request_id) == (
+        "0af7651916cd43dd8448eb211c80319c",
+        "b7ad6b7169203331",
+    )
     custom = wire.from_headers({"X-Trace-Token": "tok", "X-Correlation-ID": "ignored"}, header="X-Trace-Token")
     assert custom.hop.correlation_id == "tok"
 
 
 def test_environ_and_headers_read_the_same() -> None:
-    environ = {"HTTP_X_CORRELATION_ID": "abc", "HTTP_X_PARENT_REQUEST_ID": "0123456789abcdef", "HTTP_X_CALLER_SERVICE": "gw"}
+    environ = {
+        "HTTP_X_CORRELATION_ID": "abc",
+        "HTTP_X_PARENT_REQUEST_ID": "0123456789abcdef",
+        "HTTP_X_CALLER_SERVICE": "gw",
+    }
     headers = {"X-Correlation-ID": "abc", "X-Parent-Request-ID": "0123456789abcdef", "X-Caller-Service": "gw"}
     a, b = wire.from_environ(environ), wire.from_headers(headers)
-    assert (a.hop.correlation_id, a.hop.parent_request_id, a.caller) == (b.hop.correlation_id, b.hop.parent_request_id, b.caller)
+    assert (a.hop.correlation_id, a.hop.parent_request_id, a.caller) == (
+        b.hop.correlation_id,
+        b.hop.parent_request_id,
+        b.caller,
+    )
     assert a.caller == "gw" and a.hop.request_id != b.hop.request_id, "each read starts its own hop"
 
 
 def test_refused_values_are_reported_not_raised() -> None:
-    inbound = wire.from_headers({"X-Correlation-ID": "a b", "X-Parent-Request-ID": "\x1b[2J", "X-Caller-Service": "x y"})
+    inbound = wire.from_headers(
+        {"X-Correlation-ID": "a b", "X-Parent-Request-ID": "\x1b[2J", "X-Caller-Service": "x y"}
+    )
     assert [(r.header, r.reason) for r in inbound.rejections] == [
-        ("X-Correlation-ID", "bad_characters"), (schema.PARENT_HEADER, "bad_characters")]
+        ("X-Correlation-ID", "bad_characters"),
+        (schema.PARENT_HEADER, "bad_characters"),
+    ]
     assert ids.time_of(inbound.hop.correlation_id) is not None and inbound.hop.parent_request_id is None
     assert inbound.caller is None
 
@@ -57,9 +72,12 @@ def test_outgoing_headers_round_trip() -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(values=st.dictionaries(
-    st.sampled_from(["X-Correlation-ID", "X-Request-ID", "X-Parent-Request-ID", "traceparent", "X-Caller-Service"]),
-    st.text(alphabet=st.characters(max_codepoint=0xFF), max_size=100)))
+@given(
+    values=st.dictionaries(
+        st.sampled_from(["X-Correlation-ID", "X-Request-ID", "X-Parent-Request-ID", "traceparent", "X-Caller-Service"]),
+        st.text(alphabet=st.characters(max_codepoint=0xFF), max_size=100),
+    )
+)
 def test_any_headers_give_a_valid_hop_and_a_reason_for_each_refusal(values: dict[str, str]) -> None:
     inbound = wire.from_headers(values)
     assert ids.is_valid_id(inbound.hop.correlation_id)

@@ -6,8 +6,8 @@ Typical use::
     from correlation import Correlation, Settings, setup_logging
 
     settings = Settings.from_env(service="orders")
-    setup_logging(settings)          # JSON lines to stdout, and to Loki when LOKI_URL is set
-    Correlation(app, settings)       # edge, access log, metrics at /metrics, requests propagation
+    setup_logging(settings)  # JSON lines to stdout, and to Loki when LOKI_URL is set
+    Correlation(app, settings)  # edge, access log, metrics at /metrics, requests propagation
 """
 
 from correlation.config import ConfigError, LokiSettings, Settings

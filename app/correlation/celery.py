@@ -1,8 +1,9 @@
 """Celery tasks as hops of the trail: ``pip install 'correlation-trail[celery]'``, then::
 
-    from correlation.celery import install
+    import correlation.celery
 
-    install(celery_app)  # in the publishing service and in the worker, after setup_logging
+    settings = correlation.Settings.from_env()  # SERVICE_NAME, LOKI_URL, ...
+    correlation.celery.install(celery_app, settings)  # publisher and worker alike
 
 Celery's signals do the work (they are process-wide: one call covers every app in the process):
 
@@ -56,6 +57,14 @@ MAX_PUBLISH_SKEW_MS = 10 * 60 * 1000
 BAD_PUBLISHED_AT = "bad_published_at"
 _MS_DIGITS = re.compile(r"[0-9]{1,15}")
 
+#: What a task message may say about its hop, besides the correlation header (which is configurable).
+_TASK_HEADERS = (
+    schema.REQUEST_ID_HEADER,
+    schema.PARENT_HEADER,
+    schema.CALLER_HEADER,
+    schema.TRACEPARENT_HEADER,
+    schema.PUBLISHED_AT_HEADER,
+)
 _header = schema.CORRELATION_HEADER
 _install_lock = threading.Lock()
 _installed = False
@@ -86,15 +95,19 @@ def read_headers(
 ) -> TaskInbound:
     """The hop a task message asks for. Any JSON value may be in a message, so anything goes in;
     nothing raises: a refused value is reported in ``rejections`` and replaced."""
-    inbound = wire.from_headers(headers, header)
-    raw = next((v for k, v in headers.items() if str(k).lower() == schema.PUBLISHED_AT_HEADER.lower()), None)
+    names = {name.lower() for name in (header, *_TASK_HEADERS)}
+    # Names match case-insensitively (the last spelling wins, as in wire.from_headers); null is
+    # absent. A value that is not text is refused, never read as text: 12345 or true is no ID.
+    ours = {str(k).lower(): v for k, v in headers.items() if str(k).lower() in names}
+    text = {k: v if isinstance(v, str) else f"<{type(v).__name__}> {v!r}" for k, v in ours.items() if v is not None}
+    inbound = wire.from_headers(text, header)
+    raw = text.get(schema.PUBLISHED_AT_HEADER.lower())
     if raw is None:
         return TaskInbound(inbound, None, inbound.rejections)
-    text = raw if isinstance(raw, str) else str(raw)
     now = int(time.time() * 1000) if now_ms is None else now_ms
-    if _MS_DIGITS.fullmatch(text) and now - MAX_PUBLISH_AGE_MS <= int(text) <= now + MAX_PUBLISH_SKEW_MS:
-        return TaskInbound(inbound, int(text), inbound.rejections)
-    refused = wire.Rejection(schema.PUBLISHED_AT_HEADER, BAD_PUBLISHED_AT, text)
+    if _MS_DIGITS.fullmatch(raw) and now - MAX_PUBLISH_AGE_MS <= int(raw) <= now + MAX_PUBLISH_SKEW_MS:
+        return TaskInbound(inbound, int(raw), inbound.rejections)
+    refused = wire.Rejection(schema.PUBLISHED_AT_HEADER, BAD_PUBLISHED_AT, raw)
     return TaskInbound(inbound, None, (*inbound.rejections, refused))
 
 
@@ -162,14 +175,7 @@ def _message_headers(request: Any) -> dict[str, Any]:
     attributes of the request (which one depends on how the task was sent)."""
     found: dict[str, Any] = dict(request.headers) if isinstance(getattr(request, "headers", None), dict) else {}
     attributes = vars(request)
-    for name in (
-        _header,
-        schema.REQUEST_ID_HEADER,
-        schema.PARENT_HEADER,
-        schema.CALLER_HEADER,
-        schema.TRACEPARENT_HEADER,
-        schema.PUBLISHED_AT_HEADER,
-    ):
+    for name in (_header, *_TASK_HEADERS):
         if name in attributes:
             found.setdefault(name, attributes[name])
     return found
@@ -266,9 +272,10 @@ def _report(task: Any, run: _Run, state: str, seconds: float) -> None:
 def install(app: Any = None, settings: Settings | None = None) -> None:
     """Make published tasks carry the current hop and task runs become hops. Idempotent.
 
-    ``settings``: the worker sets up logging with them when Celery would configure its own
-    (without them the process keeps the logging it has: call ``setup_logging`` first). ``app``:
-    also told not to touch the root logger, for a worker started in a way that skips the signal.
+    ``settings``: the correlation header's name, and the logging a worker sets up when Celery
+    would configure its own (without them: ``X-Correlation-ID``, and the process keeps the logging
+    it has). ``app``: also told not to touch the root logger, for a worker started in a way that
+    skips the signal.
     """
     global _installed, _header
     if settings is not None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Callable, Mapping, TypeVar
+from typing import TypeVar
 
 from correlation import schema
 from correlation.trust import TrustPolicy
@@ -103,7 +104,7 @@ class LokiSettings:
         return self.url.rstrip("/") + "/loki/api/v1/push"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "LokiSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LokiSettings:
         env = os.environ if env is None else env
         url = _get(env, "LOKI_URL", "")
         if url and not re.match(r"https?://[^/\s]+", url):
@@ -132,18 +133,26 @@ class LokiSettings:
             password=password,
             bearer_token=token,
             tls_verify=tls_verify,
-            batch_max_bytes=_parse(env, "LOKI_BATCH_MAX_BYTES", cls.batch_max_bytes, _positive(int), "a positive integer"),
+            batch_max_bytes=_parse(
+                env, "LOKI_BATCH_MAX_BYTES", cls.batch_max_bytes, _positive(int), "a positive integer"
+            ),
             batch_max_wait_seconds=_parse(
                 env, "LOKI_BATCH_MAX_WAIT_SECONDS", cls.batch_max_wait_seconds, _positive(float), "seconds > 0"
             ),
-            buffer_max_bytes=_parse(env, "LOKI_BUFFER_MAX_BYTES", cls.buffer_max_bytes, _positive(int), "a positive integer"),
+            buffer_max_bytes=_parse(
+                env, "LOKI_BUFFER_MAX_BYTES", cls.buffer_max_bytes, _positive(int), "a positive integer"
+            ),
             timeout_seconds=_parse(env, "LOKI_TIMEOUT_SECONDS", cls.timeout_seconds, _positive(float), "seconds > 0"),
             flush_timeout_seconds=_parse(
                 env, "LOKI_FLUSH_TIMEOUT_SECONDS", cls.flush_timeout_seconds, _positive(float), "seconds > 0"
             ),
-            max_retry_seconds=_parse(env, "LOKI_MAX_RETRY_SECONDS", cls.max_retry_seconds, _positive(float), "seconds > 0"),
+            max_retry_seconds=_parse(
+                env, "LOKI_MAX_RETRY_SECONDS", cls.max_retry_seconds, _positive(float), "seconds > 0"
+            ),
             spool_dir=_get(env, "LOKI_SPOOL_DIR", ""),
-            spool_max_bytes=_parse(env, "LOKI_SPOOL_MAX_BYTES", cls.spool_max_bytes, _positive(int), "a positive integer"),
+            spool_max_bytes=_parse(
+                env, "LOKI_SPOOL_MAX_BYTES", cls.spool_max_bytes, _positive(int), "a positive integer"
+            ),
             backoff_min_seconds=_parse(
                 env, "LOKI_BACKOFF_MIN_SECONDS", cls.backoff_min_seconds, _positive(float), "seconds > 0"
             ),
@@ -152,7 +161,7 @@ class LokiSettings:
             ),
         )
 
-    def with_options(self, options: Mapping[str, object]) -> "LokiSettings":
+    def with_options(self, options: Mapping[str, object]) -> LokiSettings:
         """These settings with some fields given as plain values (``url="http://loki:3100"``,
         ``batch_max_bytes=1048576``), as ``logging.config.dictConfig`` passes them; each is checked
         like its ``LOKI_*`` variable, and an unknown name is refused."""
@@ -161,7 +170,9 @@ class LokiSettings:
         names = {f.name for f in fields(self)}
         unknown = sorted(set(options) - names)
         if unknown:
-            raise ConfigError(f"unknown Loki option(s) {', '.join(unknown)}: expected some of {', '.join(sorted(names))}")
+            raise ConfigError(
+                f"unknown Loki option(s) {', '.join(unknown)}: expected some of {', '.join(sorted(names))}"
+            )
         current = {name: getattr(self, name) for name in names}
         env = {f"LOKI_{name.upper()}": _as_text(value) for name, value in {**current, **options}.items()}
         try:
@@ -203,7 +214,7 @@ class Settings:
     loki: LokiSettings = field(default_factory=LokiSettings)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read ``SERVICE_NAME``, ``DEPLOY_ENV``, ``CORRELATION_*``, ``LOG_LEVEL``, ``LOG_STDOUT``, ``LOKI_*``.
 
         Keyword arguments win over the environment (e.g. ``service="orders"``).
@@ -217,7 +228,11 @@ class Settings:
             "log_level": _get(env, "LOG_LEVEL", cls.log_level).upper(),
             "log_stdout": _parse(env, "LOG_STDOUT", cls.log_stdout, _bool, "true or false"),
             "trust_inbound": _parse(
-                env, "CORRELATION_TRUST_INBOUND", TrustPolicy(), TrustPolicy.parse, "all, none or CIDR ranges (10.0.0.0/8,...)"
+                env,
+                "CORRELATION_TRUST_INBOUND",
+                TrustPolicy(),
+                TrustPolicy.parse,
+                "all, none or CIDR ranges (10.0.0.0/8,...)",
             ),
             "error_bodies": _parse(env, "CORRELATION_ERROR_BODIES", cls.error_bodies, _bool, "true or false"),
             "loki": LokiSettings.from_env(env),
@@ -229,8 +244,12 @@ class Settings:
 
     def validate(self) -> None:
         if not _LABEL_VALUE.fullmatch(self.service):
-            raise ConfigError(f"service name {self.service!r} is not valid: expected 1-64 characters from [A-Za-z0-9._-]")
+            raise ConfigError(
+                f"service name {self.service!r} is not valid: expected 1-64 characters from [A-Za-z0-9._-]"
+            )
         if not self.log_stdout and not self.loki.url:
             raise ConfigError("LOG_STDOUT=false needs LOKI_URL: the logs would go nowhere")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ConfigError(f"LOG_LEVEL={self.log_level!r} is not valid: expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+            raise ConfigError(
+                f"LOG_LEVEL={self.log_level!r} is not valid: expected DEBUG, INFO, WARNING, ERROR or CRITICAL"
+            )

@@ -19,8 +19,9 @@ import time
 from typing import Any, Callable, Iterable, NamedTuple
 
 import flask
+from flask.globals import _cv_request
 
-from correlation import context, errors, ids, metrics, propagation, schema, wire
+from correlation import access, context, errors, ids, metrics, propagation, schema, wire
 from correlation.config import Settings
 
 _log = logging.getLogger("correlation.edge")
@@ -47,6 +48,16 @@ class InFlight(NamedTuple):
 IN_FLIGHT: dict[str, InFlight] = {}
 
 
+def _in_flight_counter(service: str) -> Callable[[], int]:
+    """How many requests ``service`` is handling now: read at scrape time from :data:`IN_FLIGHT`
+    (the gauge's inc and dec per request were two lock round-trips, for a value read every 15 s)."""
+
+    def count() -> int:
+        return sum(1 for item in tuple(IN_FLIGHT.values()) if item.edge.service == service)
+
+    return count
+
+
 class _Edge:
     """WSGI wrapper: binds the hop around the whole Flask app, so every hook and error sees it."""
 
@@ -57,7 +68,7 @@ class _Edge:
         self.header = settings.header
         self.trust = settings.trust_inbound
         self._replaced = frozenset({settings.header.lower(), schema.SERVICE_HEADER.lower()})
-        self._in_flight = metrics.IN_FLIGHT.labels(settings.service)
+        metrics.count_in_flight(settings.service, _in_flight_counter(settings.service))
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -82,13 +93,11 @@ class _Edge:
             return start_response(status_line, headers, exc_info)
 
         if not quiet:
-            self._in_flight.inc()
             IN_FLIGHT[hop.request_id] = InFlight(self, inbound, environ, started)
         try:
             return self.app(environ, echo_id)
         finally:
             if not quiet:
-                self._in_flight.dec()
                 # Absent when a dying worker already wrote this hop's end (gunicorn.worker_abort).
                 if IN_FLIGHT.pop(hop.request_id, None) is not None:
                     self.report(environ, inbound, status, time.perf_counter() - started)
@@ -124,15 +133,17 @@ class _Edge:
             fields[schema.ORIGIN] = origin
             if hop.failed_calls:
                 fields[schema.FAILED_DOWNSTREAM] = hop.failed_calls[0]
-        # makeRecord + handle, not .log(): the caller's file and line (a stack walk) say nothing here.
+        # Not .log(): the caller's file and line (a stack walk) say nothing here.
         args = (method, path, status, duration_ms, note)
-        record = _access_log.makeRecord(schema.ACCESS_LOGGER, level, __file__, 0, "%s %s %d %.1fms%s", args, None, extra=fields)
-        _access_log.handle(record)
+        access.write(_access_log, level, __file__, "%s %s %d %.1fms%s", args, hop, fields)
 
 
 def _remember_route() -> None:
-    rule = flask.request.url_rule
-    flask.request.environ[_ROUTE_KEY] = rule.rule if rule is not None else schema.UNMATCHED_ROUTE
+    # Before the view runs, so that a worker killed mid-request still knows the route. Through
+    # the request context's ContextVar: the ``flask.request`` proxy costs eight times as much.
+    request = _cv_request.get().request
+    rule = request.url_rule
+    request.environ[_ROUTE_KEY] = rule.rule if rule is not None else schema.UNMATCHED_ROUTE
 
 
 def _metrics_view() -> flask.Response:

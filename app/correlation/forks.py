@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 T = TypeVar("T")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Mapping
+from typing import Any
 
 from correlation import context
 from correlation.config import Settings
@@ -86,6 +86,5 @@ def flush_all(seconds: float) -> None:
                 close_within(remaining)  # the Loki handler: deliver, or spool, within the time left
             else:
                 handler.flush()
-        except Exception:  # the worker is dying: never let one handler stop the others
+        except Exception:  # noqa: BLE001 - the worker is dying: one handler must not stop the others
             pass
-

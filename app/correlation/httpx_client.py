@@ -27,13 +27,20 @@ def _add_headers(request: httpx.Request, hop: context.Hop | None) -> None:
                 request.headers[name] = value
 
 
-def _ended(hop: context.Hop | None, started: float, request: httpx.Request, response: httpx.Response | None,
-           error: Exception | None = None) -> None:
+def _ended(
+    hop: context.Hop | None,
+    started: float,
+    request: httpx.Request,
+    response: httpx.Response | None,
+    error: Exception | None = None,
+) -> None:
     url, method = str(request.url), request.method
     if response is None:
         propagation.call_ended(hop, started, url, method, None, timed_out=isinstance(error, httpx.TimeoutException))
     else:
-        propagation.call_ended(hop, started, url, method, response.status_code, response.headers.get(schema.SERVICE_HEADER))
+        propagation.call_ended(
+            hop, started, url, method, response.status_code, response.headers.get(schema.SERVICE_HEADER)
+        )
 
 
 def _handle_request(transport: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:

@@ -25,11 +25,11 @@ import os
 import random
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 #: Inbound IDs must match this: at most 64 characters of letters, digits, ``.``, ``_``, ``-``.
 MAX_ID_LENGTH = 64
-_VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,%d}" % MAX_ID_LENGTH)
+_VALID_ID = re.compile(rf"[A-Za-z0-9._-]{{1,{MAX_ID_LENGTH}}}")
 _OUR_CORRELATION_ID = re.compile(r"[0-9a-f]{12}7[0-9a-f]{3}[89ab][0-9a-f]{15}")
 
 # IDs whose embedded time falls outside this range are treated as foreign: a time before the
@@ -85,7 +85,7 @@ def time_of(correlation_id: str) -> datetime | None:
     guess.
     """
     ms = time_ms_of(correlation_id)
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def time_ms_of(correlation_id: str) -> int | None:

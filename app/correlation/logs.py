@@ -7,21 +7,20 @@ Where they are attached to the root logger: :mod:`correlation.configure`.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from itertools import filterfalse
 from typing import Any
 
-from correlation import context, schema
+from correlation import context, jsonline, schema
 
 _CONTEXT_FIELDS = schema.CONTEXT_FIELDS
 #: Where a JsonFormatter leaves the line it made, so the next handler does not format it again.
-_LINE_ATTR = "_correlation_json_line"
+LINE_ATTR = "_correlation_json_line"
 #: Attributes every LogRecord has; anything else on a record came from ``extra=`` and is written.
-_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", _LINE_ATTR}
-#: A record with no more attributes than this (context fields aside) carries no extras.
-_PLAIN_RECORD_SIZE = len(logging.makeLogRecord({}).__dict__)
-_encode = json.JSONEncoder(default=str, ensure_ascii=False).encode
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", LINE_ATTR}
+#: Not extras: the record's own attributes and the context fields (written in their place).
+_NOT_EXTRA = _RECORD_ATTRS | frozenset(_CONTEXT_FIELDS)
 
 #: The logger of the one access line per request and hop (kept here for older imports).
 ACCESS_LOGGER = schema.ACCESS_LOGGER
@@ -55,7 +54,7 @@ class CorrelationFilter(logging.Filter):
 _second_cache: tuple[int, str] = (-1, "")
 
 
-def _utc_timestamp(created: float) -> str:
+def utc_timestamp(created: float) -> str:
     global _second_cache
     seconds = int(created)
     cached_second, prefix = _second_cache
@@ -72,16 +71,16 @@ class JsonFormatter(logging.Formatter):
     """
 
     def format(self, record: logging.LogRecord) -> str:
-        line: str | None = record.__dict__.get(_LINE_ATTR)
+        line: str | None = record.__dict__.get(LINE_ATTR)
         if line is None:
             line = self._format(record)
-            setattr(record, _LINE_ATTR, line)
+            setattr(record, LINE_ATTR, line)
         return line
 
     def _format(self, record: logging.LogRecord) -> str:
         stamp(record)  # a handler without CorrelationFilter must not lose the ID
         entry: dict[str, Any] = {
-            schema.TIME: _utc_timestamp(record.created),
+            schema.TIME: utc_timestamp(record.created),
             schema.LEVEL: record.levelname,
             schema.LOGGER: record.name,
             schema.MESSAGE: record.getMessage(),
@@ -89,10 +88,11 @@ class JsonFormatter(logging.Formatter):
         for name in _CONTEXT_FIELDS:
             entry[name] = getattr(record, name, None)
         attrs = record.__dict__
-        if len(attrs) - sum(name in attrs for name in _CONTEXT_FIELDS) > _PLAIN_RECORD_SIZE:
-            for name, value in record.__dict__.items():
-                if name not in _RECORD_ATTRS and name not in entry:
-                    entry[name] = value
+        # The extras (``extra=``), in the order they were set; the scan over every attribute
+        # runs in C, which made it a fifth of the cost of a line when it ran in Python.
+        for name in filterfalse(_NOT_EXTRA.__contains__, attrs):
+            if name not in entry:
+                entry[name] = attrs[name]
         if record.exc_info:
             if not record.exc_text:
                 record.exc_text = self.formatException(record.exc_info)
@@ -100,4 +100,4 @@ class JsonFormatter(logging.Formatter):
             entry[schema.EXCEPTION] = record.exc_text
         if record.stack_info:
             entry[schema.STACK] = self.formatStack(record.stack_info)
-        return _encode(entry)
+        return jsonline.line(entry)

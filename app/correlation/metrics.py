@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
@@ -84,6 +85,11 @@ def record_failure(service: str, correlation_id: str, route: str, status: int) -
             LAST_FAILED.remove(*previous)
         LAST_FAILED.labels(*labels).set(time.time())
         _last_failed_labels[service] = labels
+
+
+def count_in_flight(service: str, count: Callable[[], float]) -> None:
+    """``http_server_requests_in_flight{service}`` is ``count()`` at each scrape."""
+    IN_FLIGHT.labels(service).set_function(count)
 
 
 def observe_outgoing(service: str, peer: str, method: str, status: str, seconds: float) -> None:

@@ -29,6 +29,8 @@ MAX_PEERS = 64
 _original_send: Any = None
 _header = schema.CORRELATION_HEADER
 _peers: set[str] = set()
+#: host:port -> the service name it last answered with (at most MAX_PEERS addresses).
+_names_by_address: dict[str, str] = {}
 _peers_lock = threading.Lock()
 
 
@@ -42,8 +44,16 @@ def outgoing_headers(hop: context.Hop | None = None, *, header: str | None = Non
 
 
 def peer_name(answered: str | None, url: str) -> str:
-    """The metric label for a peer: its ``X-Service-Name`` when valid, else host:port; bounded."""
-    name = answered if answered and ids.is_valid_id(answered) else (urlsplit(url).netloc or "unknown")
+    """The metric label for a peer: its ``X-Service-Name`` when valid, else the name that
+    host:port last answered with (a peer that stopped answering is still named as the service it
+    is, so its callers' alerts can be matched with its own), else host:port; bounded."""
+    address = urlsplit(url).netloc or "unknown"
+    if answered and ids.is_valid_id(answered):
+        name = answered
+        if _names_by_address.get(address) != name and len(_names_by_address) < MAX_PEERS:
+            _names_by_address[address] = name
+    else:
+        name = _names_by_address.get(address, address)
     if name in _peers:
         return name
     with _peers_lock:

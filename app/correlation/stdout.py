@@ -1,7 +1,10 @@
 """``StdoutHandler``: JSON lines to standard output, written in batches.
 
 Per line, a write and a flush are system calls when stdout is unbuffered (as containers set it,
-``PYTHONUNBUFFERED=1``); they were the largest single cost of an access line.
+``PYTHONUNBUFFERED=1``); they were the largest single cost of an access line. Lines are queued
+without the handler's lock (a deque's append is atomic): every request thread logs through this
+handler, and the lock that ``logging`` takes around ``emit`` made them queue up behind each
+other's formatting. Only the write itself holds it.
 """
 
 from __future__ import annotations
@@ -10,18 +13,23 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
+from correlation.access import line_handler
 from correlation.forks import rebuild_after_fork
 from correlation.logs import JsonFormatter
 
 
+@line_handler
 class StdoutHandler(logging.StreamHandler):
     """A StreamHandler that writes lines in batches instead of one write and flush per record.
 
-    Lines (JSON unless another formatter is set) are collected and written together when ``flush_interval`` has passed since the last write or
-    ``max_pending`` characters wait, by a small timer thread when no line follows, and at flush
-    and close: a line reaches the stream within about ``flush_interval``.
+    Lines (JSON unless another formatter is set) are collected and written together when
+    ``flush_interval`` has passed since the last write or ``max_pending`` characters wait, by a
+    small timer thread when no line follows, and at flush and close: a line reaches the stream
+    within about ``flush_interval``, in the order the lines were queued.
     """
 
     def __init__(self, stream: Any = None, flush_interval: float = 0.2, max_pending: int = 64 * 1024) -> None:
@@ -29,24 +37,39 @@ class StdoutHandler(logging.StreamHandler):
         self.setFormatter(JsonFormatter())
         self.flush_interval = flush_interval
         self.max_pending = max_pending
-        self._lines: list[str] = []
-        self._pending_chars = 0
+        self._closed = False
+        self._after_fork()
+        # Threads do not survive fork (gunicorn --preload): start anew in the child, which
+        # leaves the lines the parent had queued to the parent.
+        rebuild_after_fork(self, StdoutHandler._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lines: deque[str] = deque()
+        self._pending_chars = 0  # a trigger only: an update lost between threads delays a write a little
         self._last_flush = time.monotonic()
         self._pending = threading.Event()
-        self._closed = False
-        self._start_flusher()
-        # Threads do not survive fork (gunicorn --preload): start anew in the child.
-        rebuild_after_fork(self, StdoutHandler._start_flusher)
-
-    def _start_flusher(self) -> None:
         threading.Thread(target=self._flusher, name="log-stdout-flush", daemon=True).start()
 
-    def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Filter and emit without the handler-wide lock (see the module's docstring)."""
+        if self.filter(record):
+            self.emit(record)
+            return True
+        return False
+
+    def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record)
-        except Exception:
+        except Exception:  # noqa: BLE001 - logging's rule: a bad record is reported (handleError), never raised
             self.handleError(record)
             return
+        self._queue(line)
+
+    def emit_line(self, created: float, levelname: str, line: str, fields: Mapping[str, Any]) -> None:  # noqa: ARG002
+        """Queue a line already made (:mod:`correlation.access`): what ``emit`` does after formatting."""
+        self._queue(line)
+
+    def _queue(self, line: str) -> None:
         self._lines.append(line)
         self._pending_chars += len(line)
         if self._pending_chars >= self.max_pending or time.monotonic() - self._last_flush >= self.flush_interval:
@@ -58,13 +81,15 @@ class StdoutHandler(logging.StreamHandler):
         with self.lock:  # type: ignore[union-attr]
             self._last_flush = time.monotonic()
             self._pending.clear()
-            if self._lines:
-                text = self.terminator.join(self._lines) + self.terminator
-                self._lines.clear()
+            lines = self._lines
+            if lines:
+                # popleft, not clear(): a line queued meanwhile by another thread stays for the next write
+                taken = [lines.popleft() for _ in range(len(lines))]
+                text = self.terminator.join(taken) + self.terminator
                 self._pending_chars = 0
                 try:
                     self.stream.write(text)
-                except Exception:
+                except Exception:  # noqa: BLE001 - a broken stream must not break the logging thread
                     print("correlation: could not write log lines to the stream", file=sys.stderr)
             super().flush()
 

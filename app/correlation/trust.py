@@ -28,7 +28,7 @@ class TrustPolicy:
     networks: tuple[Network, ...] | None = None
 
     @classmethod
-    def parse(cls, text: str) -> "TrustPolicy":
+    def parse(cls, text: str) -> TrustPolicy:
         """``all``, ``none`` or CIDR ranges separated by commas; ValueError says what is wrong."""
         value = text.strip().lower()
         if value in ("", "all"):

@@ -56,20 +56,9 @@ def read(get: HeaderGetter, header: str = schema.CORRELATION_HEADER, *, trusted:
     From an untrusted sender (see :mod:`correlation.trust`) nothing is followed: the hop starts a
     fresh trail, and a valid ID it sent is only kept as ``client_correlation_id``.
     """
+    correlation_id, rejections = _sent_id(get, header)
     if not trusted:
-        return _untrusted(get, header)
-    rejections: list[Rejection] = []
-    correlation_id: str | None = None
-    for name in _id_headers(header):
-        value = get(name)
-        if value is None:
-            continue
-        reason = ids.rejection_reason(value)
-        if reason:
-            rejections.append(Rejection(name, reason, value))
-        else:
-            correlation_id = value
-        break
+        return Inbound(Hop.start(), None, tuple(rejections), correlation_id)
     parent = get(schema.PARENT_HEADER)
     if parent is not None and not ids.is_valid_id(parent):
         rejections.append(Rejection(schema.PARENT_HEADER, ids.rejection_reason(parent) or "bad_characters", parent))
@@ -90,25 +79,24 @@ def read(get: HeaderGetter, header: str = schema.CORRELATION_HEADER, *, trusted:
     return Inbound(Hop.start(correlation_id, parent), caller, tuple(rejections))
 
 
-def _untrusted(get: HeaderGetter, header: str) -> Inbound:
-    rejections: list[Rejection] = []
-    client_id = None
+def _sent_id(get: HeaderGetter, header: str) -> tuple[str | None, list[Rejection]]:
+    """The correlation ID the sender gave (the first ID header present), or why it was refused."""
     for name in _id_headers(header):
         value = get(name)
         if value is None:
             continue
         reason = ids.rejection_reason(value)
-        if reason:
-            rejections.append(Rejection(name, reason, value))
-        else:
-            client_id = value
-        break
-    return Inbound(Hop.start(), None, tuple(rejections), client_id)
+        return (None, [Rejection(name, reason, value)]) if reason else (value, [])
+    return None, []
 
 
 def from_environ(environ: Mapping[str, Any], header: str = schema.CORRELATION_HEADER, *, trusted: bool = True) -> Inbound:
     """:func:`read` over a WSGI environ (``X-Correlation-ID`` is ``HTTP_X_CORRELATION_ID`` there)."""
-    return read(lambda name: environ.get(environ_key(name)), header, trusted=trusted)
+    for key in _environ_keys_read(header):
+        if key in environ:
+            return read(lambda name: environ.get(environ_key(name)), header, trusted=trusted)
+    # Nothing on the wire (a client's first call, a health check): what read() says then.
+    return Inbound(Hop.start(), None, ())
 
 
 def from_headers(headers: Mapping[str, str], header: str = schema.CORRELATION_HEADER, *, trusted: bool = True) -> Inbound:
@@ -135,6 +123,13 @@ def headers(hop: Hop, service: str, header: str = schema.CORRELATION_HEADER) -> 
 def environ_key(header: str) -> str:
     """The WSGI environ key of an HTTP header."""
     return "HTTP_" + header.upper().replace("-", "_")
+
+
+@lru_cache(maxsize=16)
+def _environ_keys_read(header: str) -> tuple[str, ...]:
+    """The environ keys of every header :func:`read` looks at."""
+    names = (*_id_headers(header), schema.PARENT_HEADER, schema.TRACEPARENT_HEADER, schema.CALLER_HEADER)
+    return tuple(environ_key(name) for name in names)
 
 
 @lru_cache(maxsize=16)

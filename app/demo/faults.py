@@ -10,8 +10,9 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import flask
 
@@ -30,7 +31,7 @@ class FaultSettings:
     latency_ms: int = 0
 
     @classmethod
-    def parse(cls, values: Mapping[str, Any], base: "FaultSettings | None" = None) -> "FaultSettings":
+    def parse(cls, values: Mapping[str, Any], base: FaultSettings | None = None) -> FaultSettings:
         """Validated settings from ``values``; keys left out keep ``base``'s value. ValueError says why."""
         base = base or cls()
         unknown = set(values) - {"error_rate", "latency_ms"}
@@ -50,7 +51,7 @@ class FaultSettings:
         return cls(rate, int(latency_f))
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "FaultSettings":
+    def from_env(cls, env: Mapping[str, str]) -> FaultSettings:
         values = {}
         if env.get("FAULT_ERROR_RATE", "").strip():
             values["error_rate"] = env["FAULT_ERROR_RATE"]
@@ -99,7 +100,7 @@ def admin_blueprint(faults: Faults) -> flask.Blueprint:
     def change() -> Any:
         body = flask.request.get_json(silent=True)
         if not isinstance(body, dict):
-            return {"error": "expected a JSON object like {\"error_rate\": 0.5, \"latency_ms\": 100}"}, 400
+            return {"error": 'expected a JSON object like {"error_rate": 0.5, "latency_ms": 100}'}, 400
         try:
             updated = faults.update(body)
         except ValueError as exc:

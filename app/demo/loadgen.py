@@ -24,9 +24,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Mapping, TextIO
+from typing import TextIO
 
 import requests
 
@@ -39,7 +40,7 @@ RETRY_FAULT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
-class Settings:
+class LoadSettings:
     gateway_url: str = "http://localhost:8080"
     rate: float = 5.0
     duration: float = 0.0  # 0: until stopped
@@ -88,7 +89,10 @@ class Stats:
 
     def snapshot(self) -> dict[str, int | str]:
         with self._lock:
-            return {k: getattr(self, k) for k in ("sent", "ok", "server_errors", "client_errors", "failed", "skipped", "last_failed_id")}
+            return {
+                k: getattr(self, k)
+                for k in ("sent", "ok", "server_errors", "client_errors", "failed", "skipped", "last_failed_id")
+            }
 
 
 def spike_active(elapsed: float, after: float, length: float) -> bool:
@@ -101,7 +105,7 @@ def spike_active(elapsed: float, after: float, length: float) -> bool:
 class FaultSwitch:
     """Sets the fault target's error rate, remembering what it last applied successfully."""
 
-    def __init__(self, settings: Settings, out: TextIO) -> None:
+    def __init__(self, settings: LoadSettings, out: TextIO) -> None:
         self._url = settings.fault_url.rstrip("/") + "/admin/faults"
         self._name = settings.fault_service
         self._timeout = settings.timeout
@@ -130,38 +134,89 @@ def _env(env: Mapping[str, str], name: str, default: object) -> str:
     return env.get(f"LOADGEN_{name}", "").strip() or str(default)
 
 
-def parse_args(argv: list[str] | None = None, env: Mapping[str, str] = os.environ) -> Settings:
-    d = Settings()
-    p = argparse.ArgumentParser(prog="python -m demo.loadgen", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def parse_args(argv: list[str] | None = None, env: Mapping[str, str] = os.environ) -> LoadSettings:
+    d = LoadSettings()
+    p = argparse.ArgumentParser(
+        prog="python -m demo.loadgen",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--gateway-url", default=_env(env, "GATEWAY_URL", d.gateway_url), help="env LOADGEN_GATEWAY_URL")
     p.add_argument("--rate", type=float, default=_env(env, "RATE", d.rate), help="checkouts per second (LOADGEN_RATE)")
-    p.add_argument("--duration", type=float, default=_env(env, "DURATION", d.duration), help="seconds, 0 = until stopped (LOADGEN_DURATION)")
-    p.add_argument("--progress-every", type=float, default=_env(env, "PROGRESS_SECONDS", d.progress_every), help="seconds between progress lines (LOADGEN_PROGRESS_SECONDS)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=_env(env, "DURATION", d.duration),
+        help="seconds, 0 = until stopped (LOADGEN_DURATION)",
+    )
+    p.add_argument(
+        "--progress-every",
+        type=float,
+        default=_env(env, "PROGRESS_SECONDS", d.progress_every),
+        help="seconds between progress lines (LOADGEN_PROGRESS_SECONDS)",
+    )
     p.add_argument("--scenario", choices=SCENARIOS, default=_env(env, "SCENARIO", d.scenario), help="LOADGEN_SCENARIO")
-    p.add_argument("--fault-service", choices=sorted(DEFAULT_PORTS), default=_env(env, "FAULT_SERVICE", d.fault_service), help="service the spike breaks (LOADGEN_FAULT_SERVICE)")
-    p.add_argument("--fault-url", default=env.get("LOADGEN_FAULT_URL", "").strip() or None, help="base URL of that service (LOADGEN_FAULT_URL; default http://localhost:<its port>)")
-    p.add_argument("--spike-after", type=float, default=_env(env, "SPIKE_AFTER", d.spike_after), help="calm seconds before each spike (LOADGEN_SPIKE_AFTER)")
-    p.add_argument("--spike-seconds", type=float, default=_env(env, "SPIKE_SECONDS", d.spike_seconds), help="length of each spike (LOADGEN_SPIKE_SECONDS)")
-    p.add_argument("--spike-error-rate", type=float, default=_env(env, "SPIKE_ERROR_RATE", d.spike_error_rate), help="error_rate during a spike (LOADGEN_SPIKE_ERROR_RATE)")
-    p.add_argument("--timeout", type=float, default=_env(env, "TIMEOUT", d.timeout), help="per request, seconds (LOADGEN_TIMEOUT)")
-    p.add_argument("--workers", type=int, default=_env(env, "WORKERS", d.workers), help="requests in flight at most (LOADGEN_WORKERS)")
+    p.add_argument(
+        "--fault-service",
+        choices=sorted(DEFAULT_PORTS),
+        default=_env(env, "FAULT_SERVICE", d.fault_service),
+        help="service the spike breaks (LOADGEN_FAULT_SERVICE)",
+    )
+    p.add_argument(
+        "--fault-url",
+        default=env.get("LOADGEN_FAULT_URL", "").strip() or None,
+        help="base URL of that service (LOADGEN_FAULT_URL; default http://localhost:<its port>)",
+    )
+    p.add_argument(
+        "--spike-after",
+        type=float,
+        default=_env(env, "SPIKE_AFTER", d.spike_after),
+        help="calm seconds before each spike (LOADGEN_SPIKE_AFTER)",
+    )
+    p.add_argument(
+        "--spike-seconds",
+        type=float,
+        default=_env(env, "SPIKE_SECONDS", d.spike_seconds),
+        help="length of each spike (LOADGEN_SPIKE_SECONDS)",
+    )
+    p.add_argument(
+        "--spike-error-rate",
+        type=float,
+        default=_env(env, "SPIKE_ERROR_RATE", d.spike_error_rate),
+        help="error_rate during a spike (LOADGEN_SPIKE_ERROR_RATE)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=_env(env, "TIMEOUT", d.timeout), help="per request, seconds (LOADGEN_TIMEOUT)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=_env(env, "WORKERS", d.workers),
+        help="requests in flight at most (LOADGEN_WORKERS)",
+    )
     a = p.parse_args(argv)
     if a.rate <= 0 or a.workers < 1 or a.duration < 0 or a.progress_every <= 0 or a.timeout <= 0:
         p.error("--rate, --progress-every and --timeout must be > 0, --workers >= 1, --duration >= 0")
     if not 0.0 <= a.spike_error_rate <= 1.0 or a.spike_after < 0 or a.spike_seconds <= 0:
         p.error("--spike-error-rate must be within 0..1, --spike-after >= 0, --spike-seconds > 0")
-    return Settings(
-        gateway_url=a.gateway_url.rstrip("/"), rate=a.rate, duration=a.duration, progress_every=a.progress_every,
-        scenario=a.scenario, fault_service=a.fault_service,
+    return LoadSettings(
+        gateway_url=a.gateway_url.rstrip("/"),
+        rate=a.rate,
+        duration=a.duration,
+        progress_every=a.progress_every,
+        scenario=a.scenario,
+        fault_service=a.fault_service,
         fault_url=a.fault_url or f"http://localhost:{DEFAULT_PORTS[a.fault_service]}",
-        spike_after=a.spike_after, spike_seconds=a.spike_seconds, spike_error_rate=a.spike_error_rate,
-        timeout=a.timeout, workers=a.workers,
+        spike_after=a.spike_after,
+        spike_seconds=a.spike_seconds,
+        spike_error_rate=a.spike_error_rate,
+        timeout=a.timeout,
+        workers=a.workers,
         correlation_header=env.get("CORRELATION_HEADER", "").strip() or d.correlation_header,
     )
 
 
-def run(settings: Settings, out: TextIO = sys.stdout, stop: threading.Event | None = None) -> Stats:
+def run(settings: LoadSettings, out: TextIO = sys.stdout, stop: threading.Event | None = None) -> Stats:
     """Send traffic until ``settings.duration`` passes or ``stop`` is set; returns the counts."""
     stop = stop or threading.Event()
     stats = Stats()
@@ -185,8 +240,12 @@ def run(settings: Settings, out: TextIO = sys.stdout, stop: threading.Event | No
     deadline = start + settings.duration if settings.duration else float("inf")
     interval = 1.0 / settings.rate
     next_send, next_progress, ticks = start, start + settings.progress_every, 0
-    print(f"loadgen: {settings.rate:g}/s to {checkout_url}, scenario {settings.scenario}"
-          + (f", duration {settings.duration:g}s" if settings.duration else ""), file=out, flush=True)
+    print(
+        f"loadgen: {settings.rate:g}/s to {checkout_url}, scenario {settings.scenario}"
+        + (f", duration {settings.duration:g}s" if settings.duration else ""),
+        file=out,
+        flush=True,
+    )
     with ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="loadgen") as pool:
         while not stop.is_set():
             now = time.monotonic()
@@ -215,12 +274,15 @@ def run(settings: Settings, out: TextIO = sys.stdout, stop: threading.Event | No
     return stats
 
 
-def _progress(out: TextIO, elapsed: float, stats: Stats, settings: Settings,
-              faults: FaultSwitch | None, final: bool = False) -> None:
+def _progress(
+    out: TextIO, elapsed: float, stats: Stats, settings: LoadSettings, faults: FaultSwitch | None, final: bool = False
+) -> None:
     s = stats.snapshot()
-    line = (f"loadgen {'done' if final else 'at'} {elapsed:.1f}s: sent={s['sent']} ok={s['ok']} "
-            f"5xx={s['server_errors']} 4xx={s['client_errors']} no_answer={s['failed']} skipped={s['skipped']} "
-            f"rate={int(s['sent']) / elapsed if elapsed > 0 else 0.0:.1f}/s")
+    line = (
+        f"loadgen {'done' if final else 'at'} {elapsed:.1f}s: sent={s['sent']} ok={s['ok']} "
+        f"5xx={s['server_errors']} 4xx={s['client_errors']} no_answer={s['failed']} skipped={s['skipped']} "
+        f"rate={int(s['sent']) / elapsed if elapsed > 0 else 0.0:.1f}/s"
+    )
     if faults is not None:
         line += f" {settings.fault_service}.error_rate={faults.applied}"
     if s["last_failed_id"]:

@@ -14,46 +14,26 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import flask
 import requests
 
 import correlation
 from correlation.config import ConfigError
+from demo.calls import DEFAULT_PORTS, SERVICES, DownstreamError, downstream_url
+from demo.calls import call as _call
 from demo.faults import Faults, FaultSettings, admin_blueprint
 
-SERVICES = ("gateway", "orders", "payments", "inventory")
-DEFAULT_PORTS = {"gateway": 8080, "orders": 8081, "payments": 8082, "inventory": 8083}
-#: (connect, read) seconds for calls between services: a slow hop fails fast instead of piling up.
-CALL_TIMEOUT = (1.0, 5.0)
+__all__ = ["DEFAULT_PORTS", "SERVICES", "create_app"]
 
 log = logging.getLogger("demo")
 
 
-class DownstreamError(RuntimeError):
-    """A service this one depends on failed; the caller answers 502."""
-
-
-def _downstream_url(env: Mapping[str, str], service: str) -> str:
-    var = f"{service.upper()}_URL"
-    return env.get(var, "").strip().rstrip("/") or f"http://127.0.0.1:{DEFAULT_PORTS[service]}"
-
-
-def _call(session: requests.Session, method: str, url: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """Call another service (the correlation headers are added by the library)."""
-    try:
-        response = session.request(method, url, json=payload, timeout=CALL_TIMEOUT)
-    except requests.RequestException as exc:
-        raise DownstreamError(f"{method} {url} failed: {exc.__class__.__name__}") from exc
-    if response.status_code >= 500:
-        raise DownstreamError(f"{method} {url} answered {response.status_code}")
-    return response.json()
-
-
 def _gateway(bp: flask.Blueprint, session: requests.Session, env: Mapping[str, str]) -> None:
-    orders_url = _downstream_url(env, "orders")
+    orders_url = downstream_url(env, "orders")
 
     @bp.post("/checkout")
     def checkout() -> Any:
@@ -62,13 +42,18 @@ def _gateway(bp: flask.Blueprint, session: requests.Session, env: Mapping[str, s
         log.info("checkout started with %d item(s)", len(items))
         order = _call(session, "POST", f"{orders_url}/orders", {"items": items})
         log.info("checkout complete: order %s", order["order_id"])
-        return {"order_id": order["order_id"], "status": "confirmed", "correlation_id": correlation.correlation_id()}, 201
+        return {
+            "order_id": order["order_id"],
+            "status": "confirmed",
+            "correlation_id": correlation.correlation_id(),
+        }, 201
 
 
 def _orders(bp: flask.Blueprint, session: requests.Session, env: Mapping[str, str]) -> None:
-    payments_url = _downstream_url(env, "payments")
-    inventory_url = _downstream_url(env, "inventory")
+    payments_url = downstream_url(env, "payments")
+    inventory_url = downstream_url(env, "inventory")
     pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="orders-fanout")
+    confirmations = _confirmations(env)
 
     @bp.post("/orders")
     def create_order() -> Any:
@@ -77,13 +62,28 @@ def _orders(bp: flask.Blueprint, session: requests.Session, env: Mapping[str, st
         log.info("order %s: charging payment and reserving %d item(s)", order_id, len(items))
         # correlation.submit keeps this request's hop in the pool's threads.
         payment = correlation.submit(pool, _call, session, "POST", f"{payments_url}/payments", {"order_id": order_id})
-        stock = correlation.submit(pool, _call, session, "POST", f"{inventory_url}/reservations", {"order_id": order_id, "items": items})
+        stock = correlation.submit(
+            pool, _call, session, "POST", f"{inventory_url}/reservations", {"order_id": order_id, "items": items}
+        )
         payment_id, reservation_id = payment.result()["payment_id"], stock.result()["reservation_id"]
         log.info("order %s placed (payment %s, reservation %s)", order_id, payment_id, reservation_id)
+        if confirmations is not None:  # a task for the notifications worker; never fails the order
+            confirmations.send(order_id, reservation_id)
         return {"order_id": order_id, "payment_id": payment_id, "reservation_id": reservation_id}, 201
 
 
-def _payments(bp: flask.Blueprint, session: requests.Session, env: Mapping[str, str]) -> None:
+def _confirmations(env: Mapping[str, str]) -> Any:
+    """The publisher of confirmation tasks, or None without ``CELERY_BROKER_URL`` (no worker)."""
+    url = env.get("CELERY_BROKER_URL", "").strip()
+    if not url:
+        log.info("confirmations: off (CELERY_BROKER_URL is not set)")
+        return None
+    from demo.notifications import Confirmations  # imports Celery: only when there is a broker
+
+    return Confirmations(url)
+
+
+def _payments(bp: flask.Blueprint, _session: requests.Session, _env: Mapping[str, str]) -> None:
     @bp.post("/payments")
     def charge() -> Any:
         order_id = (flask.request.get_json(silent=True) or {}).get("order_id")
@@ -91,12 +91,17 @@ def _payments(bp: flask.Blueprint, session: requests.Session, env: Mapping[str, 
         return {"payment_id": uuid.uuid4().hex[:12]}, 201
 
 
-def _inventory(bp: flask.Blueprint, session: requests.Session, env: Mapping[str, str]) -> None:
+def _inventory(bp: flask.Blueprint, _session: requests.Session, _env: Mapping[str, str]) -> None:
     @bp.post("/reservations")
     def reserve() -> Any:
         body = flask.request.get_json(silent=True) or {}
         log.info("reserving %d item(s) for order %s", len(body.get("items", [])), body.get("order_id"))
         return {"reservation_id": uuid.uuid4().hex[:12]}, 201
+
+    @bp.get("/reservations/<reservation_id>")
+    def reservation(reservation_id: str) -> Any:
+        log.info("looking up reservation %s", reservation_id)  # for the notifications worker
+        return {"reservation_id": reservation_id, "status": "held"}
 
 
 _ROUTES: dict[str, Callable[[flask.Blueprint, requests.Session, Mapping[str, str]], None]] = {

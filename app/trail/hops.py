@@ -1,4 +1,4 @@
-"""Rebuild one request's hop tree from its log lines alone (README.md, Reference, "Log lines").
+"""Rebuild one request's hop tree from its log lines alone (keys: ``correlation.schema``).
 
 Every line carries ``request_id`` (the hop) and ``parent_request_id`` (the hop that called it,
 null at the edge). Each hop writes one access line (logger ``correlation.access``) when its
@@ -11,15 +11,17 @@ access line is outside the window); a hop whose parent is not among the hops is 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 
-ACCESS_LOGGER = "correlation.access"
+from correlation import schema
+
 ERROR_LEVELS = frozenset({"ERROR", "CRITICAL"})
 UNKNOWN_HOP = "unknown"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: What the trail is built from: (Loki timestamp in ns, line, ``service_name`` label or None,
 #: structured metadata). The metadata places a line that is not JSON (cut to Loki's line limit,
@@ -52,7 +54,7 @@ def parse_time_ns(value: Any) -> int | None:
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)  # the contract writes UTC
+        moment = moment.replace(tzinfo=UTC)  # the contract writes UTC
     # Integer arithmetic: a float timestamp would lose the microseconds.
     return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
 
@@ -71,43 +73,47 @@ class LogLine:
 
     @property
     def level(self) -> str:
-        return (self.get("level") or "").upper()
+        return (self.get(schema.LEVEL) or "").upper()
 
     @property
     def service(self) -> str | None:
-        return self.get("service") or self.label_service
+        return self.get(schema.SERVICE) or self.label_service
 
     @property
     def is_access(self) -> bool:
-        return self.get("logger") == ACCESS_LOGGER
+        return self.get(schema.LOGGER) == schema.ACCESS_LOGGER
 
     @property
     def is_error(self) -> bool:
         return self.level in ERROR_LEVELS
 
 
-def parse_line(ts_ns: int, raw: str, label_service: str | None = None, metadata: Mapping[str, str | None] | None = None) -> LogLine:
+def parse_line(
+    ts_ns: int, raw: str, label_service: str | None = None, metadata: Mapping[str, str | None] | None = None
+) -> LogLine:
     """Parse one line; its own ``time`` wins over Loki's timestamp when it is readable."""
     try:
         fields = json.loads(raw)
     except ValueError:
         fields = None
     if not isinstance(fields, dict):
-        known = {k: v for k, v in (metadata or {}).items() if isinstance(v, str) and k in ("request_id", "level")}
-        if "request_id" not in known:
+        known = {
+            k: v for k, v in (metadata or {}).items() if isinstance(v, str) and k in (schema.REQUEST_ID, schema.LEVEL)
+        }
+        if schema.REQUEST_ID not in known:
             return LogLine(ts_ns, raw, None, label_service)
-        known["level"] = known.get("level", "").upper()
-        return LogLine(ts_ns, raw, {**known, "message": raw}, label_service)
-    return LogLine(parse_time_ns(fields.get("time")) or ts_ns, raw, fields, label_service)
+        known[schema.LEVEL] = known.get(schema.LEVEL, "").upper()
+        return LogLine(ts_ns, raw, {**known, schema.MESSAGE: raw}, label_service)
+    return LogLine(parse_time_ns(fields.get(schema.TIME)) or ts_ns, raw, fields, label_service)
 
 
 @dataclass(eq=False)  # hops are identities, compared with `is`
-class Hop:
+class TrailHop:
     """One service's handling of the request, with the lines it wrote."""
 
     request_id: str
     lines: list[LogLine] = field(default_factory=list)
-    children: list["Hop"] = field(default_factory=list)
+    children: list[TrailHop] = field(default_factory=list)
     #: Set when the parent is not among the hops (or the parent links form a loop).
     orphan: bool = False
     depth: int = 0
@@ -130,36 +136,57 @@ class Hop:
 
     @property
     def parent_request_id(self) -> str | None:
-        return self._field("parent_request_id")
+        return self._field(schema.PARENT_REQUEST_ID)
 
     @property
     def service(self) -> str | None:
-        return self._field("service") or next((line.service for line in self.lines if line.service), None)
+        return self._field(schema.SERVICE) or next((line.service for line in self.lines if line.service), None)
 
     @property
     def method(self) -> str | None:
-        return self.access.get("method") if self.access else None
+        return self.access.get(schema.METHOD) if self.access else None
 
     @property
     def route(self) -> str | None:
-        return self.access.get("route") if self.access else None
+        """The URL rule; for a task run, the task's name (what its metrics and alerts call its route)."""
+        return (self.access.get(schema.ROUTE) or self.task) if self.access else None
+
+    @property
+    def is_task(self) -> bool:
+        """A task run (``correlation.celery``): an asynchronous hop, started when its parent
+        published it; it may end long after the parent answered. ``state``: success, retry, ..."""
+        return self.access is not None and self.access.get(schema.KIND) == schema.KIND_TASK
+
+    @property
+    def task(self) -> str | None:
+        return self.access.get(schema.TASK) if self.access and self.is_task else None
+
+    @property
+    def state(self) -> str | None:
+        return self.access.get(schema.STATE) if self.access and self.is_task else None
+
+    @property
+    def queue_wait_ms(self) -> float | None:
+        """A task run's time in the queue: from its publish to the start of the run."""
+        fields = self.access.fields if self.access and self.is_task else None
+        return _number(fields.get(schema.QUEUE_WAIT_MS)) if fields else None
 
     @property
     def path(self) -> str | None:
-        return self.access.get("path") if self.access else None
+        return self.access.get(schema.PATH) if self.access else None
 
     @property
     def caller(self) -> str | None:
-        return self.access.get("caller") if self.access else None
+        return self.access.get(schema.CALLER) if self.access else None
 
     @property
     def status(self) -> int | None:
-        value = _number(self.access.fields.get("status")) if self.access and self.access.fields else None
+        value = _number(self.access.fields.get(schema.STATUS)) if self.access and self.access.fields else None
         return None if value is None else int(value)
 
     @property
     def duration_ms(self) -> float | None:
-        return _number(self.access.fields.get("duration_ms")) if self.access and self.access.fields else None
+        return _number(self.access.fields.get(schema.DURATION_MS)) if self.access and self.access.fields else None
 
     @property
     def end_ns(self) -> int | None:
@@ -167,9 +194,10 @@ class Hop:
 
     @property
     def start_ns(self) -> int:
-        """The access line's time minus the duration; for an open hop its first line."""
+        """The access line's time minus the duration (and, for a task run, minus its queue wait:
+        it starts when published); for an open hop its first line."""
         if self.end_ns is not None and self.duration_ms is not None:
-            return self.end_ns - int(self.duration_ms * 1_000_000)
+            return self.end_ns - int((self.duration_ms + (self.queue_wait_ms or 0.0)) * 1_000_000)
         return min(line.ts_ns for line in self.lines)
 
     @property
@@ -186,9 +214,9 @@ class Trail:
     """The hop tree of one correlation ID."""
 
     correlation_id: str
-    hops: dict[str, Hop]
+    hops: dict[str, TrailHop]
     #: Edge hops and orphans, by start time; children hang below them.
-    roots: list[Hop]
+    roots: list[TrailHop]
     #: Lines that are not JSON or name no hop ("the unknown hop"), in time order.
     unknown: list[LogLine]
 
@@ -202,7 +230,7 @@ class Trail:
     def line_count(self) -> int:
         return sum(len(hop.lines) for hop in self.hops.values()) + len(self.unknown)
 
-    def walk(self) -> Iterator[Hop]:
+    def walk(self) -> Iterator[TrailHop]:
         """Hops parent before children, siblings by start time (each hop's ``depth`` is set)."""
         stack = list(reversed(self.roots))
         while stack:
@@ -228,20 +256,20 @@ class Trail:
 
 def build_trail(correlation_id: str, raw_lines: Iterable[RawLine]) -> Trail:
     """Group lines by ``request_id``, link hops through ``parent_request_id``, order everything."""
-    hops: dict[str, Hop] = {}
+    hops: dict[str, TrailHop] = {}
     unknown: list[LogLine] = []
     for ts_ns, raw, label_service, metadata in raw_lines:
         line = parse_line(ts_ns, raw, label_service, metadata)
-        request_id = line.get("request_id")
+        request_id = line.get(schema.REQUEST_ID)
         if request_id is None:
             unknown.append(line)
         else:
-            hops.setdefault(request_id, Hop(request_id)).lines.append(line)
+            hops.setdefault(request_id, TrailHop(request_id)).lines.append(line)
     for hop in hops.values():
         hop.lines.sort(key=lambda line: line.ts_ns)  # stable: Loki's order breaks ties
     unknown.sort(key=lambda line: line.ts_ns)
 
-    roots: list[Hop] = []
+    roots: list[TrailHop] = []
     for hop in hops.values():
         parent = hop.parent_request_id
         if parent is None:
@@ -260,12 +288,12 @@ def build_trail(correlation_id: str, raw_lines: Iterable[RawLine]) -> Trail:
     return trail
 
 
-def _break_loops(hops: dict[str, Hop], roots: list[Hop]) -> None:
+def _break_loops(hops: dict[str, TrailHop], roots: list[TrailHop]) -> None:
     """Hostile or corrupt lines can make parents form a loop that no root reaches; show such
     hops as orphans instead of silently dropping them."""
     reached: set[str] = set()
 
-    def mark(hop: Hop) -> None:
+    def mark(hop: TrailHop) -> None:
         stack = [hop]
         while stack:
             current = stack.pop()
@@ -285,7 +313,7 @@ def _break_loops(hops: dict[str, Hop], roots: list[Hop]) -> None:
             mark(hop)
 
 
-def _set_depths(roots: list[Hop]) -> None:
+def _set_depths(roots: list[TrailHop]) -> None:
     stack = [(hop, 0) for hop in roots]
     while stack:
         hop, depth = stack.pop()

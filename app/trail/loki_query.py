@@ -10,6 +10,7 @@ and ``end`` exclusive, so nothing between the pages is lost.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,8 +41,9 @@ class LokiQueryError(Exception):
 
 
 @dataclass(frozen=True)
-class Entry:
-    """One log entry as Loki returned it."""
+class QueriedEntry:
+    """One log entry as a Loki query returned it (the shipper's entries, on their way in, live in
+    ``correlation.loki``)."""
 
     ts_ns: int
     line: str
@@ -68,7 +70,7 @@ def display_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
-def parse_response(payload: Any) -> list[Entry]:
+def parse_response(payload: Any) -> list[QueriedEntry]:
     """Turn a ``query_range`` streams answer into entries sorted by time (stable across streams).
 
     Accepts the plain shape (``[ts, line]``) and the categorized one
@@ -80,7 +82,7 @@ def parse_response(payload: Any) -> list[Entry]:
     data = payload.get("data") or {}
     if data.get("resultType") != "streams":
         raise ValueError(f"expected resultType 'streams', got {data.get('resultType')!r}")
-    entries: list[Entry] = []
+    entries: list[QueriedEntry] = []
     for result in data.get("result") or []:
         labels = {str(k): str(v) for k, v in (result.get("stream") or {}).items()}
         for value in result.get("values") or []:
@@ -94,7 +96,7 @@ def parse_response(payload: Any) -> list[Entry]:
                 for group in groups:
                     if isinstance(group, dict):
                         metadata.update({str(k): str(v) for k, v in group.items()})
-            entries.append(Entry(int(value[0]), str(value[1]), labels, metadata))
+            entries.append(QueriedEntry(int(value[0]), str(value[1]), labels, metadata))
     entries.sort(key=lambda e: e.ts_ns)
     return entries
 
@@ -121,14 +123,35 @@ class LokiQueryClient:
         self.session.verify = settings.tls_verify
 
     def query_range(
-        self, query: str, start_ns: int, end_ns: int, *, limit: int, direction: str = "forward"
-    ) -> list[Entry]:
-        """One request: at most ``limit`` entries in ``[start_ns, end_ns)``, sorted by time."""
-        params = {"query": query, "start": str(start_ns), "end": str(end_ns), "limit": str(limit),
-                  "direction": direction}
+        self,
+        query: str,
+        start_ns: int,
+        end_ns: int,
+        *,
+        limit: int,
+        direction: str = "forward",
+        deadline: float | None = None,
+    ) -> list[QueriedEntry]:
+        """One request: at most ``limit`` entries in ``[start_ns, end_ns)``, sorted by time.
+
+        Each request waits at most ``LOKI_TIMEOUT_SECONDS``, and never past ``deadline`` (a
+        ``time.monotonic()`` value) when one is given.
+        """
+        params = {
+            "query": query,
+            "start": str(start_ns),
+            "end": str(end_ns),
+            "limit": str(limit),
+            "direction": direction,
+        }
         shown = display_url(self.url)
+        timeout = self.settings.timeout_seconds
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic())
+            if timeout <= 0:
+                raise LokiQueryError(shown, "gave up: the lookup's time budget is spent")
         try:
-            response = self.session.get(self.url, params=params, timeout=self.settings.timeout_seconds)
+            response = self.session.get(self.url, params=params, timeout=timeout)
         except requests.RequestException as exc:
             raise LokiQueryError(shown, f"cannot reach Loki: {exc}") from None
         if response.status_code != 200:
@@ -140,17 +163,26 @@ class LokiQueryClient:
         # Newest first for backward queries, as Loki means it.
         return entries[::-1] if direction == "backward" else entries
 
-    def query_all(self, query: str, start_ns: int, end_ns: int, *, page_size: int = DEFAULT_PAGE_SIZE) -> list[Entry]:
-        """Every entry in ``[start_ns, end_ns)``, oldest first, paging through Loki's limit.
+    def query_all(
+        self,
+        query: str,
+        start_ns: int,
+        end_ns: int,
+        *,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        deadline: float | None = None,
+    ) -> list[QueriedEntry]:
+        """Every entry in ``[start_ns, end_ns)``, oldest first, paging through Loki's limit; all
+        pages together end by ``deadline`` (``time.monotonic()``) when one is given.
 
         If more entries than a page holds share one timestamp, the page size is doubled (up to
         Loki's default maximum) rather than skipping them; past that a LokiQueryError is raised.
         """
         limit = min(page_size, MAX_LIMIT)
-        collected: list[Entry] = []
+        collected: list[QueriedEntry] = []
         start = start_ns
         while True:
-            page = self.query_range(query, start, end_ns, limit=limit)
+            page = self.query_range(query, start, end_ns, limit=limit, deadline=deadline)
             seen = _keys_at(collected, start)
             for entry in page:
                 # Entries at the boundary timestamp were (partly) on the previous page.
@@ -172,7 +204,7 @@ class LokiQueryClient:
                 )
 
 
-def _keys_at(entries: list[Entry], ts_ns: int) -> Counter[tuple[Any, ...]]:
+def _keys_at(entries: list[QueriedEntry], ts_ns: int) -> Counter[tuple[Any, ...]]:
     """Keys (with multiplicity) of the collected entries at ``ts_ns``: they sit at the end."""
     keys: Counter[tuple[Any, ...]] = Counter()
     for entry in reversed(entries):
@@ -194,4 +226,3 @@ def _error_message(response: requests.Response) -> str:
             if isinstance(body.get(key), str):
                 return body[key][:500]
     return text[:500]
-

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from trail.hops import UNKNOWN_HOP, Hop, LogLine, Trail
+from correlation import schema
+from trail.hops import UNKNOWN_HOP, LogLine, Trail, TrailHop
 
 #: Version of the ``--json`` document; bump it when a key changes meaning or disappears.
 JSON_SCHEMA_VERSION = 1
@@ -23,11 +24,8 @@ YELLOW = "\x1b[33m"
 BOLD = "\x1b[1m"
 RESET = "\x1b[0m"
 
-# Keys every line has (README.md, Reference); anything else is shown as key=value after the message.
-_STANDARD_KEYS = frozenset(
-    {"time", "level", "logger", "message", "service", "correlation_id", "request_id",
-     "parent_request_id", "exception", "method", "route", "path", "status", "duration_ms", "caller"}
-)
+#: Multi-line fields, shown below their line with one indented row per line.
+_BLOCK_KEYS = (schema.EXCEPTION, schema.STACK)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -38,7 +36,7 @@ def clean(text: str) -> str:
 
 def format_time(ts_ns: int, *, date: bool = True) -> str:
     """RFC 3339 UTC with microseconds (``date=False``: time of day only)."""
-    moment = datetime.fromtimestamp(ts_ns // 1_000_000_000, tz=timezone.utc)
+    moment = datetime.fromtimestamp(ts_ns // 1_000_000_000, tz=UTC)
     text = moment.strftime("%Y-%m-%dT%H:%M:%S" if date else "%H:%M:%S")
     return f"{text}.{ts_ns // 1000 % 1_000_000:06d}" + ("Z" if date else "")
 
@@ -55,14 +53,32 @@ class _Painter:
         return f"{style}{text}{RESET}" if self.color and style else text
 
 
-def _route(hop: Hop) -> str:
+def route_text(hop: TrailHop) -> str:
+    """``METHOD route``, or ``task <name>`` for a task run; ``-`` when the hop never ended."""
     if hop.open:
         return "-"
+    if hop.is_task:
+        return clean(f"task {hop.task or '?'}")
     return clean(" ".join(part for part in (hop.method, hop.route) if part) or "-")
 
 
-def _notes(hop: Hop) -> str:
-    notes = []
+def status_text(hop: TrailHop) -> str:
+    """The status column: a task run's state (success, retry, failure) says more than its status."""
+    if hop.open:
+        return "open"
+    if hop.is_task and hop.state:
+        return clean(hop.state)
+    return str(hop.status if hop.status is not None else "?")
+
+
+def async_note(hop: TrailHop) -> str:
+    """How a task run is marked: asynchronous, and how long it waited in the queue."""
+    waited = f"queued {_ms(hop.queue_wait_ms)}" if hop.queue_wait_ms is not None else "queue wait unknown"
+    return f"async: {waited}"
+
+
+def _notes(hop: TrailHop) -> str:
+    notes = [async_note(hop)] if hop.is_task else []
     if hop.open:
         notes.append("open: no access line")
     if hop.orphan:
@@ -76,8 +92,9 @@ def render_text(trail: Trail, *, window: tuple[int, int] | None = None, color: b
     t0 = trail.start_ns or 0
     hops = list(trail.walk())
     out = [
-        paint(f"Trail {trail.correlation_id}: {len(hops)} hops, {trail.line_count} lines, "
-              f"started {format_time(t0)}", BOLD)
+        paint(
+            f"Trail {trail.correlation_id}: {len(hops)} hops, {trail.line_count} lines, started {format_time(t0)}", BOLD
+        )
     ]
     if window:
         out.append(f"Loki window {format_time(window[0])} .. {format_time(window[1])}")
@@ -86,27 +103,36 @@ def render_text(trail: Trail, *, window: tuple[int, int] | None = None, color: b
     rows = [("HOP", "ROUTE", "STATUS", "DURATION", "START", "REQUEST_ID", "")]
     styles = [""]
     for hop in hops:
-        rows.append((
-            "  " * hop.depth + clean(hop.service or "?"),
-            _route(hop),
-            "open" if hop.open else str(hop.status if hop.status is not None else "?"),
-            _ms(hop.duration_ms) if hop.duration_ms is not None else "-",
-            "+" + _ms((hop.start_ns - t0) / 1e6),
-            clean(hop.request_id),
-            _notes(hop),
-        ))
-        styles.append(BOLD_RED if hop.failed else YELLOW if (hop.open or hop.orphan) else "")
+        rows.append(
+            (
+                "  " * hop.depth + clean(hop.service or "?"),
+                route_text(hop),
+                status_text(hop),
+                _ms(hop.duration_ms) if hop.duration_ms is not None else "-",
+                "+" + _ms((hop.start_ns - t0) / 1e6),
+                clean(hop.request_id),
+                _notes(hop),
+            )
+        )
+        styles.append(BOLD_RED if hop.failed else YELLOW if (hop.open or hop.orphan or hop.state == "retry") else "")
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
-    for row, style in zip(rows, styles):
-        text = "  ".join((
-            row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]),
-            row[3].rjust(widths[3]), row[4].rjust(widths[4]), row[5].ljust(widths[5]), row[6],
-        )).rstrip()
+    for row, style in zip(rows, styles, strict=True):
+        text = "  ".join(
+            (
+                row[0].ljust(widths[0]),
+                row[1].ljust(widths[1]),
+                row[2].rjust(widths[2]),
+                row[3].rjust(widths[3]),
+                row[4].rjust(widths[4]),
+                row[5].ljust(widths[5]),
+                row[6],
+            )
+        ).rstrip()
         out.append(paint(text, style))
 
     for hop in hops:
         out.append("")
-        title = f"== {clean(hop.service or '?')} {'(open)' if hop.open else _route(hop)} [{clean(hop.request_id)}]"
+        title = f"== {clean(hop.service or '?')} {'(open)' if hop.open else route_text(hop)} [{clean(hop.request_id)}]"
         out.append(paint(title, BOLD_RED if hop.failed else BOLD))
         out.extend(_render_line(line, paint) for line in hop.lines)
     if trail.unknown:
@@ -124,14 +150,14 @@ def _render_line(line: LogLine, paint: _Painter) -> str:
     extras = "".join(
         f" {clean(str(key))}={clean(json.dumps(value) if not isinstance(value, str) else value)}"
         for key, value in line.fields.items()
-        if key not in _STANDARD_KEYS
+        # The contract's keys are shown in the tree, the hop's title or in place; the app's extras here.
+        if key not in schema.STANDARD_KEYS
     )
-    logger, message = clean(line.get("logger") or "-"), clean(line.get("message") or "")
+    logger, message = clean(line.get(schema.LOGGER) or "-"), clean(line.get(schema.MESSAGE) or "")
     text = f"  {when} {clean(line.level or '-'):<8} {logger}: {message}{extras}"
-    exception = line.get("exception")
-    if exception:
+    for key in _BLOCK_KEYS:
         # Tracebacks keep their shape: one indented row per line, each escaped on its own.
-        text += "".join(f"\n      {clean(row)}" for row in exception.splitlines())
+        text += "".join(f"\n      {clean(row)}" for row in (line.get(key) or "").splitlines())
     return paint(text, RED if line.is_error else "")
 
 
@@ -155,7 +181,7 @@ def render_json(trail: Trail, **context: Any) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
-def _hop_to_dict(hop: Hop, t0: int) -> dict[str, Any]:
+def _hop_to_dict(hop: TrailHop, t0: int) -> dict[str, Any]:
     return {
         "request_id": hop.request_id,
         "parent_request_id": hop.parent_request_id,
@@ -167,6 +193,11 @@ def _hop_to_dict(hop: Hop, t0: int) -> dict[str, Any]:
         "path": hop.path,
         "caller": hop.caller,
         "status": hop.status,
+        # A task run (asynchronous: starts at its publish, may end after its parent answered).
+        "async": hop.is_task,
+        "task": hop.task,
+        "state": hop.state,
+        "queue_wait_ms": hop.queue_wait_ms,
         "duration_ms": hop.duration_ms,
         "start": format_time(hop.start_ns),
         "start_offset_ms": round((hop.start_ns - t0) / 1e6, 3),
@@ -181,8 +212,8 @@ def _line_to_dict(line: LogLine) -> dict[str, Any]:
     return {
         "time": format_time(line.ts_ns),
         "level": line.level or None,
-        "logger": line.get("logger"),
-        "message": line.get("message"),
+        "logger": line.get(schema.LOGGER),
+        "message": line.get(schema.MESSAGE),
         "error": line.is_error,
         "fields": line.fields,
         "raw": None if line.fields is not None else line.raw,

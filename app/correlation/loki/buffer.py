@@ -13,10 +13,11 @@ import time
 from collections import deque
 from typing import Mapping, NamedTuple
 
+from correlation import jsonline
+
 #: Memory an entry takes besides its fragment's bytes: the tuple, the int, the bytes object's
 #: header and the deque slot. With it the byte bound is the memory really held, not a guess.
 ENTRY_OVERHEAD = 136
-_encode = json.JSONEncoder().encode  # ensure_ascii: any str, lone surrogates included, is safe
 
 
 class PushEntry(NamedTuple):
@@ -31,8 +32,8 @@ class PushEntry(NamedTuple):
 
     @classmethod
     def encode(cls, timestamp_ns: int, line: str, metadata: Mapping[str, str] | None = None) -> "PushEntry":
-        value = [str(timestamp_ns), line, metadata] if metadata else [str(timestamp_ns), line]
-        return cls(timestamp_ns, _encode(value).encode("ascii"))
+        # ASCII JSON: any str, lone surrogates included, is safe in the push body.
+        return cls(timestamp_ns, jsonline.ascii_entry(str(timestamp_ns), line, metadata))
 
     def decode(self) -> tuple[str, dict[str, str]]:
         """(line, metadata): for tests and for reading the spool back."""
@@ -54,12 +55,14 @@ class LineBuffer:
         self._flushing = False
         self._closed = False
         self._notify_at = max_bytes // 2  # the spill watermark (see Sender)
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
 
     def put(self, entry: PushEntry) -> bool:
         """Append ``entry``; False (and nothing stored) past the byte bound or once closed."""
-        size = entry.size
-        with self._cond:
+        size = len(entry.fragment) + ENTRY_OVERHEAD
+        # The Condition's own lock, taken directly: the Condition's __enter__ is a Python call.
+        with self._lock:
             if self._bytes + size > self.max_bytes or self._closed:
                 return False
             if not self._entries:

@@ -10,22 +10,36 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator, Mapping
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from correlation import schema
-from correlation.loki.stats import DROP_REASONS, RETRY_REASONS
+from correlation.loki.stats import DROP_REASONS, RETRY_REASONS, ShipperStats
 
-if TYPE_CHECKING:
-    from correlation.loki.handler import LokiHandler
 
-_collectors: "weakref.WeakKeyDictionary[CollectorRegistry, ShipperCollector]" = weakref.WeakKeyDictionary()
+class Reporting(Protocol):
+    """What a handler shows the collector (the Loki handler; a protocol, so this module does not
+    import the handler that registers with it)."""
+
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+
+    @property
+    def stats(self) -> ShipperStats: ...
+
+    def buffered(self) -> tuple[int, int]: ...
+
+    def spooled(self) -> tuple[int, int]: ...
+
+
+_collectors: weakref.WeakKeyDictionary[CollectorRegistry, ShipperCollector] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
-def register(handler: "LokiHandler", registry: CollectorRegistry) -> None:
+def register(handler: Reporting, registry: CollectorRegistry) -> None:
     """Report ``handler``'s counters in ``registry`` from now on."""
     with _lock:
         collector = _collectors.get(registry)
@@ -35,7 +49,7 @@ def register(handler: "LokiHandler", registry: CollectorRegistry) -> None:
     collector.handlers.add(handler)
 
 
-def unregister(handler: "LokiHandler") -> None:
+def unregister(handler: Reporting) -> None:
     """Stop reporting ``handler`` (it was closed) in every registry."""
     with _lock:
         for collector in _collectors.values():
@@ -46,7 +60,7 @@ class ShipperCollector(Collector):
     """Reads the counters of its handlers (held weakly) at scrape time."""
 
     def __init__(self) -> None:
-        self.handlers: "weakref.WeakSet[LokiHandler]" = weakref.WeakSet()
+        self.handlers: weakref.WeakSet[Reporting] = weakref.WeakSet()
 
     def collect(self) -> Iterator[Metric]:
         # Summed per service: two handlers of one service (say, one per test, or a second one
@@ -55,19 +69,28 @@ class ShipperCollector(Collector):
         for handler in list(self.handlers):
             service = handler.labels.get(schema.SERVICE_LABEL, "")
             stats = handler.stats.snapshot()
-            samples = [("sent_lines", "", stats.sent_lines), ("sent_batches", "", stats.sent_batches),
-                       ("truncated_lines", "", stats.truncated_lines)]
+            samples = [
+                ("sent_lines", "", stats.sent_lines),
+                ("sent_batches", "", stats.sent_batches),
+                ("truncated_lines", "", stats.truncated_lines),
+            ]
             samples += [("retries", reason, stats.retries[reason]) for reason in RETRY_REASONS]
             samples += [("dropped_lines", reason, stats.dropped[reason]) for reason in DROP_REASONS]
             (buffered_lines, buffered_bytes), (spooled_lines, spooled_bytes) = handler.buffered(), handler.spooled()
-            samples += [("buffered_lines", "", buffered_lines), ("buffered_bytes", "", buffered_bytes),
-                        ("spooled_lines", "", spooled_lines), ("spooled_bytes", "", spooled_bytes)]
+            samples += [
+                ("buffered_lines", "", buffered_lines),
+                ("buffered_bytes", "", buffered_bytes),
+                ("spooled_lines", "", spooled_lines),
+                ("spooled_bytes", "", spooled_bytes),
+            ]
             for name, reason, value in samples:
                 key = (name, service, reason)
                 totals[key] = totals.get(key, 0) + value
         for name, kind, doc, by_reason in _FAMILIES:
             family_type = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
-            family = family_type(f"loki_shipper_{name}", doc, labels=["service", "reason"] if by_reason else ["service"])
+            family = family_type(
+                f"loki_shipper_{name}", doc, labels=["service", "reason"] if by_reason else ["service"]
+            )
             for (sample, owner, reason), total in sorted(totals.items()):
                 if sample == name:
                     family.add_metric([owner, reason] if by_reason else [owner], total)

@@ -18,6 +18,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.registry import CollectorRegistry
 
 from correlation import context, schema
+from correlation.access import line_handler
 from correlation.config import ConfigError, LokiSettings
 from correlation.forks import rebuild_after_fork
 from correlation.logs import JsonFormatter, stamp
@@ -29,6 +30,8 @@ from correlation.loki.stats import ShipperStats
 #: Record attributes sent as structured metadata besides ``level`` (queryable with no parser,
 #: never labels).
 _METADATA_ATTRS = tuple(name for name in schema.METADATA_FIELDS if name != schema.LEVEL) + schema.OPTIONAL_METADATA_FIELDS
+#: Structured metadata ``level`` of the standard level names (others: lowercased each time).
+_LEVEL_LABELS = {name: name.lower() for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
 #: Loki's default ``max_line_size`` is 256 KB; longer lines are rejected, so we cut them first.
 DEFAULT_MAX_LINE_BYTES = 256 * 1024
 TRUNCATION_MARK = " ...[truncated by loki shipper]"
@@ -46,6 +49,7 @@ def _mark_exiting() -> None:
 atexit.register(_mark_exiting)
 
 
+@line_handler
 class LokiHandler(logging.Handler):
     """Ship formatted records to Loki's push API under a fixed label set.
 
@@ -115,14 +119,32 @@ class LokiHandler(logging.Handler):
             self.stats.drop("format_error")
             self.handleError(record)  # prints to stderr, never logs
             return
+        metadata = {}
+        for name in _METADATA_ATTRS:
+            value = getattr(record, name, None)
+            if isinstance(value, str):
+                metadata[name] = value
+        self._put(record.created, record.levelname, line, metadata)
+
+    def emit_line(self, created: float, levelname: str, line: str, fields: Mapping[str, Any]) -> None:
+        """Ship a line already made (:mod:`correlation.access`) with the record attributes it was
+        made from (``fields``): what ``emit`` does after formatting."""
+        metadata = {}
+        for name in _METADATA_ATTRS:
+            value = fields.get(name)
+            if isinstance(value, str):
+                metadata[name] = value
+        self._put(created, levelname, line, metadata)
+
+    def _put(self, created: float, levelname: str, line: str, metadata: dict[str, str]) -> None:
         if len(line) * 4 > self.max_line_bytes:  # cheap pre-check: 4 bytes per char at most
             line = self._fit(line)
-        metadata = {name: value for name in _METADATA_ATTRS if isinstance(value := getattr(record, name, None), str)}
-        metadata[schema.LEVEL] = record.levelname.lower()
-        if not self.buffer.put(PushEntry.encode(int(record.created * 1e9), line, metadata)):
+        metadata[schema.LEVEL] = _LEVEL_LABELS.get(levelname) or levelname.lower()
+        if not self.buffer.put(PushEntry.encode(int(created * 1e9), line, metadata)):
             self.stats.drop("shutdown" if self.buffer.closed else "buffer_full")
             return
-        self.sender.ensure_started()
+        if self.sender.thread is None:
+            self.sender.ensure_started()
 
     def _fit(self, line: str) -> str:
         encoded = line.encode("utf-8")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterable, Mapping
 from operator import itemgetter
-from typing import Iterable, Mapping
 
 from correlation.loki.buffer import PushEntry
 

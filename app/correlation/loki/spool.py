@@ -15,9 +15,9 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from correlation.loki.buffer import PushEntry
 from correlation.loki.push import push_body

@@ -48,7 +48,7 @@ class ShipperStats:
         with self._lock:
             self.truncated_lines += 1
 
-    def snapshot(self) -> "ShipperStats":
+    def snapshot(self) -> ShipperStats:
         with self._lock:
             return ShipperStats(
                 self.sent_lines, self.sent_batches, self.truncated_lines, Counter(self.retries), Counter(self.dropped)

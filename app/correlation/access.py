@@ -1,0 +1,129 @@
+"""The access line (one per request and hop): through ``logging`` like any record, or handed
+straight to the library's own handlers when they are the only ones that would see it.
+
+Through ``logging`` the line costs a ``LogRecord``, the logger's and each handler's dispatch,
+and a generic formatting pass: together about a third of an instrumented request. When nothing
+but this library's handlers would receive the record (no handler, filter, record factory or
+logger class of the application's on the way, ``Logger.handle`` and ``callHandlers`` not patched
+by an SDK), they get the same line, with the same values, directly. Anything else on the way
+(``caplog``, Sentry, an application's file handler) sends the line through ``logging`` as
+before, so no one who would see it misses it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, TypeVar
+
+from correlation import context, jsonline, records, schema
+from correlation.context import Hop
+from correlation.logs import LINE_ATTR, JsonFormatter, utc_timestamp
+
+_HANDLE = logging.Logger.handle
+_CALL_HANDLERS = logging.Logger.callHandlers
+#: Handler classes that take a line already made: ``emit_line(created, levelname, line, fields)``.
+_LINE_HANDLERS: set[type] = set()
+
+H = TypeVar("H", bound=type)
+
+
+def line_handler(cls: H) -> H:
+    """Class decorator: this exact class (not its subclasses) takes access lines directly."""
+    _LINE_HANDLERS.add(cls)
+    return cls
+
+
+def write(
+    logger: logging.Logger,
+    level: int,
+    pathname: str,
+    msg: str,
+    args: tuple[Any, ...],
+    hop: Hop,
+    fields: dict[str, Any],
+) -> None:
+    """Write the access line of ``hop``: ``msg % args`` with ``fields`` as extras, from ``pathname``.
+
+    The caller has checked ``logger.isEnabledFor(level)``. ``fields`` must not use a key of
+    :data:`schema.LINE_KEYS`, and hold only what :func:`jsonline.plain_line` takes.
+    """
+    handlers = _only_line_handlers(logger, level)
+    if handlers is None:
+        logger.handle(hop_record(logger, level, pathname, msg, args, hop, fields))
+        return
+    created = time.time()
+    levelname = logging.getLevelName(level)
+    stamped = _stamped(hop)
+    line = _line(created, levelname, logger.name, msg % args, stamped, fields)
+    attributes = {**fields, **stamped}  # what the record would carry (the Loki metadata)
+    for handler in handlers:
+        handler.emit_line(created, levelname, line, attributes)
+
+
+def hop_record(
+    logger: logging.Logger,
+    level: int,
+    pathname: str,
+    msg: str,
+    args: tuple[Any, ...],
+    hop: Hop,
+    fields: dict[str, Any],
+) -> logging.LogRecord:
+    """The access line as a record: the hop's context set (as a handler's stamp would), ``fields``
+    as extras and, when :func:`records.new_record` made it, its JSON line made at once (what
+    :class:`JsonFormatter` would write, without its generic pass over every attribute)."""
+    stamped = _stamped(hop)
+    fast = records.fast_records_apply(logger)
+    record = records.new_record(logger, level, pathname, msg, args, {**fields, **stamped}, fast=fast)
+    if fast:
+        line = _line(record.created, record.levelname, record.name, record.getMessage(), stamped, fields)
+        record.__dict__[LINE_ATTR] = line
+    return record
+
+
+def _stamped(hop: Hop) -> dict[str, Any]:
+    return {
+        schema.SERVICE: context.service(),
+        schema.CORRELATION_ID: hop.correlation_id,
+        schema.REQUEST_ID: hop.request_id,
+        schema.PARENT_REQUEST_ID: hop.parent_request_id,
+    }
+
+
+def _line(
+    created: float, levelname: str, name: str, message: str, stamped: dict[str, Any], fields: dict[str, Any]
+) -> str:
+    """The keys and order :class:`JsonFormatter` writes: line keys, the context, the extras."""
+    entry = {
+        schema.TIME: utc_timestamp(created),
+        schema.LEVEL: levelname,
+        schema.LOGGER: name,
+        schema.MESSAGE: message,
+        **stamped,
+        **fields,
+    }
+    return jsonline.plain_line(entry)  # str, int, finite float, None: the edge's fields and the hop's
+
+
+def _only_line_handlers(logger: logging.Logger, level: int) -> list[Any] | None:
+    """The handlers a record of ``logger`` at ``level`` would reach, if all are line handlers
+    with the JSON formatter and no filter, and nothing else changes records; else None."""
+    if (
+        logger.filters
+        or type(logger).handle is not _HANDLE
+        or type(logger).callHandlers is not _CALL_HANDLERS
+        or not records.fast_records_apply(logger)
+    ):
+        return None
+    found = []
+    node: logging.Logger | None = logger
+    while node is not None:
+        for handler in node.handlers:
+            if level < handler.level:
+                continue  # would not see the record either way
+            if type(handler) not in _LINE_HANDLERS or handler.filters or type(handler.formatter) is not JsonFormatter:
+                return None
+            found.append(handler)
+        node = node.parent if node.propagate else None
+    return found or None  # none at all: logging's lastResort rules apply

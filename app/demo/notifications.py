@@ -1,0 +1,291 @@
+"""The notifications worker: a Celery worker (service ``notifications``) behind a Redis broker.
+
+After a successful checkout, orders publishes ``notifications.send_confirmation``; the worker logs
+a line, looks the reservation up at inventory over HTTP and "sends" the email. The correlation ID
+goes queue -> worker -> HTTP, and each run (each retry too) is a hop of the checkout's trail.
+
+    CELERY_BROKER_URL=redis://127.0.0.1:6379/0 INVENTORY_URL=http://127.0.0.1:8083 python -m demo.notifications
+
+One process, tasks in a thread pool (``--pool threads``), for the reason the web services run one
+gunicorn worker with threads: prometheus_client keeps exemplars only in single-process mode. The
+process also serves a small control endpoint on ``PORT`` (8084): ``GET /healthz`` (200 once the
+worker consumes), ``GET /metrics`` and ``GET|POST /admin/faults`` (the fault switch: a run fails
+with ``InjectedFault`` at ``error_rate`` and is retried, ``TASK_MAX_RETRIES`` times,
+``TASK_RETRY_DELAY_SECONDS`` apart; ``latency_ms`` delays each run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import flask
+import requests
+from celery import Celery
+from celery import signals as celery_signals
+from werkzeug.serving import BaseWSGIServer, make_server
+
+import correlation
+from correlation import celery as correlation_celery
+from correlation.config import ConfigError
+from demo.calls import DownstreamError, call, downstream_url
+from demo.faults import Faults, FaultSettings, InjectedFault, admin_blueprint
+
+SERVICE = "notifications"
+TASK_NAME = "notifications.send_confirmation"
+QUEUE = "notifications"
+DEFAULT_PORT = 8084
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+#: How long a publisher may try when the broker is down: a checkout waits this long at most
+#: (two quick retries, then ``send_task`` logs and counts the loss) instead of Celery's default.
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+#: The directory holding the `demo` package (it runs from source, not installed).
+DEMO_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BROKER_TIMEOUTS = {"socket_connect_timeout": 1.0, "socket_timeout": 5.0}
+
+log = logging.getLogger("demo")
+
+
+def broker_url(env: Mapping[str, str]) -> str | None:
+    """``CELERY_BROKER_URL``, or None when the demo runs without a broker."""
+    return env.get("CELERY_BROKER_URL", "").strip() or None
+
+
+def make_celery(url: str) -> Celery:
+    """The Celery app both sides use: orders publishes with it, the worker consumes with it."""
+    app = Celery(SERVICE, broker=url, set_as_current=False)
+    app.conf.update(
+        task_default_queue=QUEUE,
+        task_ignore_result=True,  # nothing reads results: no result backend
+        task_publish_retry_policy=PUBLISH_RETRY_POLICY,
+        broker_connection_timeout=BROKER_TIMEOUTS["socket_connect_timeout"],
+        broker_transport_options=dict(BROKER_TIMEOUTS),
+        broker_connection_retry_on_startup=True,
+        worker_prefetch_multiplier=1,  # a message waits in Redis, not in a worker that may lose it
+        # Messages are acknowledged when a run starts: a run that loses the broker finishes anyway.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    return app
+
+
+class Confirmations:
+    """The orders side: publish a confirmation; a broker outage never fails the order."""
+
+    def __init__(self, url: str) -> None:
+        self.app = make_celery(url)
+        correlation_celery.install(self.app)  # published tasks carry the request's hop
+
+    def send(self, order_id: str, reservation_id: str) -> bool:
+        kwargs = {"order_id": order_id, "reservation_id": reservation_id}
+        return correlation_celery.send_task(self.app, TASK_NAME, kwargs=kwargs) is not None
+
+
+def _retry_settings(env: Mapping[str, str]) -> tuple[int, float]:
+    try:
+        retries, delay = int(env.get("TASK_MAX_RETRIES", "2")), float(env.get("TASK_RETRY_DELAY_SECONDS", "1"))
+    except ValueError:
+        raise ConfigError("TASK_MAX_RETRIES must be an integer, TASK_RETRY_DELAY_SECONDS a number") from None
+    if not (0 <= retries <= 10 and 0 <= delay <= 300):
+        raise ConfigError("TASK_MAX_RETRIES must be in [0, 10], TASK_RETRY_DELAY_SECONDS in [0, 300]")
+    return retries, delay
+
+
+def register_tasks(app: Celery, faults: Faults, env: Mapping[str, str]) -> Any:
+    """The worker's one task; returns it."""
+    inventory_url = downstream_url(env, "inventory")
+    max_retries, delay = _retry_settings(env)
+    session = requests.Session()
+
+    @app.task(
+        name=TASK_NAME,
+        bind=True,
+        autoretry_for=(InjectedFault, DownstreamError),
+        max_retries=max_retries,
+        default_retry_delay=delay,
+    )
+    def send_confirmation(self: Any, order_id: str, reservation_id: str) -> str:
+        log.info("sending confirmation for order %s (attempt %d)", order_id, self.request.retries + 1)
+        faults.apply()
+        reservation = call(session, "GET", f"{inventory_url}/reservations/{reservation_id}")
+        log.info("confirmation for order %s sent (reservation %s)", order_id, reservation.get("status"))
+        return order_id
+
+    return send_confirmation
+
+
+def control_app(settings: correlation.Settings, faults: Faults, ready: threading.Event) -> flask.Flask:
+    """The worker's control endpoint: health, metrics and the fault switch."""
+    app = flask.Flask(SERVICE)
+    correlation.Correlation(app, settings)  # /metrics, and outgoing requests (the task's) carry the hop
+    app.register_blueprint(admin_blueprint(faults))
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        if not ready.is_set():
+            return {"status": "starting", "service": SERVICE}, 503
+        return {"status": "ok", "service": SERVICE}
+
+    return app
+
+
+def serve_control(app: flask.Flask, host: str, port: int) -> BaseWSGIServer:
+    """Serve ``app`` from a daemon thread (werkzeug, threaded: a scrape never waits for a task)."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # our access lines say it better
+    server = make_server(host, port, app, threaded=True)
+    threading.Thread(target=server.serve_forever, name="control", daemon=True).start()
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default=os.environ.get("BIND_HOST", "0.0.0.0"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", str(DEFAULT_PORT))))
+    parser.add_argument("--concurrency", type=int, default=4)
+    args = parser.parse_args(argv)
+    env = os.environ
+    url = broker_url(env)
+    if url is None:
+        print(f"notifications: CELERY_BROKER_URL is not set (e.g. {DEFAULT_BROKER_URL})", file=sys.stderr)
+        return 2
+    settings = correlation.Settings.from_env(env, service=SERVICE)
+    correlation.setup_logging(settings)
+    faults = Faults(FaultSettings.from_env(env))
+    app = make_celery(url)
+    register_tasks(app, faults, env)
+    correlation_celery.install(app, settings)  # the worker logs with these settings, not Celery's own
+
+    ready = threading.Event()
+    celery_signals.worker_ready.connect(lambda **_: ready.set(), weak=False)
+    server = serve_control(control_app(settings, faults, ready), args.host, args.port)
+    log.info("notifications worker starting (broker %s, control :%d)", url.split("@")[-1], args.port)
+    try:
+        worker = ["worker", "--pool=threads", f"--concurrency={args.concurrency}", f"--queues={QUEUE}"]
+        # No gossip, mingle or heartbeats: one worker, and they would only add broker chatter.
+        worker += ["--without-gossip", "--without-mingle", "--without-heartbeat", f"--hostname={SERVICE}@%h"]
+        return app.start(["--quiet", *worker]) or 0
+    finally:
+        server.shutdown()
+
+
+# -- running it next to the chain (make run-local, the tests) -------------------------------------
+
+
+def redis_available() -> bool:
+    return shutil.which("redis-server") is not None
+
+
+def start_redis(port: int, data_dir: str, *, stdout: IO[bytes] | int | None = None) -> subprocess.Popen[bytes]:
+    """A private redis-server on 127.0.0.1:``port``, appending every write to ``data_dir`` (fsync
+    each write), so queued messages survive a restart. Not waited for: see :func:`wait_redis`."""
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", data_dir, "--save", ""]
+    command += ["--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "yes"]
+    return subprocess.Popen(command, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_redis(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Until redis answers PING; RuntimeError if it exits or ``timeout`` passes."""
+    import redis  # the broker's client, with celery
+
+    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server on port {port} exited with code {proc.returncode}")
+        try:
+            if client.ping():
+                return
+        except redis.RedisError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"redis-server on port {port} did not answer PING within {timeout} s")
+
+
+def start_worker(
+    port: int, env: Mapping[str, str], *, stdout: IO[bytes] | int | None = None
+) -> subprocess.Popen[bytes]:
+    """``python -m demo.notifications`` with ``env`` (not waited for: poll its /healthz). The demo
+    is not installed: the child finds it through PYTHONPATH, as the chain's gunicorns do."""
+    worker_env = {**os.environ, **env, "PORT": str(port), "BIND_HOST": "127.0.0.1"}
+    inherited = worker_env.get("PYTHONPATH")
+    worker_env["PYTHONPATH"] = f"{DEMO_SOURCE_ROOT}{os.pathsep}{inherited}" if inherited else DEMO_SOURCE_ROOT
+    command = [sys.executable, "-m", "demo.notifications"]
+    return subprocess.Popen(command, env=worker_env, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+@dataclass
+class LocalBackground:
+    """``make run-local``'s broker and worker: a private redis-server, then the worker; or, when
+    redis-server or Celery is not installed, nothing, and :attr:`missing` says what to install."""
+
+    missing: str | None = None
+    broker_url: str | None = None
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    data_dir: str | None = None
+
+    @classmethod
+    def start_broker(cls, port: int) -> LocalBackground:
+        if not redis_available():
+            return cls(missing="redis-server is not installed (Debian: apt-get install redis-server)")
+        if importlib.util.find_spec("celery") is None:
+            return cls(missing="Celery is not installed (pip install -e 'app[demo]')")
+        data_dir = tempfile.mkdtemp(prefix="run-local-redis-")
+        redis = start_redis(port, data_dir, stdout=subprocess.DEVNULL)
+        try:
+            wait_redis(port, redis, 10)
+        except RuntimeError as exc:  # e.g. the port is taken: run without the worker, and say why
+            stop(redis, 5)
+            shutil.rmtree(data_dir, ignore_errors=True)
+            return cls(missing=f"{exc} (another port: --redis-port)")
+        return cls(broker_url=f"redis://127.0.0.1:{port}/0", processes={"redis": redis}, data_dir=data_dir)
+
+    def start_worker(self, port: int, env: Mapping[str, str], inventory_url: str, timeout: float) -> str | None:
+        """Start the worker and wait for its /healthz; its URL, or None without a broker."""
+        if self.broker_url is None:
+            return None
+        worker_env = {**env, "CELERY_BROKER_URL": self.broker_url, "INVENTORY_URL": inventory_url}
+        self.processes[SERVICE] = proc = start_worker(port, worker_env)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
+                    if response.status == 200:
+                        return url
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the notifications worker did not become healthy at {url} within {timeout} s")
+
+    def stop(self, timeout: float) -> dict[str, int]:
+        """The worker first (its running tasks finish), then redis; the exit codes."""
+        codes = {name: stop(proc, timeout) for name, proc in reversed(self.processes.items())}
+        if self.data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        return codes
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM (a worker finishes its running tasks and flushes its log lines), then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

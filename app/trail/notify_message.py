@@ -1,0 +1,224 @@
+"""The notification: one JSON object per alert (a contract, README.md "The notifier"), the text a
+person reads, and Slack's incoming-webhook shape.
+
+Everything that comes from an alert or a log line is untrusted: control characters are escaped
+(a hostile line cannot recolour a terminal or fake a second line) and every value is cut to a
+bound, saying so with an ellipsis, so a 256 KB exception message cannot flood a chat channel.
+Slack's markup characters (``&``, ``<``, ``>``) are escaped where text goes into mrkdwn.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from datetime import datetime
+from typing import Any
+
+from trail.links import DEFAULT_TRAIL_WEB_URL, trail_explore_url, trail_page_path
+from trail.notify_payload import AlertEvent
+from trail.notify_trail import FailedHop, TrailFinding
+from trail.render import clean
+
+#: Version of the notification object; bumped when a field changes meaning or disappears.
+NOTIFICATION_VERSION = 1
+#: The links a notification carries, in the order people need them.
+LINK_FIELDS = ("trail_url", "trail_page_url", "logs_url", "dashboard_url", "runbook_url")
+#: Every field of the notification object, in order (README.md documents each).
+FIELDS = (
+    "version",
+    "status",
+    "page",
+    "alertname",
+    "severity",
+    "service",
+    "cause_service",
+    "summary",
+    "starts_at",
+    "ends_at",
+    "trail",
+    "trail_note",
+    "correlation_id",
+    "trail_command",
+    "root_cause",
+    "error",
+    *LINK_FIELDS,
+    "text",
+)
+MAX_LABEL_CHARS = 128
+MAX_ERROR_TYPE_CHARS = 200
+MAX_MESSAGE_CHARS = 500
+MAX_URL_CHARS = 3000  # Slack refuses longer button URLs; a longer link is surely not ours
+ELLIPSIS = "…"
+#: How each link is labelled for people.
+_LINK_NAMES = {
+    "trail_url": "Trail",
+    "trail_page_url": "Trail page",
+    "logs_url": "Logs",
+    "dashboard_url": "Dashboard",
+    "runbook_url": "Runbook",
+}
+_SLACK_HEADER_CHARS = 150
+_SLACK_SECTION_CHARS = 3000
+
+
+def shown(text: str | None, limit: int) -> str | None:
+    """Untrusted ``text`` made safe to show: control characters escaped, cut to ``limit``."""
+    if text is None:
+        return None
+    safe = clean(text)
+    return safe if len(safe) <= limit else safe[: limit - 1] + ELLIPSIS
+
+
+def _link(value: str | None) -> str | None:
+    """An annotation's URL when it is one absolute http(s) URL; None otherwise (not shown)."""
+    if not value or len(value) > MAX_URL_CHARS:
+        return None
+    parts = urllib.parse.urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() or ord(c) < 32 for c in value):
+        return None
+    return value.strip()
+
+
+def _time(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
+
+
+def build_notification(
+    event: AlertEvent,
+    finding: TrailFinding,
+    default_grafana_url: str,
+    default_trail_web_url: str = DEFAULT_TRAIL_WEB_URL,
+) -> dict[str, Any]:
+    """The notification object for one alert (its fields: :data:`FIELDS`). The alert's links pass
+    through; the trail links are rebuilt for the request the notification names (the alert's own
+    come from correlation_last_failed_request, which may name another one), on the Grafana and
+    trail page the alert's external labels (grafana_url, trail_web_url) point at."""
+    links = {name: _link(event.annotations.get(name)) for name in LINK_FIELDS}
+    if finding.correlation_id and finding.trail_window is not None:
+        grafana = _link(event.labels.get("grafana_url")) or default_grafana_url
+        trail_web = _link(event.labels.get("trail_web_url")) or default_trail_web_url
+        links["trail_url"] = trail_explore_url(grafana, finding.correlation_id, finding.trail_window)
+        links["trail_page_url"] = trail_web.rstrip("/") + trail_page_path(finding.correlation_id)
+    hop = finding.root_cause
+    note = {
+        **{name: None for name in FIELDS},
+        "version": NOTIFICATION_VERSION,
+        "status": event.status,
+        "page": event.page and event.firing,
+        "alertname": shown(event.alertname, MAX_LABEL_CHARS),
+        "severity": shown(event.severity, MAX_LABEL_CHARS) or None,
+        "service": shown(event.service, MAX_LABEL_CHARS),
+        "cause_service": shown(event.cause_service, MAX_LABEL_CHARS),
+        "summary": shown(event.annotations.get("summary"), MAX_MESSAGE_CHARS),
+        "starts_at": _time(event.starts_at),
+        "ends_at": _time(event.ends_at),
+        "trail": finding.state,
+        "trail_note": finding.note,
+        "correlation_id": finding.correlation_id,
+        "trail_command": f"trail {finding.correlation_id}" if finding.correlation_id else None,
+        "root_cause": _hop(hop) if hop else None,
+        "error": (
+            {
+                "type": shown(finding.error_type, MAX_ERROR_TYPE_CHARS),
+                "message": shown(finding.error_message, MAX_MESSAGE_CHARS),
+            }
+            if finding.error_type or finding.error_message
+            else None
+        ),
+        **links,
+    }
+    note["text"] = render_text(note)
+    return note
+
+
+def _hop(hop: FailedHop) -> dict[str, Any]:
+    return {
+        "service": shown(hop.service, MAX_LABEL_CHARS),
+        "method": shown(hop.method, MAX_LABEL_CHARS),
+        "route": shown(hop.route, MAX_LABEL_CHARS),
+        "status": hop.status,
+        "duration_ms": hop.duration_ms,
+        "request_id": shown(hop.request_id, MAX_LABEL_CHARS),
+    }
+
+
+def _headline(note: dict[str, Any]) -> str:
+    kind = "page" if note["page"] else "no page"
+    who = note["service"] or "-"
+    cause = f" (cause: {note['cause_service']})" if note["cause_service"] and note["cause_service"] != who else ""
+    return f"[{note['status'].upper()}] {note['alertname']} ({note['severity'] or 'no severity'}, {kind}): {who}{cause}"
+
+
+def _hop_line(hop: dict[str, Any]) -> str:
+    what = " ".join(part for part in (hop["method"], hop["route"]) if part) or "?"
+    took = f" in {hop['duration_ms']:.1f} ms" if hop["duration_ms"] is not None else ""
+    return f"{hop['service'] or '?'} {what} answered {hop['status']}{took} (request {hop['request_id']})"
+
+
+def _error_line(error: dict[str, Any] | None) -> str:
+    if not error:
+        return "no error line logged"
+    return ": ".join(part for part in (error["type"], error["message"]) if part)
+
+
+def render_text(note: dict[str, Any]) -> str:
+    """The notification as plain text, one fact a line."""
+    lines = [_headline(note)]
+    if note["summary"]:
+        lines.append(note["summary"])
+    if note["status"] == "firing":
+        if note["root_cause"]:
+            lines.append(f"Root cause: {_hop_line(note['root_cause'])}")
+            lines.append(f"Error: {_error_line(note['error'])}")
+        if note["correlation_id"]:
+            lines.append(f"Correlation ID: {note['correlation_id']}  ->  {note['trail_command']}")
+        if note["trail_note"]:
+            lines.append(f"Links only: {note['trail_note']}.")
+    lines += [f"{_LINK_NAMES[name]}: {note[name]}" for name in LINK_FIELDS if note[name]]
+    return "\n".join(lines)
+
+
+def _mrkdwn(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _code(text: str) -> str:
+    """Inline code in mrkdwn; a backtick inside would end it early."""
+    return "`" + _mrkdwn(text.replace("`", "'")) + "`"
+
+
+def _fit(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + ELLIPSIS
+
+
+def slack_message(note: dict[str, Any]) -> dict[str, Any]:
+    """Slack's incoming-webhook body: ``text`` (the fallback shown in notifications) and ``blocks``."""
+    facts = []
+    if note["summary"]:
+        facts.append(_mrkdwn(note["summary"]))
+    if note["status"] == "firing":
+        if note["root_cause"]:
+            facts.append(f"*Root cause:* {_code(_hop_line(note['root_cause']))}")
+            facts.append(f"*Error:* {_code(_error_line(note['error']))}")
+        if note["correlation_id"]:
+            facts.append(f"*Correlation ID:* {_code(note['correlation_id'])}: {_code(note['trail_command'])}")
+        if note["trail_note"]:
+            facts.append(f"*Links only:* {_mrkdwn(note['trail_note'])}.")
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": _fit(_headline(note), _SLACK_HEADER_CHARS)}},
+    ]
+    if facts:
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": _fit("\n".join(facts), _SLACK_SECTION_CHARS)}}
+        )
+    buttons = [
+        {
+            "type": "button",
+            "text": {"type": "plain_text", "text": _LINK_NAMES[name]},
+            "url": note[name],
+        }
+        for name in LINK_FIELDS
+        if note[name]
+    ]
+    if buttons:
+        blocks.append({"type": "actions", "elements": buttons})
+    return {"text": _mrkdwn(_fit(_headline(note), _SLACK_SECTION_CHARS)), "blocks": blocks}

@@ -1,0 +1,151 @@
+"""The trail behind an alert: the alerted service's newest failed request, read from Loki with the
+same code as ``trail --last-error`` (:func:`trail.lookup.last_error`), and the hop where it broke
+(:func:`trail.root_cause.root_cause`).
+
+A notification must not wait for Loki: every read has a deadline (the moment the alert arrived
+plus the budget), enforced twice. Each request to Loki is bounded by what is left of it
+(``budget_seconds``), and the caller stops waiting at the deadline whatever Loki does (a Loki that
+trickles bytes keeps a socket read alive forever); the read then ends in the background by its
+own timeouts. What could not be read is said in :attr:`TrailFinding.note`, never hidden.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from datetime import datetime
+
+from trail.loki_query import LokiQueryClient, LokiQueryError
+from trail.lookup import LastError, last_error
+from trail.notify_payload import AlertEvent
+from trail.window import DEFAULT_MAX_REQUEST_SECONDS, Window
+
+FOUND, NOT_FOUND, UNAVAILABLE, SKIPPED = "found", "not_found", "unavailable", "skipped"
+NS = 1_000_000_000
+#: How far before the alert's start the newest failure is looked for: the rules' 5-minute rate
+#: window plus their longest `for`, with room to spare.
+DEFAULT_LOOKBACK_SECONDS = 15 * 60.0
+#: The time a notification may wait for Loki; with Alertmanager's group_wait it stays in the 5 s
+#: the README promises.
+DEFAULT_BUDGET_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class FailedHop:
+    """The deepest failed hop of the request: where it broke."""
+
+    service: str | None
+    method: str | None
+    route: str | None
+    status: int | None
+    duration_ms: float | None
+    request_id: str
+
+
+@dataclass(frozen=True)
+class TrailFinding:
+    """What Loki told about an alert: ``state`` is found, not_found, unavailable or skipped;
+    ``note`` says why there is no trail (None when found)."""
+
+    state: str
+    note: str | None = None
+    correlation_id: str | None = None
+    root_cause: FailedHop | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    #: The window the trail was read from (the trail link opens the same).
+    trail_window: Window | None = None
+
+
+class TrailReader:
+    """Reads findings for alerts; ``client`` None means Loki is not configured (LOKI_URL empty)."""
+
+    def __init__(
+        self,
+        client: LokiQueryClient | None,
+        *,
+        lookback_seconds: float = DEFAULT_LOOKBACK_SECONDS,
+        budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+        max_request_seconds: float = DEFAULT_MAX_REQUEST_SECONDS,
+        executor: Executor | None = None,
+    ) -> None:
+        self.client = client
+        self.lookback_seconds = lookback_seconds
+        self.budget_seconds = budget_seconds
+        self.max_request_seconds = max_request_seconds
+        self._executor = executor or ThreadPoolExecutor(max_workers=8, thread_name_prefix="notify-loki")
+
+    def read(self, event: AlertEvent, deadline: float, now_ns: int | None = None) -> TrailFinding:
+        """The finding for ``event``, returned by ``deadline`` (``time.monotonic()``) at the latest."""
+        if not event.firing:
+            return TrailFinding(SKIPPED, "resolved: the trail is read for firing alerts only")
+        service = event.service
+        if service is None:
+            return TrailFinding(SKIPPED, "the alert names no service")
+        if self.client is None:
+            return TrailFinding(SKIPPED, "LOKI_URL is not set: the trail was not read")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return TrailFinding(UNAVAILABLE, "the trail could not be read: no time was left for Loki")
+        window = self.search_window(event.starts_at, time.time_ns() if now_ns is None else now_ns)
+        client = self.client
+        future = self._executor.submit(
+            last_error,
+            client,
+            service,
+            window,
+            max_request_seconds=self.max_request_seconds,
+            budget_seconds=left,
+            prefer_own=True,
+        )
+        try:
+            found = future.result(timeout=left)
+        except FutureTimeout:
+            future.cancel()
+            return TrailFinding(
+                UNAVAILABLE, f"the trail could not be read: Loki did not answer within {self.budget_seconds:g} s"
+            )
+        except LokiQueryError as exc:
+            return TrailFinding(UNAVAILABLE, f"the trail could not be read: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the boundary: a bad line or a bug must not stop the page
+            return TrailFinding(UNAVAILABLE, f"the trail could not be read: {type(exc).__name__}: {exc}")
+        if found is None:
+            return TrailFinding(NOT_FOUND, f"no request failed (status >= 500) at {service} in {window}")
+        return _finding(found)
+
+    def search_window(self, starts_at: datetime | None, now_ns: int) -> Window:
+        """From ``lookback_seconds`` before the alert's start (or now) up to now."""
+        start_ns = int(starts_at.timestamp() * NS) if starts_at is not None else now_ns
+        start_ns = min(start_ns, now_ns) - int(self.lookback_seconds * NS)
+        return Window(start_ns, now_ns + 1)
+
+
+def _finding(found: LastError) -> TrailFinding:
+    if not found.lookup.found:
+        window = found.lookup.window
+        return TrailFinding(
+            NOT_FOUND,
+            f"the lines of failed request {found.correlation_id} are not in {window}",
+            correlation_id=found.correlation_id,
+            trail_window=window,
+        )
+    cause = found.lookup.root_cause()
+    if cause is None:
+        # The failed access line was found but its trail shows no failed hop: lines still in flight.
+        return TrailFinding(
+            FOUND,
+            "the trail shows no failed hop yet (lines may still be arriving)",
+            correlation_id=found.correlation_id,
+            trail_window=found.lookup.window,
+        )
+    hop = cause.hop
+    return TrailFinding(
+        FOUND,
+        correlation_id=found.correlation_id,
+        root_cause=FailedHop(hop.service, hop.method, hop.route, hop.status, hop.duration_ms, hop.request_id),
+        error_type=cause.exception_type,
+        error_message=cause.message,
+        trail_window=found.lookup.window,
+    )

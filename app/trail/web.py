@@ -1,0 +1,293 @@
+"""``trail serve``: one request's trail as a web page, and time-scoped links into Grafana.
+
+    GET /t/<id>               the page: waterfall of hops, each hop's lines, the window searched
+    GET /t/<id>?format=json   the ``trail --json`` document
+    GET /go/<id>              302 to Grafana Explore on the request's lines over its own window
+    GET /healthz              liveness (does not ask Loki)
+
+Why it exists: Grafana data links cannot compute a time (grafana/grafana issue 82897), so the
+exemplar and ``correlation_id`` links could only search a fixed 6 hours, and a Loki search costs
+in proportion to its window. This app reads the time inside the ID (``trail.window``) as the CLI
+does, so every click lands on a window of seconds, widened once to +-15 min when the trail found
+there is incomplete. ``?from=&to=`` (RFC 3339 or Unix s/ms) gives the window for a foreign ID;
+without it a foreign ID is searched over the last hour.
+
+Settings (environment): ``LOKI_*`` as for the CLI (``LOKI_TIMEOUT_SECONDS`` also bounds a whole
+page: no page waits longer), ``GRAFANA_URL`` and ``TRAIL_WEB_URL``: the addresses a browser uses.
+Run under gunicorn (``--config python:trail.gunicorn_conf "trail.web:create_app()"``), or
+``trail serve --port 8090`` for local use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import flask
+from werkzeug.wrappers import Response as WerkzeugResponse
+
+from correlation.config import ConfigError, LokiSettings
+from trail.links import (
+    DEFAULT_GRAFANA_URL,
+    DEFAULT_TRAIL_WEB_URL,
+    trail_dashboard_url,
+    trail_explore_url,
+)
+from trail.loki_query import LokiQueryClient, LokiQueryError, display_url
+from trail.lookup import (
+    DEFAULT_SINCE_SECONDS,
+    TrailLookup,
+    Window,
+    check_correlation_id,
+    explicit_window,
+    id_window,
+    lookup_trail,
+    parse_duration,
+    parse_time,
+)
+from trail.page import UNKNOWN_TITLE, page_view
+from trail.render import render_json
+
+_BASE_URL = re.compile(r"https?://[^/\s?#]+(/[^\s?#]*)?")
+#: Longest query parameter read: times and durations are short; anything longer is refused.
+_MAX_PARAM = 64
+#: Defence in depth behind autoescaping: no script may run on the page, whatever a line holds.
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass(frozen=True)
+class TrailWebSettings:
+    """Where Loki is, and the addresses a browser uses for Grafana and for this app."""
+
+    loki: LokiSettings
+    grafana_url: str = DEFAULT_GRAFANA_URL
+    trail_web_url: str = DEFAULT_TRAIL_WEB_URL
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> TrailWebSettings:
+        env = os.environ if env is None else env
+        loki = LokiSettings.from_env(env)
+        if not loki.url:
+            raise ConfigError("LOKI_URL is not set: the trail pages read Loki (e.g. LOKI_URL=http://localhost:3100)")
+        return cls(
+            loki,
+            _base_url(env, "GRAFANA_URL", DEFAULT_GRAFANA_URL),
+            _base_url(env, "TRAIL_WEB_URL", DEFAULT_TRAIL_WEB_URL),
+        )
+
+
+def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip() or default
+    if not _BASE_URL.fullmatch(value):
+        raise ConfigError(f"{name}={value!r} is not valid: expected http(s)://host[:port][/path]")
+    return value.rstrip("/")
+
+
+class _BadRequest(ValueError):
+    """Input the page refuses, with the reason shown to the user."""
+
+
+def _param(name: str) -> str | None:
+    value = flask.request.args.get(name, "").strip()
+    if len(value) > _MAX_PARAM:
+        raise _BadRequest(f"{name}: longer than {_MAX_PARAM} characters")
+    return value or None
+
+
+def _explicit_window() -> Window | None:
+    """``?from=&to=`` (or ``?since=``) when given; None lets the ID's own time decide."""
+    try:
+        since, start, end = _param("since"), _param("from"), _param("to")
+        return explicit_window(
+            since_seconds=parse_duration(since) if since else None,
+            from_ns=parse_time(start) if start else None,
+            to_ns=parse_time(end) if end else None,
+        )
+    except ValueError as exc:
+        raise _BadRequest(f"bad time window: {exc}") from None
+
+
+def _window_args(*more: str) -> dict[str, str]:
+    """The request's non-empty window parameters (and ``more``), to carry on to another URL."""
+    return {k: v for k, v in flask.request.args.items() if k in ("from", "to", "since", *more) and v}
+
+
+def _page_url(correlation_id: str, params: dict[str, str]) -> str:
+    path = flask.url_for("trail_page", correlation_id=correlation_id)
+    return f"{path}?{urlencode(params)}" if params else path
+
+
+def _checked_id(correlation_id: str) -> str:
+    try:
+        return check_correlation_id(correlation_id)
+    except ValueError as exc:
+        raise _BadRequest(f"refusing {exc}; nothing was queried") from None
+
+
+def _wants_json() -> bool:
+    requested = flask.request.args.get("format", "html")
+    if requested not in ("html", "json"):
+        raise _BadRequest("format: expected html or json")
+    return requested == "json"
+
+
+def _loki_problem(exc: LokiQueryError, timeout_seconds: float) -> str:
+    if exc.status is not None:
+        return f"Loki answered an error (HTTP {exc.status})"
+    if "budget" in exc.message or "timed out" in exc.message.lower():
+        return f"Loki did not answer within LOKI_TIMEOUT_SECONDS ({timeout_seconds:g} s)"
+    return "Loki could not be reached"
+
+
+def create_app(settings: TrailWebSettings | None = None) -> flask.Flask:
+    """The WSGI app (gunicorn: ``"trail.web:create_app()"``); settings from the environment by default."""
+    settings = settings or TrailWebSettings.from_env()
+    app = flask.Flask(__name__)
+    # One Loki client (one requests.Session) per serving thread: sessions are not thread-safe.
+    local = threading.local()
+
+    def client() -> LokiQueryClient:
+        if not hasattr(local, "client"):
+            local.client = LokiQueryClient(settings.loki)
+        found: LokiQueryClient = local.client
+        return found
+
+    def page(template: str, status: int, **context: Any) -> flask.Response:
+        html = flask.render_template(template, settings=settings, unknown_title=UNKNOWN_TITLE, **context)
+        return flask.Response(html, status, content_type="text/html; charset=utf-8")
+
+    def failure(
+        status: int, title: str, message: str, as_json: bool, lookup: TrailLookup | None = None
+    ) -> flask.Response:
+        """An error page (or JSON document) saying what went wrong; with ``lookup``, what was searched."""
+        if as_json:
+            body: dict[str, Any] = {"error": title, "message": message}
+            if lookup is not None:
+                body.update(windows=[w.to_dict() for w in lookup.windows], query=lookup.query)
+            return flask.Response(json.dumps(body, indent=2) + "\n", status, content_type="application/json")
+        links = _links(lookup) if lookup is not None else {}
+        return page("error.html", status, title=title, message=message, lookup=lookup, **links)
+
+    def _links(lookup: TrailLookup) -> dict[str, str]:
+        return {
+            "explore_url": trail_explore_url(settings.grafana_url, lookup.correlation_id, lookup.window),
+            "dashboard_url": trail_dashboard_url(settings.grafana_url, lookup.correlation_id, lookup.window),
+        }
+
+    def _not_found(lookup: TrailLookup, as_json: bool) -> flask.Response:
+        message = f"No log lines for correlation ID {lookup.correlation_id} in the window searched."
+        return failure(404, "Nothing found", message, as_json, lookup)
+
+    @app.after_request
+    def secure(response: flask.Response) -> flask.Response:
+        response.headers.update(_SECURITY_HEADERS)
+        return response
+
+    @app.errorhandler(_BadRequest)
+    def bad_request(exc: _BadRequest) -> flask.Response:
+        as_json = flask.request.args.get("format") == "json"
+        return failure(400, "Bad request", str(exc), as_json)
+
+    @app.errorhandler(404)
+    def not_a_page(_exc: Exception) -> flask.Response:
+        return failure(
+            404, "No such page", "Trail pages are /t/<correlation-id>: paste an ID in the form above.", False
+        )
+
+    @app.get("/healthz")
+    def healthz() -> flask.Response:
+        return flask.jsonify(status="ok", loki=display_url(settings.loki.url))
+
+    @app.get("/")
+    def index() -> flask.Response:
+        return page("index.html", 200)
+
+    @app.get("/t")
+    def from_form() -> WerkzeugResponse:
+        correlation_id = _checked_id(flask.request.args.get("id", "").strip())
+        return flask.redirect(_page_url(correlation_id, _window_args("format")), 303)
+
+    @app.get("/t/<path:correlation_id>")
+    def trail_page(correlation_id: str) -> flask.Response:
+        as_json = _wants_json()
+        correlation_id = _checked_id(correlation_id)
+        explicit = _explicit_window()
+        timeout = settings.loki.timeout_seconds
+        try:
+            lookup = lookup_trail(client(), correlation_id, explicit, budget_seconds=timeout)
+        except LokiQueryError as exc:
+            return failure(502, _loki_problem(exc, timeout), str(exc), as_json)
+        if not lookup.found:
+            return _not_found(lookup, as_json)
+        if as_json:
+            # Exactly what `trail ID --json` prints (trail/cli.py).
+            document = render_json(
+                lookup.trail, query=lookup.query, window=lookup.window.to_dict(), widened=lookup.widened
+            )
+            return flask.Response(document, 200, content_type="application/json")
+        json_url = _page_url(correlation_id, {**_window_args(), "format": "json"})
+        # The address to share: where browsers reach this app (TRAIL_WEB_URL), not this request's Host.
+        share_url = settings.trail_web_url + _page_url(correlation_id, _window_args())
+        return page(
+            "trail.html",
+            200,
+            lookup=lookup,
+            view=page_view(lookup),
+            json_url=json_url,
+            share_url=share_url,
+            **_links(lookup),
+        )
+
+    @app.get("/go/<path:correlation_id>")
+    def go(correlation_id: str) -> WerkzeugResponse:
+        """Straight to Explore, without asking Loki: the ID's own narrow window (or the given one,
+        or the last hour for a foreign ID)."""
+        correlation_id = _checked_id(correlation_id)
+        window = _explicit_window() or id_window(correlation_id) or Window.last(DEFAULT_SINCE_SECONDS)
+        return flask.redirect(trail_explore_url(settings.grafana_url, correlation_id, window), 302)
+
+    return app
+
+
+def build_serve_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trail serve",
+        description="Serve trail pages (/t/<id>) and time-scoped Grafana links (/go/<id>) for local use; "
+        "in production run it under gunicorn. Reads LOKI_*, GRAFANA_URL and TRAIL_WEB_URL.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    parser.add_argument("--port", type=int, default=8090, help="port to listen on (default %(default)s)")
+    return parser
+
+
+def serve_main(argv: Sequence[str] | None = None) -> int:
+    """``trail serve``: Werkzeug's threaded server (comes with Flask), no gunicorn needed."""
+    from werkzeug.serving import run_simple
+
+    args = build_serve_parser().parse_args(argv)
+    try:
+        app = create_app()
+    except ConfigError as exc:
+        print(f"trail serve: {exc}", file=sys.stderr)
+        return 2
+    print(f"trail serve: http://{args.host}:{args.port}/t/<correlation-id>", file=sys.stderr, flush=True)
+    run_simple(args.host, args.port, app, threaded=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve_main())

@@ -1,0 +1,33 @@
+"""Stand-ins for what the tests and benchmarks talk to over loopback, and the plumbing to run them.
+
+- :class:`FakeLoki` (``loki.py``): Loki's push API (format checked, faults scripted) and its
+  ``query_range`` API (a LogQL subset, ``loki_query.py``) over one store.
+- ``loki_push.py``: Loki's push format, as Loki checks it (also used by bench/).
+- ``trail_lines.py``: sample lines of one checkout, for staging trails.
+- ``loopback.py``: :class:`LoopbackServer` (any handler, in a thread), :class:`QuietHandler`,
+  :func:`free_port`, :func:`closed_port_url`, :func:`raw_request`.
+- ``waiting.py``: :func:`wait_until`, the one poll-with-a-deadline.
+
+Helpers that are not fakes (real Prometheus, Grafana checks, the shipper wired for tests) live
+in ``tests/support/``. Fixtures built on these are in ``tests/conftest.py``.
+"""
+
+from tests.fakes.loki import FakeLoki, RecordedRequest
+from tests.fakes.loki_push import Push, PushedEntry, validate_push
+from tests.fakes.loopback import HeaderEcho, LoopbackServer, QuietHandler, closed_port_url, free_port, raw_request
+from tests.fakes.waiting import wait_until
+
+__all__ = [
+    "FakeLoki",
+    "HeaderEcho",
+    "LoopbackServer",
+    "Push",
+    "PushedEntry",
+    "QuietHandler",
+    "RecordedRequest",
+    "closed_port_url",
+    "free_port",
+    "raw_request",
+    "validate_push",
+    "wait_until",
+]

@@ -1,0 +1,424 @@
+"""trail.notify: Alertmanager's webhook in, one notification per alert out, naming the hop where the
+alerted service's newest failed request broke (read from a fake Loki), within its time budget
+whatever Loki does."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from correlation.config import ConfigError, LokiSettings
+from correlation.ids import new_correlation_id
+from tests.fakes import FakeLoki, LoopbackServer, QuietHandler, closed_port_url, wait_until
+from tests.fakes.trail_lines import MS, PAYMENTS, checkout_lines, log_line, push_all
+from tests.support.stack import REPO, load_yaml
+from trail.notify import NotifySettings, build
+from trail.notify_delivery import DeliverySettings
+from trail.notify_message import FIELDS, LINK_FIELDS
+
+GRAFANA = "http://grafana.notify.test:3000"
+RUNBOOK = "http://localhost:9095/alerts/runbooks/HighErrorRatio.md"
+
+
+def alert(status: str = "firing", service: str = "payments", **labels: str) -> dict[str, Any]:
+    """One alert as Alertmanager 0.25 sends it, with the rules' labels and annotations."""
+    return {
+        "status": status,
+        "labels": {
+            "trail_web_url": "http://trail-web.notify.test",
+            "alertname": "HighErrorRatio",
+            "service": service,
+            "severity": "critical",
+            "cause_service": service,
+            "grafana_url": GRAFANA,
+            **labels,
+        },
+        "annotations": {
+            "summary": f"{service}: 50% of requests fail (own errors)",
+            "description": "...",
+            "dashboard_url": f"{GRAFANA}/d/service-overview/service-overview?orgId=1&var-service={service}",
+            "logs_url": f"{GRAFANA}/explore?schemaVersion=1&orgId=1&panes=%7B%7D",
+            "trail_url": f"{GRAFANA}/d/request-trail/request-trail?orgId=1",
+            "trail_page_url": "http://localhost:8090/",
+            "runbook_url": RUNBOOK,
+        },
+        "startsAt": time.strftime("%Y-%m-%dT%H:%M:%S.123456789Z", time.gmtime()),
+        "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "generatorURL": "http://localhost:9090/graph?g0.expr=x",
+        "fingerprint": f"fp-{service}",
+    }
+
+
+def payload(*alerts: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "version": "4",
+        "receiver": "demo-webhook",
+        "status": alerts[0]["status"],
+        "alerts": list(alerts),
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://localhost:9093",
+        "groupKey": "{}",
+        "truncatedAlerts": 0,
+    }
+
+
+class ChatWebhook:
+    """A fake chat webhook: records each body, answers from ``script`` (then 200)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[Any] = []
+        self.script: list[int] = []
+        self.lock = threading.Lock()
+        chat = self
+
+        class Handler(QuietHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = json.loads(self.read_body())
+                with chat.lock:
+                    status = chat.script.pop(0) if chat.script else 200
+                    if status == 200:
+                        chat.bodies.append(body)
+                self.reply(status, "ok" if status == 200 else "no")
+
+        self.server = LoopbackServer(Handler)
+
+
+class Running:
+    """A notifier on loopback, its stdout captured."""
+
+    def __init__(
+        self, loki_url: str, webhook: str = "", fmt: str = "json", budget: float = 3.0, attempts: int = 5
+    ) -> None:
+        self.out = io.StringIO()
+        settings = NotifySettings(
+            port=0,
+            lookup_seconds=budget,
+            runbook_dir=str(REPO / "alerts/runbooks"),
+            delivery=DeliverySettings(webhook_url=webhook, format=fmt, attempts=attempts, backoff_min_seconds=0.05),
+        )
+        server, self.notifier = build(settings, LokiSettings(url=loki_url), out=self.out)
+        self.loopback = LoopbackServer(server).start()
+        self.url = self.loopback.url
+
+    def post(self, body: Any) -> requests.Response:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return requests.post(self.url + "/alerts", data=data, headers={"Content-Type": "application/json"}, timeout=5)
+
+    def lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.out.getvalue().splitlines()]
+
+    def wait_lines(self, count: int, timeout: float = 10) -> list[dict[str, Any]]:
+        return wait_until(lambda: len(self.lines()) >= count and self.lines(), timeout, f"{count} notification(s)")
+
+    def stop(self) -> None:
+        self.loopback.stop()
+        self.notifier.close(timeout=2)
+
+
+@pytest.fixture
+def chat() -> Iterator[ChatWebhook]:
+    webhook = ChatWebhook()
+    with webhook.server:
+        yield webhook
+
+
+@pytest.fixture
+def staged() -> Iterator[tuple[FakeLoki, str]]:
+    """A fake Loki holding one failed checkout (payments 500, TimeoutError) of a minute ago."""
+    t0 = time.time_ns() - 60_000 * MS
+    cid = new_correlation_id(t0 // MS)
+    with FakeLoki() as loki:
+        push_all(loki, checkout_lines(cid, t0))
+        yield loki, cid
+
+
+def test_firing_alert_names_the_failed_hop_and_its_error(staged: tuple[FakeLoki, str], chat: ChatWebhook) -> None:
+    loki, cid = staged
+    running = Running(loki.url, webhook=chat.server.url + "/hook")
+    try:
+        answer = running.post(payload(alert()))
+        assert answer.status_code == 200 and answer.json() == {"received": 1, "notifying": 1, "repeats": 0}
+        (note,) = running.wait_lines(1)
+        wait_until(lambda: chat.bodies, 5, "the chat webhook")
+        assert requests.get(running.url + "/notifications", timeout=5).json() == [note]
+        (stored,) = requests.get(running.url + "/alerts", timeout=5).json()
+        assert [a["fingerprint"] for a in stored["alerts"]] == ["fp-payments"]
+    finally:
+        running.stop()
+    assert chat.bodies == [note], "the webhook gets the very object of the stdout line"
+    assert list(note) == list(FIELDS)
+    assert note["status"] == "firing" and note["page"] is True and note["trail"] == "found"
+    assert (note["alertname"], note["severity"], note["service"]) == ("HighErrorRatio", "critical", "payments")
+    assert note["root_cause"] == {
+        "service": "payments",
+        "method": "POST",
+        "route": "/payments",
+        "status": 500,
+        "duration_ms": 12.0,
+        "request_id": PAYMENTS,
+    }
+    assert note["error"] == {"type": "TimeoutError", "message": "processor"}
+    assert note["correlation_id"] == cid and note["trail_command"] == f"trail {cid}"
+    assert note["trail_note"] is None
+    # The trail link opens the request the notification names, from the alert's Grafana.
+    panes = json.loads(urllib.parse.parse_qs(urllib.parse.urlsplit(note["trail_url"]).query)["panes"][0])
+    assert note["trail_url"].startswith(GRAFANA + "/explore?")
+    assert panes["trail"]["queries"][0]["expr"] == f'{{service_name=~".+"}} | correlation_id="{cid}"'
+    assert note["trail_page_url"] == f"http://trail-web.notify.test/t/{cid}"
+    assert note["runbook_url"] == RUNBOOK and note["dashboard_url"].startswith(GRAFANA + "/d/service-overview/")
+    assert note["text"].splitlines()[:5] == [
+        "[FIRING] HighErrorRatio (critical, page): payments",
+        "payments: 50% of requests fail (own errors)",
+        f"Root cause: payments POST /payments answered 500 in 12.0 ms (request {PAYMENTS})",
+        "Error: TimeoutError: processor",
+        f"Correlation ID: {cid}  ->  trail {cid}",
+    ]
+    # It searched the alerted service's failed access lines, then the request's trail.
+    queries = [q.query for q in loki.queries]
+    assert queries[0].startswith('{service_name="payments"} |= "correlation.access"')
+    assert queries[1] == f'{{service_name=~".+"}} | correlation_id="{cid}"'
+
+
+@pytest.mark.process
+def test_a_stalled_loki_gives_links_only_within_the_budget(chat: ChatWebhook) -> None:
+    """Loki accepts the connection and never answers: the Alertmanager webhook is answered at
+    once, and the notification goes out when the budget is spent, saying why it has no trail."""
+    release = threading.Event()
+
+    class Stalled(QuietHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            release.wait(30)
+            self.reply(503)
+
+    with LoopbackServer(Stalled) as stalled:
+        running = Running(stalled.url, webhook=chat.server.url, budget=1.0)
+        try:
+            started = time.monotonic()
+            answer = running.post(payload(alert()))
+            answered = time.monotonic() - started
+            (note,) = running.wait_lines(1, timeout=5)
+            notified = time.monotonic() - started
+            wait_until(lambda: chat.bodies, 5, "the chat webhook")
+        finally:
+            release.set()
+            running.stop()
+    assert answer.status_code == 200 and answered < 0.5, answered
+    assert 0.9 <= notified < 2.0, notified
+    assert note["trail"] == "unavailable" and note["root_cause"] is None and note["correlation_id"] is None
+    assert note["trail_note"] == "the trail could not be read: Loki did not answer within 1 s"
+    assert note["trail_url"] == alert()["annotations"]["trail_url"], "the alert's own link stays"
+    assert "Links only: the trail could not be read: Loki did not answer within 1 s." in note["text"]
+
+
+def test_a_loki_that_is_down_gives_links_only_at_once() -> None:
+    running = Running(closed_port_url())
+    try:
+        running.post(payload(alert()))
+        (note,) = running.wait_lines(1, timeout=3)
+    finally:
+        running.stop()
+    assert note["trail"] == "unavailable" and "cannot reach Loki" in note["trail_note"]
+    assert all(note[name] for name in LINK_FIELDS)
+
+
+def test_no_failure_in_the_window_says_so() -> None:
+    with FakeLoki() as loki:
+        running = Running(loki.url)
+        try:
+            running.post(payload(alert(service="inventory")))
+            (note,) = running.wait_lines(1)
+        finally:
+            running.stop()
+    assert note["trail"] == "not_found"
+    assert re.fullmatch(r"no request failed \(status >= 500\) at inventory in \S+ \.\. \S+", note["trail_note"])
+
+
+def test_resolved_alerts_are_reported_as_resolved_without_reading_loki(staged: tuple[FakeLoki, str]) -> None:
+    loki, _ = staged
+    running = Running(loki.url)
+    try:
+        running.post(payload(alert("resolved")))
+        (note,) = running.wait_lines(1)
+    finally:
+        running.stop()
+    assert note["status"] == "resolved" and note["page"] is False and note["trail"] == "skipped"
+    assert note["ends_at"] is not None and note["text"].startswith("[RESOLVED] HighErrorRatio")
+    assert not loki.queries
+
+
+def test_a_repeated_alert_is_notified_once(staged: tuple[FakeLoki, str]) -> None:
+    """Alertmanager re-sends a whole group when another alert joins it; HA peers each send."""
+    loki, _ = staged
+    running = Running(loki.url)
+    try:
+        assert running.post(payload(alert())).json()["notifying"] == 1
+        second = running.post(payload(alert(), alert(service="inventory"))).json()
+        assert second == {"received": 2, "notifying": 1, "repeats": 1}
+        running.wait_lines(2)
+    finally:
+        running.stop()  # waits for the workers: every notification queued is written by now
+    assert sorted(n["service"] for n in running.lines()) == ["inventory", "payments"]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"not json", "body is not JSON"),
+        (b"[]", "expected a JSON object"),
+        (b'{"alerts": []}', "version: expected '4'"),
+        (b'{"version": "4", "alerts": {}}', "alerts: expected a list"),
+        (b'{"version": "4", "alerts": [{"status": "burning", "labels": {"alertname": "X"}}]}', "alerts[0].status"),
+        (
+            b'{"version": "4", "alerts": [{"status": "firing", "labels": {"alertname": 5}}]}',
+            "alerts[0].labels.alertname: expected a string",
+        ),
+        (
+            b'{"version": "4", "alerts": [{"status": "firing", "labels": {"service": "x"}}]}',
+            "alerts[0].labels.alertname: missing",
+        ),
+        (
+            b'{"version": "4", "alerts": [{"status": "firing", "labels": {"alertname": "X"}, "startsAt": "now"}]}',
+            "alerts[0].startsAt",
+        ),
+    ],
+)
+def test_a_malformed_payload_gets_400_with_the_reason(body: bytes, reason: str) -> None:
+    running = Running(closed_port_url())
+    try:
+        answer = running.post(body)
+        assert answer.status_code == 400 and reason in answer.json()["error"], answer.json()
+        assert requests.get(running.url + "/healthz", timeout=5).status_code == 200, "still serving"
+        assert requests.get(running.url + "/alerts", timeout=5).json() == []
+    finally:
+        running.stop()
+    assert running.lines() == []
+
+
+def test_slack_format_escapes_and_bounds_what_comes_from_logs(chat: ChatWebhook) -> None:
+    """A hostile error message cannot ping the channel, fake a line or flood it."""
+    t0 = time.time_ns() - 30_000 * MS
+    cid = new_correlation_id(t0 // MS)
+    hostile = "<!channel> & `boom`\x1b[31m\t" + "x" * 2000
+    lines = [pair for pair in checkout_lines(cid, t0) if "exception" not in pair[1]]
+    lines.append(
+        log_line(
+            cid,
+            PAYMENTS,
+            "b000000000000002",
+            "payments",
+            t0 + 8 * MS,
+            "failed",
+            level="ERROR",
+            exception=f"Traceback (most recent call last):\nValueError: {hostile}",
+        )
+    )
+    with FakeLoki() as loki:
+        push_all(loki, lines)
+        running = Running(loki.url, webhook=chat.server.url, fmt="slack")
+        try:
+            running.post(payload(alert()))
+            (note,) = running.wait_lines(1)
+            (body,) = wait_until(lambda: chat.bodies, 5, "the chat webhook")
+        finally:
+            running.stop()
+    message = note["error"]["message"]
+    assert message.startswith("<!channel> & `boom`\\x1b[31m\\t") and "\t" not in message
+    assert len(message) == 500 and message.endswith("…")
+    assert set(body) == {"text", "blocks"} and body["text"].startswith("[FIRING] HighErrorRatio")
+    header, section, actions = body["blocks"]
+    assert header["type"] == "header" and len(header["text"]["text"]) <= 150
+    text = section["text"]["text"]
+    assert section["text"]["type"] == "mrkdwn" and len(text) <= 3000
+    assert "<!channel>" not in text and "&lt;!channel&gt; &amp; 'boom'" in text
+    assert f"*Correlation ID:* `{cid}`" in text and "*Root cause:* `payments POST /payments answered 500" in text
+    assert [b["url"] for b in actions["elements"]] == [note[name] for name in LINK_FIELDS]
+
+
+@pytest.mark.process
+def test_the_webhook_is_retried_with_backoff_and_refusals_are_counted(chat: ChatWebhook) -> None:
+    chat.script = [503, 503]
+    running = Running(closed_port_url(), webhook=chat.server.url)
+    try:
+        running.post(payload(alert()))
+        wait_until(lambda: chat.bodies, 10, "delivery after two 503s")
+        chat.script = [400]
+        running.post(payload(alert(service="orders")))
+        running.wait_lines(2)
+        assert running.notifier.delivery.wait_idle(10)
+        stats = requests.get(running.url + "/healthz", timeout=5).json()["delivery"]
+    finally:
+        running.stop()
+    assert len(chat.bodies) == 1
+    assert stats["sent"] == 1 and stats["retries"] == 2
+    assert stats["dropped"] == {"queue_full": 0, "rejected": 1, "retries_exhausted": 0, "shutdown": 0}
+    assert len(running.lines()) == 2, "stdout has every notification, delivered or not"
+
+
+def test_runbooks_are_served_and_nothing_else() -> None:
+    running = Running(closed_port_url())
+    try:
+        ok = requests.get(running.url + "/alerts/runbooks/HighErrorRatio.md", timeout=5)
+        assert ok.status_code == 200 and ok.text.startswith("# HighErrorRatio (page)")
+        for path in ("/alerts/runbooks/../../README.md", "/alerts/runbooks/%2e%2e/x.md", "/alerts/runbooks/Nope.md"):
+            assert requests.get(running.url + path, timeout=5).status_code == 404, path
+    finally:
+        running.stop()
+
+
+def test_settings_refuse_bad_values_naming_the_variable() -> None:
+    assert NotifySettings.from_env({}) == NotifySettings()
+    settings = NotifySettings.from_env(
+        {
+            "NOTIFY_WEBHOOK_URL": "https://hooks.example.test/x/",
+            "NOTIFY_FORMAT": "slack",
+            "NOTIFY_LOOKUP_SECONDS": "1.5",
+        }
+    )
+    assert settings.delivery.webhook_url == "https://hooks.example.test/x" and settings.delivery.format == "slack"
+    assert settings.lookup_seconds == 1.5
+    for name, value in (
+        ("NOTIFY_FORMAT", "xml"),
+        ("NOTIFY_WEBHOOK_URL", "hooks.example.test"),
+        ("NOTIFY_LOOKUP_SECONDS", "0"),
+        ("NOTIFY_PORT", "http"),
+    ):
+        with pytest.raises(ConfigError, match=f"^{name}="):
+            NotifySettings.from_env({name: value})
+
+
+def test_readme_documents_every_field_and_variable() -> None:
+    """The notification's fields and NOTIFY_* variables are a contract: README.md lists each."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## The notifier") :]
+    section = section[: section.index("\n## ", 4)]
+    for name in FIELDS:
+        assert f"| `{name}` |" in section, name
+    source = (REPO / "app/trail/notify.py").read_text()
+    for variable in sorted(set(re.findall(r'"(NOTIFY_[A-Z_]+)"', source))):
+        assert f"`{variable}`" in section, variable
+
+
+def test_alertmanager_and_compose_agree_on_the_notifier() -> None:
+    am = load_yaml("alerts/alertmanager.yml")
+    urls = [w["url"] for r in am["receivers"] for w in r.get("webhook_configs", [])]
+    assert urls == ["http://alert-receiver:9095/alerts"]
+    assert all(w["send_resolved"] for r in am["receivers"] for w in r.get("webhook_configs", []))
+    svc = load_yaml("docker-compose.yml")["services"]["alert-receiver"]
+    assert svc["command"] == ["python", "-m", "trail.notify", "--host", "0.0.0.0", "--port", "9095"]
+    assert svc["environment"]["LOKI_URL"] == "http://loki:3100"
+    assert svc["environment"]["NOTIFY_RUNBOOK_DIR"] == "/srv/runbooks"
+    assert "./alerts/runbooks:/srv/runbooks:ro" in svc["volumes"]
+    assert "127.0.0.1:9095:9095" in svc["ports"], "the default runbook_url base must open in a browser"
+    prometheus = load_yaml("docker-compose.yml")["services"]["prometheus"]
+    assert prometheus["environment"]["RUNBOOK_BASE_URL"] == "${RUNBOOK_BASE_URL:-http://localhost:9095}"
