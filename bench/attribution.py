@@ -1,38 +1,38 @@
 """Where the request path's time goes: bare vs instrumented with each part switched off in turn.
 
-Two measurements, each variant in its own process, rounds interleaved, medians shown:
+Two measurements, each variant in its own gunicorn (1 worker, gthread x4; variants in
+bench/switches.py), as in P2:
 
-- ``in-process``: the app's WSGI callable called in a loop on one thread (no server, no socket):
-  CPU per request of the calling thread (``time.thread_time``) and of the whole process
-  (``time.process_time``: the stdout flusher and the Loki sender included). Contention-free and
-  steady even on a busy machine: the part's own cost.
-- ``under load``: the P2 apps under gunicorn (1 worker, gthread x4) and the same load generator;
-  besides req/s and p99, the worker's threads are read from ``/proc/<pid>/task/*/schedstat``
-  before and after each round: on-CPU time per request by thread (request threads, gunicorn's
-  main thread, stdout flusher, Loki sender), time spent runnable but waiting for a CPU, and
-  context switches per request (what background wake-ups and lock hand-offs cost).
+- ``instructions`` (needs valgrind): machine instructions per request of the gunicorn worker,
+  the difference between 1,000 requests and none over one keep-alive connection. Counted, not
+  timed: other processes on a shared machine cannot move it, so it attributes even small parts.
+  Under valgrind a second holds ~50x fewer requests, so batches are made by size, not time
+  (Loki: 256 KiB; stdout: 64 KiB), as they are at full speed: each line pays its real share of
+  a write, a gzip and a push.
+- ``load``: req/s and p99 under the P2 load generator (wrk -c16), and the worker's threads read
+  from ``/proc/<pid>/task/*`` before and after each round (bench/procstat.py): on-CPU time per
+  request by thread (request threads, gunicorn's main thread, stdout flusher, Loki sender), time
+  spent runnable but waiting for a CPU, and context switches per request (lock hand-offs and
+  background wake-ups). Timed, so as noisy as P2; rounds interleaved, medians shown.
 
-``python -m bench attribution`` (not part of the default run). Variants: bench/switches.py.
+``python -m bench attribution`` (not part of the default run); ``BENCH_ATTRIBUTION=instructions``
+or ``load`` runs one of the two, ``BENCH_VARIANTS`` (comma-separated names) some variants.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import logging
+import http.client
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-from bench import switches
+from bench import procstat, switches
 from bench.load import run_load, wait_http
-from bench.p2_request import ROOT, start_app, stop_app
+from bench.p2_request import GUNICORN, ROOT, start_app, stop_app
 from bench.sinkproc import SinkProcess
 from bench.table import median, print_table
 from tests.fakes import free_port
@@ -46,14 +46,15 @@ VARIANTS: dict[str, tuple[str, dict[str, str]]] = {
     "instrumented": ("instrumented", {}),
     **{f"- {part}": ("instrumented", {"BENCH_OFF": part}) for part in switches.PATCHED_PARTS},
     **{f"- {part}": ("instrumented", env) for part, (env, _) in switches.ENV_PARTS.items()},
-    "edge only": ("instrumented", {"BENCH_OFF": "access,metrics,inflight", "LOKI_URL": ""}),
+    "edge only": ("instrumented", {"BENCH_OFF": "access,metrics", "LOKI_URL": ""}),
 }
-#: OS thread name prefix (set by switches.name_os_threads, 15 bytes) -> column.
-THREAD_GROUPS = (("ThreadPoolExecu", "request"), ("log-stdout-flus", "flusher"), ("loki-sender", "sender"))
-#: Loki batches of 256 KiB (~600 access lines), whatever the time: see _inprocess_child.
-SIZE_BOUND_BATCHES = {"LOKI_BATCH_MAX_WAIT_SECONDS": "3600", "LOKI_BATCH_MAX_BYTES": "262144"}
-#: tid -> (group, on-CPU ns, runnable-waiting ns, context switches)
-Threads = dict[int, tuple[str, int, int, int]]
+#: Batches by size whatever the time (see the module's docstring): Loki 256 KiB (~600 access
+#: lines), stdout 64 KiB (StdoutHandler's max_pending).
+SIZE_BOUND_BATCHES = {
+    "LOKI_BATCH_MAX_WAIT_SECONDS": "3600",
+    "LOKI_BATCH_MAX_BYTES": "262144",
+    "BENCH_STDOUT_FLUSH_INTERVAL": "3600",
+}
 
 
 def _int_env(name: str, default: int) -> int:
@@ -61,136 +62,60 @@ def _int_env(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
-# -- in-process ---------------------------------------------------------------------------------
+# -- instructions -------------------------------------------------------------------------------
 
 
-def _environ() -> dict[str, Any]:
-    return {
-        "REQUEST_METHOD": "GET", "PATH_INFO": "/ping", "SCRIPT_NAME": "", "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
-        "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "127.0.0.1:8000", "HTTP_USER_AGENT": "bench",
-        "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr,
-        "wsgi.multithread": True, "wsgi.multiprocess": False, "wsgi.run_once": False, "wsgi.version": (1, 0),
-    }  # fmt: skip
+def _count_requests(url: str, count: int) -> None:
+    connection = http.client.HTTPConnection(url.split("//")[1].split(":")[0], int(url.rsplit(":", 1)[1]), timeout=120)
+    try:
+        for _ in range(count):
+            connection.request("GET", "/ping")
+            response = connection.getresponse()
+            response.read()
+            if response.status != 200:
+                raise RuntimeError(f"/ping answered {response.status}")
+    finally:
+        connection.close()
 
 
-def _inprocess_child(factory: str, requests: int, chunks: int, result_path: str) -> None:
-    """In the child: build the app, call it ``chunks`` x ``requests`` times, write the CPU figures."""
-    from bench import apps
-
-    app = getattr(apps, factory)()
-    base = _environ()
-
-    def start_response(*_: Any) -> None:
-        return None
-
-    def one() -> None:
-        body = app(dict(base), start_response)
-        for _ in body:
-            pass
-        close = getattr(body, "close", None)
-        if close is not None:
-            close()
-
-    for _ in range(300 if chunks == 0 else 2_000):
-        one()
-    if chunks == 0:  # counted by valgrind: just the requests, then out without clean-up
-        # Batches by size, not by time: under valgrind a second holds ~50x fewer lines, so
-        # time-bound batches would charge each line ~50x its share of a write or a push.
-        for handler in logging.getLogger().handlers:
-            if hasattr(handler, "flush_interval"):
-                handler.flush_interval = 3600.0  # StdoutHandler: writes every 64 KiB instead
-        for _ in range(requests):
-            one()
-        os._exit(0)
-    thread_us, process_us = [], []
-    for _ in range(chunks):
-        t0, p0 = time.thread_time(), time.process_time()
-        for _ in range(requests):
-            one()
-        thread_us.append((time.thread_time() - t0) / requests * 1e6)
-        process_us.append((time.process_time() - p0) / requests * 1e6)
-    with open(result_path, "w") as f:
-        json.dump({"thread_us": min(thread_us), "process_us": min(process_us)}, f)
+def _worker_instructions(factory: str, env: dict[str, str], requests: int) -> int:
+    """Instructions the gunicorn worker executed in all, having served 200 + ``requests``."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as logs:
+        command = [
+            "valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+            f"--log-file={logs}/vg.%p", sys.executable, "-m", "gunicorn", *GUNICORN, "--timeout", "600",
+            "-b", f"127.0.0.1:{port}", "--chdir", ROOT, f"bench.apps:{factory}()",
+        ]  # fmt: skip
+        proc = subprocess.Popen(command, env={**os.environ, **env, "PYTHONPATH": ROOT}, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_http(url + "/ping", timeout=300)
+            _count_requests(url, 200 + requests)  # 200 warm-up requests in both counts
+        finally:
+            stop_app(proc)
+        counts = []
+        for name in os.listdir(logs):  # the arbiter's and the worker's: the worker did far more
+            with open(os.path.join(logs, name)) as f:
+                found = re.search(r"I\s+refs:\s+([\d,]+)", f.read())
+            if found:
+                counts.append(int(found.group(1).replace(",", "")))
+        if not counts:
+            raise RuntimeError("valgrind printed no instruction count")
+        return max(counts)
 
 
 def _instructions(name: str, env: dict[str, str], requests: int) -> float | None:
-    """Instructions per request of the whole process (valgrind), or None without valgrind.
-
-    Counted, not timed: the one figure here that other processes on the machine cannot move.
-    The difference between ``requests`` requests and none, so start-up does not count.
-    """
+    """Instructions per request of the worker (valgrind), or None without valgrind."""
     if shutil.which("valgrind") is None:
         return None
     factory, extra = VARIANTS[name]
-    counts = []
-    for n in (0, requests):
-        out = subprocess.run(
-            ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
-             sys.executable, "-m", "bench.attribution", factory, str(n), "0", os.devnull],
-            env={**os.environ, **env, **SIZE_BOUND_BATCHES, **extra, "PYTHONPATH": ROOT},
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True, timeout=900,
-        )  # fmt: skip
-        found = re.search(r"I\s+refs:\s+([\d,]+)", out.stderr)
-        if found is None:
-            raise RuntimeError(f"valgrind printed no instruction count: {out.stderr[-500:]}")
-        counts.append(int(found.group(1).replace(",", "")))
-    return (counts[1] - counts[0]) / requests
-
-
-def _inprocess(name: str, env: dict[str, str], requests: int) -> dict[str, float]:
-    factory, extra = VARIANTS[name]
-    with tempfile.NamedTemporaryFile(suffix=".json") as result:
-        subprocess.run(
-            [sys.executable, "-m", "bench.attribution", factory, str(requests), "5", result.name],
-            env={**os.environ, **env, **extra, "PYTHONPATH": ROOT},
-            cwd=ROOT, stdout=subprocess.DEVNULL, check=True, timeout=600,
-        )  # fmt: skip
-        with open(result.name) as f:
-            return dict(json.load(f))
+    env = {**env, **SIZE_BOUND_BATCHES, **extra}
+    return (_worker_instructions(factory, env, requests) - _worker_instructions(factory, env, 0)) / requests
 
 
 # -- under load ---------------------------------------------------------------------------------
-
-
-def _worker_pid(master: int) -> int:
-    from tests.fakes import wait_until
-
-    def child() -> int:
-        with open(f"/proc/{master}/task/{master}/children") as f:
-            pids = f.read().split()
-        return int(pids[0]) if pids else 0
-
-    return wait_until(child, 20, "the gunicorn worker")
-
-
-def _threads(pid: int) -> Threads:
-    """tid -> (group, on-CPU ns, runnable-waiting ns, context switches), for every thread of ``pid``."""
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            base = f"/proc/{pid}/task/{tid}"
-            with open(f"{base}/comm") as f:
-                comm = f.read().strip()
-            with open(f"{base}/schedstat") as f:
-                run_ns, wait_ns, _ = (int(x) for x in f.read().split())
-            with open(f"{base}/status") as f:
-                switches_ = sum(int(line.split()[1]) for line in f if "ctxt_switches:" in line)
-        except (OSError, ValueError):
-            continue  # the thread ended meanwhile
-        group = "main" if int(tid) == pid else next((g for p, g in THREAD_GROUPS if comm.startswith(p)), "other")
-        out[int(tid)] = (group, run_ns, wait_ns, switches_)
-    return out
-
-
-def _delta(before: Threads, after: Threads) -> dict[str, float]:
-    sums: dict[str, float] = {}
-    for tid, (group, run_ns, wait_ns, ctx) in after.items():
-        _, run0, wait0, ctx0 = before.get(tid, (group, 0, 0, 0))
-        sums[group] = sums.get(group, 0.0) + (run_ns - run0)
-        sums["wait"] = sums.get("wait", 0.0) + (wait_ns - wait0)
-        sums["ctx"] = sums.get("ctx", 0.0) + (ctx - ctx0)
-    return sums
 
 
 def _under_load(sink: SinkProcess, names: list[str], rounds: int, seconds: float) -> dict[str, list[dict[str, float]]]:
@@ -200,19 +125,16 @@ def _under_load(sink: SinkProcess, names: list[str], rounds: int, seconds: float
     results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
     try:
         urls = {name: f"http://127.0.0.1:{port}/ping" for name, port in ports.items()}
-        workers = {name: _worker_pid(proc.pid) for name, proc in procs.items()}
+        workers = {name: procstat.worker_pid(proc.pid) for name, proc in procs.items()}
         for url in urls.values():
             wait_http(url)
             run_load(url, connections=16, seconds=1)  # warm-up
         for r in range(rounds):
             for name in names if r % 2 == 0 else names[::-1]:
-                before = _threads(workers[name])
+                before = procstat.threads(workers[name])
                 load = run_load(urls[name], connections=16, seconds=seconds)
-                used = _delta(before, _threads(workers[name]))
-                count = max(1, load.requests)
                 row = {"rps": load.rps, "p99_ms": load.p99_ms, "errors": float(load.errors)}
-                # ns in all -> us per request; context switches per request
-                row.update({key: value / count / (1 if key == "ctx" else 1e3) for key, value in used.items()})
+                row.update(procstat.per_request(before, procstat.threads(workers[name]), load.requests))
                 results[name].append(row)
     finally:
         for proc in procs.values():
@@ -223,21 +145,14 @@ def _under_load(sink: SinkProcess, names: list[str], rounds: int, seconds: float
 def run() -> None:
     rounds = _int_env("BENCH_ROUNDS", 3)
     seconds = float(os.environ.get("BENCH_P2_SECONDS", "5"))
-    requests = _int_env("BENCH_ATTRIBUTION_REQUESTS", 4_000)
     names = [n for n in os.environ.get("BENCH_VARIANTS", "").split(",") if n] or list(VARIANTS)
-    parts = os.environ.get("BENCH_ATTRIBUTION", "instructions,inprocess,load").split(",")
-    with SinkProcess() as sink:
+    parts = os.environ.get("BENCH_ATTRIBUTION", "instructions,load").split(",")
+    with SinkProcess(default="count") as sink:
         env = {"LOKI_URL": sink.url, "SERVICE_NAME": "bench", "DEPLOY_ENV": "bench"}
         if "instructions" in parts:
             with ThreadPoolExecutor(2) as pool:  # counts do not depend on what else runs
                 counted = dict(zip(names, pool.map(lambda n: _instructions(n, env, 1_000), names), strict=True))
             _instructions_table(names, counted)
-        if "inprocess" in parts:
-            cpu: dict[str, list[dict[str, float]]] = {name: [] for name in names}
-            for r in range(rounds):
-                for name in names if r % 2 == 0 else names[::-1]:
-                    cpu[name].append(_inprocess(name, env, requests))
-            _inprocess_table(names, cpu, rounds, requests)
         if "load" in parts:
             _load_table(names, _under_load(sink, names, rounds, seconds), rounds, seconds)
 
@@ -260,30 +175,12 @@ def _instructions_table(names: list[str], counted: dict[str, float | None]) -> N
         value = counted[name] or 0.0
         rows.append([name, value / 1e3, f"{value / bare:.2f}", (full - value) / 1e3, _share(value, full, bare)])
     print_table(
-        f"{TITLE}: instructions per request (valgrind, whole process, WSGI call on one thread)",
+        f"{TITLE}: instructions per request (valgrind, the gunicorn worker, one keep-alive connection)",
         ["variant", "k instructions", "vs bare", "saved vs instrumented (k)", "share of overhead"],
         rows,
         [
-            "counted, not timed: (1,000 requests - 0 requests) / 1,000 after a warm-up; the stdout flusher "
-            "and the Loki sender included"
-        ],
-    )
-
-
-def _inprocess_table(names: list[str], cpu: dict[str, list[dict[str, float]]], rounds: int, requests: int) -> None:
-    full, bare = _med(cpu, "instrumented", "thread_us"), _med(cpu, "bare Flask", "thread_us")
-    rows = []
-    for name in names:
-        thread_us, process_us = _med(cpu, name, "thread_us"), _med(cpu, name, "process_us")
-        rows.append([name, thread_us, process_us, process_us - thread_us, full - thread_us,
-                     _share(thread_us, full, bare)])  # fmt: skip
-    print_table(
-        f"{TITLE}: in-process CPU per request (WSGI call on one thread, no server)",
-        ["variant", "thread us", "process us", "background us", "saved vs instrumented", "share of overhead"],
-        rows,
-        [
-            f"median over {rounds} interleaved rounds of the fastest of 5 chunks of {requests:,} requests, each "
-            "variant in its own process; CPU time on a shared VM still moves with the neighbours' load"
+            "counted, not timed: (1,000 requests - 0 requests) / 1,000 after 200 warm-up requests; all the "
+            "worker's threads (gunicorn, the stdout flusher, the Loki sender: gzip and push) included"
         ],
     )
 
@@ -294,7 +191,7 @@ def _load_table(names: list[str], load: dict[str, list[dict[str, float]]], round
     for name in names:
         rows.append([
             name, _med(load, name, "rps"), f"{_med(load, name, 'rps') / rps_bare:.2f}", _med(load, name, "p99_ms"),
-            sum(_med(load, name, g) for g in ("request", "main", "flusher", "sender", "other")),
+            _med(load, name, "cpu"),
             _med(load, name, "request"), _med(load, name, "main"),
             _med(load, name, "flusher") + _med(load, name, "sender"),
             _med(load, name, "wait"), _med(load, name, "ctx"),
@@ -307,7 +204,3 @@ def _load_table(names: list[str], load: dict[str, list[dict[str, float]]], round
         rows,
         [f"median of {rounds} interleaved rounds of {seconds:g} s; CPU from /proc/<worker>/task/*/schedstat"],
     )  # fmt: skip
-
-
-if __name__ == "__main__":
-    _inprocess_child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

@@ -13,16 +13,12 @@ import ctypes
 import logging
 import os
 import threading
-from typing import Any
-
-import flask
 
 #: Parts patched off here, with what switching each off removes.
 PATCHED_PARTS = {
     "access": "the access line: its logger disabled (no record, no JSON, no handler)",
     "metrics": "RED metrics: observe_request does nothing (no histogram, no exemplar)",
     "exemplars": "exemplars only: metrics observed without them",
-    "inflight": "the in-flight gauge: no inc/dec per request",
     "propagation": "the requests/httpx patch (no outgoing call in P2: its cost is at import)",
 }
 #: Parts switched off through the library's settings (environment of the app process).
@@ -41,14 +37,7 @@ def off_parts() -> set[str]:
     return parts
 
 
-class _Nothing:
-    """Stands in for a metric child: every call does nothing."""
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *args, **kwargs: None
-
-
-def apply(app: flask.Flask, parts: set[str]) -> None:
+def apply(parts: set[str]) -> None:
     """Switch ``parts`` off in the running library (after ``Correlation(app)``)."""
     from correlation import metrics, propagation, schema
 
@@ -58,10 +47,6 @@ def apply(app: flask.Flask, parts: set[str]) -> None:
         setattr(metrics, "observe_request", lambda *args, **kwargs: None)
     if "exemplars" in parts:
         _drop_exemplars()
-    if "inflight" in parts:
-        edge = app.wsgi_app
-        if hasattr(edge, "_in_flight"):
-            edge._in_flight = _Nothing()  # noqa: SLF001 - a bench-side switch, not an API
     if "propagation" in parts:
         propagation.uninstrument_requests()
 

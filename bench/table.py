@@ -69,13 +69,15 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
     print(table(title, headers, rows, notes), end="\n\n", flush=True)
 
 
-def targets_table(title: str, checks: Sequence[tuple[str, Any, Any, str, bool | None]]) -> None:
-    """Print ``(comparison, value, baseline, target text, ok)`` rows with the ratio value/baseline.
+def targets_table(title: str, checks: Sequence[tuple[Any, ...]]) -> None:
+    """Print ``(comparison, value, baseline, target text, ok)`` rows with the ratio value/baseline,
+    or ``(comparison, value, baseline, target text, ok, ratio)`` with a ratio of their own (a
+    median of per-round ratios is not the ratio of the medians).
 
     A baseline of None means the check is absolute (no ratio).
     """
-    rows = [
-        (name, fmt(v), fmt(b), "-" if b is None else fmt_ratio(ratio(v, b)), target, mark(ok))
-        for name, v, b, target, ok in checks
-    ]
+    rows = []
+    for name, v, b, target, ok, *given in checks:
+        shown = given[0] if given else (None if b is None else ratio(v, b))
+        rows.append((name, fmt(v), fmt(b), "-" if shown is None else fmt_ratio(shown), target, mark(ok)))
     print_table(title, ["comparison", "ours", "baseline", "ratio", "target", "result"], rows)

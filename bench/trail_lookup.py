@@ -50,12 +50,14 @@ def seeded_correlation_id(ms: int, rng: random.Random) -> str:
     return f"{value:032x}"
 
 
-def request_lines(index: int, ts_ns: int, rng: random.Random) -> tuple[str, list[tuple[str, int, str, dict[str, str]]]]:
+def request_lines(
+    _index: int, ts_ns: int, rng: random.Random
+) -> tuple[str, list[tuple[str, int, str, dict[str, str]]]]:
     """One checkout's 5 lines as (service, ts_ns, line, metadata); the ID carries ``ts_ns``."""
     cid = seeded_correlation_id(ts_ns // MS, rng)
     rids = {s: f"{rng.getrandbits(64):016x}" for s in SERVICES}
     parents = {"gateway": None, "orders": rids["gateway"], "payments": rids["orders"], "inventory": rids["orders"]}
-    order = f"{rng.getrandbits(48):012x}"
+
     def access(method: str, route: str, ms: float, caller: str | None) -> dict[str, Any]:
         return {"method": method, "route": route, "path": route, "status": 201, "duration_ms": ms, "caller": caller}
 
@@ -64,17 +66,33 @@ def request_lines(index: int, ts_ns: int, rng: random.Random) -> tuple[str, list
     plan = [
         ("gateway", 0, "demo", "checkout started with 1 item(s)", {}),
         ("payments", 5, "correlation.access", "POST /payments 201 1.0ms", access("POST", "/payments", 1.0, "orders")),
-        ("inventory", 6, "correlation.access", "POST /reservations 201 1.0ms", access("POST", "/reservations", 1.0, "orders")),
+        (
+            "inventory",
+            6,
+            "correlation.access",
+            "POST /reservations 201 1.0ms",
+            access("POST", "/reservations", 1.0, "orders"),
+        ),
         ("orders", 8, "correlation.access", "POST /orders 201 6.0ms", access("POST", "/orders", 6.0, "gateway")),
         ("gateway", 9, "correlation.access", "POST /checkout 201 9.0ms", access("POST", "/checkout", 9.0, None)),
     ]
     out = []
     for service, offset_ms, logger, message, extra in plan:
         t = ts_ns + offset_ms * MS
-        line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t // NS)) + f".{(t // 1000) % 1_000_000:06d}Z",
-                "level": "INFO", "logger": logger, "message": message, "service": service,
-                "correlation_id": cid, "request_id": rids[service], "parent_request_id": parents[service], **extra}
-        out.append((service, t, json.dumps(line), {"correlation_id": cid, "request_id": rids[service], "level": "info"}))
+        line = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t // NS)) + f".{(t // 1000) % 1_000_000:06d}Z",
+            "level": "INFO",
+            "logger": logger,
+            "message": message,
+            "service": service,
+            "correlation_id": cid,
+            "request_id": rids[service],
+            "parent_request_id": parents[service],
+            **extra,
+        }
+        out.append(
+            (service, t, json.dumps(line), {"correlation_id": cid, "request_id": rids[service], "level": "info"})
+        )
     return cid, out
 
 
@@ -132,8 +150,14 @@ def _push(session: Any, settings: Any, body: dict[str, Any]) -> int:
     delay = 0.5
     for attempt in range(10):
         try:
-            r = session.post(settings.push_url, data=data, headers=headers, auth=settings.basic_auth,
-                             verify=settings.tls_verify, timeout=30)
+            r = session.post(
+                settings.push_url,
+                data=data,
+                headers=headers,
+                auth=settings.basic_auth,
+                verify=settings.tls_verify,
+                timeout=30,
+            )
             if r.status_code // 100 == 2:
                 return attempt
             if r.status_code != 429 and r.status_code < 500:
@@ -163,7 +187,8 @@ def self_check() -> str:
     assert len(mine) == 5 and {e.labels["service_name"] for e in mine} == set(SERVICES)
     lo, hi = id_window(cid)
     assert all(lo <= e.timestamp_ns < hi for e in mine) and hi - lo < 60 * NS
-    return f"helpers self-check ok: {len(bodies)} push bodies for 15,000 lines, all valid; ID window {(hi - lo) / NS:.0f} s"
+    window_s = (hi - lo) / NS
+    return f"helpers self-check ok: {len(bodies)} push bodies for 15,000 lines, all valid; ID window {window_s:.0f} s"
 
 
 @contextmanager
@@ -175,10 +200,12 @@ def trail_web() -> Iterator[str]:
 
     port = free_port()
     env = {**os.environ, "TRAIL_WEB_BIND": f"127.0.0.1:{port}"}
-    proc = subprocess.Popen([sys.executable, *TRAIL_WEB_COMMAND], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, *TRAIL_WEB_COMMAND], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     base = f"http://127.0.0.1:{port}"
     try:
+
         def healthy() -> bool:
             assert proc.poll() is None, f"trail-web exited {proc.returncode}"
             return requests.get(f"{base}/healthz", timeout=2).status_code == 200
@@ -237,23 +264,44 @@ def run() -> None:
                 answer = session.get(f"{base}/t/{cid}{suffix}", timeout=30)
                 times[name].append((time.perf_counter() - t) * 1000)
                 found[name] = _served(answer, suffix)
-    rows = [[name, found[name][1], median(times[name]), min(times[name]), found[name][0], "yes" if found[name][2] else "NO"]
-            for name in [*lookups, *pages]]
-    print_table(f"{TITLE} ({pushed:,} lines pushed in {push_s:.0f} s, {retries} retried pushes)",
-                ["window", "queries", "median ms", "min ms", "lines found", "complete trail"], rows,
-                [f"query: {query}",
-                 f"median of {repeats} interleaved runs of trail.lookup.lookup_trail (what `trail ID` runs) and "
-                 "of GET /t/ID on trail-web (gunicorn, as in compose); expected 5 lines "
-                 "(the first query may include Loki warming up)"])
+    rows = [
+        [name, found[name][1], median(times[name]), min(times[name]), found[name][0], "yes" if found[name][2] else "NO"]
+        for name in [*lookups, *pages]
+    ]
+    print_table(
+        f"{TITLE} ({pushed:,} lines pushed in {push_s:.0f} s, {retries} retried pushes)",
+        ["window", "queries", "median ms", "min ms", "lines found", "complete trail"],
+        rows,
+        [
+            f"query: {query}",
+            f"median of {repeats} interleaved runs of trail.lookup.lookup_trail (what `trail ID` runs) and "
+            "of GET /t/ID on trail-web (gunicorn, as in compose); expected 5 lines "
+            "(the first query may include Loki warming up)",
+        ],
+    )
     narrow, wide = median(times["ID-derived"]), median(times["last 1 h"])
     ok = found["ID-derived"][0] == 5 and found["ID-derived"][2] and found["ID-derived"][1] == 1
     page = median(times["ID-derived, trail-web page"])
     page_ok = found["ID-derived, trail-web page"] == found["ID-derived"]
-    targets_table(f"{TITLE}: targets", [
-        ("ID-derived window, ms (vs 1 h)", narrow, wide, f"< {TARGET_MS:.0f} ms, full trail", narrow < TARGET_MS and ok),
-        ("trail-web page served, ms (vs CLI lookup)", page, narrow, f"< {TRAIL_WEB_TARGET_MS:.0f} ms, full trail",
-         page < TRAIL_WEB_TARGET_MS and ok and page_ok),
-    ])
+    targets_table(
+        f"{TITLE}: targets",
+        [
+            (
+                "ID-derived window, ms (vs 1 h)",
+                narrow,
+                wide,
+                f"< {TARGET_MS:.0f} ms, full trail",
+                narrow < TARGET_MS and ok,
+            ),
+            (
+                "trail-web page served, ms (vs CLI lookup)",
+                page,
+                narrow,
+                f"< {TRAIL_WEB_TARGET_MS:.0f} ms, full trail",
+                page < TRAIL_WEB_TARGET_MS and ok and page_ok,
+            ),
+        ],
+    )
 
 
 def _served(answer: Any, suffix: str) -> tuple[int, int, bool]:

@@ -43,6 +43,7 @@ TIER_OF_FILE = {
     "test_flask.py": "unit",
     "test_grafana_dashboards.py": "unit",
     "test_gunicorn.py": "process",
+    "test_hot_path.py": "unit",
     "test_httpx.py": "unit",
     "test_ha.py": "stack",  # the trail test is marked process, the Loki cluster ones real_loki
     "test_ids.py": "unit",

@@ -70,10 +70,11 @@ def edge(request: pytest.FixtureRequest) -> Iterator[App]:
     app = App(request.param)
     root = logging.getLogger()
     root.addHandler(app.handler)
-    old_level, root.level = root.level, logging.INFO
+    old_level = root.level
+    root.setLevel(logging.INFO)  # setLevel, not assignment: it clears the loggers' isEnabledFor caches
     yield app
     root.removeHandler(app.handler)
-    root.level = old_level
+    root.setLevel(old_level)
 
 
 def _environ_key(header: str) -> str:

@@ -13,7 +13,9 @@ before, so no one who would see it misses it.
 from __future__ import annotations
 
 import logging
+import sys
 import time
+import traceback
 from typing import Any, TypeVar
 
 from correlation import context, jsonline, records, schema
@@ -58,7 +60,10 @@ def write(
     line = _line(created, levelname, logger.name, msg % args, stamped, fields)
     attributes = {**fields, **stamped}  # what the record would carry (the Loki metadata)
     for handler in handlers:
-        handler.emit_line(created, levelname, line, attributes)
+        try:
+            handler.emit_line(created, levelname, line, attributes)
+        except Exception:  # noqa: BLE001 - logging's rule: a handler's failure never reaches the request
+            traceback.print_exc(file=sys.stderr)
 
 
 def hop_record(

@@ -30,7 +30,7 @@ def setup_logging(settings: Settings, *, stream: Any = None) -> list[logging.Han
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, "_installed_by_correlation", False)]:
         root.removeHandler(old)
-        old._installed_by_correlation = False  # type: ignore[attr-defined]  # replaced, not lost: no warning
+        old._installed_by_correlation = False  # type: ignore[attr-defined]  # noqa: SLF001 - replaced, not lost
         old.close()
 
     # Handlers a logging configuration already attached (dictConfig, gunicorn's logconfig_dict)
@@ -45,7 +45,7 @@ def setup_logging(settings: Settings, *, stream: Any = None) -> list[logging.Han
         handlers.append(LokiHandler(settings.loki, labels=labels))
     for handler in handlers:  # both stamp the correlation context themselves: no filter needed
         handler.setFormatter(formatter)
-        handler._installed_by_correlation = True  # type: ignore[attr-defined]
+        handler._installed_by_correlation = True  # type: ignore[attr-defined]  # noqa: SLF001 - our mark
         root.addHandler(handler)
     root.setLevel(settings.log_level)
     return handlers

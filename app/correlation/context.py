@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextvars
 import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 from correlation import ids
 
@@ -43,7 +44,7 @@ class Hop:
     failed_calls: list[str] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
-    def start(cls, correlation_id: str | None = None, parent_request_id: str | None = None) -> "Hop":
+    def start(cls, correlation_id: str | None = None, parent_request_id: str | None = None) -> Hop:
         """A new hop with its own request ID, joining ``correlation_id`` or starting a new one."""
         return cls(correlation_id or ids.new_correlation_id(), ids.new_request_id(), parent_request_id)
 

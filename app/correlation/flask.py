@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterable, NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import flask
 from flask.globals import _cv_request
@@ -36,7 +37,7 @@ StartResponse = Callable[..., Any]
 class InFlight(NamedTuple):
     """A request being handled now, as the edge saw it start (for a worker about to be killed)."""
 
-    edge: "_Edge"
+    edge: _Edge
     inbound: wire.Inbound
     environ: dict[str, Any]
     started: float  # time.perf_counter()
@@ -79,7 +80,10 @@ class _Edge:
             metrics.count_rejected_id(self.service, rejection.reason)
             _log.warning(
                 "rejected inbound %s (%s): %s; using %s",
-                rejection.header, rejection.reason, ids.printable(rejection.value), hop.correlation_id,
+                rejection.header,
+                rejection.reason,
+                ids.printable(rejection.value),
+                hop.correlation_id,
             )
         quiet = environ.get("PATH_INFO") in self.quiet_paths
         status = 500  # unless the app starts a response
@@ -157,7 +161,8 @@ class Correlation:
     ``settings`` defaults to :meth:`Settings.from_env`. ``metrics_path`` serves Prometheus metrics
     (None: do not). Requests to ``quiet_paths`` keep their correlation ID but write no access
     line and no metrics (health checks and scrapes would drown the rest). ``propagate_requests``
-    makes outgoing ``requests`` (and, when installed, ``httpx``) calls carry the hop (see :mod:`correlation.propagation`).
+    makes outgoing ``requests`` (and, when installed, ``httpx``) calls carry the hop (see
+    :mod:`correlation.propagation`).
     """
 
     def __init__(

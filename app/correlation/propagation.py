@@ -68,8 +68,16 @@ def call_started() -> tuple[context.Hop | None, float]:
     return context.current(), time.perf_counter()
 
 
-def call_ended(hop: context.Hop | None, started: float, url: str, method: str,
-               status: int | None, answered_as: str | None = None, *, timed_out: bool = False) -> None:
+def call_ended(
+    hop: context.Hop | None,
+    started: float,
+    url: str,
+    method: str,
+    status: int | None,
+    answered_as: str | None = None,
+    *,
+    timed_out: bool = False,
+) -> None:
     """After an outgoing call (``status`` None: no answer): time it per peer, note a failure."""
     peer = peer_name(answered_as, url)
     outcome = str(status) if status is not None else ("timeout" if timed_out else "error")

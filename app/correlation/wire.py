@@ -19,9 +19,10 @@ OpenTelemetry-instrumented neighbour joins the same trail.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from correlation import ids, schema, traceparent
 from correlation.context import Hop
@@ -90,7 +91,9 @@ def _sent_id(get: HeaderGetter, header: str) -> tuple[str | None, list[Rejection
     return None, []
 
 
-def from_environ(environ: Mapping[str, Any], header: str = schema.CORRELATION_HEADER, *, trusted: bool = True) -> Inbound:
+def from_environ(
+    environ: Mapping[str, Any], header: str = schema.CORRELATION_HEADER, *, trusted: bool = True
+) -> Inbound:
     """:func:`read` over a WSGI environ (``X-Correlation-ID`` is ``HTTP_X_CORRELATION_ID`` there)."""
     for key in _environ_keys_read(header):
         if key in environ:
@@ -99,7 +102,9 @@ def from_environ(environ: Mapping[str, Any], header: str = schema.CORRELATION_HE
     return Inbound(Hop.start(), None, ())
 
 
-def from_headers(headers: Mapping[str, str], header: str = schema.CORRELATION_HEADER, *, trusted: bool = True) -> Inbound:
+def from_headers(
+    headers: Mapping[str, str], header: str = schema.CORRELATION_HEADER, *, trusted: bool = True
+) -> Inbound:
     """:func:`read` over a plain mapping of header names, matched case-insensitively."""
     lowered = {str(k).lower(): v for k, v in headers.items()}
 

@@ -11,7 +11,8 @@ import json
 import threading
 import time
 from collections import deque
-from typing import Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple
 
 from correlation import jsonline
 
@@ -31,7 +32,7 @@ class PushEntry(NamedTuple):
     fragment: bytes
 
     @classmethod
-    def encode(cls, timestamp_ns: int, line: str, metadata: Mapping[str, str] | None = None) -> "PushEntry":
+    def encode(cls, timestamp_ns: int, line: str, metadata: Mapping[str, str] | None = None) -> PushEntry:
         # ASCII JSON: any str, lone surrogates included, is safe in the push body.
         return cls(timestamp_ns, jsonline.ascii_entry(str(timestamp_ns), line, metadata))
 
@@ -99,7 +100,13 @@ class LineBuffer:
             return self._pop_batch(max_bytes)
 
     def _pop_batch(self, max_bytes: int) -> list[PushEntry]:
-        batch: list[PushEntry] = []
+        if self._bytes <= max_bytes:  # all of it (the usual batch, due by time): one C-level copy
+            batch = list(self._entries)
+            self._entries.clear()
+            self._bytes = 0
+            self._oldest_at = time.monotonic()
+            return batch
+        batch = []
         taken = 0
         while self._entries and (not batch or taken + self._entries[0].size <= max_bytes):
             entry = self._entries.popleft()

@@ -12,7 +12,8 @@ import logging
 import os
 import sys
 import threading
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import REGISTRY
 from prometheus_client.registry import CollectorRegistry
@@ -29,7 +30,9 @@ from correlation.loki.stats import ShipperStats
 
 #: Record attributes sent as structured metadata besides ``level`` (queryable with no parser,
 #: never labels).
-_METADATA_ATTRS = tuple(name for name in schema.METADATA_FIELDS if name != schema.LEVEL) + schema.OPTIONAL_METADATA_FIELDS
+_METADATA_ATTRS = (
+    tuple(name for name in schema.METADATA_FIELDS if name != schema.LEVEL) + schema.OPTIONAL_METADATA_FIELDS
+)
 #: Structured metadata ``level`` of the standard level names (others: lowercased each time).
 _LEVEL_LABELS = {name: name.lower() for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
 #: Loki's default ``max_line_size`` is 256 KB; longer lines are rejected, so we cut them first.
@@ -115,7 +118,7 @@ class LokiHandler(logging.Handler):
         stamp(record)
         try:
             line = self.format(record)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any formatting failure is counted, never raised to the caller
             self.stats.drop("format_error")
             self.handleError(record)  # prints to stderr, never logs
             return

@@ -24,12 +24,12 @@ import re
 import sys
 import threading
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import urllib3
 
 from correlation.config import LokiSettings
-from correlation.loki.buffer import PushEntry, LineBuffer
+from correlation.loki.buffer import LineBuffer, PushEntry
 from correlation.loki.push import CONTENT_HEADERS, push_body
 from correlation.loki.spool import Spool
 from correlation.loki.stats import ShipperStats
@@ -44,7 +44,9 @@ class _Outcome:
 
 
 class Sender:
-    def __init__(self, settings: LokiSettings, labels: Mapping[str, str], buffer: LineBuffer, stats: ShipperStats) -> None:
+    def __init__(
+        self, settings: LokiSettings, labels: Mapping[str, str], buffer: LineBuffer, stats: ShipperStats
+    ) -> None:
         self.settings = settings
         self.labels = dict(labels)
         self.buffer = buffer
@@ -97,7 +99,7 @@ class Sender:
                     return
                 try:
                     self._deliver(batch)
-                except Exception as exc:  # a bug here must not kill shipping for the process
+                except Exception as exc:  # noqa: BLE001 - a bug here must not kill shipping for the process
                     self.stats.drop("rejected", len(batch))
                     self._report("bug", f"loki shipper: unexpected error, {len(batch)} lines dropped: {exc!r}")
                 finally:
@@ -246,7 +248,7 @@ class Sender:
                 retries=False,
                 preload_content=True,
             )
-        except Exception as exc:  # urllib3 raises its own errors for refused, reset, timeout
+        except Exception as exc:  # noqa: BLE001 - urllib3 raises its own errors for refused, reset, timeout
             return _Outcome.RETRY, "connection_error", f"{self.settings.push_url}: {exc.__class__.__name__}: {exc}"
         status = response.status
         if 200 <= status < 300:

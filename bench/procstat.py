@@ -1,0 +1,60 @@
+"""CPU per thread of a running process, from ``/proc/<pid>/task/*`` (Linux).
+
+``schedstat`` gives each thread's time on a CPU and time spent runnable but waiting for one (ns);
+``status`` its context switches. Threads are grouped by their OS name, which
+``bench.switches.name_os_threads`` sets from the Python thread's name in the bench apps.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: OS thread name prefix (15 bytes at most) -> group; the process's first thread is "main".
+THREAD_GROUPS = (("ThreadPoolExecu", "request"), ("log-stdout-flus", "flusher"), ("loki-sender", "sender"))
+#: tid -> (group, on-CPU ns, runnable-waiting ns, context switches)
+Threads = dict[int, tuple[str, int, int, int]]
+
+
+def worker_pid(master: int, timeout: float = 20.0) -> int:
+    """The pid of gunicorn's (single) worker under ``master``."""
+    from tests.fakes import wait_until
+
+    def child() -> int:
+        with open(f"/proc/{master}/task/{master}/children") as f:
+            pids = f.read().split()
+        return int(pids[0]) if pids else 0
+
+    return wait_until(child, timeout, "the gunicorn worker")
+
+
+def threads(pid: int) -> Threads:
+    """Every thread of ``pid`` now: its group, CPU and wait time, context switches."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        base = f"/proc/{pid}/task/{tid}"
+        try:
+            with open(f"{base}/comm") as f:
+                comm = f.read().strip()
+            with open(f"{base}/schedstat") as f:
+                run_ns, wait_ns, _ = (int(x) for x in f.read().split())
+            with open(f"{base}/status") as f:
+                switches = sum(int(line.split()[1]) for line in f if "ctxt_switches:" in line)
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile
+        group = "main" if int(tid) == pid else next((g for p, g in THREAD_GROUPS if comm.startswith(p)), "other")
+        out[int(tid)] = (group, run_ns, wait_ns, switches)
+    return out
+
+
+def per_request(before: Threads, after: Threads, requests: int) -> dict[str, float]:
+    """us of CPU per request by group, plus "cpu" (all threads), "wait" (runnable, not running)
+    and "ctx" (context switches per request)."""
+    sums: dict[str, float] = {}
+    for tid, (group, run_ns, wait_ns, ctx) in after.items():
+        _, run0, wait0, ctx0 = before.get(tid, (group, 0, 0, 0))
+        sums[group] = sums.get(group, 0.0) + (run_ns - run0)
+        sums["cpu"] = sums.get("cpu", 0.0) + (run_ns - run0)
+        sums["wait"] = sums.get("wait", 0.0) + (wait_ns - wait0)
+        sums["ctx"] = sums.get("ctx", 0.0) + (ctx - ctx0)
+    count = max(1, requests)
+    return {key: value / count / (1 if key == "ctx" else 1e3) for key, value in sums.items()}
