@@ -10,7 +10,7 @@ DEBIAN_TOOLS    := prometheus promtool prometheus-alertmanager amtool docker-com
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose redis-server chromium
 PYTEST_ARGS ?=
 # Linted and format-checked by `make lint` (settings: [tool.ruff] in app/pyproject.toml).
-LINTED := app tests bench
+LINTED := app tests bench README.md
 # The demo (app/demo) is not installed with the library: it runs from source.
 DEMO_ENV := PYTHONPATH=$(CURDIR)/app
 
