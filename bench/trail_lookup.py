@@ -20,7 +20,6 @@ import gzip
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -194,27 +193,12 @@ def self_check() -> str:
 @contextmanager
 def trail_web() -> Iterator[str]:
     """trail-web under gunicorn on a free loopback port, reading the same Loki (LOKI_*); its base URL."""
-    import requests
-
-    from tests.fakes import free_port, wait_until
+    from tests.fakes import free_port, serving
 
     port = free_port()
-    env = {**os.environ, "TRAIL_WEB_BIND": f"127.0.0.1:{port}"}
-    proc = subprocess.Popen(
-        [sys.executable, *TRAIL_WEB_COMMAND], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     base = f"http://127.0.0.1:{port}"
-    try:
-
-        def healthy() -> bool:
-            assert proc.poll() is None, f"trail-web exited {proc.returncode}"
-            return requests.get(f"{base}/healthz", timeout=2).status_code == 200
-
-        wait_until(healthy, 30, "trail-web /healthz")
+    with serving([sys.executable, *TRAIL_WEB_COMMAND], base, "/healthz", env={"TRAIL_WEB_BIND": f"127.0.0.1:{port}"}):
         yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
 
 
 def run() -> None:

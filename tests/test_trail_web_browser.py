@@ -28,7 +28,7 @@ import pytest
 import requests
 
 from correlation import schema
-from tests.fakes import FakeLoki, free_port, wait_until
+from tests.fakes import FakeLoki, free_port, serving, wait_until
 from tests.support.stack import REPO, load_yaml, require_tool
 
 HOSTILE_ID = "<script>alert(1)</script>"
@@ -68,26 +68,10 @@ def trail_web(chain_sink: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     command = load_yaml("docker-compose.yml")["services"]["trail-web"]["command"]
     assert command[0] == "gunicorn"
     port = free_port()
-    log = (tmp_path_factory.mktemp("trail-web") / "gunicorn.log").open("wb")
-    env = {**os.environ, "LOKI_URL": chain_sink.url, "LOKI_TIMEOUT_SECONDS": "5", "TRAIL_WEB_BIND": f"127.0.0.1:{port}"}
-    proc = subprocess.Popen([sys.executable, "-m", *command], env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-
-        def healthy() -> bool:
-            assert proc.poll() is None, f"trail-web exited {proc.returncode}"
-            return requests.get(f"{base}/healthz", timeout=2).status_code == 200
-
-        wait_until(healthy, 20, "trail-web /healthz")
+    log = tmp_path_factory.mktemp("trail-web") / "gunicorn.log"
+    env = {"LOKI_URL": chain_sink.url, "LOKI_TIMEOUT_SECONDS": "5", "TRAIL_WEB_BIND": f"127.0.0.1:{port}"}
+    with serving([sys.executable, "-m", *command], f"http://127.0.0.1:{port}", "/healthz", env=env, log=log) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -224,16 +208,10 @@ def test_the_page_of_a_real_failed_checkout_in_chromium(
 def test_trail_serve_runs_without_gunicorn(chain_sink: Any, tmp_path: Path) -> None:
     """``trail serve --port``: the same app on Werkzeug's server, for local use."""
     port = free_port()
-    env = {**os.environ, "LOKI_URL": chain_sink.url}
+    env = {"LOKI_URL": chain_sink.url}
     trail = shutil.which("trail", path=str(Path(sys.executable).parent))
     assert trail, "the trail console script is installed next to this Python"
-    with (tmp_path / "serve.log").open("wb") as log:
-        proc = subprocess.Popen([trail, "serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: requests.get(f"{base}/healthz", timeout=2).ok, 20, "trail serve /healthz")
+    command = [trail, "serve", "--port", str(port)]
+    with serving(command, f"http://127.0.0.1:{port}", "/healthz", env=env, log=tmp_path / "serve.log") as base:
         refused = requests.get(f"{base}/t/bad%20id", timeout=5)
         assert refused.status_code == 400 and "bad_characters" in refused.text
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

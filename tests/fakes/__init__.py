@@ -15,7 +15,7 @@ in ``tests/support/``. Fixtures built on these are in ``tests/conftest.py``.
 from tests.fakes.loki import FakeLoki, RecordedRequest
 from tests.fakes.loki_push import Push, PushedEntry, validate_push
 from tests.fakes.loopback import HeaderEcho, LoopbackServer, QuietHandler, closed_port_url, free_port, raw_request
-from tests.fakes.waiting import wait_until
+from tests.fakes.waiting import serving, wait_until
 
 __all__ = [
     "FakeLoki",
@@ -28,6 +28,7 @@ __all__ = [
     "closed_port_url",
     "free_port",
     "raw_request",
+    "serving",
     "validate_push",
     "wait_until",
 ]

@@ -1,10 +1,16 @@
-"""Poll with a deadline: the one way the tests and benchmarks wait for something to happen."""
+"""Poll with a deadline: the one way the tests and benchmarks wait for something to happen, and
+the one way they run a server process until it answers (:func:`serving`)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 import urllib.error
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -40,3 +46,45 @@ def wait_until(
             detail = f" (last error: {last_error!r})" if last_error is not None else ""
             raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
         time.sleep(min(interval, remaining))
+
+
+@contextmanager
+def serving(
+    command: list[str],
+    base: str,
+    health_path: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    cwd: Path | None = None,
+    timeout: float = 30,
+) -> Iterator[str]:
+    """Run a server process until ``base + health_path`` answers 2xx; yield ``base``; stop it
+    (SIGTERM, then SIGKILL after 15 s). Its output goes to ``log`` (else nowhere); a process that
+    exits while starting fails with that log."""
+    out = log.open("wb") if log is not None else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(
+            command, env={**os.environ, **(env or {})}, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+        )
+    finally:
+        if log is not None:
+            out.close()  # type: ignore[union-attr]
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            shown = log.read_text(errors="replace")[-4000:] if log is not None else "(no log kept)"
+            raise AssertionError(f"{command[0]} exited {proc.returncode} while starting:\n{shown}")
+        with urllib.request.urlopen(base + health_path, timeout=2) as response:
+            return 200 <= response.status < 300
+
+    try:
+        wait_until(healthy, timeout, f"{base}{health_path}")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)

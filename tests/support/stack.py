@@ -5,7 +5,6 @@ tests run. Nothing here reaches beyond 127.0.0.1, and every wait is a poll with 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tests.fakes import free_port, wait_until
+from tests.fakes import free_port, serving
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,28 +77,9 @@ def http_get_json(url: str, timeout: float = 5) -> Any:
 @contextmanager
 def _serve(name: str, cmd: list[str], root: Path, env: dict[str, str] | None = None) -> Iterator[str]:
     """Run a server binary whose last ``--web.listen-address`` is in ``cmd``; wait for /-/ready."""
-    log_path = root / f"{name}.log"
     address = [a for a in cmd if a.startswith("--web.listen-address=")][-1].split("=", 1)[1]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env={**os.environ, **(env or {})})
-    base = f"http://{address}"
-    try:
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited {proc.returncode}:\n{log_path.read_text()}")
-            with urllib.request.urlopen(base + "/-/ready", timeout=2) as resp:
-                return resp.status == 200
-
-        wait_until(ready, 30, f"{name} /-/ready")
+    with serving(cmd, f"http://{address}", "/-/ready", env=env, log=root / f"{name}.log", cwd=root) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @contextmanager

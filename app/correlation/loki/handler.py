@@ -122,22 +122,12 @@ class LokiHandler(logging.Handler):
             self.stats.drop("format_error")
             self.handleError(record)  # prints to stderr, never logs
             return
-        metadata = {}
-        for name in _METADATA_ATTRS:
-            value = getattr(record, name, None)
-            if isinstance(value, str):
-                metadata[name] = value
-        self._put(record.created, record.levelname, line, metadata)
+        self._put(record.created, record.levelname, line, _metadata(record.__dict__))
 
     def emit_line(self, created: float, levelname: str, line: str, fields: Mapping[str, Any]) -> None:
         """Ship a line already made (:mod:`correlation.access`) with the record attributes it was
         made from (``fields``): what ``emit`` does after formatting."""
-        metadata = {}
-        for name in _METADATA_ATTRS:
-            value = fields.get(name)
-            if isinstance(value, str):
-                metadata[name] = value
-        self._put(created, levelname, line, metadata)
+        self._put(created, levelname, line, _metadata(fields))
 
     def _put(self, created: float, levelname: str, line: str, metadata: dict[str, str]) -> None:
         if len(line) * 4 > self.max_line_bytes:  # cheap pre-check: 4 bytes per char at most
@@ -200,3 +190,9 @@ def default_labels() -> dict[str, str]:
     """The stream labels when none are given: this process's service, and ``DEPLOY_ENV``."""
     env = os.environ.get("DEPLOY_ENV", "").strip() or "local"
     return {schema.SERVICE_LABEL: context.service(), schema.ENV_LABEL: env}
+
+
+def _metadata(attributes: Mapping[str, Any]) -> dict[str, str]:
+    """Structured metadata from a record's attributes (those of the context are strings, or None
+    outside a request); ``level`` is added by the handler."""
+    return {name: value for name in _METADATA_ATTRS if isinstance(value := attributes.get(name), str)}
