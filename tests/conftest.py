@@ -43,6 +43,7 @@ TIER_OF_FILE = {
     "test_flask.py": "unit",
     "test_grafana_dashboards.py": "unit",
     "test_gunicorn.py": "process",
+    "test_histogram.py": "unit",
     "test_hot_path.py": "unit",
     "test_httpx.py": "unit",
     "test_ha.py": "stack",  # the trail test is marked process, the Loki cluster ones real_loki
@@ -62,6 +63,7 @@ TIER_OF_FILE = {
     "test_shipping_faults.py": "process",
     "test_stack_config.py": "stack",
     "test_stack_integration.py": "stack",
+    "test_task_alerts.py": "stack",
     "test_traceparent.py": "unit",
     "test_trail_cli.py": "unit",
     "test_trail_hops.py": "unit",

@@ -58,6 +58,16 @@ REQUIRED = {  # alert -> annotations it must carry
     "HighLatencyP99": {"summary", "description", "dashboard_url", "logs_url"},
     "ServiceDown": {"summary", "description", "dashboard_url", "logs_url", "runbook_url"},
     "LokiLogsDropped": {"summary", "description", "dashboard_url", "logs_url"},
+    "TaskFailures": {
+        "summary",
+        "description",
+        "dashboard_url",
+        "logs_url",
+        "trail_url",
+        "trail_page_url",
+        "runbook_url",
+    },
+    "TaskPublishFailures": {"summary", "description", "dashboard_url", "logs_url", "runbook_url"},
 }
 #: severity critical pages: every page has a runbook and names the service at fault.
 PAGING = {name for name, keys in REQUIRED.items() if "runbook_url" in keys}
@@ -94,12 +104,15 @@ def test_every_alert_has_its_annotations() -> None:
 def test_every_page_names_the_service_at_fault() -> None:
     """Alertmanager's inhibit_rules compare labels of one name (alertmanager issue 2254): every
     page carries `cause_service`, set from the alert's own service or, for DownstreamErrors, from
-    the failing peer (PromQL label_replace; promtool's expectations check the values)."""
+    the failing peer (PromQL label_replace), for TaskPublishFailures `broker` when the broker
+    refused (promtool's expectations check the values)."""
     for rule in rules():
-        if rule["alert"] in {"HighErrorRatio", "ServiceDown"}:
+        if rule["alert"] in {"HighErrorRatio", "ServiceDown", "TaskFailures"}:
             assert rule["labels"]["cause_service"] == "{{ $labels.service }}", rule["alert"]
         elif rule["alert"] == "DownstreamErrors":
             assert '"cause_service", "$1", "downstream"' in rule["expr"]
+        elif rule["alert"] == "TaskPublishFailures":
+            assert "broker" in rule["labels"]["cause_service"] and "$labels.service" in rule["labels"]["cause_service"]
     for _, case, alert in expected_alerts():
         if case["alertname"] in PAGING:
             assert alert["exp_labels"]["cause_service"], case
@@ -149,12 +162,15 @@ def expected_alerts() -> Iterator[tuple[dict[str, Any], dict[str, Any], dict[str
                     yield group, case, alert
 
 
-def failed_request(group: dict[str, Any], service: str) -> tuple[str, float] | None:
-    """The correlation ID and time of the service's correlation_last_failed_request input, if any;
-    with several (one per replica) the newest, as the rule's topk(1) picks it."""
+def failed_request(group: dict[str, Any], service: str, route: str | None = None) -> tuple[str, float] | None:
+    """The correlation ID and time of the service's correlation_last_failed_request input, if any
+    (of ``route`` only when given: TaskFailures follows a run of its own task); with several (one
+    per replica) the newest, as the rule's topk(1) picks it."""
     found = []
     for series in group["input_series"]:
         name = series["series"]
+        if route is not None and f'route="{route}"' not in name:
+            continue
         if name.startswith("correlation_last_failed_request{") and f'service="{service}"' in name:
             cid = re.search(r'correlation_id="([^"]+)"', series["series"]).group(1)
             found.append((cid, float(series["values"].split("x")[0])))
@@ -193,7 +209,7 @@ def test_expected_links_are_absolute_and_decode_to_valid_explore_queries() -> No
         assert annotations["logs_url"] == explore_url(DEFAULT_GRAFANA, "logs", logs_expr, str(start), str(end))
 
         if "trail_url" in annotations:
-            failure = failed_request(group, service)
+            failure = failed_request(group, service, alert["exp_labels"].get("task"))
             if failure is None:
                 assert annotations["trail_url"] == f"{DEFAULT_GRAFANA}/d/request-trail/request-trail?orgId=1"
                 assert annotations["trail_page_url"] == f"{DEFAULT_TRAIL_WEB}/", "trail-web's own form"
@@ -376,7 +392,8 @@ def test_real_alertmanager_pages_once_per_cause() -> None:
     """alerts/alertmanager.yml as written (only the webhook address changed) in a real
     Alertmanager, given the alerts the rules raise: a cause's own page silences its callers'
     DownstreamErrors about it (equal cause_service), a down service silences its own error alerts
-    (equal service), and a peer with no page of its own (an external API) still gets one."""
+    (equal service; a worker's failed task runs too), and a peer with no page of its own (an
+    external API, the broker) still gets one."""
 
     def alert(name: str, service: str, cause: str, **labels: str) -> dict[str, Any]:
         all_labels = {"alertname": name, "service": service, "cause_service": cause, "severity": "critical", **labels}
@@ -389,6 +406,9 @@ def test_real_alertmanager_pages_once_per_cause() -> None:
         alert("HighErrorRatio", "inventory", "inventory"),
         alert("DownstreamErrors", "orders", "inventory", downstream="inventory:8083"),
         alert("DownstreamErrors", "gateway", "billing-api", downstream="billing-api:443"),
+        alert("ServiceDown", "notifications", "notifications", job="notifications-worker", instance="w:8084"),
+        alert("TaskFailures", "notifications", "notifications", task="notifications.send_confirmation"),
+        alert("TaskPublishFailures", "orders", "broker", task="notifications.send_confirmation"),
     ]
     capture = WebhookCapture()
     config = _with_webhook(load_yaml("alerts/alertmanager.yml"), capture.server.url + "/alerts")
@@ -402,7 +422,7 @@ def test_real_alertmanager_pages_once_per_cause() -> None:
 
         def settled() -> list[dict[str, Any]]:
             alerts = http_get_json(am + "/api/v2/alerts")
-            return alerts if len(alerts) == len(sent) and len(capture.notified) >= 3 else []
+            return alerts if len(alerts) == len(sent) and len(capture.notified) >= 5 else []
 
         states = wait_until(settled, 30, "Alertmanager to notify the pages that get through", interval=0.2)
     suppressed = {
@@ -414,11 +434,14 @@ def test_real_alertmanager_pages_once_per_cause() -> None:
         ("DownstreamErrors", "orders", "payments"),
         ("HighErrorRatio", "inventory", "inventory"),
         ("DownstreamErrors", "orders", "inventory"),
+        ("TaskFailures", "notifications", "notifications"),
     }
     assert sorted(capture.notified) == [
         ("DownstreamErrors", "gateway", "billing-api"),
         ("HighErrorRatio", "payments", "payments"),
         ("ServiceDown", "inventory", "inventory"),
+        ("ServiceDown", "notifications", "notifications"),
+        ("TaskPublishFailures", "orders", "broker"),
     ]
 
 

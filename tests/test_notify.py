@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 import requests
 
+from correlation import schema
 from correlation.config import ConfigError, LokiSettings
 from correlation.ids import new_correlation_id
 from tests.fakes import FakeLoki, LoopbackServer, QuietHandler, closed_port_url, wait_until
-from tests.fakes.trail_lines import MS, PAYMENTS, checkout_lines, log_line, push_all
+from tests.fakes.trail_lines import MS, ORDERS, PAYMENTS, checkout_lines, log_line, push_all, rfc3339
 from tests.support.stack import REPO, load_yaml
 from trail.notify import NotifySettings, build
 from trail.notify_delivery import DeliverySettings
@@ -188,6 +189,113 @@ def test_firing_alert_names_the_failed_hop_and_its_error(staged: tuple[FakeLoki,
     queries = [q.query for q in loki.queries]
     assert queries[0].startswith('{service_name="payments"} |= "correlation.access"')
     assert queries[1] == f'{{service_name=~".+"}} | correlation_id="{cid}"'
+
+
+TASK = "notifications.send_confirmation"
+#: Request IDs of the task's three attempts (two retries, then the failure).
+RUN1, RUN2, RUN3 = "e000000000000005", "e000000000000006", "e000000000000007"
+INJECTED = "demo.faults.InjectedFault: injected fault (error_rate=1.0)"
+
+
+def failed_task_lines(cid: str, t0_ns: int) -> list[tuple[int, dict[str, Any]]]:
+    """A checkout that succeeded, then its confirmation task failing, as the notifications worker
+    writes it (correlation.celery): two attempts retried (202; the first on a connection error,
+    the second on the injected fault), the third failing (500) with Celery's error line."""
+    published_ns = t0_ns + 25 * MS
+    lines = checkout_lines(cid, t0_ns, payments_status=201)
+    attempts = [
+        (RUN1, ORDERS, "retry", "requests.exceptions.ConnectionError: inventory refused"),
+        (RUN2, RUN1, "retry", INJECTED),
+        (RUN3, RUN2, "failure", INJECTED),
+    ]
+    for number, (rid, parent, state, error) in enumerate(attempts, start=1):
+        start_ns = published_ns + number * 200 * MS
+        failed = state == "failure"
+        what = f"raised unexpected: {error}" if failed else f"retry: Retry in 0.2s: {error}"
+        lines.append(
+            log_line(cid, rid, parent, "notifications", start_ns + MS, f"sending confirmation (attempt {number})")
+        )
+        lines.append(
+            log_line(
+                cid,
+                rid,
+                parent,
+                "notifications",
+                start_ns + 2 * MS,
+                f"Task {TASK}[t-1] {what}",
+                level="ERROR" if failed else "INFO",
+                logger="celery.app.trace",
+                **{schema.EXCEPTION: f"Traceback (most recent call last):\n  ...\n{error}"},
+            )
+        )
+        fields = {
+            schema.KIND: schema.KIND_TASK,
+            schema.TASK: TASK,
+            schema.TASK_ID: "t-1",
+            schema.STATE: state,
+            schema.ATTEMPT: number,
+            schema.QUEUE: "notifications",
+            schema.PUBLISHED_AT: rfc3339(published_ns),
+            schema.QUEUE_WAIT_MS: 2.5,
+            schema.STATUS: 500 if failed else 202,
+            schema.DURATION_MS: 3.0,
+            schema.CALLER: "orders" if number == 1 else "notifications",
+            **({schema.ORIGIN: schema.ORIGIN_SELF} if failed else {}),
+        }
+        level = "ERROR" if failed else "WARNING"
+        access = log_line(
+            cid,
+            rid,
+            parent,
+            "notifications",
+            start_ns + 3 * MS,
+            f"task {TASK} {state}",
+            level,
+            schema.ACCESS_LOGGER,
+            **fields,
+        )
+        lines.append(access)
+    return sorted(lines, key=lambda pair: pair[0])
+
+
+def test_a_task_failure_alert_names_the_failed_run_and_its_exception(chat: ChatWebhook) -> None:
+    """TaskFailures, with the labels the rule gives it (alerts/correlation-demo.rules.yml): the
+    notification names the worker's last failed run (the task's name as route, status 500), the
+    exception of that attempt (not of the retried ones), and the checkout that published it."""
+    t0 = time.time_ns() - 60_000 * MS
+    cid = new_correlation_id(t0 // MS)
+    task_alert = alert(service="notifications", alertname="TaskFailures", task=TASK)
+    task_alert["annotations"]["summary"] = f"notifications: 100% of {TASK} runs fail"
+    with FakeLoki() as loki:
+        push_all(loki, failed_task_lines(cid, t0))
+        running = Running(loki.url, webhook=chat.server.url + "/hook")
+        try:
+            running.post(payload(task_alert))
+            (note,) = running.wait_lines(1)
+        finally:
+            running.stop()
+        queries = [q.query for q in loki.queries]
+    assert (note["alertname"], note["service"], note["cause_service"]) == (
+        "TaskFailures",
+        "notifications",
+        "notifications",
+    )
+    assert note["page"] is True and note["trail"] == "found" and note["trail_note"] is None
+    assert note["root_cause"] == {
+        "service": "notifications",
+        "method": None,
+        "route": TASK,
+        "status": 500,
+        "duration_ms": 3.0,
+        "request_id": RUN3,
+    }
+    assert note["error"] == {"type": "demo.faults.InjectedFault", "message": "injected fault (error_rate=1.0)"}
+    assert note["correlation_id"] == cid and note["trail_page_url"] == f"http://trail-web.notify.test/t/{cid}"
+    assert note["text"].splitlines()[2:4] == [
+        f"Root cause: notifications {TASK} answered 500 in 3.0 ms (request {RUN3})",
+        f"Error: {INJECTED}",
+    ]
+    assert queries[0].startswith('{service_name="notifications"} |= "correlation.access"')
 
 
 @pytest.mark.process
