@@ -1,7 +1,8 @@
 """Celery tasks in the trail, with the real parts: a real redis-server, the real notifications
 worker (Celery, threads pool) and the demo chain under gunicorn, all shipping to the fake Loki.
 
-The tests run in file order and share one stack; the last one restarts Redis.
+The tests run in file order and share one stack; the last one of them restarts Redis. The very
+last test brings its own Redis and worker (no chain) and stops that Redis under held retries.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from correlation import context, ids, schema
 from demo import notifications
 from demo.run_local import Chain, start_chain, wait_healthy
 from demo.services import SERVICES
-from tests.fakes import FakeLoki, PushedEntry, free_port, wait_until
+from tests.fakes import FakeLoki, LoopbackServer, PushedEntry, QuietHandler, free_port, wait_until
 from tests.support.stack import require_tool
 from trail.hops import parse_time_ns
 
@@ -361,3 +362,71 @@ def test_redis_restarted_mid_run_tasks_resume_and_no_line_is_lost(stack: Stack, 
     except AssertionError as exc:
         raise AssertionError(f"{exc}; missing: {list(missing())[:5]}") from None
     assert sum(written().values()) > 100, "the check covered the services' request lines and the worker's"
+
+
+#: Retries held long enough to stop Redis under them (4 s countdown), delivered again 6 s after the
+#: worker took them (the visibility timeout must exceed the countdown).
+HELD_RETRY_ENV = {"TASK_MAX_RETRIES": "2", "TASK_RETRY_DELAY_SECONDS": "4", "BROKER_VISIBILITY_TIMEOUT_SECONDS": "6"}
+
+
+class Reservations(QuietHandler):
+    """inventory's ``GET /reservations/<id>``, all the task needs of it."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.reply(200, {"status": "held"})
+
+
+def test_redis_lost_under_held_retries_the_worker_survives_and_runs_each_once(
+    sink: FakeLoki, publisher: Any, tmp_path: Path
+) -> None:
+    """A retry waiting for its countdown is a message the worker holds unacknowledged. With Celery
+    5.7.0, Redis stopping under such messages made the worker exit (AttributeError while closing
+    the lost connection: demo.broker.RedisTransport). Now it reconnects, and Redis delivers
+    them again after the visibility timeout: every task's retry runs, after the restart, once."""
+
+    def run_of(task_id: str, state: str) -> list[dict[str, Any]]:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {worker.returncode}; its log: {worker_path}")
+        return task_runs(sink.entries, **{schema.TASK_ID: task_id, schema.STATE: state})
+
+    worker_path = tmp_path / "worker.log"
+    with (
+        (tmp_path / "redis.log").open("wb") as redis_log,
+        worker_path.open("wb") as worker_log,
+        LoopbackServer(Reservations) as inventory,
+    ):
+        own = Broker(free_port(), tmp_path, redis_log)
+        own.start()
+        env = {"LOKI_URL": sink.url, "LOKI_BATCH_MAX_WAIT_SECONDS": "0.2", "DEPLOY_ENV": "test"}
+        env |= {"CELERY_BROKER_URL": own.url, "INVENTORY_URL": inventory.url, "FAULT_ERROR_RATE": "1"}
+        port = free_port()
+        worker = notifications.start_worker(port, {**env, **HELD_RETRY_ENV}, stdout=worker_log)
+        try:
+            wait_healthy(f"http://127.0.0.1:{port}", worker, timeout=30)
+            app = notifications.make_celery(own.url)
+            sent = [app.send_task(TASK, kwargs={"order_id": f"held-{n}", "reservation_id": "r"}).id for n in range(3)]
+            for task_id in sent:
+                wait_until(lambda t=task_id: run_of(t, "retry"), 10, f"task {task_id}'s first attempt to be retried")
+            assert requests.post(f"http://127.0.0.1:{port}/admin/faults", json={"error_rate": 0}, timeout=5).ok
+            assert own.stop() == 0  # within the countdown: the worker holds all three retries
+            wait_until(
+                lambda: worker.poll() is not None or b"Connection to broker lost" in worker_path.read_bytes(),
+                10,
+                "the worker to notice that Redis is gone",
+            )
+            own.start()
+            restarted_ns = time.time_ns()
+            runs = [
+                wait_until(lambda t=task_id: run_of(t, "success"), 15, f"task {task_id} to run") for task_id in sent
+            ]
+        finally:
+            worker_code = notifications.stop(worker, timeout=10)
+            if own.proc is not None and own.proc.poll() is None:
+                own.stop()
+    assert worker_code == 0, f"the worker did not stop cleanly: {worker_code}"
+    assert [len(run) for run in runs] == [1, 1, 1], "each retry runs once"
+    for (run,) in runs:
+        ran_ns = parse_time_ns(run[schema.TIME])
+        assert run[schema.ATTEMPT] == 2 and ran_ns is not None and ran_ns > restarted_ns, (
+            "the retry ran after Redis was back (it was held while Redis was down)"
+        )

@@ -242,3 +242,17 @@ def test_the_readme_documents_the_task_keys_headers_and_metrics() -> None:
     ):
         name = metric._name + ("_total" if metric._type == "counter" else "")  # noqa: SLF001
         assert documented[name] == (metric._type, sorted(metric._labelnames)), name  # noqa: SLF001
+
+
+def test_the_demo_workers_visibility_timeout_exceeds_its_retry_delay() -> None:
+    """A held retry is delivered again after the visibility timeout: it must outlast the countdown."""
+    from correlation.config import ConfigError
+    from demo.notifications import visibility_timeout_seconds
+
+    assert visibility_timeout_seconds({}) == 60.0
+    assert visibility_timeout_seconds({"TASK_RETRY_DELAY_SECONDS": "100"}) == 200.0
+    delay = {"TASK_RETRY_DELAY_SECONDS": "3"}
+    assert visibility_timeout_seconds({**delay, "BROKER_VISIBILITY_TIMEOUT_SECONDS": "5"}) == 5.0
+    for value in ("3", "2", "soon", "90000"):
+        with pytest.raises(ConfigError, match="^BROKER_VISIBILITY_TIMEOUT_SECONDS="):
+            visibility_timeout_seconds({**delay, "BROKER_VISIBILITY_TIMEOUT_SECONDS": value})

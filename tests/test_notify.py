@@ -197,16 +197,23 @@ RUN1, RUN2, RUN3 = "e000000000000005", "e000000000000006", "e000000000000007"
 INJECTED = "demo.faults.InjectedFault: injected fault (error_rate=1.0)"
 
 
-def failed_task_lines(cid: str, t0_ns: int) -> list[tuple[int, dict[str, Any]]]:
-    """A checkout that succeeded, then its confirmation task failing, as the notifications worker
+def failed_task_lines(
+    cid: str,
+    t0_ns: int,
+    task: str = TASK,
+    runs: tuple[str, str, str] = (RUN1, RUN2, RUN3),
+    error: str = INJECTED,
+) -> list[tuple[int, dict[str, Any]]]:
+    """A checkout that succeeded, then a task it published failing, as the notifications worker
     writes it (correlation.celery): two attempts retried (202; the first on a connection error,
-    the second on the injected fault), the third failing (500) with Celery's error line."""
+    the second on ``error``), the third failing (500) with ``error`` in Celery's error line."""
     published_ns = t0_ns + 25 * MS
     lines = checkout_lines(cid, t0_ns, payments_status=201)
+    first, second, third = runs
     attempts = [
-        (RUN1, ORDERS, "retry", "requests.exceptions.ConnectionError: inventory refused"),
-        (RUN2, RUN1, "retry", INJECTED),
-        (RUN3, RUN2, "failure", INJECTED),
+        (first, ORDERS, "retry", "requests.exceptions.ConnectionError: inventory refused"),
+        (second, first, "retry", error),
+        (third, second, "failure", error),
     ]
     for number, (rid, parent, state, error) in enumerate(attempts, start=1):
         start_ns = published_ns + number * 200 * MS
@@ -222,7 +229,7 @@ def failed_task_lines(cid: str, t0_ns: int) -> list[tuple[int, dict[str, Any]]]:
                 parent,
                 "notifications",
                 start_ns + 2 * MS,
-                f"Task {TASK}[t-1] {what}",
+                f"Task {task}[t-1] {what}",
                 level="ERROR" if failed else "INFO",
                 logger="celery.app.trace",
                 **{schema.EXCEPTION: f"Traceback (most recent call last):\n  ...\n{error}"},
@@ -230,7 +237,7 @@ def failed_task_lines(cid: str, t0_ns: int) -> list[tuple[int, dict[str, Any]]]:
         )
         fields = {
             schema.KIND: schema.KIND_TASK,
-            schema.TASK: TASK,
+            schema.TASK: task,
             schema.TASK_ID: "t-1",
             schema.STATE: state,
             schema.ATTEMPT: number,
@@ -249,7 +256,7 @@ def failed_task_lines(cid: str, t0_ns: int) -> list[tuple[int, dict[str, Any]]]:
             parent,
             "notifications",
             start_ns + 3 * MS,
-            f"task {TASK} {state}",
+            f"task {task} {state}",
             level,
             schema.ACCESS_LOGGER,
             **fields,
@@ -296,6 +303,86 @@ def test_a_task_failure_alert_names_the_failed_run_and_its_exception(chat: ChatW
         f"Error: {INJECTED}",
     ]
     assert queries[0].startswith('{service_name="notifications"} |= "correlation.access"')
+
+
+#: A second task of the same worker, failing later than TASK with another exception.
+RECEIPT = "notifications.send_receipt"
+RECEIPT_RUNS = ("f000000000000008", "f000000000000009", "f00000000000000a")
+TIMEOUT = "requests.exceptions.ReadTimeout: mail relay did not answer"
+
+
+def two_tasks_failing(loki: FakeLoki) -> tuple[str, str]:
+    """TASK's runs failing two minutes ago, RECEIPT's one minute ago (the service's newest failure):
+    the correlation IDs of the two."""
+    t_confirmation, t_receipt = time.time_ns() - 120_000 * MS, time.time_ns() - 60_000 * MS
+    confirmation, receipt = new_correlation_id(t_confirmation // MS), new_correlation_id(t_receipt // MS)
+    push_all(loki, failed_task_lines(confirmation, t_confirmation))
+    push_all(loki, failed_task_lines(receipt, t_receipt, RECEIPT, RECEIPT_RUNS, TIMEOUT))
+    return confirmation, receipt
+
+
+def task_failures_alert(task: str) -> dict[str, Any]:
+    return alert(service="notifications", alertname="TaskFailures", task=task)
+
+
+def test_a_task_alert_names_a_run_of_its_task_not_the_services_newest_failure() -> None:
+    """One worker, two tasks failing: TaskFailures for the task that failed first names that
+    task's run and exception, although another task failed since."""
+    with FakeLoki() as loki:
+        confirmation, _ = two_tasks_failing(loki)
+        running = Running(loki.url)
+        try:
+            running.post(payload(task_failures_alert(TASK)))
+            (note,) = running.wait_lines(1)
+        finally:
+            running.stop()
+        queries = [q.query for q in loki.queries]
+    assert note["trail"] == "found" and note["trail_caveat"] is None and note["trail_note"] is None
+    assert note["correlation_id"] == confirmation
+    assert note["root_cause"]["route"] == TASK and note["root_cause"]["request_id"] == RUN3
+    assert note["error"] == {"type": "demo.faults.InjectedFault", "message": "injected fault (error_rate=1.0)"}
+    assert f'task="{TASK}"' in queries[0], "the search was for the alert's task"
+    assert not any(line.startswith("Note:") for line in note["text"].splitlines())
+
+
+def test_a_task_alert_without_a_failed_run_of_its_task_says_what_it_names_instead() -> None:
+    with FakeLoki() as loki:
+        _, receipt = two_tasks_failing(loki)
+        running = Running(loki.url)
+        try:
+            running.post(payload(task_failures_alert("notifications.send_invoice")))
+            (note,) = running.wait_lines(1)
+        finally:
+            running.stop()
+    assert note["trail"] == "found" and note["correlation_id"] == receipt, "the service's newest failure"
+    assert note["root_cause"]["route"] == RECEIPT and note["error"]["type"] == "requests.exceptions.ReadTimeout"
+    caveat = note["trail_caveat"]
+    assert re.fullmatch(
+        r"no run of task notifications\.send_invoice failed in \S+ \.\. \S+; "
+        r"naming the newest failure at notifications instead",
+        caveat,
+    ), caveat
+    assert note["text"].splitlines()[2] == f"Note: {caveat}."
+
+
+def test_a_hostile_task_label_is_searched_for_escaped_and_shown_escaped() -> None:
+    """The task label is the alert's text: it goes into LogQL as an escaped string (the fake Loki
+    parses it as Loki does) and finds nothing, and into the message with control characters
+    escaped."""
+    hostile = 'x"} | line_format "{{.x}}\n\x1b[31m'
+    with FakeLoki() as loki:
+        _, receipt = two_tasks_failing(loki)
+        running = Running(loki.url)
+        try:
+            running.post(payload(task_failures_alert(hostile)))
+            (note,) = running.wait_lines(1)
+        finally:
+            running.stop()
+        queries = [q.query for q in loki.queries]
+    assert note["trail"] == "found" and note["correlation_id"] == receipt
+    assert 'task="x\\"} | line_format \\"{{.x}}\\n\\u001b[31m"' in queries[0], queries[0]
+    assert "\x1b" not in note["trail_caveat"] and "\n" not in note["trail_caveat"]
+    assert note["trail_caveat"].startswith('no run of task x"} | line_format "{{.x}}\\n\\x1b[31m failed')
 
 
 @pytest.mark.process

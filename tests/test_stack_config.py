@@ -216,6 +216,9 @@ def test_loki_config_supports_structured_metadata_and_retention() -> None:
     assert limits["allow_structured_metadata"] is True
     assert limits["ingestion_rate_mb"] > 4 and limits["ingestion_burst_size_mb"] > 6, "defaults are 4 and 6"
     assert limits["retention_period"] == "72h"
+    # Replicas of a service share a stream: a spool replayed after an hour away must be accepted.
+    assert limits["shard_streams"] == load_yaml("loki/loki-ha.yaml")["limits_config"]["shard_streams"]
+    assert limits["shard_streams"]["time_sharding_enabled"] is True
     compactor = loki["compactor"]
     assert compactor["retention_enabled"] is True and compactor["delete_request_store"] == "filesystem"
     assert loki["auth_enabled"] is False

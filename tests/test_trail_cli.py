@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from correlation import schema
 from correlation.ids import new_correlation_id
 from tests.fakes import FakeLoki, closed_port_url
 from tests.fakes.trail_lines import (
@@ -364,6 +365,48 @@ def test_last_error_skips_lines_with_hostile_ids(loki: FakeLoki, capsys: pytest.
     loki.push(hostile[0], hostile[1], correlation_id="placeholder")
     code, _, err = run(capsys, "--last-error")
     assert code == 0 and f"most recent failed request: {good}" in err
+
+
+def task_failure(task: str, seconds_ago: float, request_id: str) -> tuple[str, tuple[int, dict[str, Any]]]:
+    """A failed run of ``task`` on the notifications worker: its correlation ID and access line."""
+    t_run = time.time_ns() - int(seconds_ago * S)
+    cid = new_correlation_id(now_ms=t_run // MS)
+    fields = {schema.KIND: schema.KIND_TASK, schema.TASK: task, schema.STATE: "failure", schema.STATUS: 500}
+    line = log_line(
+        cid, request_id, None, "notifications", t_run, f"task {task} failure", "ERROR", schema.ACCESS_LOGGER, **fields
+    )
+    return cid, line
+
+
+def test_last_error_for_one_task(loki: FakeLoki, capsys: pytest.CaptureFixture[str]) -> None:
+    """A worker runs several tasks: --task follows the newest failed run of that one."""
+    confirmation, older = task_failure("notifications.send_confirmation", 300, "e000000000000005")
+    _, newer = task_failure("notifications.send_receipt", 60, "e000000000000006")
+    push_all(loki, [older, newer])
+    code, out, err = run(
+        capsys, "--last-error", "--service", "notifications", "--task", "notifications.send_confirmation"
+    )
+    assert code == 0 and f"most recent failed request: {confirmation}" in err
+    assert loki.requests[0].query == last_error_query("notifications", task="notifications.send_confirmation")
+    assert out.startswith(f"Trail {confirmation}: 1 hops")
+    code, _, err = run(capsys, "--last-error", "--task", "notifications.send_invoice")
+    assert code == 1 and f"query: {last_error_query(task='notifications.send_invoice')}" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--task", "notifications.send_confirmation", CID], "--task goes with --last-error"),
+        (["--last-error", "--task", ""], "--task: task name '': expected 1-256 characters"),
+    ],
+)
+def test_bad_task_arguments_are_refused_before_any_query(
+    loki: FakeLoki, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+    assert not loki.requests
 
 
 # -- auth ------------------------------------------------------------------------------------------------------------

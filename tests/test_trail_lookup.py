@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
+from correlation import schema
 from correlation.config import LokiSettings
 from correlation.ids import new_correlation_id
 from correlation.schema import ACCESS_LOGGER
 from tests.fakes import FakeLoki
+from tests.fakes.loki_query import JsonStage, LabelFilter, parse_query
 from tests.fakes.trail_lines import (
     GATEWAY,
     INVENTORY,
@@ -147,6 +149,57 @@ def test_no_query_is_built_from_a_malformed_id_or_service(hostile: str) -> None:
         error_lines_query(hostile)
     with pytest.raises(ValueError, match="not a service name"):
         last_error_query(hostile)
+
+
+def test_a_task_failure_query_filters_on_the_task_key() -> None:
+    assert last_error_query("notifications", own_only=True, task="notifications.send_confirmation") == (
+        '{service_name="notifications"} |= "correlation.access"'
+        ' | json logger="logger", status="status", origin="origin", task="task"'
+        ' | logger="correlation.access" | status >= 500 | origin!="downstream"'
+        ' | task="notifications.send_confirmation" | __error__=""'
+    )
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ['x" | __error__!="', 'a\\" or task=~".*', "line\nbreak \x1b[31m\t", "ü€😀 `raw`", '"', "\\"],
+)
+def test_a_hostile_task_name_stays_one_string_in_the_query(hostile: str) -> None:
+    """A task name is the alert's (or the user's) text: written as an escaped LogQL string, read
+    back (the fake Loki unquotes as Loki does) it is the same text, and the query has the same
+    stages as for a plain name, so nothing was injected."""
+    query = last_error_query("notifications", task=hostile)
+    plain = parse_query(last_error_query("notifications", task="t"))
+    parsed = parse_query(query)
+    assert [type(stage) for stage in parsed.stages] == [type(stage) for stage in plain.stages]
+    task_filters = [f for f in parsed.stages if isinstance(f, LabelFilter) and f.name == schema.TASK]
+    assert [(f.op, f.value) for f in task_filters] == [("=", hostile)]
+    (json_stage,) = [stage for stage in parsed.stages if isinstance(stage, JsonStage)]
+    assert (schema.TASK, schema.TASK) in json_stage.fields
+    assert "\n" not in query and "\x1b" not in query, "control characters are escaped, never raw"
+
+
+@pytest.mark.parametrize(("bad", "reason"), [("", "1-256 characters"), ("x" * 257, "1-256"), ("\ud800", "valid text")])
+def test_no_query_is_built_for_a_task_name_that_cannot_be_searched(bad: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        last_error_query(task=bad)
+
+
+def test_last_error_of_one_task_skips_the_newer_failure_of_another(loki: FakeLoki) -> None:
+    """One worker, two tasks: the task's own newest failed run, not the service's newest failure."""
+    runs = []
+    for seconds_ago, task, rid in ((300, "mail.confirm", "e000000000000005"), (60, "mail.receipt", "e000000000000006")):
+        t_run = time.time_ns() - seconds_ago * S
+        cid = new_correlation_id(now_ms=t_run // MS)
+        fields = {schema.KIND: schema.KIND_TASK, schema.TASK: task, schema.STATUS: 500, schema.ORIGIN: "self"}
+        runs.append((cid, log_line(cid, rid, None, "worker", t_run, "failed", "ERROR", ACCESS_LOGGER, **fields)))
+    push_all(loki, [line for _, line in runs])
+    client = client_for(loki)
+    (confirm, _), (receipt, _) = runs
+    assert last_error(client, "worker", Window.last(600)).correlation_id == receipt  # type: ignore[union-attr]
+    found = last_error(client, "worker", Window.last(600), prefer_own=True, task="mail.confirm")
+    assert found is not None and found.correlation_id == confirm and found.failure.request_id == "e000000000000005"
+    assert last_error(client, "worker", Window.last(600), task="mail.invoice") is None
 
 
 # -- lookup_trail --------------------------------------------------------------------------------------

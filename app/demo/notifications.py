@@ -12,6 +12,12 @@ process also serves a small control endpoint on ``PORT`` (8084): ``GET /healthz`
 worker consumes), ``GET /metrics`` and ``GET|POST /admin/faults`` (the fault switch: a run fails
 with ``InjectedFault`` at ``error_rate`` and is retried, ``TASK_MAX_RETRIES`` times,
 ``TASK_RETRY_DELAY_SECONDS`` apart; ``latency_ms`` delays each run).
+
+A retry waiting for its countdown is a message the worker holds unacknowledged. If Redis goes away
+meanwhile the worker drops its copy on reconnecting, and Redis delivers it again once
+``BROKER_VISIBILITY_TIMEOUT_SECONDS`` have passed since the worker took it (kombu's
+``visibility_timeout``; 1 hour by default, 60 s here): see :func:`make_celery` and
+:class:`demo.broker.RedisTransport`.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from werkzeug.serving import BaseWSGIServer, make_server
 import correlation
 from correlation import celery as correlation_celery
 from correlation.config import ConfigError
+from demo import broker
 from demo.calls import DownstreamError, call, downstream_url
 from demo.faults import Faults, FaultSettings, InjectedFault, admin_blueprint
 
@@ -55,6 +62,8 @@ PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 
 #: The directory holding the `demo` package (it runs from source, not installed).
 DEMO_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROKER_TIMEOUTS = {"socket_connect_timeout": 1.0, "socket_timeout": 5.0}
+#: kombu's default is an hour: a retry the worker held when Redis went away would wait that long.
+DEFAULT_VISIBILITY_TIMEOUT_SECONDS = 60.0
 
 log = logging.getLogger("demo")
 
@@ -64,15 +73,24 @@ def broker_url(env: Mapping[str, str]) -> str | None:
     return env.get("CELERY_BROKER_URL", "").strip() or None
 
 
-def make_celery(url: str) -> Celery:
-    """The Celery app both sides use: orders publishes with it, the worker consumes with it."""
+def make_celery(url: str, visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT_SECONDS) -> Celery:
+    """The Celery app both sides use: orders publishes with it, the worker consumes with it.
+    ``visibility_timeout``: when Redis delivers again a message the worker took and has not
+    acknowledged (lost with a broker outage); it must exceed the longest retry countdown."""
     app = Celery(SERVICE, broker=url, set_as_current=False)
     app.conf.update(
         task_default_queue=QUEUE,
         task_ignore_result=True,  # nothing reads results: no result backend
         task_publish_retry_policy=PUBLISH_RETRY_POLICY,
         broker_connection_timeout=BROKER_TIMEOUTS["socket_connect_timeout"],
-        broker_transport_options=dict(BROKER_TIMEOUTS),
+        broker_transport=broker.TRANSPORT,
+        broker_transport_options={
+            **BROKER_TIMEOUTS,
+            "visibility_timeout": visibility_timeout,
+            # Look for such messages every tenth of it (kombu: every 10 s, scanning every 10th time).
+            "unacked_restore_interval": max(1, round(visibility_timeout / 10)),
+            "unacked_restore_throttle": 1,
+        },
         broker_connection_retry_on_startup=True,
         worker_prefetch_multiplier=1,  # a message waits in Redis, not in a worker that may lose it
         # Messages are acknowledged when a run starts: a run that loses the broker finishes anyway.
@@ -101,6 +119,26 @@ def _retry_settings(env: Mapping[str, str]) -> tuple[int, float]:
     if not (0 <= retries <= 10 and 0 <= delay <= 300):
         raise ConfigError("TASK_MAX_RETRIES must be in [0, 10], TASK_RETRY_DELAY_SECONDS in [0, 300]")
     return retries, delay
+
+
+def visibility_timeout_seconds(env: Mapping[str, str]) -> float:
+    """``BROKER_VISIBILITY_TIMEOUT_SECONDS``; by default 60 s, or twice the retry delay if more.
+    Redis delivers again a message held longer than this, even while the worker still holds it, so
+    it must exceed the retry delay (else a retry waiting for its countdown would run twice)."""
+    _, delay = _retry_settings(env)
+    raw = env.get("BROKER_VISIBILITY_TIMEOUT_SECONDS", "").strip()
+    if not raw:
+        return max(DEFAULT_VISIBILITY_TIMEOUT_SECONDS, 2 * delay)
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not delay < seconds <= 86400:
+        raise ConfigError(
+            f"BROKER_VISIBILITY_TIMEOUT_SECONDS={raw!r} is not valid: expected seconds, more than "
+            f"TASK_RETRY_DELAY_SECONDS ({delay:g}) and at most a day"
+        )
+    return seconds
 
 
 def register_tasks(app: Celery, faults: Faults, env: Mapping[str, str]) -> Any:
@@ -163,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = correlation.Settings.from_env(env, service=SERVICE)
     correlation.setup_logging(settings)
     faults = Faults(FaultSettings.from_env(env))
-    app = make_celery(url)
+    app = make_celery(url, visibility_timeout_seconds(env))
     register_tasks(app, faults, env)
     correlation_celery.install(app, settings)  # the worker logs with these settings, not Celery's own
 

@@ -1,7 +1,7 @@
 """``trail``: show one request's path through the services, rebuilt from its Loki log lines.
 
     trail <correlation-id> [--since 1h | --from T [--to T]] [--json]
-    trail --last-error [--service NAME] [--since 1h | --from T [--to T]] [--json]
+    trail --last-error [--service NAME] [--task NAME] [--since 1h | --from T [--to T]] [--json]
     trail serve [--host 127.0.0.1] [--port 8090]   the same trails as web pages (trail.web)
 
 Exit status: 0 trail shown; 1 nothing found in the window (window and query are printed);
@@ -30,6 +30,7 @@ from trail.lookup import (
     Window,
     check_correlation_id,
     check_service,
+    check_task,
     explicit_window,
     last_error,
     last_error_query,
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--last-error", action="store_true", help="follow the most recent failed (5xx) request")
     parser.add_argument("--service", metavar="NAME", help="with --last-error: only failures seen by this service")
+    parser.add_argument("--task", metavar="NAME", help="with --last-error: only failed runs of this (Celery) task")
     when = parser.add_argument_group("window (default: around the time inside our IDs, else the last hour)")
     when.add_argument(
         "--since",
@@ -140,6 +142,13 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, now_n
             check_service(args.service)
         except ValueError as exc:
             parser.error(f"--service {exc}")
+    if args.task is not None:
+        if not args.last_error:
+            parser.error("--task goes with --last-error")
+        try:
+            check_task(args.task)
+        except ValueError as exc:
+            parser.error(f"--task: {exc}")
     if args.since is not None and args.from_ns is not None:
         parser.error("--since and --from exclude each other")
     try:
@@ -222,12 +231,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_request_seconds=args.max_request_seconds,
             page_size=args.page_size,
             now_ns=now_ns,
+            task=args.task,
         )
     except LokiQueryError as exc:
         _say(f"trail: Loki error: {exc}")
         return EXIT_ERROR
     if found is None:
-        _say(f"trail: no failed request (status >= 500) in window {search}\n  query: {last_error_query(args.service)}")
+        query = last_error_query(args.service, task=args.task)
+        _say(f"trail: no failed request (status >= 500) in window {search}\n  query: {query}")
         return EXIT_NOT_FOUND
     where = found.failure.service or "?"
     _say(

@@ -1,11 +1,13 @@
 """The LogQL every reader of trails sends, built only from checked input.
 
 An ID or a service name is checked before it is written into a query (ValueError otherwise), so no
-input can change a query's meaning. Names come from ``correlation.schema``.
+input can change a query's meaning; free text (a task's name) goes in as an escaped string literal
+(:func:`string_literal`). Names come from ``correlation.schema``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 from correlation import schema
@@ -14,6 +16,8 @@ from correlation.ids import MAX_ID_LENGTH, is_valid_id, printable, rejection_rea
 #: The metadata ``level`` of error lines (lowercase in metadata, as Grafana's level detection expects).
 ERROR_LEVEL = "error"
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # as config.py accepts SERVICE_NAME
+#: Longer task names are refused rather than searched for (Celery's own are dotted module paths).
+MAX_TASK_NAME_CHARS = 256
 
 
 def check_correlation_id(value: str) -> str:
@@ -34,6 +38,25 @@ def check_service(name: str) -> str:
     return name
 
 
+def check_task(name: str) -> str:
+    """``name`` when it can be searched for as a task's name (any text of 1-256 characters that
+    encodes as UTF-8); ValueError (escaped) otherwise. It is written into queries escaped."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"task name {printable(name)!r} is not valid text") from None
+    if not 0 < len(name) <= MAX_TASK_NAME_CHARS:
+        raise ValueError(f"task name {printable(name)!r}: expected 1-{MAX_TASK_NAME_CHARS} characters")
+    return name
+
+
+def string_literal(text: str) -> str:
+    """``text`` as a LogQL double-quoted string: Loki reads these with Go's escapes, and JSON's
+    (quote, backslash, control characters as ``\\n`` or ``\\u0001``) are a subset of them; every
+    other character stands for itself, so no text can end the string early."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def _selector(service: str | None) -> str:
     if service is None:
         return f'{{{schema.SERVICE_LABEL}=~".+"}}'
@@ -50,28 +73,27 @@ def error_lines_query(service: str) -> str:
     return f'{_selector(service)} | {schema.LEVEL}="{ERROR_LEVEL}"'
 
 
-def last_error_query(service: str | None = None, *, own_only: bool = False) -> str:
+def last_error_query(service: str | None = None, *, own_only: bool = False, task: str | None = None) -> str:
     """Access lines of failed requests (status >= 500), newest first when run backward.
 
     A failed request is defined by its access line's status, not by ERROR lines: a handled
     error can log at ERROR and answer 200, and a 5xx need not log anything at ERROR. The status
     lives only in the JSON line, so a parser is unavoidable; the cheap line filter on the access
-    logger's name drops every other line before ``json`` runs, and ``json`` extracts just the two
+    logger's name drops every other line before ``json`` runs, and ``json`` extracts just the
     fields it needs. ``__error__=""`` drops lines whose JSON or status did not parse (Loki keeps
     those lines, flagged, instead of filtering them out). ``own_only``: only the hop's own
-    failures (``origin`` not ``downstream``).
+    failures (``origin`` not ``downstream``; lines without an origin, written before it existed
+    or by other libraries, count as own). ``task``: only failed runs of that task (its name is
+    the ``task`` key of a task run's access line; HTTP access lines have none).
     """
     logger, status, origin = schema.LOGGER, schema.STATUS, schema.ORIGIN
-    if not own_only:
-        return (
-            f'{_selector(service)} |= "{schema.ACCESS_LOGGER}" | json {logger}="{logger}", {status}="{status}"'
-            f' | {logger}="{schema.ACCESS_LOGGER}" | {status} >= 500 | __error__=""'
-        )
-    # Own failures only: not those the hop answered because a call it made failed first (lines
-    # without an origin, written before it existed or by other libraries, count as own).
-    return (
-        f'{_selector(service)} |= "{schema.ACCESS_LOGGER}"'
-        f' | json {logger}="{logger}", {status}="{status}", {origin}="{origin}"'
-        f' | {logger}="{schema.ACCESS_LOGGER}" | {status} >= 500 | {origin}!="{schema.ORIGIN_DOWNSTREAM}"'
-        f' | __error__=""'
-    )
+    fields = [logger, status]
+    filters = [f'{logger}="{schema.ACCESS_LOGGER}"', f"{status} >= 500"]
+    if own_only:
+        fields.append(origin)
+        filters.append(f'{origin}!="{schema.ORIGIN_DOWNSTREAM}"')
+    if task is not None:
+        fields.append(schema.TASK)
+        filters.append(f"{schema.TASK}={string_literal(check_task(task))}")
+    extract = ", ".join(f'{name}="{name}"' for name in fields)
+    return f'{_selector(service)} |= "{schema.ACCESS_LOGGER}" | json {extract} | {" | ".join(filters)} | __error__=""'

@@ -6,7 +6,7 @@ re-exported, so ``from trail.lookup import ...`` is all a reader needs.
 
 - :func:`lookup_trail`: one ID's lines and trail (narrow window, widened once if incomplete);
 - :func:`find_last_failure`: the newest request answered with status >= 500, optionally of one
-  service, in a window;
+  service, or one task's newest failed run, in a window;
 - :func:`last_error`: that request and its trail; :meth:`TrailLookup.root_cause` then names the
   deepest failed hop and its error.
 
@@ -28,6 +28,7 @@ from trail.logql import (
     ERROR_LEVEL,
     check_correlation_id,
     check_service,
+    check_task,
     error_lines_query,
     last_error_query,
     trail_query,
@@ -65,6 +66,7 @@ __all__ = [
     "Window",
     "check_correlation_id",
     "check_service",
+    "check_task",
     "error_lines_query",
     "explicit_window",
     "find_last_failure",
@@ -241,18 +243,25 @@ def find_last_failure(
     *,
     now_ns: int | None = None,
     budget_seconds: float | None = None,
+    task: str | None = None,
 ) -> FailedRequest | None:
     """The newest request answered with status >= 500 in ``window`` (default: the last hour), by
-    ``service`` when given (any hop of it, not only the edge). None when there is none."""
+    ``service`` when given (any hop of it, not only the edge), a run of ``task`` when given. None
+    when there is none."""
     return _find_last_failure(
-        client, service, window or Window.last(DEFAULT_SINCE_SECONDS, now_ns), _deadline(budget_seconds)
+        client, service, window or Window.last(DEFAULT_SINCE_SECONDS, now_ns), _deadline(budget_seconds), task=task
     )
 
 
 def _find_last_failure(
-    client: LokiQueryClient, service: str | None, window: Window, deadline: float | None, own_only: bool = False
+    client: LokiQueryClient,
+    service: str | None,
+    window: Window,
+    deadline: float | None,
+    own_only: bool = False,
+    task: str | None = None,
 ) -> FailedRequest | None:
-    query = last_error_query(service, own_only=own_only)
+    query = last_error_query(service, own_only=own_only, task=task)
     newest_first = client.query_range(
         query, window.start_ns, window.end_ns, limit=LAST_ERROR_SCAN, direction="backward", deadline=deadline
     )
@@ -283,17 +292,19 @@ def last_error(
     now_ns: int | None = None,
     budget_seconds: float | None = None,
     prefer_own: bool = False,
+    task: str | None = None,
 ) -> LastError | None:
     """The newest failed request in ``window`` (default: the last hour) and its trail; None when
     none failed. Our IDs are then looked up around their own time; a foreign ID over the window it
     was found in. ``budget_seconds`` bounds the search and the lookup together. ``prefer_own``:
     the newest of ``service``'s own failures when it has any (an alert on a service's own errors
-    must not be explained by a request it only passed on), else any failure."""
+    must not be explained by a request it only passed on), else any failure. ``task``: only
+    failed runs of that task (a worker runs several; an alert on one must name a run of it)."""
     deadline = _deadline(budget_seconds)
     search = window or Window.last(DEFAULT_SINCE_SECONDS, now_ns)
-    failure = _find_last_failure(client, service, search, deadline, own_only=True) if prefer_own else None
+    failure = _find_last_failure(client, service, search, deadline, True, task) if prefer_own else None
     if failure is None:
-        failure = _find_last_failure(client, service, search, deadline)
+        failure = _find_last_failure(client, service, search, deadline, task=task)
     if failure is None:
         return None
     follow = None if time_ms_of(failure.correlation_id) is not None else failure.window

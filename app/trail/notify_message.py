@@ -36,6 +36,7 @@ FIELDS = (
     "ends_at",
     "trail",
     "trail_note",
+    "trail_caveat",
     "correlation_id",
     "trail_command",
     "root_cause",
@@ -113,6 +114,7 @@ def build_notification(
         "ends_at": _time(event.ends_at),
         "trail": finding.state,
         "trail_note": finding.note,
+        "trail_caveat": shown(finding.caveat, MAX_MESSAGE_CHARS),
         "correlation_id": finding.correlation_id,
         "trail_command": f"trail {finding.correlation_id}" if finding.correlation_id else None,
         "root_cause": _hop(hop) if hop else None,
@@ -166,6 +168,8 @@ def render_text(note: dict[str, Any]) -> str:
     if note["summary"]:
         lines.append(note["summary"])
     if note["status"] == "firing":
+        if note["trail_caveat"]:
+            lines.append(f"Note: {note['trail_caveat']}.")
         if note["root_cause"]:
             lines.append(f"Root cause: {_hop_line(note['root_cause'])}")
             lines.append(f"Error: {_error_line(note['error'])}")
@@ -196,6 +200,8 @@ def slack_message(note: dict[str, Any]) -> dict[str, Any]:
     if note["summary"]:
         facts.append(_mrkdwn(note["summary"]))
     if note["status"] == "firing":
+        if note["trail_caveat"]:
+            facts.append(f"*Note:* {_mrkdwn(note['trail_caveat'])}.")
         if note["root_cause"]:
             facts.append(f"*Root cause:* {_code(_hop_line(note['root_cause']))}")
             facts.append(f"*Error:* {_code(_error_line(note['error']))}")

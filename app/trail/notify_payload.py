@@ -59,6 +59,11 @@ class AlertEvent:
         return self.labels.get("service") or None
 
     @property
+    def task(self) -> str | None:
+        """The task a task alert is about (TaskFailures carries ``task``); None for others."""
+        return self.labels.get("task") or None
+
+    @property
     def cause_service(self) -> str | None:
         """The service at fault, as the rules name it (alerts/correlation-demo.rules.yml)."""
         return self.labels.get("cause_service") or None

@@ -1,6 +1,9 @@
 """The trail behind an alert: the alerted service's newest failed request, read from Loki with the
 same code as ``trail --last-error`` (:func:`trail.lookup.last_error`), and the hop where it broke
-(:func:`trail.root_cause.root_cause`).
+(:func:`trail.root_cause.root_cause`). An alert about one task (``task`` label, TaskFailures) is
+explained by that task's newest failed run: a worker runs several tasks, and the service's newest
+failure may be another task's. Only when that task has none is the service's newest failure named,
+with a caveat saying so.
 
 A notification must not wait for Loki: every read has a deadline (the moment the alert arrived
 plus the budget), enforced twice. Each request to Loki is bounded by what is left of it
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from trail.loki_query import LokiQueryClient, LokiQueryError
-from trail.lookup import LastError, last_error
+from trail.lookup import LastError, check_task, last_error
 from trail.notify_payload import AlertEvent
 from trail.window import DEFAULT_MAX_REQUEST_SECONDS, Window
 
@@ -57,6 +60,9 @@ class TrailFinding:
     error_message: str | None = None
     #: The window the trail was read from (the trail link opens the same).
     trail_window: Window | None = None
+    #: What the request named stands in for, when it is not what the alert is about (untrusted
+    #: text inside: the alert's task label); None otherwise.
+    caveat: str | None = None
 
 
 class TrailReader:
@@ -91,17 +97,9 @@ class TrailReader:
             return TrailFinding(UNAVAILABLE, "the trail could not be read: no time was left for Loki")
         window = self.search_window(event.starts_at, time.time_ns() if now_ns is None else now_ns)
         client = self.client
-        future = self._executor.submit(
-            last_error,
-            client,
-            service,
-            window,
-            max_request_seconds=self.max_request_seconds,
-            budget_seconds=left,
-            prefer_own=True,
-        )
+        future = self._executor.submit(self._newest_failure, client, service, event.task, window, deadline)
         try:
-            found = future.result(timeout=left)
+            found, caveat = future.result(timeout=left)
         except FutureTimeout:
             future.cancel()
             return TrailFinding(
@@ -113,7 +111,37 @@ class TrailReader:
             return TrailFinding(UNAVAILABLE, f"the trail could not be read: {type(exc).__name__}: {exc}")
         if found is None:
             return TrailFinding(NOT_FOUND, f"no request failed (status >= 500) at {service} in {window}")
-        return _finding(found)
+        return _finding(found, caveat)
+
+    def _newest_failure(
+        self, client: LokiQueryClient, service: str, task: str | None, window: Window, deadline: float
+    ) -> tuple[LastError | None, str | None]:
+        """The failure that explains the alert, and a caveat when it is not one of the alert's task
+        (a run of ``task`` first; the service's own failures first either way)."""
+
+        def newest(of_task: str | None) -> LastError | None:
+            return last_error(
+                client,
+                service,
+                window,
+                max_request_seconds=self.max_request_seconds,
+                budget_seconds=max(0.0, deadline - time.monotonic()),
+                prefer_own=True,
+                task=of_task,
+            )
+
+        if task is None:
+            return newest(None), None
+        try:
+            check_task(task)
+        except ValueError as exc:
+            caveat = f"the alert's task label cannot be searched for ({exc}); naming the newest failure at {service}"
+        else:
+            found = newest(task)
+            if found is not None:
+                return found, None
+            caveat = f"no run of task {task} failed in {window}; naming the newest failure at {service} instead"
+        return newest(None), caveat
 
     def search_window(self, starts_at: datetime | None, now_ns: int) -> Window:
         """From ``lookback_seconds`` before the alert's start (or now) up to now."""
@@ -122,7 +150,7 @@ class TrailReader:
         return Window(start_ns, now_ns + 1)
 
 
-def _finding(found: LastError) -> TrailFinding:
+def _finding(found: LastError, caveat: str | None = None) -> TrailFinding:
     if not found.lookup.found:
         window = found.lookup.window
         return TrailFinding(
@@ -130,6 +158,7 @@ def _finding(found: LastError) -> TrailFinding:
             f"the lines of failed request {found.correlation_id} are not in {window}",
             correlation_id=found.correlation_id,
             trail_window=window,
+            caveat=caveat,
         )
     cause = found.lookup.root_cause()
     if cause is None:
@@ -139,6 +168,7 @@ def _finding(found: LastError) -> TrailFinding:
             "the trail shows no failed hop yet (lines may still be arriving)",
             correlation_id=found.correlation_id,
             trail_window=found.lookup.window,
+            caveat=caveat,
         )
     hop = cause.hop
     return TrailFinding(
@@ -148,4 +178,5 @@ def _finding(found: LastError) -> TrailFinding:
         error_type=cause.exception_type,
         error_message=cause.message,
         trail_window=found.lookup.window,
+        caveat=caveat,
     )
