@@ -21,12 +21,12 @@ import requests
 
 from correlation import celery as correlation_celery
 from correlation import context, ids, schema
-from demo import notifications
+from demo import local_worker, notifications
 from demo.run_local import Chain, start_chain, wait_healthy
 from demo.services import SERVICES
 from tests.fakes import FakeLoki, LoopbackServer, PushedEntry, QuietHandler, free_port, wait_until
 from tests.support.stack import require_tool
-from trail.hops import parse_time_ns
+from trail.log_line import parse_time_ns
 
 pytestmark = pytest.mark.process
 
@@ -49,12 +49,12 @@ class Broker:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.proc = notifications.start_redis(self.port, str(self.data_dir), stdout=self.log)
-        notifications.wait_redis(self.port, self.proc, timeout=10)
+        self.proc = local_worker.start_redis(self.port, str(self.data_dir), stdout=self.log)
+        local_worker.wait_redis(self.port, self.proc, timeout=10)
 
     def stop(self) -> int:
         assert self.proc is not None
-        return notifications.stop(self.proc, timeout=10)
+        return local_worker.stop(self.proc, timeout=10)
 
 
 @dataclass
@@ -108,18 +108,18 @@ def stack(broker: Broker, sink: FakeLoki, tmp_path_factory: pytest.TempPathFacto
     with (root / "services.log").open("wb") as chain_log, (root / "worker.log").open("wb") as worker_log:
         chain = start_chain({name: free_port() for name in SERVICES}, env, stdout=chain_log)
         port = free_port()
-        worker = notifications.start_worker(
+        worker = local_worker.start_worker(
             port, {**env, **RETRY_ENV, "INVENTORY_URL": chain.urls["inventory"]}, stdout=worker_log
         )
         try:
             wait_healthy(f"http://127.0.0.1:{port}", worker, timeout=30)
         except BaseException:
-            notifications.stop(worker, 5)
+            local_worker.stop(worker, 5)
             chain.stop(timeout=10)
             raise
         # The worker's log last: Stack.logs[-1] is the worker's.
         yield Stack(chain, worker, f"http://127.0.0.1:{port}", [root / "services.log", root / "worker.log"])
-        worker_code = notifications.stop(worker, timeout=20)
+        worker_code = local_worker.stop(worker, timeout=20)
         codes = chain.stop()
     assert worker_code == 0, f"the worker did not stop cleanly: {worker_code}"
     assert all(code == 0 for code in codes.values()), f"services did not stop cleanly: {codes}"
@@ -400,7 +400,7 @@ def test_redis_lost_under_held_retries_the_worker_survives_and_runs_each_once(
         env = {"LOKI_URL": sink.url, "LOKI_BATCH_MAX_WAIT_SECONDS": "0.2", "DEPLOY_ENV": "test"}
         env |= {"CELERY_BROKER_URL": own.url, "INVENTORY_URL": inventory.url, "FAULT_ERROR_RATE": "1"}
         port = free_port()
-        worker = notifications.start_worker(port, {**env, **HELD_RETRY_ENV}, stdout=worker_log)
+        worker = local_worker.start_worker(port, {**env, **HELD_RETRY_ENV}, stdout=worker_log)
         try:
             wait_healthy(f"http://127.0.0.1:{port}", worker, timeout=30)
             app = notifications.make_celery(own.url)
@@ -420,7 +420,7 @@ def test_redis_lost_under_held_retries_the_worker_survives_and_runs_each_once(
                 wait_until(lambda t=task_id: run_of(t, "success"), 15, f"task {task_id} to run") for task_id in sent
             ]
         finally:
-            worker_code = notifications.stop(worker, timeout=10)
+            worker_code = local_worker.stop(worker, timeout=10)
             if own.proc is not None and own.proc.poll() is None:
                 own.stop()
     assert worker_code == 0, f"the worker did not stop cleanly: {worker_code}"

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import correlation
 from correlation import celery as correlation_celery
 from correlation import context, ids, metrics, schema, traceparent
-from correlation.celery import BAD_PUBLISHED_AT, publish_headers, read_headers
+from correlation.task_headers import BAD_PUBLISHED_AT, publish_headers, read_headers
 
 pytestmark = pytest.mark.unit
 

@@ -26,7 +26,7 @@ from typing import IO, Any
 import pytest
 
 from correlation import schema
-from demo import notifications
+from demo import local_worker, notifications
 from demo.run_local import Chain, start_chain, wait_healthy
 from demo.services import SERVICES
 from tests.fakes import FakeLoki, free_port, wait_until
@@ -83,12 +83,12 @@ class Broker:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.proc = notifications.start_redis(self.port, str(self.data_dir), stdout=self.log)
-        notifications.wait_redis(self.port, self.proc, timeout=10)
+        self.proc = local_worker.start_redis(self.port, str(self.data_dir), stdout=self.log)
+        local_worker.wait_redis(self.port, self.proc, timeout=10)
 
     def stop(self) -> int:
         assert self.proc is not None
-        return notifications.stop(self.proc, timeout=10)
+        return local_worker.stop(self.proc, timeout=10)
 
 
 @dataclass
@@ -142,10 +142,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskStack]:
         chain = start_chain({name: free_port() for name in SERVICES}, env, stdout=chain_log)
         started.callback(lambda: codes.update(chain.stop()))
         port = free_port()
-        worker = notifications.start_worker(
+        worker = local_worker.start_worker(
             port, {**env, **RETRY_ENV, "INVENTORY_URL": chain.urls["inventory"]}, stdout=worker_log
         )
-        started.callback(lambda: codes.update({"worker": notifications.stop(worker, timeout=20)}))
+        started.callback(lambda: codes.update({"worker": local_worker.stop(worker, timeout=20)}))
         worker_url = f"http://127.0.0.1:{port}"
         wait_healthy(worker_url, worker, timeout=30)
         rules = derived_rules()

@@ -25,7 +25,8 @@ from tests.fakes.trail_lines import (
 )
 from trail import cli
 from trail.cli import main
-from trail.lookup import LAST_ERROR_SCAN, MARGIN_SECONDS, WIDE_SECONDS, last_error_query, trail_query
+from trail.last_error import LAST_ERROR_SCAN
+from trail.lookup import MARGIN_SECONDS, WIDE_SECONDS, last_error_query, trail_query
 from trail.render import RED
 
 S = 1_000_000_000

@@ -8,7 +8,8 @@ from typing import Any
 from correlation.ids import new_correlation_id
 from correlation.schema import ACCESS_LOGGER
 from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line
-from trail.hops import UNKNOWN_HOP, Trail, build_trail, parse_time_ns
+from trail.hops import UNKNOWN_HOP, Trail, build_trail
+from trail.log_line import parse_time_ns
 from trail.render import JSON_SCHEMA_VERSION, RED, render_json, render_text, trail_to_dict
 
 T0 = 1_750_000_000_000_000_000

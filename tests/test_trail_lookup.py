@@ -1,4 +1,5 @@
-"""trail.lookup as a library: window policy, widening, the last-error search, the root-cause hop.
+"""trail.lookup and trail.last_error as a library: window policy, widening, the last-error search,
+the root-cause hop.
 
 These are the calls the CLI, bench, the alert notifier and the trail page make; they run against
 the loopback query stand-in, without the command line.
@@ -31,17 +32,15 @@ from tests.fakes.trail_lines import (
 )
 from trail import lookup as lookup_module
 from trail.hops import build_trail
+from trail.last_error import LAST_ERROR_SCAN, find_last_failure, last_error
 from trail.loki_query import LokiQueryClient, LokiQueryError
 from trail.lookup import (
-    LAST_ERROR_SCAN,
     MARGIN_SECONDS,
     WIDE_SECONDS,
     Window,
     error_lines_query,
     explicit_window,
-    find_last_failure,
     id_window,
-    last_error,
     last_error_query,
     lookup_trail,
     parse_duration,

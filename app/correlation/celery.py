@@ -8,7 +8,7 @@
 Celery's signals do the work (they are process-wide: one call covers every app in the process):
 
 - ``before_task_publish``: inside a hop (a request, or another task) the message headers carry the
-  hop (:func:`correlation.wire.headers`: correlation ID, this hop's request ID as the task's
+  hop (:mod:`correlation.task_headers`: correlation ID, this hop's request ID as the task's
   parent, caller, ``traceparent``) and the publish time (``X-Published-At``). A retry is published
   from inside the failing attempt, so the next attempt's parent is that attempt. Outside any hop
   (beat, a shell, a script) the task starts a fresh trail: a new ID, no parent.
@@ -29,10 +29,8 @@ must not fail the request that asks for it when the broker is down.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +40,7 @@ from celery import signals
 from correlation import context, ids, metrics, schema, wire
 from correlation.config import Settings
 from correlation.configure import setup_logging
+from correlation.task_headers import TASK_HEADERS, TaskInbound, publish_headers, read_headers
 
 _log = logging.getLogger("correlation.celery")
 _access_log = logging.getLogger(schema.ACCESS_LOGGER)
@@ -50,65 +49,9 @@ _access_log = logging.getLogger(schema.ACCESS_LOGGER)
 #: A retry is not a failure of the request (the next attempt may succeed): 202, accepted again.
 STATUS_OF_STATE = {schema.STATE_SUCCESS: 200, schema.STATE_RETRY: 202, "ignored": 204}
 FAILURE_STATUS = 500
-#: Publish times further from this host's clock than this are refused (a day back: a countdown
-#: or a backlog; ten minutes ahead: clock skew between hosts).
-MAX_PUBLISH_AGE_MS = 24 * 3600 * 1000
-MAX_PUBLISH_SKEW_MS = 10 * 60 * 1000
-BAD_PUBLISHED_AT = "bad_published_at"
-_MS_DIGITS = re.compile(r"[0-9]{1,15}")
-
-#: What a task message may say about its hop, besides the correlation header (which is configurable).
-_TASK_HEADERS = (
-    schema.REQUEST_ID_HEADER,
-    schema.PARENT_HEADER,
-    schema.CALLER_HEADER,
-    schema.TRACEPARENT_HEADER,
-    schema.PUBLISHED_AT_HEADER,
-)
 _header = schema.CORRELATION_HEADER
 _install_lock = threading.Lock()
 _installed = False
-
-
-@dataclass(frozen=True, slots=True)
-class TaskInbound:
-    """What a task message said: the hop of this run (``inbound``) and when it was published."""
-
-    inbound: wire.Inbound
-    published_ms: int | None
-    #: Refused values, the ``published_at`` one included (``inbound.rejections`` has the IDs only).
-    rejections: tuple[wire.Rejection, ...]
-
-
-def publish_headers(
-    hop: context.Hop | None, service: str, header: str = schema.CORRELATION_HEADER, now_ms: int | None = None
-) -> dict[str, str]:
-    """The headers a task message carries: ``hop``'s (the publisher's), or a fresh trail's when None."""
-    published = str(int(time.time() * 1000) if now_ms is None else now_ms)
-    if hop is None:  # no parent: a parent that wrote no line would make the task an orphan
-        return {header: ids.new_correlation_id(), schema.CALLER_HEADER: service, schema.PUBLISHED_AT_HEADER: published}
-    return {**wire.headers(hop, service, header), schema.PUBLISHED_AT_HEADER: published}
-
-
-def read_headers(
-    headers: Mapping[Any, Any], header: str = schema.CORRELATION_HEADER, now_ms: int | None = None
-) -> TaskInbound:
-    """The hop a task message asks for. Any JSON value may be in a message, so anything goes in;
-    nothing raises: a refused value is reported in ``rejections`` and replaced."""
-    names = {name.lower() for name in (header, *_TASK_HEADERS)}
-    # Names match case-insensitively (the last spelling wins, as in wire.from_headers); null is
-    # absent. A value that is not text is refused, never read as text: 12345 or true is no ID.
-    ours = {str(k).lower(): v for k, v in headers.items() if str(k).lower() in names}
-    text = {k: v if isinstance(v, str) else f"<{type(v).__name__}> {v!r}" for k, v in ours.items() if v is not None}
-    inbound = wire.from_headers(text, header)
-    raw = text.get(schema.PUBLISHED_AT_HEADER.lower())
-    if raw is None:
-        return TaskInbound(inbound, None, inbound.rejections)
-    now = int(time.time() * 1000) if now_ms is None else now_ms
-    if _MS_DIGITS.fullmatch(raw) and now - MAX_PUBLISH_AGE_MS <= int(raw) <= now + MAX_PUBLISH_SKEW_MS:
-        return TaskInbound(inbound, int(raw), inbound.rejections)
-    refused = wire.Rejection(schema.PUBLISHED_AT_HEADER, BAD_PUBLISHED_AT, raw)
-    return TaskInbound(inbound, None, (*inbound.rejections, refused))
 
 
 def rfc3339_ms(ms: int) -> str:
@@ -175,7 +118,7 @@ def _message_headers(request: Any) -> dict[str, Any]:
     attributes of the request (which one depends on how the task was sent)."""
     found: dict[str, Any] = dict(request.headers) if isinstance(getattr(request, "headers", None), dict) else {}
     attributes = vars(request)
-    for name in (_header, *_TASK_HEADERS):
+    for name in (_header, *TASK_HEADERS):
         if name in attributes:
             found.setdefault(name, attributes[name])
     return found

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stopping.set())
     # The notifications worker needs redis-server and Celery; without them the HTTP chain runs alone.
-    from demo.notifications import LocalBackground
+    from demo.local_worker import LocalBackground
 
     background = LocalBackground.start_broker(args.redis_port)
     broker = {"CELERY_BROKER_URL": background.broker_url} if background.broker_url else {}

@@ -8,8 +8,8 @@ Exit status: 0 trail shown; 1 nothing found in the window (window and query are 
 2 bad arguments (a malformed ID is refused before any query), bad LOKI_* settings, Loki
 unreachable or answering an error (URL and Loki's message are printed).
 
-This module reads the command line and prints; the lookup itself (windows, queries, the
-last-error search) is :mod:`trail.lookup`.
+This module reads the command line and prints; the lookup itself (windows, queries) is
+:mod:`trail.lookup`, the last-error search :mod:`trail.last_error`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from correlation.config import ConfigError, LokiSettings
+from trail.last_error import last_error
 from trail.loki_query import DEFAULT_PAGE_SIZE, MAX_LIMIT, LokiQueryClient, LokiQueryError
 from trail.lookup import (
     DEFAULT_MAX_REQUEST_SECONDS,
@@ -32,7 +33,6 @@ from trail.lookup import (
     check_service,
     check_task,
     explicit_window,
-    last_error,
     last_error_query,
     lookup_trail,
     parse_duration,

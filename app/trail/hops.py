@@ -6,105 +6,24 @@ response is done, so that line's time is the hop's END; its start is that time m
 ``duration_ms``. A hop with lines but no access line yet is *open* (still running, crashed, or its
 access line is outside the window); a hop whose parent is not among the hops is an *orphan*
 (the parent's lines are missing). Lines that are not JSON or name no hop go to the unknown hop.
+Each line is read (untrusted) by :mod:`trail.log_line`; this module links the lines into hops.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from typing import Any
 
 from correlation import schema
+from trail.log_line import LogLine, parse_line, parse_number
 
-ERROR_LEVELS = frozenset({"ERROR", "CRITICAL"})
 UNKNOWN_HOP = "unknown"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 #: What the trail is built from: (Loki timestamp in ns, line, ``service_name`` label or None,
 #: structured metadata). The metadata places a line that is not JSON (cut to Loki's line limit,
 #: written by a foreign logger) on its hop by ``request_id``.
 RawLine = tuple[int, str, "str | None", "Mapping[str, str | None]"]
-
-
-def _text(value: Any) -> str | None:
-    """A field as text: lines are untrusted, so a number or object where a string belongs is
-    shown as JSON rather than crashing or being mistaken for a real value."""
-    if value is None or value == "":
-        return None
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number == number else None  # NaN is not a number we can show
-
-
-def parse_time_ns(value: Any) -> int | None:
-    """Unix ns of an RFC 3339 time such as ``2024-07-16T10:20:30.123456Z``, or None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)  # the contract writes UTC
-    # Integer arithmetic: a float timestamp would lose the microseconds.
-    return (moment - _EPOCH) // timedelta(microseconds=1) * 1000
-
-
-@dataclass
-class LogLine:
-    """One log line: the JSON object when it parses, the raw text always."""
-
-    ts_ns: int
-    raw: str
-    fields: dict[str, Any] | None = None
-    label_service: str | None = None
-
-    def get(self, name: str) -> str | None:
-        return _text(self.fields.get(name)) if self.fields else None
-
-    @property
-    def level(self) -> str:
-        return (self.get(schema.LEVEL) or "").upper()
-
-    @property
-    def service(self) -> str | None:
-        return self.get(schema.SERVICE) or self.label_service
-
-    @property
-    def is_access(self) -> bool:
-        return self.get(schema.LOGGER) == schema.ACCESS_LOGGER
-
-    @property
-    def is_error(self) -> bool:
-        return self.level in ERROR_LEVELS
-
-
-def parse_line(
-    ts_ns: int, raw: str, label_service: str | None = None, metadata: Mapping[str, str | None] | None = None
-) -> LogLine:
-    """Parse one line; its own ``time`` wins over Loki's timestamp when it is readable."""
-    try:
-        fields = json.loads(raw)
-    except ValueError:
-        fields = None
-    if not isinstance(fields, dict):
-        known = {
-            k: v for k, v in (metadata or {}).items() if isinstance(v, str) and k in (schema.REQUEST_ID, schema.LEVEL)
-        }
-        if schema.REQUEST_ID not in known:
-            return LogLine(ts_ns, raw, None, label_service)
-        known[schema.LEVEL] = known.get(schema.LEVEL, "").upper()
-        return LogLine(ts_ns, raw, {**known, schema.MESSAGE: raw}, label_service)
-    return LogLine(parse_time_ns(fields.get(schema.TIME)) or ts_ns, raw, fields, label_service)
 
 
 @dataclass(eq=False)  # hops are identities, compared with `is`
@@ -169,7 +88,7 @@ class TrailHop:
     def queue_wait_ms(self) -> float | None:
         """A task run's time in the queue: from its publish to the start of the run."""
         fields = self.access.fields if self.access and self.is_task else None
-        return _number(fields.get(schema.QUEUE_WAIT_MS)) if fields else None
+        return parse_number(fields.get(schema.QUEUE_WAIT_MS)) if fields else None
 
     @property
     def path(self) -> str | None:
@@ -181,12 +100,12 @@ class TrailHop:
 
     @property
     def status(self) -> int | None:
-        value = _number(self.access.fields.get(schema.STATUS)) if self.access and self.access.fields else None
+        value = parse_number(self.access.fields.get(schema.STATUS)) if self.access and self.access.fields else None
         return None if value is None else int(value)
 
     @property
     def duration_ms(self) -> float | None:
-        return _number(self.access.fields.get(schema.DURATION_MS)) if self.access and self.access.fields else None
+        return parse_number(self.access.fields.get(schema.DURATION_MS)) if self.access and self.access.fields else None
 
     @property
     def end_ns(self) -> int | None:

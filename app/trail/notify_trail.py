@@ -1,5 +1,5 @@
 """The trail behind an alert: the alerted service's newest failed request, read from Loki with the
-same code as ``trail --last-error`` (:func:`trail.lookup.last_error`), and the hop where it broke
+same code as ``trail --last-error`` (:func:`trail.last_error.last_error`), and the hop where it broke
 (:func:`trail.root_cause.root_cause`). An alert about one task (``task`` label, TaskFailures) is
 explained by that task's newest failed run: a worker runs several tasks, and the service's newest
 failure may be another task's. Only when that task has none is the service's newest failure named,
@@ -20,8 +20,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from datetime import datetime
 
+from trail.last_error import LastError, last_error
 from trail.loki_query import LokiQueryClient, LokiQueryError
-from trail.lookup import LastError, check_task, last_error
+from trail.lookup import check_task
 from trail.notify_payload import AlertEvent
 from trail.window import DEFAULT_MAX_REQUEST_SECONDS, Window
 

@@ -15,7 +15,8 @@ import json
 from dataclasses import dataclass, field
 
 from correlation import schema
-from trail.hops import UNKNOWN_HOP, LogLine, Trail, TrailHop
+from trail.hops import UNKNOWN_HOP, Trail, TrailHop
+from trail.log_line import LogLine
 from trail.lookup import TrailLookup
 from trail.render import async_note, clean, format_time, route_text, status_text
 from trail.root_cause import RootCause

@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from correlation import schema
-from trail.hops import UNKNOWN_HOP, LogLine, Trail, TrailHop
+from trail.hops import UNKNOWN_HOP, Trail, TrailHop
+from trail.log_line import LogLine
 
 #: Version of the ``--json`` document; bump it when a key changes meaning or disappears.
 JSON_SCHEMA_VERSION = 1

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from correlation import schema
-from trail.hops import LogLine, Trail, TrailHop
+from trail.hops import Trail, TrailHop
+from trail.log_line import LogLine
 
 
 @dataclass(frozen=True)
