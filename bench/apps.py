@@ -3,7 +3,8 @@
 gunicorn -w 1 -k gthread --threads 4 "bench.apps:bare()"
 LOKI_URL=http://127.0.0.1:3100 gunicorn -w 1 -k gthread --threads 4 "bench.apps:instrumented()"
 
-For the attribution (bench/attribution.py): ``BENCH_OFF`` switches parts of the instrumented app
+For the attribution (bench/attribution.py): ``floor()`` is the yardstick of bench/floor.py;
+``BENCH_OFF`` switches parts of the instrumented app
 off from the bench side, ``BENCH_THREAD_NAMES=1`` names the OS threads (see bench/switches.py).
 """
 
@@ -13,6 +14,7 @@ import os
 
 import flask
 
+from bench import floor as floor_app
 from bench import switches
 
 
@@ -49,3 +51,8 @@ def instrumented() -> flask.Flask:
             if hasattr(handler, "flush_interval"):
                 handler.flush_interval = float(interval)
     return app
+
+
+def floor() -> flask.Flask:
+    """The same route with the guarantees written by hand at their least (bench/floor.py)."""
+    return floor_app.install(_ping_app("floor"))

@@ -3,7 +3,8 @@
 gunicorn: 1 worker, gthread, 4 threads, keep-alive 5 s (one worker with threads, as the README
 recommends: exemplars need a single process). Instrumented = ``setup_logging`` (JSON to stdout,
 here /dev/null, and to a loopback Loki sink) + ``Correlation(app, settings)`` (ID, access line,
-RED metrics with exemplars, propagation); "loki only" is the same with ``LOG_STDOUT=false``. The
+RED metrics with exemplars, propagation); "loki only" is the same with ``LOG_STDOUT=false``;
+"floor" is the yardstick of bench/floor.py (the guarantees by hand, without the library). The
 sink only counts entries (``SinkProcess(default="count")``): Loki's CPU is not the app's, and on
 2 shared cores a validating fake would take it from the apps (P1 checks the pushes' format).
 
@@ -37,7 +38,10 @@ APPS = {
     "bare": ("bare", {}),
     "instrumented": ("instrumented", {}),
     "loki only": ("instrumented", {"LOG_STDOUT": "false"}),
+    # The yardstick, not a target: the guarantees written by hand at their least (bench/floor.py).
+    "floor": ("floor", {}),
 }
+TARGETED = ("instrumented", "loki only")
 THROUGHPUT_TARGET = 0.90
 P99_TARGET = 1.20
 
@@ -128,7 +132,8 @@ def run() -> None:
         + ("" if have_wrk() else ": Python fallback, install wrk for real figures")
         + "); vs bare = median of the per-round ratios",
         "worker CPU = all the worker's threads (request threads, gunicorn's loop, flusher, sender) per request",
-        f"the instrumented apps shipped {shipped['entries']:,} access lines to the sink "
+        "floor: the README's per-request guarantees written by hand at their least (bench/floor.py), no target",
+        f"the instrumented apps and the floor shipped {shipped['entries']:,} access lines to the sink "
         f"in {shipped['pushes']:,} pushes ({shipped['violations']} refused)",
     ]
     print_table(
@@ -139,7 +144,7 @@ def run() -> None:
         notes,
     )  # fmt: skip
     checks = []
-    for name in names[1:]:
+    for name in TARGETED:
         throughput, p99 = median(ratios(name, "rps")), median(ratios(name, "p99_ms"))
         rps, rps_bare = median(r.rps for r in results[name]), median(r.rps for r in results["bare"])
         p99_ms, p99_bare = median(r.p99_ms for r in results[name]), median(r.p99_ms for r in results["bare"])

@@ -1,6 +1,6 @@
 """Parts of the instrumented app switched off from the bench side, to attribute its cost.
 
-``BENCH_OFF=access,exemplars`` (read by :func:`bench.apps.instrumented`) patches the running
+``BENCH_OFF=access,metrics`` (read by :func:`bench.apps.instrumented`) patches the running
 library after the app is built; the library itself has no such flags. Stdout and Loki are
 switched off through the library's own settings instead (``LOG_STDOUT=false``, no ``LOKI_URL``):
 see :data:`ENV_PARTS`. ``BENCH_THREAD_NAMES=1`` gives every Python thread its name at the OS
@@ -18,7 +18,6 @@ import threading
 PATCHED_PARTS = {
     "access": "the access line: its logger disabled (no record, no JSON, no handler)",
     "metrics": "RED metrics: observe_request does nothing (no histogram, no exemplar)",
-    "exemplars": "exemplars only: metrics observed without them",
     "propagation": "the requests/httpx patch (no outgoing call in P2: its cost is at import)",
 }
 #: Parts switched off through the library's settings (environment of the app process).
@@ -45,18 +44,8 @@ def apply(parts: set[str]) -> None:
         logging.getLogger(schema.ACCESS_LOGGER).disabled = True
     if "metrics" in parts:
         setattr(metrics, "observe_request", lambda *args, **kwargs: None)
-    if "exemplars" in parts:
-        _drop_exemplars()
     if "propagation" in parts:
         propagation.uninstrument_requests()
-
-
-def _drop_exemplars() -> None:
-    from prometheus_client import Counter, Histogram
-
-    observe, inc = Histogram.observe, Counter.inc
-    setattr(Histogram, "observe", lambda self, amount, exemplar=None: observe(self, amount))
-    setattr(Counter, "inc", lambda self, amount=1, exemplar=None: inc(self, amount))
 
 
 def name_os_threads() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from correlation import metrics, schema
+from correlation.histogram import ExemplarHistogram
 from correlation.loki import LokiHandler
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -65,6 +66,9 @@ def _exposed() -> dict[str, tuple[str, list[str]]]:
         metrics.REJECTED_IDS,
     ]
     for metric in defined:
+        if isinstance(metric, ExemplarHistogram):  # the library's own (correlation.histogram)
+            found[metric.name] = ("histogram", list(metric.labelnames))
+            continue
         name = metric._name + ("_total" if metric._type == "counter" else "")  # noqa: SLF001
         found[name] = (metric._type, list(metric._labelnames))  # noqa: SLF001
     registry = CollectorRegistry()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import count
 
 import flask
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from correlation import context, ids, metrics
+from correlation import context, ids, metrics, schema
 from correlation.config import Settings
 from correlation.flask import Correlation
 from correlation.logs import JsonFormatter
@@ -63,6 +63,10 @@ class App:
 
     def access(self) -> list[dict]:
         return [line for line in self.lines() if line["logger"] == ACCESS_LOGGER]
+
+    def edge_app(self) -> Callable:
+        """The WSGI app the edge wraps (Flask's own)."""
+        return self.app.extensions["correlation"].edge.app
 
 
 @pytest.fixture(params=["X-Correlation-ID", "X-Trace-Token"])
@@ -168,6 +172,36 @@ def test_one_access_line_per_request_with_route_status_duration(edge: App) -> No
     assert failed["status"] == 500 and failed["level"] == "ERROR"
     exception = [line for line in edge.lines() if "exception" in line]
     assert exception and exception[0]["correlation_id"] == "acc-2", "the traceback carries the request's ID"
+
+
+def test_the_route_is_known_however_the_request_ends(edge: App) -> None:
+    # Answered inside Flask's request context, an exception Flask lets through, no rule at all,
+    # a rule with another method, and a response started only after Flask's context is gone.
+    edge.client.get("/items/7")
+    edge.app.config["PROPAGATE_EXCEPTIONS"] = True
+    with pytest.raises(RuntimeError):
+        edge.client.get("/boom")
+    edge.app.config["PROPAGATE_EXCEPTIONS"] = False
+    edge.client.get("/nowhere")
+    edge.client.delete("/items/7")
+    flask_app = edge.edge_app()
+
+    def buffered(environ: dict, start_response: Callable) -> list[bytes]:
+        started: list = []
+        body = b"".join(flask_app(environ, lambda *args: started.append(args)))  # Flask's context ends here
+        start_response(*started[0])
+        return [body]
+
+    edge.app.extensions["correlation"].edge.app = buffered
+    edge.client.get("/items/8")
+    routes = [(line["path"], line["status"], line["route"]) for line in edge.access()]
+    assert routes == [
+        ("/items/7", 200, "/items/<int:item>"),
+        ("/boom", 500, "/boom"),
+        ("/nowhere", 404, schema.UNMATCHED_ROUTE),
+        ("/items/7", 405, schema.UNMATCHED_ROUTE),
+        ("/items/8", 200, "/items/<int:item>"),
+    ]
 
 
 def test_quiet_paths_keep_the_id_but_log_and_measure_nothing(edge: App) -> None:

@@ -56,12 +56,13 @@ def write(
         return
     created = time.time()
     levelname = logging.getLevelName(level)
-    stamped = _stamped(hop)
-    line = _line(created, levelname, logger.name, msg % args, stamped, fields)
-    attributes = {**fields, **stamped}  # what the record would carry (the Loki metadata)
+    # The handlers read what they need besides the line (the Loki metadata: the context's keys,
+    # which the record would carry under the same names) from the same dict.
+    entry = _entry(created, levelname, logger.name, msg % args, hop, fields)
+    line = jsonline.plain_line(entry)  # str, int, finite float, None: the edge's fields and the hop's
     for handler in handlers:
         try:
-            handler.emit_line(created, levelname, line, attributes)
+            handler.emit_line(created, levelname, line, entry)
         except Exception:  # noqa: BLE001 - logging's rule: a handler's failure never reaches the request
             traceback.print_exc(file=sys.stderr)
 
@@ -82,8 +83,8 @@ def hop_record(
     fast = records.fast_records_apply(logger)
     record = records.new_record(logger, level, pathname, msg, args, {**fields, **stamped}, fast=fast)
     if fast:
-        line = _line(record.created, record.levelname, record.name, record.getMessage(), stamped, fields)
-        record.__dict__[LINE_ATTR] = line
+        entry = _entry(record.created, record.levelname, record.name, record.getMessage(), hop, fields)
+        record.__dict__[LINE_ATTR] = jsonline.plain_line(entry)
     return record
 
 
@@ -96,19 +97,19 @@ def _stamped(hop: Hop) -> dict[str, Any]:
     }
 
 
-def _line(
-    created: float, levelname: str, name: str, message: str, stamped: dict[str, Any], fields: dict[str, Any]
-) -> str:
+def _entry(created: float, levelname: str, name: str, message: str, hop: Hop, fields: dict[str, Any]) -> dict[str, Any]:
     """The keys and order :class:`JsonFormatter` writes: line keys, the context, the extras."""
-    entry = {
+    return {
         schema.TIME: utc_timestamp(created),
         schema.LEVEL: levelname,
         schema.LOGGER: name,
         schema.MESSAGE: message,
-        **stamped,
+        schema.SERVICE: context.service(),
+        schema.CORRELATION_ID: hop.correlation_id,
+        schema.REQUEST_ID: hop.request_id,
+        schema.PARENT_REQUEST_ID: hop.parent_request_id,
         **fields,
     }
-    return jsonline.plain_line(entry)  # str, int, finite float, None: the edge's fields and the hop's
 
 
 def _only_line_handlers(logger: logging.Logger, level: int) -> list[Any] | None:

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import flask
+import werkzeug.exceptions
+import werkzeug.routing
 from flask.globals import _cv_request
 
 from correlation import access, context, errors, ids, metrics, propagation, schema, wire
@@ -62,8 +64,15 @@ def _in_flight_counter(service: str) -> Callable[[], int]:
 class _Edge:
     """WSGI wrapper: binds the hop around the whole Flask app, so every hook and error sees it."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], settings: Settings, quiet_paths: frozenset[str]) -> None:
+    def __init__(
+        self,
+        app: Callable[..., Iterable[bytes]],
+        settings: Settings,
+        quiet_paths: frozenset[str],
+        url_map: werkzeug.routing.Map,
+    ) -> None:
         self.app = app
+        self.url_map = url_map
         self.service = settings.service
         self.quiet_paths = quiet_paths
         self.header = settings.header
@@ -91,6 +100,12 @@ class _Edge:
         def echo_id(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             nonlocal status
             status = int(status_line[:3])
+            # Flask starts the response inside its request context: the rule it matched is at hand
+            # (read through the context's ContextVar; the ``flask.request`` proxy costs 8x more).
+            flask_context = _cv_request.get(None)
+            if flask_context is not None:
+                rule = flask_context.request.url_rule
+                environ[_ROUTE_KEY] = rule.rule if rule is not None else schema.UNMATCHED_ROUTE
             headers = [(k, v) for k, v in headers if k.lower() not in self._replaced]
             headers.append((self.header, hop.correlation_id))
             headers.append((schema.SERVICE_HEADER, self.service))
@@ -107,12 +122,23 @@ class _Edge:
                     self.report(environ, inbound, status, time.perf_counter() - started)
             context.reset(token)
 
+    def route_of(self, environ: dict[str, Any]) -> str:
+        """The route of a request that has not started its response: a worker killed mid-request,
+        an exception Flask let through. Matched again from the environ; no hook on every request."""
+        try:
+            rule, _ = self.url_map.bind_to_environ(environ).match(return_rule=True)
+        except werkzeug.exceptions.HTTPException:  # 404, 405, or a redirect: no rule of ours
+            return schema.UNMATCHED_ROUTE
+        except Exception:  # noqa: BLE001 - a broken environ must not cost the request its line
+            return schema.UNMATCHED_ROUTE
+        return rule.rule
+
     def report(
         self, environ: dict[str, Any], inbound: wire.Inbound, status: int, seconds: float, *, note: str = ""
     ) -> None:
         """The hop's end: RED metrics and the access line (``note`` is appended to its message)."""
         hop = inbound.hop
-        route = environ.get(_ROUTE_KEY, schema.UNMATCHED_ROUTE)
+        route = environ.get(_ROUTE_KEY) or self.route_of(environ)
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("PATH_INFO", "")
         metric_method = method if method in _METHODS else "other"
@@ -140,14 +166,6 @@ class _Edge:
         # Not .log(): the caller's file and line (a stack walk) say nothing here.
         args = (method, path, status, duration_ms, note)
         access.write(_access_log, level, __file__, "%s %s %d %.1fms%s", args, hop, fields)
-
-
-def _remember_route() -> None:
-    # Before the view runs, so that a worker killed mid-request still knows the route. Through
-    # the request context's ContextVar: the ``flask.request`` proxy costs eight times as much.
-    request = _cv_request.get().request
-    rule = request.url_rule
-    request.environ[_ROUTE_KEY] = rule.rule if rule is not None else schema.UNMATCHED_ROUTE
 
 
 def _metrics_view() -> flask.Response:
@@ -186,9 +204,8 @@ class Correlation:
         self.settings = settings
         context.set_service(settings.service)
         app.extensions["correlation"] = self
-        self.edge = _Edge(app.wsgi_app, settings, self.quiet_paths)
+        self.edge = _Edge(app.wsgi_app, settings, self.quiet_paths, app.url_map)
         app.wsgi_app = self.edge  # type: ignore[method-assign]
-        app.before_request(_remember_route)
         if settings.error_bodies:
             errors.install(app)
         if self.metrics_path:

@@ -55,13 +55,13 @@ def ascii_entry(timestamp: str, text: str, metadata: Mapping[str, str] | None) -
     """``[timestamp, text, metadata]`` (metadata left out when empty) as ASCII JSON bytes: a Loki
     push entry. Any ``str`` is safe here, lone surrogates included (escaped)."""
     value: list[Any] = [timestamp, text]
-    ascii_in = text.isascii()
     if metadata:
         value.append(metadata if type(metadata) is dict else dict(metadata))
-        try:
-            ascii_in = ascii_in and "".join(metadata.values()).isascii()
-        except TypeError:  # a value that is not a str: the standard library's way
-            ascii_in = False
-    if ascii_in:
-        return orjson.dumps(value)  # ASCII in, ASCII out: nothing to escape beyond JSON's own
+    try:
+        fragment = orjson.dumps(value)
+    except TypeError:  # a lone surrogate, an int past 64 bits, a value that is not JSON
+        pass
+    else:
+        if fragment.isascii():  # ASCII in, ASCII out: checked once, on the result
+            return fragment
     return _stdlib_ascii(value).encode("ascii")

@@ -79,7 +79,8 @@ def utc_timestamp(created: float) -> str:
     if seconds != cached_second:  # strftime once a second, not once a line
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
         _second_cache = (seconds, prefix)
-    return f"{prefix}.{int((created - seconds) * 1_000_000):06d}Z"
+    # %d truncates as int() would; %-formatting costs half of the f-string with int() here.
+    return "%s.%06dZ" % (prefix, (created - seconds) * 1_000_000)  # noqa: UP031
 
 
 class JsonFormatter(logging.Formatter):

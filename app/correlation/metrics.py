@@ -18,15 +18,17 @@ from typing import Any
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
+from correlation.histogram import ExemplarHistogram
 from correlation.schema import EXEMPLAR_LABEL
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-REQUEST_DURATION = Histogram(
+REQUEST_DURATION = ExemplarHistogram(
     "http_server_request_duration_seconds",
     "Time to answer an HTTP request, by route and status.",
     ["service", "route", "method", "status"],
-    buckets=BUCKETS,
+    BUCKETS,
+    EXEMPLAR_LABEL,
 )
 SERVER_ERRORS = Counter(
     "http_server_errors",
@@ -34,11 +36,12 @@ SERVER_ERRORS = Counter(
     ["service", "route", "method", "status", "origin"],
 )
 IN_FLIGHT = Gauge("http_server_requests_in_flight", "HTTP requests being handled now.", ["service"])
-CLIENT_DURATION = Histogram(
+CLIENT_DURATION = ExemplarHistogram(
     "http_client_request_duration_seconds",
     "Time of outgoing HTTP calls, by peer service (else host:port) and status ('error': no answer, 'timeout').",
     ["service", "downstream", "method", "status"],
-    buckets=BUCKETS,
+    BUCKETS,
+    EXEMPLAR_LABEL,
 )
 LAST_FAILED = Gauge(
     "correlation_last_failed_request",
@@ -69,10 +72,9 @@ def observe_request(
         labels = (service, route, method, str(status))
         errors = SERVER_ERRORS.labels(*labels, origin or "self") if status >= 500 else None
         children = _request_children.setdefault(key, (REQUEST_DURATION.labels(*labels), errors))
-    exemplar = {EXEMPLAR_LABEL: correlation_id}
-    children[0].observe(seconds, exemplar)
+    children[0].observe(seconds, correlation_id)
     if children[1] is not None:
-        children[1].inc(1, exemplar)
+        children[1].inc(1, {EXEMPLAR_LABEL: correlation_id})
         record_failure(service, correlation_id, route, status)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from correlation import ids, schema, traceparent
 from correlation.context import Hop
@@ -40,9 +40,11 @@ class Rejection:
     value: str
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """What a message said about its place in the trail: the new hop, the caller, what was refused."""
+class Inbound(NamedTuple):
+    """What a message said about its place in the trail: the new hop, the caller, what was refused.
+
+    (A NamedTuple, not a frozen dataclass: one is made per request, at a third of the cost.)
+    """
 
     hop: Hop
     caller: str | None
@@ -95,11 +97,10 @@ def from_environ(
     environ: Mapping[str, Any], header: str = schema.CORRELATION_HEADER, *, trusted: bool = True
 ) -> Inbound:
     """:func:`read` over a WSGI environ (``X-Correlation-ID`` is ``HTTP_X_CORRELATION_ID`` there)."""
-    for key in _environ_keys_read(header):
-        if key in environ:
-            return read(lambda name: environ.get(environ_key(name)), header, trusted=trusted)
-    # Nothing on the wire (a client's first call, a health check): what read() says then.
-    return Inbound(Hop.start(), None, ())
+    if environ.keys().isdisjoint(_environ_keys_read(header)):
+        # Nothing on the wire (a client's first call, a health check): what read() says then.
+        return Inbound(Hop.start(), None, ())
+    return read(lambda name: environ.get(environ_key(name)), header, trusted=trusted)
 
 
 def from_headers(

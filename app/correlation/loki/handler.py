@@ -125,8 +125,9 @@ class LokiHandler(logging.Handler):
         self._put(record.created, record.levelname, line, _metadata(record.__dict__))
 
     def emit_line(self, created: float, levelname: str, line: str, fields: Mapping[str, Any]) -> None:
-        """Ship a line already made (:mod:`correlation.access`) with the record attributes it was
-        made from (``fields``): what ``emit`` does after formatting."""
+        """Ship a line already made (:mod:`correlation.access`); ``fields`` holds the values it was
+        made from under the record attributes' names (the context's keys for the metadata): what
+        ``emit`` does after formatting."""
         self._put(created, levelname, line, _metadata(fields))
 
     def _put(self, created: float, levelname: str, line: str, metadata: dict[str, str]) -> None:
@@ -195,4 +196,9 @@ def default_labels() -> dict[str, str]:
 def _metadata(attributes: Mapping[str, Any]) -> dict[str, str]:
     """Structured metadata from a record's attributes (those of the context are strings, or None
     outside a request); ``level`` is added by the handler."""
-    return {name: value for name in _METADATA_ATTRS if isinstance(value := attributes.get(name), str)}
+    metadata = {}
+    for name in _METADATA_ATTRS:  # a loop, not a comprehension: no frame of its own per line
+        value = attributes.get(name)
+        if type(value) is str or isinstance(value, str):
+            metadata[name] = value
+    return metadata
