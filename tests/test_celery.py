@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 import requests
@@ -25,36 +25,13 @@ from demo import local_worker, notifications
 from demo.run_local import Chain, start_chain, wait_healthy
 from demo.services import SERVICES
 from tests.fakes import FakeLoki, LoopbackServer, PushedEntry, QuietHandler, free_port, wait_until
+from tests.support.broker import RETRY_ENV, Broker
 from tests.support.stack import require_tool
 from trail.log_line import parse_time_ns
 
 pytestmark = pytest.mark.process
 
 TASK = notifications.TASK_NAME
-#: The worker's retries in these tests: two, 0.2 s apart.
-RETRY_ENV = {"TASK_MAX_RETRIES": "2", "TASK_RETRY_DELAY_SECONDS": "0.2"}
-
-
-@dataclass
-class Broker:
-    """A private redis-server that can be stopped and started again on the same port and data."""
-
-    port: int
-    data_dir: Path
-    log: IO[bytes]
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = local_worker.start_redis(self.port, str(self.data_dir), stdout=self.log)
-        local_worker.wait_redis(self.port, self.proc, timeout=10)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        return local_worker.stop(self.proc, timeout=10)
 
 
 @dataclass

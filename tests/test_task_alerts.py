@@ -14,14 +14,12 @@ the notifier reading the fake Loki every process ships to.
 from __future__ import annotations
 
 import copy
-import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
@@ -44,6 +42,7 @@ from tests.support.alerting import (
     running_notifier,
     set_faults,
 )
+from tests.support.broker import RETRY_ENV, Broker
 from tests.support.grafana import (
     dashboard_promql_queries,
     explore_exprs,
@@ -62,33 +61,9 @@ from tests.support.stack import (
 from trail.links import trail_page_path
 
 TASK = notifications.TASK_NAME
-#: The worker's retries: two, 0.2 s apart, so a failing run ends within a second.
-RETRY_ENV = {"TASK_MAX_RETRIES": "2", "TASK_RETRY_DELAY_SECONDS": "0.2"}
 #: Deadlines: generous, other test sessions share this 2-core machine.
 PAGE_DEADLINE_SECONDS = 90.0
 INJECTED_FAULT = "demo.faults.InjectedFault"
-
-
-@dataclass
-class Broker:
-    """A private redis-server that can be stopped and started again on the same port and data."""
-
-    port: int
-    data_dir: Path
-    log: IO[bytes]
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = local_worker.start_redis(self.port, str(self.data_dir), stdout=self.log)
-        local_worker.wait_redis(self.port, self.proc, timeout=10)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        return local_worker.stop(self.proc, timeout=10)
 
 
 @dataclass
