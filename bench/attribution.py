@@ -1,7 +1,7 @@
 """Where the request path's time goes: bare vs instrumented with each part switched off in turn.
 
-Two measurements, each variant in its own gunicorn (1 worker, gthread x4; variants in
-bench/switches.py), as in P2:
+Three measurements: two with each variant in its own gunicorn (1 worker, gthread x4; variants in
+bench/switches.py), as in P2, and one in a single process:
 
 - ``instructions`` (needs valgrind): machine instructions per request of the gunicorn worker,
   the difference between 1,000 requests and none over one keep-alive connection. Counted, not
@@ -14,14 +14,19 @@ bench/switches.py), as in P2:
   request by thread (request threads, gunicorn's main thread, stdout flusher, Loki sender), time
   spent runnable but waiting for a CPU, and context switches per request (lock hand-offs and
   background wake-ups). Timed, so as noisy as P2; rounds interleaved, medians shown.
+- ``thread``: the request thread's CPU per request with the apps' WSGI callables called in a loop
+  in one process (bench/inprocess.py): time, which instruction counts are not (C code runs more
+  instructions a cycle than the interpreter), without gunicorn's noise.
 
-``python -m bench attribution`` (not part of the default run); ``BENCH_ATTRIBUTION=instructions``
-or ``load`` runs one of the two, ``BENCH_VARIANTS`` (comma-separated names) some variants.
+``python -m bench attribution`` (not part of the default run); ``BENCH_ATTRIBUTION=instructions``,
+``thread`` or ``load`` runs some of them, ``BENCH_VARIANTS`` (comma-separated names) some variants
+of the first and the last.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import shutil
@@ -29,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from bench import procstat, switches
 from bench.load import run_load, wait_http
@@ -150,15 +156,54 @@ def run() -> None:
     rounds = _int_env("BENCH_ROUNDS", 3)
     seconds = float(os.environ.get("BENCH_P2_SECONDS", "5"))
     names = [n for n in os.environ.get("BENCH_VARIANTS", "").split(",") if n] or list(VARIANTS)
-    parts = os.environ.get("BENCH_ATTRIBUTION", "instructions,load").split(",")
+    parts = os.environ.get("BENCH_ATTRIBUTION", "instructions,thread,load").split(",")
     with SinkProcess(default="count") as sink:
         env = {"LOKI_URL": sink.url, "SERVICE_NAME": "bench", "DEPLOY_ENV": "bench"}
         if "instructions" in parts:
             with ThreadPoolExecutor(2) as pool:  # counts do not depend on what else runs
                 counted = dict(zip(names, pool.map(lambda n: _instructions(n, env, 1_000), names), strict=True))
             _instructions_table(names, counted)
+        if "thread" in parts:
+            _thread_table(_in_process({**env, "LOKI_URL": sink.url}))
         if "load" in parts:
             _load_table(names, _under_load(sink, names, rounds, seconds), rounds, seconds)
+
+
+# -- the request thread, in one process (bench/inprocess.py) ------------------------------------
+
+
+def _in_process(env: dict[str, str]) -> dict[str, Any]:
+    child = subprocess.run(
+        [sys.executable, "-m", "bench.inprocess"], env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(
+            [ROOT, os.path.join(ROOT, "app")])}, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    if child.returncode != 0:
+        raise RuntimeError(f"bench.inprocess failed ({child.returncode}): {child.stderr[-2000:]}")
+    return json.loads(child.stdout)
+
+
+def _thread_table(measured: dict[str, Any]) -> None:
+    results: dict[str, list[float]] = measured["results"]
+    bare = median(results["bare Flask"])
+    full = median(results["instrumented"]) if "instrumented" in results else None
+    rows = []
+    for name, values in results.items():
+        us = median(values)
+        rows.append([
+            name, f"{us:.1f}", f"{us - bare:+.1f}", f"{us / bare:.2f}",
+            f"{full - us:.1f}" if full is not None and name.startswith(("-", "edge")) else "-",
+            " / ".join(f"{v:.1f}" for v in values),
+        ])  # fmt: skip
+    print_table(
+        f"{TITLE}: the request thread's CPU per request, in one process (bench/inprocess.py)",
+        ["variant", "us", "vs bare (us)", "vs bare", "saved vs instrumented (us)", "per round"],
+        rows,
+        [
+            f"median of {measured['rounds']} interleaved rounds of {measured['requests']:,} requests; the WSGI app "
+            "called in a loop, time.thread_time() of that thread (the sender's and flusher's CPU not included); "
+            "no gunicorn (its own cost is the same for every app)"
+        ],
+    )  # fmt: skip
 
 
 def _med(data: dict[str, list[dict[str, float]]], name: str, key: str) -> float:

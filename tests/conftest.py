@@ -33,6 +33,7 @@ TIERS = ("unit", "process", "stack", "real_loki")
 
 TIER_OF_FILE = {
     "test_alert_rules.py": "stack",
+    "test_bench_attribution.py": "process",
     "test_bench_floor.py": "unit",
     "test_chain.py": "process",
     "test_config.py": "unit",

@@ -1,0 +1,45 @@
+"""bench/inprocess.py, the attribution's `thread` measurement, runs every variant, and its switches
+turn the parts off and on again (no timing asserted here: figures belong to `make bench`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.inprocess import VARIANTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_variant_is_measured_and_the_switches_take_effect() -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "app")]), "LOKI_URL": "",
+           "BENCH_INPROCESS_ROUNDS": "3", "BENCH_INPROCESS_REQUESTS": "300", "SERVICE_NAME": "bench"}  # fmt: skip
+    child = subprocess.run([sys.executable, "-m", "bench.inprocess"], env=env, cwd=ROOT, capture_output=True,
+                           text=True, timeout=120, check=False)  # fmt: skip
+    assert child.returncode == 0, child.stderr[-2000:]
+    measured = json.loads(child.stdout)
+    results = {name: min(values) for name, values in measured["results"].items()}
+    assert set(results) == set(VARIANTS) and all(len(v) == 3 for v in measured["results"].values())
+    assert all(us > 0 for us in results.values())
+
+
+def test_the_switches_turn_parts_off_and_back_on() -> None:
+    from bench.inprocess import _Switches
+    from correlation import flask as edge
+    from correlation import metrics
+
+    switches = _Switches()
+    wrapper = edge._Edge  # noqa: SLF001 - the switch patches the edge's report
+    observe, report = metrics.observe_request, wrapper.report
+    try:
+        switches.set(frozenset({"access", "metrics", "report"}))
+        assert switches.access.disabled
+        assert metrics.observe_request is not observe and wrapper.report is not report
+        switches.set(frozenset())
+        assert not switches.access.disabled
+        assert metrics.observe_request is observe and wrapper.report is report
+    finally:
+        switches.set(frozenset())
