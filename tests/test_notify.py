@@ -127,6 +127,30 @@ class Running:
         self.notifier.close(timeout=2)
 
 
+def notify_once(loki_url: str, firing: dict[str, Any], timeout: float = 10) -> dict[str, Any]:
+    """One alert through a notifier reading ``loki_url``: its notification."""
+    running = Running(loki_url)
+    try:
+        running.post(payload(firing))
+        (note,) = running.wait_lines(1, timeout)
+    finally:
+        running.stop()
+    return note
+
+
+def notify_in_slack(loki_url: str, chat: ChatWebhook, firing: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """One alert through a notifier posting Slack's shape to ``chat``: its notification and the body
+    the chat received."""
+    running = Running(loki_url, webhook=chat.server.url, fmt="slack")
+    try:
+        running.post(payload(firing))
+        (note,) = running.wait_lines(1)
+        (body,) = wait_until(lambda: chat.bodies, 5, "the chat webhook")
+    finally:
+        running.stop()
+    return note, body
+
+
 @pytest.fixture
 def chat() -> Iterator[ChatWebhook]:
     webhook = ChatWebhook()
@@ -385,6 +409,138 @@ def test_a_hostile_task_label_is_searched_for_escaped_and_shown_escaped() -> Non
     assert note["trail_caveat"].startswith('no run of task x"} | line_format "{{.x}}\\n\\x1b[31m failed')
 
 
+#: The broker refusing the connection, as kombu says it (correlation.celery logs repr(exc)).
+REFUSED = "OperationalError('Error 111 connecting to 127.0.0.1:6379. Connection refused.')"
+PUBLISH_LOGGER = "correlation.celery"
+
+
+def lost_task_line(
+    cid: str, rid: str, service: str, ts_ns: int, task: str, error: str = REFUSED, reason: str = "broker_unavailable"
+) -> tuple[int, dict[str, Any]]:
+    """The ERROR line correlation.celery.send_task writes inside a request whose task it could not
+    queue (the request itself succeeds)."""
+    message = f"could not publish task {task} ({reason}): {error}"
+    return log_line(cid, rid, None, service, ts_ns, message, level="ERROR", logger=PUBLISH_LOGGER)
+
+
+def publish_alert(service: str = "orders", task: str = TASK) -> dict[str, Any]:
+    """TaskPublishFailures with the labels the rule gives it (alerts/correlation-demo.rules.yml)."""
+    return alert(
+        service=service,
+        alertname="TaskPublishFailures",
+        task=task,
+        reason="broker_unavailable",
+        cause_service="broker",
+    )
+
+
+def stage_lost_tasks(loki: FakeLoki) -> list[str]:
+    """Lost tasks of two services and two tasks over the last three minutes; orders' TASK lines are
+    three, not the newest of all (orders lost RECEIPT and gateway lost TASK later), and an app's
+    look-alike line from another logger is newer still. The correlation IDs of orders' TASK losses,
+    oldest first."""
+    now = time.time_ns()
+    ids = [new_correlation_id((now - seconds * 1000 * MS) // MS) for seconds in (180, 120, 90, 60, 30, 20)]
+    push_all(
+        loki,
+        [
+            lost_task_line(ids[0], "b000000000000010", "orders", now - 180_000 * MS, TASK),
+            lost_task_line(ids[1], "b000000000000011", "orders", now - 120_000 * MS, TASK),
+            lost_task_line(ids[2], "b000000000000012", "orders", now - 90_000 * MS, TASK, error="TimeoutError()"),
+            lost_task_line(ids[3], "b000000000000013", "orders", now - 60_000 * MS, RECEIPT),
+            lost_task_line(ids[4], "a000000000000014", "gateway", now - 30_000 * MS, TASK),
+            log_line(
+                ids[5], "b000000000000015", None, "orders", now - 20_000 * MS, f"could not publish task {TASK} (x): y"
+            ),
+        ],
+    )
+    return ids[:3]
+
+
+def test_a_publish_failure_alert_names_the_newest_lost_task_of_its_service_and_task(chat: ChatWebhook) -> None:
+    """TaskPublishFailures fails no request: the notification names the newest task orders could
+    not queue of the alert's task (not RECEIPT's, not gateway's, not an app's look-alike line), how
+    many it lost, and the checkout that asked for it, with that checkout's trail links."""
+    with FakeLoki() as loki:
+        lost = stage_lost_tasks(loki)
+        note, body = notify_in_slack(loki.url, chat, publish_alert())
+        queries = [q.query for q in loki.queries]
+    cid = lost[-1]
+    assert (note["alertname"], note["service"], note["cause_service"]) == ("TaskPublishFailures", "orders", "broker")
+    assert note["trail"] == "found" and note["trail_note"] is None and note["trail_caveat"] is None
+    assert note["correlation_id"] == cid and note["trail_command"] == f"trail {cid}"
+    assert note["root_cause"] is None and note["error"] is None, "no request failed"
+    lost_task = note["lost_task"]
+    assert {k: lost_task[k] for k in ("task", "reason", "error", "request_id", "count", "count_capped")} == {
+        "task": TASK,
+        "reason": "broker_unavailable",
+        "error": "TimeoutError()",
+        "request_id": "b000000000000012",
+        "count": 3,
+        "count_capped": False,
+    }
+    assert note["trail_page_url"] == f"http://trail-web.notify.test/t/{cid}"
+    panes = json.loads(urllib.parse.parse_qs(urllib.parse.urlsplit(note["trail_url"]).query)["panes"][0])
+    assert panes["trail"]["queries"][0]["expr"] == f'{{service_name=~".+"}} | correlation_id="{cid}"'
+    assert note["runbook_url"] == RUNBOOK and note["logs_url"].startswith(GRAFANA + "/explore?")
+    text = note["text"].splitlines()
+    assert re.fullmatch(r"Lost tasks: 3 not queued by orders in \S+ \.\. \S+", text[2]), text
+    assert text[3] == f"Newest: {TASK} (broker_unavailable) at {lost_task['time']}, request b000000000000012: " + (
+        "TimeoutError()"
+    )
+    assert text[4] == f"Correlation ID: {cid}  ->  trail {cid}"
+    assert "Links only" not in note["text"]
+    section = body["blocks"][1]["text"]["text"]
+    assert "*Lost tasks: 3 not queued by orders" in section and f"*Correlation ID:* `{cid}`" in section
+    (search,) = [q for q in queries if "could not publish task" in q]
+    assert search.startswith('{service_name="orders"} |= "could not publish task"'), search
+    assert "notifications\\\\.send_confirmation" in search, "the search was for the alert's task"
+
+
+def test_a_publish_failure_alert_without_lost_task_lines_gives_links_only() -> None:
+    with FakeLoki() as loki:
+        stage_lost_tasks(loki)
+        note = notify_once(loki.url, publish_alert(service="inventory"))
+    assert note["trail"] == "not_found" and note["correlation_id"] is None and note["lost_task"] is None
+    assert re.fullmatch(
+        rf'no ERROR line "could not publish task {re.escape(TASK)} \.\.\." at inventory in \S+ \.\. \S+',
+        note["trail_note"],
+    ), note["trail_note"]
+    assert f"Links only: {note['trail_note']}." in note["text"]
+    assert note["trail_url"] == alert()["annotations"]["trail_url"], "the alert's own links stay"
+    assert all(note[name] for name in LINK_FIELDS)
+
+
+def test_hostile_lost_task_text_is_searched_for_escaped_and_shown_escaped(chat: ChatWebhook) -> None:
+    """The task's name (the alert's label, and the line's) goes into LogQL escaped and still finds
+    its line; the name and the error text are shown with control characters escaped, the error
+    cut to 500 characters, and cannot ping a Slack channel."""
+    hostile_task = 'x"} | line_format "{{.x}}\n\x1b[31m (a): .*'
+    hostile_error = "<!channel> & `boom`\x1b[31m\n" + "x" * 2000
+    now = time.time_ns()
+    cid = new_correlation_id((now - 10_000 * MS) // MS)
+    other = new_correlation_id((now - 5_000 * MS) // MS)
+    with FakeLoki() as loki:
+        push_all(
+            loki,
+            [
+                lost_task_line(cid, "b000000000000020", "orders", now - 10_000 * MS, hostile_task, hostile_error),
+                lost_task_line(other, "b000000000000021", "orders", now - 5_000 * MS, "x"),
+            ],
+        )
+        note, body = notify_in_slack(loki.url, chat, publish_alert(task=hostile_task))
+    assert note["correlation_id"] == cid, "the hostile task's line, not the other task's newer one"
+    lost_task = note["lost_task"]
+    assert lost_task["task"] == 'x"} | line_format "{{.x}}\\n\\x1b[31m (a): .*'
+    assert lost_task["reason"] == "broker_unavailable" and lost_task["count"] == 1
+    error = lost_task["error"]
+    assert error.startswith("<!channel> & `boom`\\x1b[31m\\n") and "\n" not in error and "\x1b" not in error
+    assert len(error) == 500 and error.endswith("…")
+    assert "\x1b" not in note["text"] and len(note["text"].splitlines()) == len(note["text"].split("\n"))
+    section = body["blocks"][1]["text"]["text"]
+    assert "<!channel>" not in section and "&lt;!channel&gt; &amp; 'boom'" in section
+
+
 @pytest.mark.process
 def test_a_stalled_loki_gives_links_only_within_the_budget(chat: ChatWebhook) -> None:
     """Loki accepts the connection and never answers: the Alertmanager webhook is answered at
@@ -416,25 +572,17 @@ def test_a_stalled_loki_gives_links_only_within_the_budget(chat: ChatWebhook) ->
     assert "Links only: the trail could not be read: Loki did not answer within 1 s." in note["text"]
 
 
-def test_a_loki_that_is_down_gives_links_only_at_once() -> None:
-    running = Running(closed_port_url())
-    try:
-        running.post(payload(alert()))
-        (note,) = running.wait_lines(1, timeout=3)
-    finally:
-        running.stop()
+@pytest.mark.parametrize("firing", [alert(), publish_alert()], ids=["failed-request", "lost-task"])
+def test_a_loki_that_is_down_gives_links_only_at_once(firing: dict[str, Any]) -> None:
+    note = notify_once(closed_port_url(), firing, timeout=3)
     assert note["trail"] == "unavailable" and "cannot reach Loki" in note["trail_note"]
+    assert note["root_cause"] is None and note["lost_task"] is None
     assert all(note[name] for name in LINK_FIELDS)
 
 
 def test_no_failure_in_the_window_says_so() -> None:
     with FakeLoki() as loki:
-        running = Running(loki.url)
-        try:
-            running.post(payload(alert(service="inventory")))
-            (note,) = running.wait_lines(1)
-        finally:
-            running.stop()
+        note = notify_once(loki.url, alert(service="inventory"))
     assert note["trail"] == "not_found"
     assert re.fullmatch(r"no request failed \(status >= 500\) at inventory in \S+ \.\. \S+", note["trail_note"])
 
@@ -457,8 +605,9 @@ def test_a_repeated_alert_is_notified_once(staged: tuple[FakeLoki, str]) -> None
     loki, _ = staged
     running = Running(loki.url)
     try:
-        assert running.post(payload(alert())).json()["notifying"] == 1
-        second = running.post(payload(alert(), alert(service="inventory"))).json()
+        first = alert()  # one startsAt: alert() reads the clock, and a second may tick between two calls
+        assert running.post(payload(first)).json()["notifying"] == 1
+        second = running.post(payload(first, alert(service="inventory"))).json()
         assert second == {"received": 2, "notifying": 1, "repeats": 1}
         running.wait_lines(2)
     finally:
@@ -520,13 +669,7 @@ def test_slack_format_escapes_and_bounds_what_comes_from_logs(chat: ChatWebhook)
     )
     with FakeLoki() as loki:
         push_all(loki, lines)
-        running = Running(loki.url, webhook=chat.server.url, fmt="slack")
-        try:
-            running.post(payload(alert()))
-            (note,) = running.wait_lines(1)
-            (body,) = wait_until(lambda: chat.bodies, 5, "the chat webhook")
-        finally:
-            running.stop()
+        note, body = notify_in_slack(loki.url, chat, alert())
     message = note["error"]["message"]
     assert message.startswith("<!channel> & `boom`\\x1b[31m\\t") and "\t" not in message
     assert len(message) == 500 and message.endswith("…")

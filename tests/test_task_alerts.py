@@ -6,7 +6,8 @@ the notifier reading the fake Loki every process ships to.
 
 - the worker's runs fail (its fault switch): exactly one page, TaskFailures for the worker, naming
   the failed run's hop and InjectedFault, for a checkout that succeeded while its task failed;
-- the broker stops for a moment: TaskPublishFailures pages, naming the broker;
+- the broker stops for a moment: TaskPublishFailures pages, naming the broker and a checkout
+  whose task was lost;
 - every query of the dashboard's task row returns data from these series, and the task
   exemplars Grafana links from are correlation IDs of runs that failed.
 """
@@ -279,6 +280,13 @@ def test_a_broker_outage_pages_naming_the_broker(stack: TaskStack, incidents: In
         if e.labels["service_name"] == "orders" and "could not publish task" in e.json.get(schema.MESSAGE, "")
     ]
     assert lost and set(lost) <= incidents.succeeded
+    # The page names one of them, not "no request failed": the newest loss in Loki when it was read.
+    assert page["trail"] == "found", page["trail_note"]
+    assert page["correlation_id"] in lost and page["trail_page_url"] == TRAIL_WEB + trail_page_path(
+        page["correlation_id"]
+    )
+    assert page["lost_task"]["task"] == TASK and page["lost_task"]["reason"] == "broker_unavailable"
+    assert page["lost_task"]["count"] >= 1 and "Lost tasks:" in page["text"]
 
 
 def test_every_task_query_of_the_dashboard_returns_data(stack: TaskStack, incidents: Incidents) -> None:

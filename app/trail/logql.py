@@ -18,6 +18,12 @@ ERROR_LEVEL = "error"
 _SERVICE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # as config.py accepts SERVICE_NAME
 #: Longer task names are refused rather than searched for (Celery's own are dotted module paths).
 MAX_TASK_NAME_CHARS = 256
+#: The ERROR line ``correlation.celery.send_task`` writes for each task the broker did not take:
+#: its logger, and the start of its message ``could not publish task <task> (<reason>): <error>``.
+PUBLISH_FAILURE_LOGGER = "correlation.celery"
+PUBLISH_FAILURE_MESSAGE = "could not publish task"
+#: The characters with a meaning of their own in RE2 and in Python's ``re`` (outside classes).
+_REGEX_META = frozenset("\\.+*?()|[]{}^$")
 
 
 def check_correlation_id(value: str) -> str:
@@ -55,6 +61,13 @@ def string_literal(text: str) -> str:
     (quote, backslash, control characters as ``\\n`` or ``\\u0001``) are a subset of them; every
     other character stands for itself, so no text can end the string early."""
     return json.dumps(text, ensure_ascii=False)
+
+
+def regex_literal(text: str) -> str:
+    """A regular expression that matches exactly ``text``, read alike by Loki (Go's RE2) and
+    Python's ``re``: their metacharacters get a backslash (both read a backslash before a
+    punctuation character as that character); every other character stands for itself."""
+    return "".join("\\" + c if c in _REGEX_META else c for c in text)
 
 
 def _selector(service: str | None) -> str:
@@ -97,3 +110,21 @@ def last_error_query(service: str | None = None, *, own_only: bool = False, task
         filters.append(f"{schema.TASK}={string_literal(check_task(task))}")
     extract = ", ".join(f'{name}="{name}"' for name in fields)
     return f'{_selector(service)} |= "{schema.ACCESS_LOGGER}" | json {extract} | {" | ".join(filters)} | __error__=""'
+
+
+def publish_failures_query(service: str, task: str | None = None) -> str:
+    """A service's lines about tasks it could not queue (``correlation.celery.send_task``), newest
+    first when run backward; ``task``: only those of that task (its name is in the message only).
+
+    The line filter on the message's fixed start and the ``level`` metadata drop every other line
+    before ``json`` runs; the logger then tells the library's line from an app's look-alike.
+    """
+    logger, message = schema.LOGGER, schema.MESSAGE
+    filters = [f'{logger}="{PUBLISH_FAILURE_LOGGER}"']
+    if task is not None:
+        prefix = f"{PUBLISH_FAILURE_MESSAGE} {check_task(task)} ("
+        filters.append(f"{message}=~{string_literal(regex_literal(prefix) + '(?s:.*)')}")
+    return (
+        f'{_selector(service)} |= "{PUBLISH_FAILURE_MESSAGE}" | {schema.LEVEL}="{ERROR_LEVEL}" '
+        f'| json {logger}="{logger}", {message}="{message}" | {" | ".join(filters)} | __error__=""'
+    )

@@ -14,9 +14,11 @@ from datetime import datetime
 from typing import Any
 
 from trail.links import DEFAULT_TRAIL_WEB_URL, trail_explore_url, trail_page_path
+from trail.logql import MAX_TASK_NAME_CHARS
+from trail.notify_lost_task import LostTask
 from trail.notify_payload import AlertEvent
 from trail.notify_trail import FailedHop, TrailFinding
-from trail.render import clean
+from trail.render import clean, format_time
 
 #: Version of the notification object; bumped when a field changes meaning or disappears.
 NOTIFICATION_VERSION = 1
@@ -41,6 +43,7 @@ FIELDS = (
     "trail_command",
     "root_cause",
     "error",
+    "lost_task",
     *LINK_FIELDS,
     "text",
 )
@@ -113,7 +116,7 @@ def build_notification(
         "starts_at": _time(event.starts_at),
         "ends_at": _time(event.ends_at),
         "trail": finding.state,
-        "trail_note": finding.note,
+        "trail_note": shown(finding.note, MAX_MESSAGE_CHARS),
         "trail_caveat": shown(finding.caveat, MAX_MESSAGE_CHARS),
         "correlation_id": finding.correlation_id,
         "trail_command": f"trail {finding.correlation_id}" if finding.correlation_id else None,
@@ -126,6 +129,7 @@ def build_notification(
             if finding.error_type or finding.error_message
             else None
         ),
+        "lost_task": _lost_task(finding.lost_task) if finding.lost_task else None,
         **links,
     }
     note["text"] = render_text(note)
@@ -140,6 +144,19 @@ def _hop(hop: FailedHop) -> dict[str, Any]:
         "status": hop.status,
         "duration_ms": hop.duration_ms,
         "request_id": shown(hop.request_id, MAX_LABEL_CHARS),
+    }
+
+
+def _lost_task(lost: LostTask) -> dict[str, Any]:
+    return {
+        "task": shown(lost.task, MAX_TASK_NAME_CHARS),
+        "reason": shown(lost.reason, MAX_LABEL_CHARS),
+        "error": shown(lost.error, MAX_MESSAGE_CHARS),
+        "request_id": shown(lost.request_id, MAX_LABEL_CHARS),
+        "time": format_time(lost.ts_ns),
+        "count": lost.count,
+        "count_capped": lost.count_capped,
+        "window": {"start": format_time(lost.window.start_ns), "end": format_time(lost.window.end_ns)},
     }
 
 
@@ -162,6 +179,18 @@ def _error_line(error: dict[str, Any] | None) -> str:
     return ": ".join(part for part in (error["type"], error["message"]) if part)
 
 
+def _lost_task_lines(note: dict[str, Any]) -> list[str]:
+    """How many tasks the service lost in the window, and the newest of them."""
+    lost = note["lost_task"]
+    count = f"{lost['count']} or more (the search stops there)" if lost["count_capped"] else str(lost["count"])
+    request = f", request {lost['request_id']}" if lost["request_id"] else ""
+    what = " ".join(part for part in (lost["task"] or "?", f"({lost['reason']})" if lost["reason"] else "") if part)
+    return [
+        f"Lost tasks: {count} not queued by {note['service']} in {lost['window']['start']} .. {lost['window']['end']}",
+        f"Newest: {what} at {lost['time']}{request}: {lost['error'] or 'no error text'}",
+    ]
+
+
 def render_text(note: dict[str, Any]) -> str:
     """The notification as plain text, one fact a line."""
     lines = [_headline(note)]
@@ -173,6 +202,8 @@ def render_text(note: dict[str, Any]) -> str:
         if note["root_cause"]:
             lines.append(f"Root cause: {_hop_line(note['root_cause'])}")
             lines.append(f"Error: {_error_line(note['error'])}")
+        if note["lost_task"]:
+            lines += _lost_task_lines(note)
         if note["correlation_id"]:
             lines.append(f"Correlation ID: {note['correlation_id']}  ->  {note['trail_command']}")
         if note["trail_note"]:
@@ -205,6 +236,10 @@ def slack_message(note: dict[str, Any]) -> dict[str, Any]:
         if note["root_cause"]:
             facts.append(f"*Root cause:* {_code(_hop_line(note['root_cause']))}")
             facts.append(f"*Error:* {_code(_error_line(note['error']))}")
+        if note["lost_task"]:
+            counted, newest = _lost_task_lines(note)
+            facts.append(f"*{_mrkdwn(counted)}*")
+            facts.append(f"*Newest lost task:* {_code(newest.removeprefix('Newest: '))}")
         if note["correlation_id"]:
             facts.append(f"*Correlation ID:* {_code(note['correlation_id'])}: {_code(note['trail_command'])}")
         if note["trail_note"]:

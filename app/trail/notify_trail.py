@@ -3,7 +3,9 @@ same code as ``trail --last-error`` (:func:`trail.last_error.last_error`), and t
 (:func:`trail.root_cause.root_cause`). An alert about one task (``task`` label, TaskFailures) is
 explained by that task's newest failed run: a worker runs several tasks, and the service's newest
 failure may be another task's. Only when that task has none is the service's newest failure named,
-with a caveat saying so.
+with a caveat saying so. A TaskPublishFailures alert fails no request: it is explained by the
+newest task the service could not queue (:mod:`trail.notify_lost_task`) and the request that
+asked for it.
 
 A notification must not wait for Loki: every read has a deadline (the moment the alert arrived
 plus the budget), enforced twice. Each request to Loki is bounded by what is left of it
@@ -21,8 +23,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from trail.last_error import LastError, last_error
+from trail.logql import PUBLISH_FAILURE_MESSAGE
 from trail.loki_query import LokiQueryClient, LokiQueryError
 from trail.lookup import check_task
+from trail.notify_lost_task import PUBLISH_FAILURE_ALERT, LostTask, find_lost_task
 from trail.notify_payload import AlertEvent
 from trail.window import DEFAULT_MAX_REQUEST_SECONDS, Window
 
@@ -34,6 +38,8 @@ DEFAULT_LOOKBACK_SECONDS = 15 * 60.0
 #: The time a notification may wait for Loki; with Alertmanager's group_wait it stays in the 5 s
 #: the README promises.
 DEFAULT_BUDGET_SECONDS = 3.0
+#: A Loki error this close to the deadline is the deadline (socket timeouts may fire a hair early).
+_DEADLINE_SLACK_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,8 @@ class TrailFinding:
     #: What the request named stands in for, when it is not what the alert is about (untrusted
     #: text inside: the alert's task label); None otherwise.
     caveat: str | None = None
+    #: For a TaskPublishFailures alert: the newest task the service could not queue.
+    lost_task: LostTask | None = None
 
 
 class TrailReader:
@@ -97,22 +105,66 @@ class TrailReader:
         if left <= 0:
             return TrailFinding(UNAVAILABLE, "the trail could not be read: no time was left for Loki")
         window = self.search_window(event.starts_at, time.time_ns() if now_ns is None else now_ns)
+        explain = self._lost_task if event.alertname == PUBLISH_FAILURE_ALERT else self._failed_request
         client = self.client
-        future = self._executor.submit(self._newest_failure, client, service, event.task, window, deadline)
+        future = self._executor.submit(explain, client, service, event.task, window, deadline)
         try:
-            found, caveat = future.result(timeout=left)
+            return future.result(timeout=left)
         except FutureTimeout:
             future.cancel()
-            return TrailFinding(
-                UNAVAILABLE, f"the trail could not be read: Loki did not answer within {self.budget_seconds:g} s"
-            )
+            return self._out_of_time()
         except LokiQueryError as exc:
+            # Each request's own timeout ends at the deadline too: on a busy machine it may fire
+            # before this thread wakes up, and it is the same budget running out.
+            if time.monotonic() >= deadline - _DEADLINE_SLACK_SECONDS:
+                return self._out_of_time()
             return TrailFinding(UNAVAILABLE, f"the trail could not be read: {exc}")
         except Exception as exc:  # noqa: BLE001 - the boundary: a bad line or a bug must not stop the page
             return TrailFinding(UNAVAILABLE, f"the trail could not be read: {type(exc).__name__}: {exc}")
+
+    def _out_of_time(self) -> TrailFinding:
+        return TrailFinding(
+            UNAVAILABLE, f"the trail could not be read: Loki did not answer within {self.budget_seconds:g} s"
+        )
+
+    def _failed_request(
+        self, client: LokiQueryClient, service: str, task: str | None, window: Window, deadline: float
+    ) -> TrailFinding:
+        found, caveat = self._newest_failure(client, service, task, window, deadline)
         if found is None:
             return TrailFinding(NOT_FOUND, f"no request failed (status >= 500) at {service} in {window}")
         return _finding(found, caveat)
+
+    def _lost_task(
+        self, client: LokiQueryClient, service: str, task: str | None, window: Window, deadline: float
+    ) -> TrailFinding:
+        """The newest task ``service`` could not queue (of ``task`` when the alert names one that
+        can be searched for) and the request that asked for it."""
+        caveat = None
+        if task is not None:
+            try:
+                check_task(task)
+            except ValueError as exc:
+                caveat = f"the alert's task label cannot be searched for ({exc}); naming any task lost at {service}"
+                task = None
+        lost = find_lost_task(client, service, task, window, deadline)
+        if lost is None:
+            line = PUBLISH_FAILURE_MESSAGE if task is None else f"{PUBLISH_FAILURE_MESSAGE} {task}"
+            return TrailFinding(NOT_FOUND, f'no ERROR line "{line} ..." at {service} in {window}', caveat=caveat)
+        if lost.correlation_id is None:
+            return TrailFinding(
+                FOUND,
+                "the newest lost task has no correlation ID: published outside any request",
+                caveat=caveat,
+                lost_task=lost,
+            )
+        return TrailFinding(
+            FOUND,
+            correlation_id=lost.correlation_id,
+            trail_window=lost.trail_window(),
+            caveat=caveat,
+            lost_task=lost,
+        )
 
     def _newest_failure(
         self, client: LokiQueryClient, service: str, task: str | None, window: Window, deadline: float
