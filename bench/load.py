@@ -100,7 +100,9 @@ def _wrk(
 def _python_load(url: str, connections: int, seconds: float, method: str, body: str, timeout_s: float) -> LoadResult:
     """Keep-alive clients in threads. Weaker than wrk: the client shares the GIL and the 2 CPUs."""
     parts = urlsplit(url)
-    path = parts.path or "/"
+    host, path = parts.hostname, parts.path or "/"
+    if host is None:
+        raise ValueError(f"no host in {url!r}")
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -108,7 +110,7 @@ def _python_load(url: str, connections: int, seconds: float, method: str, body: 
     headers = {"Content-Type": "application/json"} if body else {}
 
     def client() -> None:
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+        conn = http.client.HTTPConnection(host, parts.port, timeout=timeout_s)
         mine: list[float] = []
         bad = 0
         while time.perf_counter() < stop_at:
@@ -122,7 +124,7 @@ def _python_load(url: str, connections: int, seconds: float, method: str, body: 
             except (OSError, http.client.HTTPException):
                 bad += 1
                 conn.close()
-                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+                conn = http.client.HTTPConnection(host, parts.port, timeout=timeout_s)
                 continue
             mine.append(time.perf_counter() - started)
         conn.close()

@@ -38,7 +38,7 @@ class Target:
 class ListHandler(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
-        self.lines: list[str] = []
+        self.lines: list[str | bytes] = []  # formatted lines, or entries (EntryListHandler)
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
@@ -52,7 +52,12 @@ class EntryListHandler(ListHandler):
         import orjson
 
         line = self.format(record)
-        metadata = {"correlation_id": record.correlation_id, "request_id": record.request_id, "level": "info"}
+        # CorrelationFilter stamped the hop on the record; LogRecord's type does not declare it.
+        metadata = {
+            "correlation_id": record.correlation_id,  # type: ignore[attr-defined]
+            "request_id": record.request_id,  # type: ignore[attr-defined]
+            "level": "info",
+        }
         self.lines.append(orjson.dumps([str(int(record.created * 1e9)), line, metadata]))
 
 
@@ -159,7 +164,7 @@ def run_python_logging_loki(target: Target, lines: int) -> dict[str, Any]:
         target.sink.reset()
     handler = logging_loki.LokiHandler(url=target.url + PUSH_PATH, tags=dict(LABELS), version="1")
     failed = [0]
-    handler.handleError = lambda record: failed.__setitem__(0, failed[0] + 1)  # type: ignore[method-assign]
+    handler.handleError = lambda record: failed.__setitem__(0, failed[0] + 1)
     log = _logger(handler)
     emit_s = _emit(log, lines)  # synchronous: a line is delivered (or failed) when its call returns
     stats = target.sink.stats() if target.sink else None

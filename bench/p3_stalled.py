@@ -12,7 +12,7 @@ import os
 import re
 import subprocess
 import urllib.request
-from collections import Counter
+from collections import defaultdict
 from typing import Any
 
 from bench.load import LoadResult, have_wrk, run_load
@@ -27,7 +27,7 @@ CONCURRENCY = 8
 
 def _shipper_state(urls: dict[str, str]) -> dict[str, Any]:
     """Sum the loki_shipper_* series over the chain's services (from their /metrics)."""
-    totals: Counter[str] = Counter()
+    totals: defaultdict[str, float] = defaultdict(float)
     for url in urls.values():
         with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
             text = response.read().decode()

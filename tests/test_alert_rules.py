@@ -153,7 +153,7 @@ def test_every_page_has_a_runbook_in_the_repository() -> None:
 # --- the exact expectations in alerts/tests: are they the links we mean? ----------------------
 
 
-def expected_alerts() -> Iterator[tuple[dict[str, Any], dict[str, Any], dict[str, str]]]:
+def expected_alerts() -> Iterator[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
     """(test group, alert_rule_test entry, one expected alert) for every expected alert."""
     for path in TEST_FILES:
         for group in yaml.safe_load(Path(path).read_text())["tests"]:
@@ -172,8 +172,9 @@ def failed_request(group: dict[str, Any], service: str, route: str | None = None
         if route is not None and f'route="{route}"' not in name:
             continue
         if name.startswith("correlation_last_failed_request{") and f'service="{service}"' in name:
-            cid = re.search(r'correlation_id="([^"]+)"', series["series"]).group(1)
-            found.append((cid, float(series["values"].split("x")[0])))
+            cid = re.search(r'correlation_id="([^"]+)"', series["series"])
+            assert cid is not None, name
+            found.append((cid.group(1), float(series["values"].split("x")[0])))
     return max(found, key=lambda failure: failure[1], default=None)
 
 

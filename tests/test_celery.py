@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,9 @@ def task_runs(entries: list[PushedEntry], **match: Any) -> list[dict[str, Any]]:
     return sorted(runs, key=lambda line: line[schema.ATTEMPT])
 
 
-def wait_runs(sink: FakeLoki, count: int, timeout: float = 15, **match: Any) -> list[dict[str, Any]]:
+def wait_runs(sink: FakeLoki, count: int, match: dict[str, Any], timeout: float = 15) -> list[dict[str, Any]]:
+    """The task runs matching ``match`` (schema keys: a mapping, so it cannot fill ``timeout``) once
+    there are ``count``."""
     entries = sink.wait_for(lambda es: len(task_runs(es, **match)) >= count, timeout=timeout)
     return task_runs(entries, **match)
 
@@ -172,7 +175,7 @@ def test_checkout_reaches_the_worker_with_the_right_parent(
     stack: Stack, sink: FakeLoki, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cid = stack.checkout()
-    (run,) = wait_runs(sink, 1, **{schema.CORRELATION_ID: cid})
+    (run,) = wait_runs(sink, 1, {schema.CORRELATION_ID: cid})
     lookup = "/reservations/<reservation_id>"
     sink.wait_for(
         lambda es: any(e.json.get(schema.ROUTE) == lookup for e in es if e.json.get(schema.CORRELATION_ID) == cid)
@@ -215,7 +218,7 @@ def test_a_task_published_outside_a_request_gets_a_fresh_id(
     app = notifications.make_celery(broker.url)
     assert context.current() is None, "beat-style: no request, no task around the publish"
     sent = [app.send_task(TASK, kwargs={"order_id": f"beat-{n}", "reservation_id": "r1"}).id for n in range(2)]
-    runs = [wait_runs(sink, 1, **{schema.TASK_ID: task_id})[0] for task_id in sent]
+    runs = [wait_runs(sink, 1, {schema.TASK_ID: task_id})[0] for task_id in sent]
     first, second = (run[schema.CORRELATION_ID] for run in runs)
     assert first != second, "each publish starts its own trail"
     assert all(ids.time_of(run[schema.CORRELATION_ID]) is not None for run in runs), "IDs of ours, with their time"
@@ -233,7 +236,7 @@ def test_a_hostile_header_is_replaced_logged_escaped_and_counted(
         schema.PUBLISHED_AT_HEADER: "yesterday",
     }
     task_id = app.send_task(TASK, kwargs={"order_id": "hostile", "reservation_id": "r2"}, headers=hostile).id
-    (run,) = wait_runs(sink, 1, **{schema.TASK_ID: task_id})
+    (run,) = wait_runs(sink, 1, {schema.TASK_ID: task_id})
     cid = run[schema.CORRELATION_ID]
     assert ids.time_of(cid) is not None, "replaced by a fresh ID of ours"
     assert run[schema.STATE] == "success", "the task still runs"
@@ -259,7 +262,7 @@ def test_a_retry_is_a_new_hop_and_a_failing_task_is_the_last_error(
     stack.faults(error_rate=1.0)
     try:
         cid = stack.checkout()  # the HTTP chain answers 201: only the task fails
-        attempts = wait_runs(sink, 3, **{schema.CORRELATION_ID: cid})
+        attempts = wait_runs(sink, 3, {schema.CORRELATION_ID: cid})
     finally:
         stack.faults(error_rate=0.0)
     assert [(r[schema.STATE], r[schema.STATUS], r[schema.ATTEMPT]) for r in attempts] == [
@@ -309,7 +312,7 @@ def test_redis_restarted_mid_run_tasks_resume_and_no_line_is_lost(stack: Stack, 
     stack.faults(latency_ms=0)
     after = stack.checkout()  # published right away; the worker takes it once it has reconnected
     for cid in (before, after):
-        (run,) = wait_runs(sink, 1, timeout=20, **{schema.CORRELATION_ID: cid})
+        (run,) = wait_runs(sink, 1, {schema.CORRELATION_ID: cid}, timeout=20)
         assert run[schema.STATE] == "success"
     lost = [x for x in lines_of(sink, during) if x[schema.SERVICE] == "orders" and x[schema.LEVEL] == "ERROR"]
     assert len(lost) == 1 and "could not publish task" in lost[0][schema.MESSAGE], lost
@@ -383,7 +386,7 @@ def test_redis_lost_under_held_retries_the_worker_survives_and_runs_each_once(
             app = notifications.make_celery(own.url)
             sent = [app.send_task(TASK, kwargs={"order_id": f"held-{n}", "reservation_id": "r"}).id for n in range(3)]
             for task_id in sent:
-                wait_until(lambda t=task_id: run_of(t, "retry"), 10, f"task {task_id}'s first attempt to be retried")
+                wait_until(partial(run_of, task_id, "retry"), 10, f"task {task_id}'s first attempt to be retried")
             assert requests.post(f"http://127.0.0.1:{port}/admin/faults", json={"error_rate": 0}, timeout=5).ok
             assert own.stop() == 0  # within the countdown: the worker holds all three retries
             wait_until(
@@ -393,9 +396,7 @@ def test_redis_lost_under_held_retries_the_worker_survives_and_runs_each_once(
             )
             own.start()
             restarted_ns = time.time_ns()
-            runs = [
-                wait_until(lambda t=task_id: run_of(t, "success"), 15, f"task {task_id} to run") for task_id in sent
-            ]
+            runs = [wait_until(partial(run_of, task_id, "success"), 15, f"task {task_id} to run") for task_id in sent]
         finally:
             worker_code = local_worker.stop(worker, timeout=10)
             if own.proc is not None and own.proc.poll() is None:

@@ -36,9 +36,13 @@ def test_threads_do_not_inherit_the_hop_unless_wrapped() -> None:
     seen: dict[str, object] = {}
     with context.bound(context.Hop.start("req-1")):
         plain = threading.Thread(target=lambda: seen.update(plain=context.correlation_id()))
-        wrapped = threading.Thread(target=context.wrap(lambda: seen.update(wrapped=context.correlation_id())))
-        plain.start(), wrapped.start()
-        plain.join(), wrapped.join()
+        # Wrapped before it is handed to Thread: inside Thread(target=...) mypy cannot infer the lambda.
+        in_hop = context.wrap(lambda: seen.update(wrapped=context.correlation_id()))
+        wrapped = threading.Thread(target=in_hop)
+        for thread in (plain, wrapped):
+            thread.start()
+        for thread in (plain, wrapped):
+            thread.join()
     assert seen == {"plain": None, "wrapped": "req-1"}
 
 

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics import MetricWrapperBase
 
 from correlation import metrics, schema
 from correlation.histogram import ExemplarHistogram
@@ -57,7 +58,7 @@ def test_headers_are_the_schemas() -> None:
 def _exposed() -> dict[str, tuple[str, list[str]]]:
     """Metric name as scraped (counters with ``_total``) -> (type, label names), from the code."""
     found: dict[str, tuple[str, list[str]]] = {}
-    defined = [
+    defined: list[ExemplarHistogram | MetricWrapperBase] = [
         metrics.REQUEST_DURATION,
         metrics.SERVER_ERRORS,
         metrics.IN_FLIGHT,
@@ -69,8 +70,10 @@ def _exposed() -> dict[str, tuple[str, list[str]]]:
         if isinstance(metric, ExemplarHistogram):  # the library's own (correlation.histogram)
             found[metric.name] = ("histogram", list(metric.labelnames))
             continue
-        name = metric._name + ("_total" if metric._type == "counter" else "")  # noqa: SLF001
-        found[name] = (metric._type, list(metric._labelnames))  # noqa: SLF001
+        kind = metric._type  # noqa: SLF001
+        assert kind is not None, metric  # None only on prometheus_client's base class
+        name = metric._name + ("_total" if kind == "counter" else "")  # noqa: SLF001
+        found[name] = (kind, list(metric._labelnames))  # noqa: SLF001
     registry = CollectorRegistry()
     handler = LokiHandler(url="http://127.0.0.1:9", labels={"service_name": "s", "env": "e"}, registry=registry)
     try:

@@ -23,14 +23,15 @@ from demo.services import SERVICES, create_app
 def test_fault_settings_validate_and_keep_unset_keys() -> None:
     base = FaultSettings(0.2, 50)
     assert FaultSettings.parse({"latency_ms": 10}, base) == FaultSettings(0.2, 10)
-    for bad in [
+    bad_settings: list[dict[str, object]] = [
         {"error_rate": 1.5},
         {"error_rate": "x"},
         {"latency_ms": -1},
         {"latency_ms": 1.5},
         {"latency_ms": 10**6},
         {"oops": 1},
-    ]:
+    ]
+    for bad in bad_settings:
         with pytest.raises(ValueError):
             FaultSettings.parse(bad)
     with pytest.raises(ConfigError, match="FAULT_ERROR_RATE"):

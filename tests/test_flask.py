@@ -40,7 +40,9 @@ class App:
 
         @self.app.route("/items/<int:item>", methods=["GET", "POST"])
         def item(item: int) -> str:
-            self.hops.append(context.current())
+            hop = context.current()
+            assert hop is not None, "a request runs in a hop"
+            self.hops.append(hop)
             logging.getLogger("view").info("item %d", item)
             return "ok"
 

@@ -536,7 +536,12 @@ def test_without_a_write_quorum_the_shipper_retries_through_nginx_until_one_is_b
     logger = load_logger(run_id, handler)
     down = loki_cluster.replicas[1:]
     try:
-        written = log_lines_for(4.0, 100.0, logger, run_id, lambda: [server.kill() for server in down])
+
+        def kill_down() -> None:
+            for server in down:
+                server.kill()
+
+        written = log_lines_for(4.0, 100.0, logger, run_id, kill_down)
         wait_until(lambda: handler.stats.snapshot().retries["server_error"] >= 3, 30, "the shipper retrying 5xx")
         for server in down:
             server.start()

@@ -46,7 +46,8 @@ def test_ids_sort_by_time_across_milliseconds(ms: int, later: int) -> None:
 def test_time_round_trips_to_the_millisecond(ms: int) -> None:
     cid = ids.new_correlation_id(now_ms=ms)
     assert ids.time_ms_of(cid) == ms
-    assert ids.time_of(cid).timestamp() * 1000 == ms
+    created = ids.time_of(cid)
+    assert created is not None and created.timestamp() * 1000 == ms
     assert ids.rejection_reason(cid) is None
 
 

@@ -9,6 +9,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import flask.testing
@@ -59,10 +60,17 @@ def rows(html: str) -> list[tuple[str, str, int]]:
     return [(rid, state, int(px)) for state, rid, px in found]
 
 
+def must_find(pattern: str, html: str) -> re.Match[str]:
+    """``re.search`` of something the page must have."""
+    match = re.search(pattern, html)
+    assert match is not None, f"{pattern!r} is not in the page"
+    return match
+
+
 def bar(html: str, request_id: str) -> tuple[float, float]:
     """(left %, width %) of one hop's bar."""
     row = html[html.index(f'data-request-id="{request_id}"') :]
-    left, width = re.search(r'class="bar" style="left: ([\d.]+)%; width: ([\d.]+)%"', row).groups()
+    left, width = must_find(r'class="bar" style="left: ([\d.]+)%; width: ([\d.]+)%"', row).groups()
     return float(left), float(width)
 
 
@@ -152,13 +160,13 @@ def test_window_is_the_ids_own_and_explore_opens_the_same_query_over_it(
     assert (query.start, query.end) == (narrow.start_ns, narrow.end_ns)
     assert f'data-start-ns="{narrow.start_ns}" data-end-ns="{narrow.end_ns}">{narrow}</span>' in html
     assert "(40 s)" in html
-    explore = re.search(r'id="explore-link" href="([^"]+)"', html).group(1).replace("&amp;", "&")
+    explore = must_find(r'id="explore-link" href="([^"]+)"', html).group(1).replace("&amp;", "&")
     assert explore == trail_explore_url(GRAFANA, CID, narrow)
     panes = parse_explore_url(explore, provisioned_datasource_uids())
     assert explore_exprs(panes) == [trail_query(CID)]
     assert panes["trail"]["range"] == dict(zip(("from", "to"), window_ms(narrow), strict=True))
-    dashboard = re.search(r'id="dashboard-link" href="([^"]+)"', html).group(1).replace("&amp;", "&")
-    share = re.search(r'id="share-link" href="([^"]+)"', html).group(1)
+    dashboard = must_find(r'id="dashboard-link" href="([^"]+)"', html).group(1).replace("&amp;", "&")
+    share = must_find(r'id="share-link" href="([^"]+)"', html).group(1)
     assert share == f"http://localhost:8090/t/{CID}", "TRAIL_WEB_URL's default, not the test client's host"
     assert parse_qs(urlsplit(dashboard).query) == {
         "orgId": ["1"],
@@ -235,7 +243,7 @@ def test_bad_input_gets_a_400_page_saying_why_and_no_query(
     response = web.get(path)
     html = response.get_data(as_text=True)
     assert response.status_code == 400, html
-    assert reason in re.search(r'id="error-message">([^<]*)</p>', html).group(1)
+    assert reason in must_find(r'id="error-message">([^<]*)</p>', html).group(1)
     assert "<script>" not in html and loki.queries == []
 
 
@@ -334,6 +342,15 @@ def test_a_task_run_is_drawn_from_its_publish_with_its_queue_wait(
     at the publish, the queue wait drawn apart; its state (retry) is its status, as in the CLI."""
     task_run = "e000000000000005"
     lines = checkout_lines(CID, T0, payments_status=201)
+    # Any: a ** dict of str, int and float would also fill log_line's str parameters, as far as mypy knows.
+    task_fields: dict[str, Any] = {
+        schema.KIND: schema.KIND_TASK,
+        schema.TASK: "notifications.send",
+        schema.STATE: "retry",
+        schema.STATUS: 202,
+        schema.DURATION_MS: 10.0,
+        schema.QUEUE_WAIT_MS: 30.0,
+    }
     ts, access = log_line(
         CID,
         task_run,
@@ -342,14 +359,7 @@ def test_a_task_run_is_drawn_from_its_publish_with_its_queue_wait(
         T0 + 40 * MS,
         "task done",
         logger=schema.ACCESS_LOGGER,
-        **{
-            schema.KIND: schema.KIND_TASK,
-            schema.TASK: "notifications.send",
-            schema.STATE: "retry",
-            schema.STATUS: 202,
-            schema.DURATION_MS: 10.0,
-            schema.QUEUE_WAIT_MS: 30.0,
-        },
+        **task_fields,
     )
     push_all(loki, [*lines, (ts, access)])
     html = web.get(f"/t/{CID}").get_data(as_text=True)

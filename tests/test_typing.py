@@ -1,4 +1,5 @@
-"""The library, the demo and the CLI type-check (mypy, settings in app/pyproject.toml)."""
+"""The library, the demo, the CLI, the tests and the benchmarks type-check (mypy, settings in
+app/pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,16 @@ from pathlib import Path
 
 APP = Path(__file__).resolve().parents[1] / "app"
 
+# Run from app/, so mypy reads app/pyproject.toml's [tool.mypy]. Import roots: app/ for the
+# packages named here (correlation, trail, demo); for ../tests and ../bench mypy walks up their
+# __init__.py files and checks them as the packages `tests` and `bench` with the repository root
+# as their root, which is how they import each other (`from tests.fakes import ...`).
+CHECKED = ["correlation", "trail", "demo", "../tests", "../bench"]
+
 
 def test_mypy_finds_no_errors() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "correlation", "trail", "demo"],
+        [sys.executable, "-m", "mypy", *CHECKED],
         cwd=APP,
         capture_output=True,
         text=True,

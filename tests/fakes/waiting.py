@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
@@ -20,7 +20,9 @@ NOT_YET = (OSError, urllib.error.URLError, ValueError, KeyError)
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    # None or False is "not yet", so what comes back is the rest: ``T`` (a predicate written
+    # ``found or None`` or ``ready and found`` returns its found value, typed without None).
+    predicate: Callable[[], T | Literal[False] | None],
     timeout: float,
     what: str,
     interval: float = 0.05,
