@@ -44,29 +44,15 @@ DEFAULT_GRAFANA = "http://localhost:3000"
 DEFAULT_RUNBOOKS = "http://localhost:9095"
 DEFAULT_TRAIL_WEB = "http://localhost:8090"
 URL_KEYS = {"dashboard_url", "logs_url", "trail_url", "trail_page_url", "runbook_url"}
+#: The annotations of a page that links to the trail of the failure it is about.
+WITH_TRAIL = {"summary", "description", "dashboard_url", "logs_url", "trail_url", "trail_page_url", "runbook_url"}
 REQUIRED = {  # alert -> annotations it must carry
-    "HighErrorRatio": {
-        "summary",
-        "description",
-        "dashboard_url",
-        "logs_url",
-        "trail_url",
-        "trail_page_url",
-        "runbook_url",
-    },
+    "HighErrorRatio": WITH_TRAIL,
     "DownstreamErrors": {"summary", "description", "dashboard_url", "logs_url", "runbook_url"},
     "HighLatencyP99": {"summary", "description", "dashboard_url", "logs_url"},
     "ServiceDown": {"summary", "description", "dashboard_url", "logs_url", "runbook_url"},
     "LokiLogsDropped": {"summary", "description", "dashboard_url", "logs_url"},
-    "TaskFailures": {
-        "summary",
-        "description",
-        "dashboard_url",
-        "logs_url",
-        "trail_url",
-        "trail_page_url",
-        "runbook_url",
-    },
+    "TaskFailures": WITH_TRAIL,
     "TaskPublishFailures": {"summary", "description", "dashboard_url", "logs_url", "runbook_url"},
 }
 #: severity critical pages: every page has a runbook and names the service at fault.

@@ -354,12 +354,7 @@ def test_a_task_alert_names_a_run_of_its_task_not_the_services_newest_failure() 
     task's run and exception, although another task failed since."""
     with FakeLoki() as loki:
         confirmation, _ = two_tasks_failing(loki)
-        running = Running(loki.url)
-        try:
-            running.post(payload(task_failures_alert(TASK)))
-            (note,) = running.wait_lines(1)
-        finally:
-            running.stop()
+        note = notify_once(loki.url, task_failures_alert(TASK))
         queries = [q.query for q in loki.queries]
     assert note["trail"] == "found" and note["trail_caveat"] is None and note["trail_note"] is None
     assert note["correlation_id"] == confirmation
@@ -372,12 +367,7 @@ def test_a_task_alert_names_a_run_of_its_task_not_the_services_newest_failure() 
 def test_a_task_alert_without_a_failed_run_of_its_task_says_what_it_names_instead() -> None:
     with FakeLoki() as loki:
         _, receipt = two_tasks_failing(loki)
-        running = Running(loki.url)
-        try:
-            running.post(payload(task_failures_alert("notifications.send_invoice")))
-            (note,) = running.wait_lines(1)
-        finally:
-            running.stop()
+        note = notify_once(loki.url, task_failures_alert("notifications.send_invoice"))
     assert note["trail"] == "found" and note["correlation_id"] == receipt, "the service's newest failure"
     assert note["root_cause"]["route"] == RECEIPT and note["error"]["type"] == "requests.exceptions.ReadTimeout"
     caveat = note["trail_caveat"]
@@ -396,12 +386,7 @@ def test_a_hostile_task_label_is_searched_for_escaped_and_shown_escaped() -> Non
     hostile = 'x"} | line_format "{{.x}}\n\x1b[31m'
     with FakeLoki() as loki:
         _, receipt = two_tasks_failing(loki)
-        running = Running(loki.url)
-        try:
-            running.post(payload(task_failures_alert(hostile)))
-            (note,) = running.wait_lines(1)
-        finally:
-            running.stop()
+        note = notify_once(loki.url, task_failures_alert(hostile))
         queries = [q.query for q in loki.queries]
     assert note["trail"] == "found" and note["correlation_id"] == receipt
     assert 'task="x\\"} | line_format \\"{{.x}}\\n\\u001b[31m"' in queries[0], queries[0]

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import flask
-import werkzeug.exceptions
 import werkzeug.routing
 from flask.globals import _cv_request
 
@@ -127,9 +126,7 @@ class _Edge:
         an exception Flask let through. Matched again from the environ; no hook on every request."""
         try:
             rule, _ = self.url_map.bind_to_environ(environ).match(return_rule=True)
-        except werkzeug.exceptions.HTTPException:  # 404, 405, or a redirect: no rule of ours
-            return schema.UNMATCHED_ROUTE
-        except Exception:  # noqa: BLE001 - a broken environ must not cost the request its line
+        except Exception:  # noqa: BLE001 - 404, 405, a redirect, a broken environ: no rule, still a line
             return schema.UNMATCHED_ROUTE
         return rule.rule
 

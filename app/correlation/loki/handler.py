@@ -199,6 +199,6 @@ def _metadata(attributes: Mapping[str, Any]) -> dict[str, str]:
     metadata = {}
     for name in _METADATA_ATTRS:  # a loop, not a comprehension: no frame of its own per line
         value = attributes.get(name)
-        if type(value) is str or isinstance(value, str):
+        if isinstance(value, str):
             metadata[name] = value
     return metadata
