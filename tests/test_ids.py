@@ -34,6 +34,19 @@ def test_request_ids_are_span_id_shaped_and_unique() -> None:
     assert all(len(r) == 16 and int(r, 16) != 0 for r in generated)
 
 
+def test_a_new_trail_draws_both_ids_at_once_each_in_its_own_shape() -> None:
+    # new_ids is what every fresh request calls: the same layouts as the two functions, and bits
+    # that are not shared (a request ID is not a slice of its correlation ID).
+    pairs = [ids.new_ids() for _ in range(20_000)]
+    for correlation_id, request_id in pairs:
+        parsed = uuid.UUID(hex=correlation_id)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and correlation_id == correlation_id.lower()
+        assert len(request_id) == 16 and int(request_id, 16) != 0 and request_id not in correlation_id
+    assert len({c for c, _ in pairs}) == len({r for _, r in pairs}) == 20_000
+    assert abs(ids.time_ms_of(pairs[-1][0]) - time.time() * 1000) < 5_000  # type: ignore[operator]
+    assert ids.new_ids(now_ms=0x0123456789AB)[0].startswith("0123456789ab7")
+
+
 @given(plausible_ms, st.integers(min_value=1, max_value=10**6))
 def test_ids_sort_by_time_across_milliseconds(ms: int, later: int) -> None:
     later_ms = min(ms + later, NOW_MS)

@@ -24,6 +24,8 @@ from correlation.logs import LINE_ATTR, JsonFormatter, utc_timestamp
 
 _HANDLE = logging.Logger.handle
 _CALL_HANDLERS = logging.Logger.callHandlers
+_MAKE_RECORD = logging.Logger.makeRecord
+_LOG_RECORD = logging.LogRecord
 #: Handler classes that take a line already made: ``emit_line(created, levelname, line, fields)``.
 _LINE_HANDLERS: set[type] = set()
 
@@ -115,18 +117,21 @@ def _entry(created: float, levelname: str, name: str, message: str, hop: Hop, fi
 def _only_line_handlers(logger: logging.Logger, level: int) -> list[Any] | None:
     """The handlers a record of ``logger`` at ``level`` would reach, if all are line handlers
     with the JSON formatter and no filter, and nothing else changes records; else None."""
+    cls = type(logger)
     if (
         logger.filters
-        or type(logger).handle is not _HANDLE
-        or type(logger).callHandlers is not _CALL_HANDLERS
-        or not records.fast_records_apply(logger)
+        or cls.handle is not _HANDLE
+        or cls.callHandlers is not _CALL_HANDLERS
+        # A record factory or logger class of the application's may add attributes: extras of the line.
+        or cls.makeRecord is not _MAKE_RECORD
+        or logging.getLogRecordFactory() is not _LOG_RECORD
     ):
         return None
     found = []
     node: logging.Logger | None = logger
     while node is not None:
         for handler in node.handlers:
-            if level < handler.level:
+            if handler.level > level:
                 continue  # would not see the record either way
             if type(handler) not in _LINE_HANDLERS or handler.filters or type(handler.formatter) is not JsonFormatter:
                 return None

@@ -46,12 +46,11 @@ class Hop(NamedTuple):
     @classmethod
     def start(cls, correlation_id: str | None = None, parent_request_id: str | None = None) -> Hop:
         """A new hop with its own request ID, joining ``correlation_id`` or starting a new one."""
-        fields: tuple[str, str, str | None, list[str]] = (
-            correlation_id or ids.new_correlation_id(),
-            ids.new_request_id(),
-            parent_request_id,
-            [],
-        )
+        if correlation_id:
+            request_id = ids.new_request_id()
+        else:  # a new trail: both IDs from one call (this runs on every fresh request)
+            correlation_id, request_id = ids.new_ids()
+        fields: tuple[str, str, str | None, list[str]] = (correlation_id, request_id, parent_request_id, [])
         return _new_tuple(cls, fields)
 
 
@@ -83,14 +82,11 @@ def correlation_id() -> str | None:
     return hop.correlation_id if hop else None
 
 
-def bind(hop: Hop | None) -> contextvars.Token[Hop | None]:
-    """Make ``hop`` current; pass the returned token to :func:`reset` to undo."""
-    return _current.set(hop)
-
-
-def reset(token: contextvars.Token[Hop | None]) -> None:
-    """Restore the hop that was current before the matching :func:`bind`."""
-    _current.reset(token)
+#: ``bind(hop)`` makes ``hop`` current and returns a token; ``reset(token)`` restores the hop that
+#: was current before the matching ``bind``. The ContextVar's own methods, not wrappers: they run
+#: on every request, and a Python function around each would cost a frame for nothing.
+bind: Callable[[Hop | None], contextvars.Token[Hop | None]] = _current.set
+reset: Callable[[contextvars.Token[Hop | None]], None] = _current.reset
 
 
 @contextmanager

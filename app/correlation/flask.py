@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 import flask
@@ -25,6 +26,20 @@ from flask.globals import _cv_request
 
 from correlation import access, context, errors, ids, metrics, propagation, schema, wire
 from correlation.config import Settings
+from correlation.context import Hop
+from correlation.schema import (  # by name, not schema.X: one lookup each on every request
+    CALLER,
+    CLIENT_CORRELATION_ID,
+    DURATION_MS,
+    FAILED_DOWNSTREAM,
+    METHOD,
+    ORIGIN,
+    ORIGIN_DOWNSTREAM,
+    ORIGIN_SELF,
+    PATH,
+    ROUTE,
+    STATUS,
+)
 
 _log = logging.getLogger("correlation.edge")
 _access_log = logging.getLogger(schema.ACCESS_LOGGER)
@@ -33,6 +48,8 @@ _ROUTE_KEY = "correlation.route"
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 
 StartResponse = Callable[..., Any]
+_header_name = itemgetter(0)
+_new_tuple = tuple.__new__  # a NamedTuple from its fields in order, without its __new__'s Python frame
 
 
 class InFlight(NamedTuple):
@@ -76,25 +93,30 @@ class _Edge:
         self.quiet_paths = quiet_paths
         self.header = settings.header
         self.trust = settings.trust_inbound
-        self._replaced = frozenset({settings.header.lower(), schema.SERVICE_HEADER.lower()})
+        #: What every response gets: (the ID header's name, the service header, the headers ours replace).
+        self._echo = (
+            settings.header,
+            (schema.SERVICE_HEADER, settings.service),
+            frozenset({settings.header.lower(), schema.SERVICE_HEADER.lower()}),
+        )
+        self._inbound_keys = wire.environ_keys_read(settings.header)
         metrics.count_in_flight(settings.service, _in_flight_counter(settings.service))
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
-        inbound = wire.from_environ(environ, self.header, trusted=self.trust.trusts(environ.get("REMOTE_ADDR")))
+        if environ.keys().isdisjoint(self._inbound_keys):
+            # Nothing on the wire (a client's first call, a health check): a new trail, and nothing
+            # to judge. What wire.from_environ answers then, without its frames (every request).
+            inbound = _new_tuple(wire.Inbound, (Hop.start(), None, (), None))
+        else:
+            inbound = wire.from_environ(environ, self.header, trusted=self.trust.trusts(environ.get("REMOTE_ADDR")))
         hop = inbound.hop
         token = context.bind(hop)
-        for rejection in inbound.rejections:
-            metrics.count_rejected_id(self.service, rejection.reason)
-            _log.warning(
-                "rejected inbound %s (%s): %s; using %s",
-                rejection.header,
-                rejection.reason,
-                ids.printable(rejection.value),
-                hop.correlation_id,
-            )
+        if inbound.rejections:
+            self.refused(inbound)
         quiet = environ.get("PATH_INFO") in self.quiet_paths
         status = 500  # unless the app starts a response
+        header, service_header, replaced = self._echo
 
         def echo_id(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             nonlocal status
@@ -105,13 +127,13 @@ class _Edge:
             if flask_context is not None:
                 rule = flask_context.request.url_rule
                 environ[_ROUTE_KEY] = rule.rule if rule is not None else schema.UNMATCHED_ROUTE
-            headers = [(k, v) for k, v in headers if k.lower() not in self._replaced]
-            headers.append((self.header, hop.correlation_id))
-            headers.append((schema.SERVICE_HEADER, self.service))
-            return start_response(status_line, headers, exc_info)
+            # The app's own ID or service header gives way to ours (checked in C: every response).
+            if not replaced.isdisjoint(map(str.lower, map(_header_name, headers))):
+                headers = [(k, v) for k, v in headers if k.lower() not in replaced]
+            return start_response(status_line, [*headers, (header, hop.correlation_id), service_header], exc_info)
 
         if not quiet:
-            IN_FLIGHT[hop.request_id] = InFlight(self, inbound, environ, started)
+            IN_FLIGHT[hop.request_id] = _new_tuple(InFlight, (self, inbound, environ, started))
         try:
             return self.app(environ, echo_id)
         finally:
@@ -120,6 +142,18 @@ class _Edge:
                 if IN_FLIGHT.pop(hop.request_id, None) is not None:
                     self.report(environ, inbound, status, time.perf_counter() - started)
             context.reset(token)
+
+    def refused(self, inbound: wire.Inbound) -> None:
+        """Count and log (escaped, truncated) each inbound value refused; the hop is bound already."""
+        for rejection in inbound.rejections:
+            metrics.count_rejected_id(self.service, rejection.reason)
+            _log.warning(
+                "rejected inbound %s (%s): %s; using %s",
+                rejection.header,
+                rejection.reason,
+                ids.printable(rejection.value),
+                inbound.hop.correlation_id,
+            )
 
     def route_of(self, environ: dict[str, Any]) -> str:
         """The route of a request that has not started its response: a worker killed mid-request,
@@ -137,29 +171,24 @@ class _Edge:
         hop = inbound.hop
         route = environ.get(_ROUTE_KEY) or self.route_of(environ)
         method = environ.get("REQUEST_METHOD", "GET")
-        path = environ.get("PATH_INFO", "")
+        if status < 500:
+            origin, level = None, logging.INFO
+        else:
+            origin, level = (ORIGIN_DOWNSTREAM if hop.failed_calls else ORIGIN_SELF), logging.ERROR
         metric_method = method if method in _METHODS else "other"
-        failed = status >= 500
-        origin = (schema.ORIGIN_DOWNSTREAM if hop.failed_calls else schema.ORIGIN_SELF) if failed else None
         metrics.observe_request(self.service, route, metric_method, status, seconds, hop.correlation_id, origin)
-        level = logging.ERROR if failed else logging.INFO
         if not _access_log.isEnabledFor(level):
             return
+        path = environ.get("PATH_INFO", "")
         duration_ms = round(seconds * 1000, 3)
-        fields: dict[str, Any] = {
-            schema.METHOD: method,
-            schema.ROUTE: route,
-            schema.PATH: path,
-            schema.STATUS: status,
-            schema.DURATION_MS: duration_ms,
-            schema.CALLER: inbound.caller,
-        }
+        caller = inbound.caller
+        fields = {METHOD: method, ROUTE: route, PATH: path, STATUS: status, DURATION_MS: duration_ms, CALLER: caller}
         if inbound.client_correlation_id is not None:
-            fields[schema.CLIENT_CORRELATION_ID] = inbound.client_correlation_id
+            fields[CLIENT_CORRELATION_ID] = inbound.client_correlation_id
         if origin is not None:
-            fields[schema.ORIGIN] = origin
+            fields[ORIGIN] = origin
             if hop.failed_calls:
-                fields[schema.FAILED_DOWNSTREAM] = hop.failed_calls[0]
+                fields[FAILED_DOWNSTREAM] = hop.failed_calls[0]
         # Not .log(): the caller's file and line (a stack walk) say nothing here.
         args = (method, path, status, duration_ms, note)
         access.write(_access_log, level, __file__, "%s %s %d %.1fms%s", args, hop, fields)

@@ -48,17 +48,27 @@ os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
 
 def new_correlation_id(now_ms: int | None = None) -> str:
     """Return a fresh correlation ID: a UUIDv7 as 32 lowercase hex digits."""
-    ms = int(time.time() * 1000) if now_ms is None else now_ms
-    rand = _random.getrandbits(74)
-    rand_a = rand >> 62  # 12 bits
-    rand_b = rand & ((1 << 62) - 1)
-    value = (ms & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
-    return f"{value:032x}"
+    return new_ids(now_ms)[0]
 
 
 def new_request_id() -> str:
     """Return a fresh hop request ID: 16 lowercase hex digits, never all zeros (a W3C span-id)."""
     return f"{_random.getrandbits(64) or 1:016x}"
+
+
+def new_ids(now_ms: int | None = None) -> tuple[str, str]:
+    """A fresh correlation ID and request ID (a new trail's first hop), from one draw of random bits."""
+    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    rand = _random.getrandbits(138)  # 12 + 62 bits for the correlation ID, 64 for the request ID
+    # Written field by field (time, version, rand_a, variant + rand_b): no 128-bit int to build.
+    correlation_id = f"{ms & _MS_MASK:012x}7{rand >> 126:03x}{rand >> 64 & _RAND_B_MASK | _VARIANT:016x}"
+    return correlation_id, f"{rand & _U64_MASK or 1:016x}"
+
+
+_MS_MASK = (1 << 48) - 1
+_RAND_B_MASK = (1 << 62) - 1
+_VARIANT = 0b10 << 62
+_U64_MASK = (1 << 64) - 1
 
 
 def is_valid_id(value: str) -> bool:

@@ -63,13 +63,10 @@ class StdoutHandler(logging.StreamHandler):
         except Exception:  # noqa: BLE001 - logging's rule: a bad record is reported (handleError), never raised
             self.handleError(record)
             return
-        self._queue(line)
+        self.emit_line(record.created, record.levelname, line, record.__dict__)
 
     def emit_line(self, created: float, levelname: str, line: str, fields: Mapping[str, Any]) -> None:  # noqa: ARG002
-        """Queue a line already made (:mod:`correlation.access`): what ``emit`` does after formatting."""
-        self._queue(line)
-
-    def _queue(self, line: str) -> None:
+        """Queue a line already made: a formatted record's, or the access line (:mod:`correlation.access`)."""
         self._lines.append(line)
         self._pending_chars += len(line)
         if self._pending_chars >= self.max_pending or time.monotonic() - self._last_flush >= self.flush_interval:

@@ -97,7 +97,7 @@ def from_environ(
     environ: Mapping[str, Any], header: str = schema.CORRELATION_HEADER, *, trusted: bool = True
 ) -> Inbound:
     """:func:`read` over a WSGI environ (``X-Correlation-ID`` is ``HTTP_X_CORRELATION_ID`` there)."""
-    if environ.keys().isdisjoint(_environ_keys_read(header)):
+    if environ.keys().isdisjoint(environ_keys_read(header)):
         # Nothing on the wire (a client's first call, a health check): what read() says then.
         return Inbound(Hop.start(), None, ())
     return read(lambda name: environ.get(environ_key(name)), header, trusted=trusted)
@@ -132,7 +132,7 @@ def environ_key(header: str) -> str:
 
 
 @lru_cache(maxsize=16)
-def _environ_keys_read(header: str) -> tuple[str, ...]:
+def environ_keys_read(header: str) -> tuple[str, ...]:
     """The environ keys of every header :func:`read` looks at."""
     names = (*_id_headers(header), schema.PARENT_HEADER, schema.TRACEPARENT_HEADER, schema.CALLER_HEADER)
     return tuple(environ_key(name) for name in names)

@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 from prometheus_client.registry import CollectorRegistry
 
-from correlation import context, schema
+from correlation import context, jsonline, schema
 from correlation.access import line_handler
 from correlation.config import ConfigError, LokiSettings
 from correlation.forks import rebuild_after_fork
@@ -34,6 +34,7 @@ _METADATA_ATTRS = (
     tuple(name for name in schema.METADATA_FIELDS if name != schema.LEVEL) + schema.OPTIONAL_METADATA_FIELDS
 )
 #: Structured metadata ``level`` of the standard level names (others: lowercased each time).
+_new_tuple = tuple.__new__  # PushEntry from its fields in order, without its __new__'s Python frame
 _LEVEL_LABELS = {name: name.lower() for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
 #: Loki's default ``max_line_size`` is 256 KB; longer lines are rejected, so we cut them first.
 DEFAULT_MAX_LINE_BYTES = 256 * 1024
@@ -122,19 +123,28 @@ class LokiHandler(logging.Handler):
             self.stats.drop("format_error")
             self.handleError(record)  # prints to stderr, never logs
             return
-        self._put(record.created, record.levelname, line, _metadata(record.__dict__))
+        self.emit_line(record.created, record.levelname, line, record.__dict__)
 
     def emit_line(self, created: float, levelname: str, line: str, fields: Mapping[str, Any]) -> None:
-        """Ship a line already made (:mod:`correlation.access`); ``fields`` holds the values it was
-        made from under the record attributes' names (the context's keys for the metadata): what
-        ``emit`` does after formatting."""
-        self._put(created, levelname, line, _metadata(fields))
+        """Ship a line already made. ``fields`` holds the values it was made from under the record
+        attributes' names: a record's ``__dict__``, or the entry :mod:`correlation.access` made the
+        access line from. The structured metadata is read from it (the context's values are
+        strings, or None outside a request); ``level`` comes from ``levelname``.
 
-    def _put(self, created: float, levelname: str, line: str, metadata: dict[str, str]) -> None:
+        One function on purpose: every request's access line takes this path, and each Python
+        call on it costs more than what it would separate.
+        """
+        metadata = {}
+        for name in _METADATA_ATTRS:
+            value = fields.get(name)
+            if isinstance(value, str):
+                metadata[name] = value
+        metadata[schema.LEVEL] = _LEVEL_LABELS.get(levelname) or levelname.lower()
         if len(line) * 4 > self.max_line_bytes:  # cheap pre-check: 4 bytes per char at most
             line = self._fit(line)
-        metadata[schema.LEVEL] = _LEVEL_LABELS.get(levelname) or levelname.lower()
-        if not self.buffer.put(PushEntry.encode(int(created * 1e9), line, metadata)):
+        timestamp_ns = int(created * 1e9)
+        entry = _new_tuple(PushEntry, (timestamp_ns, jsonline.ascii_entry(str(timestamp_ns), line, metadata)))
+        if not self.buffer.put(entry):
             self.stats.drop("shutdown" if self.buffer.closed else "buffer_full")
             return
         if self.sender.thread is None:
@@ -191,14 +201,3 @@ def default_labels() -> dict[str, str]:
     """The stream labels when none are given: this process's service, and ``DEPLOY_ENV``."""
     env = os.environ.get("DEPLOY_ENV", "").strip() or "local"
     return {schema.SERVICE_LABEL: context.service(), schema.ENV_LABEL: env}
-
-
-def _metadata(attributes: Mapping[str, Any]) -> dict[str, str]:
-    """Structured metadata from a record's attributes (those of the context are strings, or None
-    outside a request); ``level`` is added by the handler."""
-    metadata = {}
-    for name in _METADATA_ATTRS:  # a loop, not a comprehension: no frame of its own per line
-        value = attributes.get(name)
-        if isinstance(value, str):
-            metadata[name] = value
-    return metadata
