@@ -72,6 +72,18 @@ def test_admin_endpoint(restore_process_state: None) -> None:
     assert client.post("/payments", json={}).status_code == 201
 
 
+def test_what_starts_the_worker_imports_without_celery() -> None:
+    # make run-local says "Celery is not installed" only if it can get that far without Celery.
+    probe = (
+        "import sys; sys.modules['celery'] = None\n"  # None: any import of celery raises ImportError
+        "from demo.local_worker import LocalBackground\n"
+        "print(LocalBackground.start_broker(0).missing or '')"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=DEMO_SOURCE_ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "not installed" in done.stdout
+
+
 def test_unknown_service_is_refused() -> None:
     with pytest.raises(ConfigError, match="SERVICE_NAME"):
         create_app("billing", env={})

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from correlation.loki.buffer import ENTRY_OVERHEAD, LineBuffer, PushEntry
 from tests.fakes import wait_until
@@ -90,6 +92,24 @@ def test_an_entry_bigger_than_a_batch_is_taken_alone_not_stuck() -> None:
     buffer.put(entry(2))
     assert lines(buffer.take(max_bytes=100, max_wait=NEVER)) == [f"{1:05000d}"]
     assert buffer.buffered[0] == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=80), st.integers(1, 30_000))
+def test_a_batch_is_the_longest_run_of_oldest_entries_that_fits(sizes: list[int], max_bytes: int) -> None:
+    entries = [entry(n, size) for n, size in enumerate(sizes)]
+    buffer = LineBuffer(10**9)
+    for one in entries:
+        buffer.put(one)
+    expected: list[PushEntry] = []
+    for one in entries:  # what fits, oldest first, and never nothing
+        if expected and sum(e.size for e in expected) + one.size > max_bytes:
+            break
+        expected.append(one)
+    assert buffer.take_now(max_bytes) == expected
+    left = entries[len(expected) :]
+    assert buffer.buffered == (len(left), sum(e.size for e in left))
+    assert buffer.take_now(10**9) == left, "the rest stays, in order"
 
 
 def test_a_small_batch_waits_until_its_oldest_line_is_old_enough() -> None:

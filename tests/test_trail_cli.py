@@ -394,6 +394,21 @@ def test_last_error_for_one_task(loki: FakeLoki, capsys: pytest.CaptureFixture[s
     assert code == 1 and f"query: {last_error_query(task='notifications.send_invoice')}" in err
 
 
+def test_a_task_name_that_hides_its_text_is_printed_escaped_and_still_found(
+    loki: FakeLoki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A right-to-left override or an invisible character in a task name would make the printed
+    query read as another: written as Go escapes, which Loki reads back to the same name."""
+    hidden = "notifications.send\u202eeciovni\u200b\U000e0001"
+    failed, line = task_failure(hidden, 60, "e000000000000007")
+    push_all(loki, [line])
+    code, _, err = run(capsys, "--last-error", "--task", hidden)
+    assert code == 0 and f"most recent failed request: {failed}" in err
+    code, _, err = run(capsys, "--last-error", "--task", hidden + "x")
+    assert code == 1 and 'task="notifications.send\\u202eeciovni\\u200b\\U000e0001x"' in err, err
+    assert all(c.isprintable() or c == "\n" for c in err), "no hidden character printed"
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

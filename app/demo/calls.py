@@ -10,6 +10,9 @@ import requests
 
 SERVICES = ("gateway", "orders", "payments", "inventory")
 DEFAULT_PORTS = {"gateway": 8080, "orders": 8081, "payments": 8082, "inventory": 8083}
+#: The Celery worker's service name (demo.notifications). Here, not there: what starts the worker
+#: (demo.local_worker) must import without Celery, to say that Celery is missing.
+WORKER_SERVICE = "notifications"
 #: (connect, read) seconds for calls between services: a slow hop fails fast instead of piling up.
 CALL_TIMEOUT = (1.0, 5.0)
 

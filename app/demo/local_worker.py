@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO
 
-from demo.notifications import SERVICE
+from demo.calls import WORKER_SERVICE as SERVICE
 
 #: The directory holding the `demo` package (it runs from source, not installed).
 DEMO_SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

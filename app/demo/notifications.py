@@ -43,10 +43,10 @@ import correlation
 from correlation import celery as correlation_celery
 from correlation.config import ConfigError
 from demo import broker
-from demo.calls import DownstreamError, call, downstream_url
+from demo.calls import WORKER_SERVICE, DownstreamError, call, downstream_url
 from demo.faults import Faults, FaultSettings, InjectedFault, admin_blueprint
 
-SERVICE = "notifications"
+SERVICE = WORKER_SERVICE
 TASK_NAME = "notifications.send_confirmation"
 QUEUE = "notifications"
 DEFAULT_PORT = 8084

@@ -58,9 +58,20 @@ def check_task(name: str) -> str:
 
 def string_literal(text: str) -> str:
     """``text`` as a LogQL double-quoted string: Loki reads these with Go's escapes, and JSON's
-    (quote, backslash, control characters as ``\\n`` or ``\\u0001``) are a subset of them; every
-    other character stands for itself, so no text can end the string early."""
-    return json.dumps(text, ensure_ascii=False)
+    (quote, backslash, control characters as ``\\n`` or ``\\u0001``) are a subset of them, so no
+    text can end the string early. Characters that would not show as themselves where the query is
+    printed (bidi overrides, zero-width and other format characters, unassigned code points) are
+    written ``\\uXXXX`` or ``\\UXXXXXXXX``, which Go reads back to the same character; every other
+    character stands for itself."""
+    quoted = json.dumps(text, ensure_ascii=False)
+    if quoted.isprintable():
+        return quoted
+    return "".join(c if c.isprintable() else _go_escape(c) for c in quoted)
+
+
+def _go_escape(char: str) -> str:
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def regex_literal(text: str) -> str:

@@ -170,8 +170,19 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
 def _unquote(token: str) -> str:
     if token.startswith("`"):
         return token[1:-1]
-    unquoted: str = json.loads(token)
+    # Go's escapes (Loki's): JSON's, and \UXXXXXXXX for a code point past the BMP, which JSON
+    # writes as a surrogate pair instead. A backslash pair is matched first, so \\U stays text.
+    unquoted: str = json.loads(_GO_LONG_ESCAPE.sub(_json_escape, token))
     return unquoted
+
+
+_GO_LONG_ESCAPE = re.compile(r"\\(\\|U([0-9a-fA-F]{8}))")
+
+
+def _json_escape(found: re.Match[str]) -> str:
+    if found.group(2) is None:
+        return found.group(0)
+    return json.dumps(chr(int(found.group(2), 16)))[1:-1]  # ensure_ascii: "\udb40\udc01"
 
 
 class _Parser:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Mapping
+from itertools import accumulate, islice, repeat
+from operator import add, itemgetter
 from typing import NamedTuple
 
 from correlation import jsonline
@@ -44,6 +47,9 @@ class PushEntry(NamedTuple):
     @property
     def size(self) -> int:
         return len(self.fragment) + ENTRY_OVERHEAD
+
+
+_FRAGMENT = itemgetter(1)  # PushEntry.fragment, read in C
 
 
 class LineBuffer:
@@ -106,13 +112,15 @@ class LineBuffer:
             self._bytes = 0
             self._oldest_at = time.monotonic()
             return batch
-        batch = []
-        taken = 0
-        while self._entries and (not batch or taken + self._entries[0].size <= max_bytes):
-            entry = self._entries.popleft()
-            batch.append(entry)
-            taken += entry.size
-        self._bytes -= taken
+        # The oldest entries that fit (at least one), found in C: this runs under the lock every
+        # logging thread takes, and a loop over each entry here made them wait on it. No more
+        # entries than max_bytes // ENTRY_OVERHEAD can fit, so no more are summed.
+        oldest = islice(self._entries, max_bytes // ENTRY_OVERHEAD + 1)
+        totals = list(accumulate(map(add, map(len, map(_FRAGMENT, oldest)), repeat(ENTRY_OVERHEAD))))
+        count = bisect_right(totals, max_bytes) or 1
+        batch = list(islice(self._entries, count))
+        self._entries = deque(islice(self._entries, count, None))
+        self._bytes -= totals[count - 1]
         self._oldest_at = time.monotonic()
         return batch
 

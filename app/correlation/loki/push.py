@@ -14,12 +14,15 @@ from operator import itemgetter
 
 from correlation.loki.buffer import PushEntry
 
+_TIMESTAMP, _FRAGMENT = itemgetter(0), itemgetter(1)
 CONTENT_HEADERS = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
 
 
 def push_body(entries: Iterable[PushEntry], labels: Mapping[str, str]) -> bytes:
     """Encode ``entries`` as one stream with ``labels``, in timestamp order, gzip-compressed."""
-    values = b",".join(e.fragment for e in sorted(entries, key=itemgetter(0)))
+    # The fragments joined in C (map with itemgetter): no Python step per line on the sender thread,
+    # which holds the GIL the logging threads wait for.
+    values = b",".join(map(_FRAGMENT, sorted(entries, key=_TIMESTAMP)))
     body = b'{"streams":[{"stream":%s,"values":[%s]}]}' % (json.dumps(dict(labels)).encode("ascii"), values)
     # Level 1: most of the size win at a fraction of the CPU of the default level 9. zlib writes
     # the gzip wrapper itself (wbits=31): gzip.compress adds a second pass (crc32) and two copies.
