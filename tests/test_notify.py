@@ -408,14 +408,14 @@ def lost_task_line(
     return log_line(cid, rid, None, service, ts_ns, message, level="ERROR", logger=PUBLISH_LOGGER)
 
 
-def publish_alert(service: str = "orders", task: str = TASK) -> dict[str, Any]:
+def publish_alert(service: str = "orders", task: str = TASK, reason: str = "broker_unavailable") -> dict[str, Any]:
     """TaskPublishFailures with the labels the rule gives it (alerts/correlation-demo.rules.yml)."""
     return alert(
         service=service,
         alertname="TaskPublishFailures",
         task=task,
-        reason="broker_unavailable",
-        cause_service="broker",
+        reason=reason,
+        cause_service="broker" if reason == "broker_unavailable" else service,
     )
 
 
@@ -482,13 +482,38 @@ def test_a_publish_failure_alert_names_the_newest_lost_task_of_its_service_and_t
     assert "notifications\\\\.send_confirmation" in search, "the search was for the alert's task"
 
 
+def test_a_publish_failure_alert_names_a_loss_of_its_own_reason() -> None:
+    """The rule fires per reason: a task that cannot be serialised (reason ``error``, the publisher's
+    own bug) is named by its own alert, though broker outages lost the same task since; a reason
+    label that is not one the library writes is not searched for, and the note says so."""
+    now = time.time_ns()
+    bug, outage = (new_correlation_id((now - s * 1000 * MS) // MS) for s in (90, 30))
+    with FakeLoki() as loki:
+        push_all(
+            loki,
+            [
+                lost_task_line(bug, "b000000000000030", "orders", now - 90_000 * MS, TASK, "EncodeError()", "error"),
+                lost_task_line(outage, "b000000000000031", "orders", now - 30_000 * MS, TASK),
+            ],
+        )
+        note = notify_once(loki.url, publish_alert(reason="error"))
+        other = notify_once(loki.url, publish_alert(reason='x") |~ ".*'))
+    assert (
+        note["correlation_id"] == bug and note["lost_task"]["reason"] == "error" and note["cause_service"] == "orders"
+    )
+    assert note["lost_task"]["count"] == 1 and note["trail_caveat"] is None
+    assert other["correlation_id"] == outage and other["lost_task"]["count"] == 2
+    assert other["trail_caveat"].startswith("the alert's reason label cannot be searched for (reason 'x\") |~")
+
+
 def test_a_publish_failure_alert_without_lost_task_lines_gives_links_only() -> None:
     with FakeLoki() as loki:
         stage_lost_tasks(loki)
         note = notify_once(loki.url, publish_alert(service="inventory"))
     assert note["trail"] == "not_found" and note["correlation_id"] is None and note["lost_task"] is None
     assert re.fullmatch(
-        rf'no ERROR line "could not publish task {re.escape(TASK)} \.\.\." at inventory in \S+ \.\. \S+',
+        rf'no ERROR line "could not publish task {re.escape(TASK)} \(broker_unavailable\) \.\.\." at inventory '
+        r"in \S+ \.\. \S+",
         note["trail_note"],
     ), note["trail_note"]
     assert f"Links only: {note['trail_note']}." in note["text"]

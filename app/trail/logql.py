@@ -23,6 +23,8 @@ MAX_TASK_NAME_CHARS = 256
 PUBLISH_FAILURE_LOGGER = "correlation.celery"
 PUBLISH_FAILURE_MESSAGE = "could not publish task"
 #: The characters with a meaning of their own in RE2 and in Python's ``re`` (outside classes).
+#: A publish failure's reason, as correlation.celery counts it (a metric label value).
+_REASON = re.compile(r"[A-Za-z0-9_]{1,64}")
 _REGEX_META = frozenset("\\.+*?()|[]{}^$")
 
 
@@ -54,6 +56,14 @@ def check_task(name: str) -> str:
     if not 0 < len(name) <= MAX_TASK_NAME_CHARS:
         raise ValueError(f"task name {printable(name)!r}: expected 1-{MAX_TASK_NAME_CHARS} characters")
     return name
+
+
+def check_reason(reason: str) -> str:
+    """``reason`` when it can be a publish failure's reason (what ``correlation.celery`` counts it
+    by: 1-64 letters, digits or ``_``); ValueError (escaped) otherwise."""
+    if not _REASON.fullmatch(reason):
+        raise ValueError(f"reason {printable(reason)!r}: expected 1-64 letters, digits or _")
+    return reason
 
 
 def string_literal(text: str) -> str:
@@ -123,18 +133,21 @@ def last_error_query(service: str | None = None, *, own_only: bool = False, task
     return f'{_selector(service)} |= "{schema.ACCESS_LOGGER}" | json {extract} | {" | ".join(filters)} | __error__=""'
 
 
-def publish_failures_query(service: str, task: str | None = None) -> str:
+def publish_failures_query(service: str, task: str | None = None, reason: str | None = None) -> str:
     """A service's lines about tasks it could not queue (``correlation.celery.send_task``), newest
-    first when run backward; ``task``: only those of that task (its name is in the message only).
+    first when run backward; ``task``, ``reason``: only those of that task, for that reason (both
+    are in the message only: ``could not publish task <task> (<reason>): <error>``).
 
     The line filter on the message's fixed start and the ``level`` metadata drop every other line
     before ``json`` runs; the logger then tells the library's line from an app's look-alike.
     """
     logger, message = schema.LOGGER, schema.MESSAGE
     filters = [f'{logger}="{PUBLISH_FAILURE_LOGGER}"']
-    if task is not None:
-        prefix = f"{PUBLISH_FAILURE_MESSAGE} {check_task(task)} ("
-        filters.append(f"{message}=~{string_literal(regex_literal(prefix) + '(?s:.*)')}")
+    if task is not None or reason is not None:
+        named = regex_literal(check_task(task)) if task is not None else "(?s:.+)"
+        why = regex_literal(f" ({check_reason(reason)}): ") if reason is not None else regex_literal(" (")
+        pattern = regex_literal(f"{PUBLISH_FAILURE_MESSAGE} ") + named + why + "(?s:.*)"
+        filters.append(f"{message}=~{string_literal(pattern)}")
     return (
         f'{_selector(service)} |= "{PUBLISH_FAILURE_MESSAGE}" | {schema.LEVEL}="{ERROR_LEVEL}" '
         f'| json {logger}="{logger}", {message}="{message}" | {" | ".join(filters)} | __error__=""'

@@ -4,7 +4,7 @@ down), so the request that asked for it succeeded and no request failed for the 
 Each loss is one ERROR line of ``correlation.celery.send_task``, ``could not publish task <task>
 (<reason>): <error>``, written inside the publishing request, so it carries that request's
 correlation ID. :func:`find_lost_task` reads the newest such lines of the alerted service (of the
-alert's task, when it has one) in the alert's window, a bounded number of them: the newest names
+alert's task and reason, when it has them) in the alert's window, a bounded number of them: the newest names
 the request whose task was lost, and how many were read says how big the loss is.
 
 Everything read here is log content: the ID is validated like any inbound ID before a link is
@@ -61,13 +61,18 @@ class LostTask:
 
 
 def find_lost_task(
-    client: LokiQueryClient, service: str, task: str | None, window: Window, deadline: float | None
+    client: LokiQueryClient,
+    service: str,
+    task: str | None,
+    window: Window,
+    deadline: float | None,
+    reason: str | None = None,
 ) -> LostTask | None:
-    """The newest lost task of ``service`` (of ``task`` when given) in ``window``; None when there
-    is none. ValueError for a service or task that cannot be searched for; LokiQueryError for
-    Loki's trouble."""
+    """The newest lost task of ``service`` (of ``task``, for ``reason``, when given) in ``window``;
+    None when there is none. ValueError for a service, task or reason that cannot be searched for;
+    LokiQueryError for Loki's trouble."""
     newest_first = client.query_range(
-        publish_failures_query(service, task),
+        publish_failures_query(service, task, reason),
         window.start_ns,
         window.end_ns,
         limit=LOST_TASK_SCAN,

@@ -64,6 +64,11 @@ class AlertEvent:
         return self.labels.get("task") or None
 
     @property
+    def reason(self) -> str | None:
+        """Why tasks could not be published (TaskPublishFailures carries ``reason``); None for others."""
+        return self.labels.get("reason") or None
+
+    @property
     def cause_service(self) -> str | None:
         """The service at fault, as the rules name it (alerts/correlation-demo.rules.yml)."""
         return self.labels.get("cause_service") or None

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from trail.last_error import LastError, last_error
-from trail.logql import PUBLISH_FAILURE_MESSAGE
+from trail.logql import PUBLISH_FAILURE_MESSAGE, check_reason
 from trail.loki_query import LokiQueryClient, LokiQueryError
 from trail.lookup import check_task
 from trail.notify_lost_task import PUBLISH_FAILURE_ALERT, LostTask, find_lost_task
@@ -105,9 +105,11 @@ class TrailReader:
         if left <= 0:
             return TrailFinding(UNAVAILABLE, "the trail could not be read: no time was left for Loki")
         window = self.search_window(event.starts_at, time.time_ns() if now_ns is None else now_ns)
-        explain = self._lost_task if event.alertname == PUBLISH_FAILURE_ALERT else self._failed_request
         client = self.client
-        future = self._executor.submit(explain, client, service, event.task, window, deadline)
+        if event.alertname == PUBLISH_FAILURE_ALERT:
+            future = self._executor.submit(self._lost_task, client, service, event.task, event.reason, window, deadline)
+        else:
+            future = self._executor.submit(self._failed_request, client, service, event.task, window, deadline)
         try:
             return future.result(timeout=left)
         except FutureTimeout:
@@ -136,20 +138,36 @@ class TrailReader:
         return _finding(found, caveat)
 
     def _lost_task(
-        self, client: LokiQueryClient, service: str, task: str | None, window: Window, deadline: float
+        self,
+        client: LokiQueryClient,
+        service: str,
+        task: str | None,
+        reason: str | None,
+        window: Window,
+        deadline: float,
     ) -> TrailFinding:
-        """The newest task ``service`` could not queue (of ``task`` when the alert names one that
-        can be searched for) and the request that asked for it."""
-        caveat = None
+        """The newest task ``service`` could not queue (of ``task``, for ``reason``: the alert's
+        labels, each when it can be searched for) and the request that asked for it."""
+        caveats = []
         if task is not None:
             try:
                 check_task(task)
             except ValueError as exc:
-                caveat = f"the alert's task label cannot be searched for ({exc}); naming any task lost at {service}"
+                caveats.append(
+                    f"the alert's task label cannot be searched for ({exc}); naming any task lost at {service}"
+                )
                 task = None
-        lost = find_lost_task(client, service, task, window, deadline)
+        if reason is not None:
+            try:
+                check_reason(reason)
+            except ValueError as exc:
+                caveats.append(f"the alert's reason label cannot be searched for ({exc}); naming a loss of any reason")
+                reason = None
+        caveat = "; ".join(caveats) or None
+        lost = find_lost_task(client, service, task, window, deadline, reason)
         if lost is None:
             line = PUBLISH_FAILURE_MESSAGE if task is None else f"{PUBLISH_FAILURE_MESSAGE} {task}"
+            line += f" ({reason})" if reason is not None else ""
             return TrailFinding(NOT_FOUND, f'no ERROR line "{line} ..." at {service} in {window}', caveat=caveat)
         if lost.correlation_id is None:
             return TrailFinding(
