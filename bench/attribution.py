@@ -1,7 +1,7 @@
 """Where the request path's time goes: bare vs instrumented with each part switched off in turn.
 
-Three measurements: two with each variant in its own gunicorn (1 worker, gthread x4; variants in
-bench/switches.py), as in P2, and one in a single process:
+Four measurements: two with each variant in its own gunicorn (1 worker, gthread x4; variants in
+bench/switches.py), as in P2, and two in a single process:
 
 - ``instructions`` (needs valgrind): machine instructions per request of the gunicorn worker,
   the difference between 1,000 requests and none over one keep-alive connection. Counted, not
@@ -17,9 +17,11 @@ bench/switches.py), as in P2, and one in a single process:
 - ``thread``: the request thread's CPU per request with the apps' WSGI callables called in a loop
   in one process (bench/inprocess.py): time, which instruction counts are not (C code runs more
   instructions a cycle than the interpreter), without gunicorn's noise.
+- ``bytecodes``: Python bytecodes executed per request, by function, the same apps in one process
+  (bench/bytecodes.py): where in Python the library's share goes. Counted, not timed.
 
 ``python -m bench attribution`` (not part of the default run); ``BENCH_ATTRIBUTION=instructions``,
-``thread`` or ``load`` runs some of them, ``BENCH_VARIANTS`` (comma-separated names) some variants
+``thread``, ``bytecodes`` or ``load`` runs some of them, ``BENCH_VARIANTS`` (comma-separated names) some variants
 of the first and the last.
 """
 
@@ -36,7 +38,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bench import procstat, switches
+from bench import bytecodes, procstat, switches
 from bench.load import run_load, wait_http
 from bench.p2_request import GUNICORN, ROOT, start_app, stop_app
 from bench.sinkproc import SinkProcess
@@ -156,7 +158,7 @@ def run() -> None:
     rounds = _int_env("BENCH_ROUNDS", 3)
     seconds = float(os.environ.get("BENCH_P2_SECONDS", "5"))
     names = [n for n in os.environ.get("BENCH_VARIANTS", "").split(",") if n] or list(VARIANTS)
-    parts = os.environ.get("BENCH_ATTRIBUTION", "instructions,thread,load").split(",")
+    parts = os.environ.get("BENCH_ATTRIBUTION", "instructions,thread,bytecodes,load").split(",")
     with SinkProcess(default="count") as sink:
         env = {"LOKI_URL": sink.url, "SERVICE_NAME": "bench", "DEPLOY_ENV": "bench"}
         if "instructions" in parts:
@@ -164,7 +166,9 @@ def run() -> None:
                 counted = dict(zip(names, pool.map(lambda n: _instructions(n, env, 1_000), names), strict=True))
             _instructions_table(names, counted)
         if "thread" in parts:
-            _thread_table(_in_process({**env, "LOKI_URL": sink.url}))
+            _thread_table(_in_process("bench.inprocess", env))
+        if "bytecodes" in parts:
+            bytecodes.print_tables(_in_process("bench.bytecodes", env))
         if "load" in parts:
             _load_table(names, _under_load(sink, names, rounds, seconds), rounds, seconds)
 
@@ -172,13 +176,13 @@ def run() -> None:
 # -- the request thread, in one process (bench/inprocess.py) ------------------------------------
 
 
-def _in_process(env: dict[str, str]) -> dict[str, Any]:
+def _in_process(module: str, env: dict[str, str]) -> dict[str, Any]:
     child = subprocess.run(
-        [sys.executable, "-m", "bench.inprocess"], env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(
+        [sys.executable, "-m", module], env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(
             [ROOT, os.path.join(ROOT, "app")])}, cwd=ROOT, capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     if child.returncode != 0:
-        raise RuntimeError(f"bench.inprocess failed ({child.returncode}): {child.stderr[-2000:]}")
+        raise RuntimeError(f"{module} failed ({child.returncode}): {child.stderr[-2000:]}")
     return json.loads(child.stdout)
 
 

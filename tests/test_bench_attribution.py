@@ -43,3 +43,23 @@ def test_the_switches_turn_parts_off_and_back_on() -> None:
         assert metrics.observe_request is observe and wrapper.report is report
     finally:
         switches.set(frozenset())
+
+
+def test_bytecodes_are_counted_per_function_and_the_same_in_every_run() -> None:
+    """bench/bytecodes.py: the library's functions are found by name, the floor's by file, and a
+    count (unlike a time) repeats exactly."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "app")]), "LOKI_URL": "",
+           "BENCH_BYTECODE_REQUESTS": "20", "SERVICE_NAME": "bench"}  # fmt: skip
+    runs = []
+    for _ in range(2):
+        child = subprocess.run([sys.executable, "-m", "bench.bytecodes"], env=env, cwd=ROOT, capture_output=True,
+                               text=True, timeout=120, check=False)  # fmt: skip
+        assert child.returncode == 0, child.stderr[-2000:]
+        runs.append(json.loads(child.stdout)["results"])
+    first, second = runs
+    ours, floor, bare = first["instrumented"], first["floor (bench/floor.py)"], first["bare Flask"]
+    assert ours["functions"]["library correlation/flask.py:__call__"] > 0
+    assert floor["functions"]["floor bench/floor.py:floor_edge"] > 0
+    assert "library" not in bare["per_request"] and bare["per_request"]["framework"] > 0
+    assert ours["per_request"]["framework"] == bare["per_request"]["framework"], "the same Flask work per request"
+    assert ours["per_request"]["library"] == second["instrumented"]["per_request"]["library"], "counted, not timed"

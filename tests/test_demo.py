@@ -79,7 +79,9 @@ def test_what_starts_the_worker_imports_without_celery() -> None:
         "from demo.local_worker import LocalBackground\n"
         "print(LocalBackground.start_broker(0).missing or '')"
     )
-    done = subprocess.run([sys.executable, "-c", probe], cwd=DEMO_SOURCE_ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=DEMO_SOURCE_ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert "not installed" in done.stdout
 
