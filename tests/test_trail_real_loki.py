@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from typing import Any
 
 import pytest
 import requests
 
+from correlation import schema
 from correlation.config import LokiSettings
 from correlation.ids import new_correlation_id
-from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines
+from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line
 from trail.cli import main
 
 pytestmark = pytest.mark.skipif(not os.environ.get("LOKI_URL"), reason="needs a real Loki: set LOKI_URL")
@@ -76,3 +78,28 @@ def test_trail_of_a_pushed_checkout(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([cid]) == 0
     rows = capsys.readouterr().out.split("\n\n")[1].splitlines()[1:]
     assert [len(r) - len(r.lstrip()) for r in rows] == [0, 2, 4, 4]
+
+
+def test_a_task_name_with_hidden_characters_is_found_through_its_escaped_query(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """trail writes a bidi override, a zero-width space and a tag character in a task name as
+    \\u/\\U escapes (so the printed query shows them); Loki must read them back to the same name."""
+    task = f"notify.{uuid.uuid4().hex[:8]}\u202eeciovni\u200b\U000e0001"
+    t_run = time.time_ns() - 2_000 * MS
+    cid = new_correlation_id(now_ms=t_run // MS)
+    fields = {schema.KIND: schema.KIND_TASK, schema.TASK: task, schema.STATE: "failure", schema.STATUS: 500}
+    _, line = log_line(cid, "e0000000000000a1", None, "notifications", t_run, "task failure", "ERROR",
+                       schema.ACCESS_LOGGER, **fields)  # fmt: skip
+    push(LokiSettings.from_env(), [(t_run, line)])
+    deadline = time.monotonic() + 20
+    code, err = 1, ""
+    while time.monotonic() < deadline:
+        code = main(["--last-error", "--service", "notifications", "--task", task, "--since", "5m"])
+        err = capsys.readouterr().err
+        if code == 0:
+            break
+        time.sleep(1)
+    assert code == 0 and f"most recent failed request: {cid}" in err, err
+    assert main(["--last-error", "--service", "notifications", "--task", task + "x", "--since", "5m"]) == 1
+    assert "\\u202e" in capsys.readouterr().err
