@@ -63,5 +63,8 @@ def ascii_entry(timestamp: str, text: str, metadata: Mapping[str, str] | None) -
         pass
     else:
         if fragment.isascii():  # ASCII in, ASCII out: checked once, on the result
-            return fragment
+            # A copy of its own size: the bytes orjson returns keep its whole output buffer behind
+            # them (4 KiB at least since orjson 3.12, never trimmed), and an entry waits in a buffer
+            # whose bound must be the memory it holds. join copies; `+ b""` would not.
+            return b"".join((fragment, b""))
     return _stdlib_ascii(value).encode("ascii")
