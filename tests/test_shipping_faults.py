@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,3 +108,21 @@ def test_lines_kept_on_disk_at_shutdown_are_sent_by_the_restarted_service(
     loki_sink.default = 204  # Loki is back; the service restarts on the same spool
     start_payments(env)
     loki_sink.wait_for(lambda entries: _access_ids(loki_sink) >= set(ids), timeout=20)
+
+
+def test_with_loki_down_the_process_holds_about_the_buffer_bound_not_more() -> None:
+    """The byte bound is memory: a process shipping 60,000 lines to a closed port with a 4 MiB
+    bound grows by the bound, the one batch the sender keeps retrying (1 MiB) and some slack.
+    (The same child as `make bench`'s memory benchmark, smaller. When each entry held orjson's
+    4 KiB output buffer, this grew by 37 MiB.)"""
+    bound = 4 * 1024 * 1024
+    root = Path(__file__).resolve().parents[1]
+    child = subprocess.run(
+        [sys.executable, "-m", "bench.memory", "--child", "ship", "60000", str(bound)],
+        cwd=root, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    grew_mib = (result["rss_kib"] - result["rss_before_kib"]) / 1024
+    assert result["dropped"].get("buffer_full", 0) > 0, "the bound was reached"
+    assert result["buffered_bytes"] <= bound
+    assert grew_mib <= bound / 2**20 + 1 + 5, f"grew {grew_mib:.1f} MiB for a {bound // 2**20} MiB bound"
