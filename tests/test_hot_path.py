@@ -260,7 +260,9 @@ def test_a_handler_above_the_level_does_not_see_it_either_way(access_logger: Any
     assert access._only_line_handlers(logger, logging.CRITICAL) is None  # noqa: SLF001
 
 
-@pytest.mark.parametrize("change", ["logger filter", "handler filter", "formatter", "subclass", "factory", "patched"])
+@pytest.mark.parametrize(
+    "change", ["logger filter", "handler filter", "formatter", "subclass", "factory", "logger class", "patched"]
+)
 def test_what_sends_the_line_through_logging(access_logger: Any, change: str, monkeypatch: pytest.MonkeyPatch) -> None:
     logger, stream, _ = access_logger
     _only_ours(logger)
@@ -275,9 +277,27 @@ def test_what_sends_the_line_through_logging(access_logger: Any, change: str, mo
         logger.addHandler(type("MyStdout", (StdoutHandler,), {})(io.StringIO()))
     elif change == "factory":
         monkeypatch.setattr(logging, "_logRecordFactory", lambda *a, **k: logging.LogRecord(*a, **k))
+    elif change == "logger class":  # an application's Logger subclass may add attributes in makeRecord
+        monkeypatch.setattr(logger, "__class__", type("MyLogger", (logging.Logger,), {"makeRecord": _make_record}))
     else:
         monkeypatch.setattr(logging.Logger, "callHandlers", lambda self, record: None)
     assert access._only_line_handlers(logger, logging.INFO) is None  # noqa: SLF001
+
+
+def _make_record(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+    return logging.Logger.makeRecord(self, *args, **kwargs)
+
+
+def test_the_direct_line_does_not_depend_on_how_records_are_made(
+    access_logger: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No record is made on the direct path, so records' own fast path (off where LogRecord has
+    attributes it does not set, as Python 3.12's taskName) must not turn it off."""
+    logger, _, _ = access_logger
+    _only_ours(logger)
+    monkeypatch.setattr(records, "_FAST_RECORDS", False)
+    assert not records.fast_records_apply(logger)
+    assert access._only_line_handlers(logger, logging.INFO) == logger.handlers  # noqa: SLF001
 
 
 # -- StdoutHandler -------------------------------------------------------------------------------
