@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from demo import loadgen
+from demo import loadgen, spike
 from tests.fakes import LoopbackServer, QuietHandler, free_port, wait_until
 
 
@@ -131,7 +131,7 @@ def test_stop_event_ends_an_unbounded_run(gateway: FakeGateway) -> None:
     [(0.0, False), (9.9, False), (10.0, True), (14.9, True), (15.0, False), (25.0, True)],
 )
 def test_spike_cycle(elapsed: float, expected: bool) -> None:
-    assert loadgen.spike_active(elapsed, after=10, length=5) is expected
+    assert spike.spike_active(elapsed, after=10, length=5) is expected
 
 
 def test_flags_env_and_defaults() -> None:

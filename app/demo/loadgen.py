@@ -32,11 +32,11 @@ from typing import TextIO
 import requests
 
 from demo.services import DEFAULT_PORTS
+from demo.spike import FaultSwitch, spike_active
 
 SCENARIOS = ("steady", "spike")
 CHECKOUT_BODY = {"items": [{"sku": "demo-widget", "quantity": 1}]}
 #: A fault target that does not answer is retried this often, not at every tick.
-RETRY_FAULT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -93,41 +93,6 @@ class Stats:
                 k: getattr(self, k)
                 for k in ("sent", "ok", "server_errors", "client_errors", "failed", "skipped", "last_failed_id")
             }
-
-
-def spike_active(elapsed: float, after: float, length: float) -> bool:
-    """Whether a spike is on at ``elapsed`` seconds: calm for ``after``, spike for ``length``, repeat."""
-    if length <= 0:
-        return False
-    return elapsed % (after + length) >= after
-
-
-class FaultSwitch:
-    """Sets the fault target's error rate, remembering what it last applied successfully."""
-
-    def __init__(self, settings: LoadSettings, out: TextIO) -> None:
-        self._url = settings.fault_url.rstrip("/") + "/admin/faults"
-        self._name = settings.fault_service
-        self._timeout = settings.timeout
-        self._out = out
-        self._retry_at = 0.0
-        self.applied: float | None = None  # unknown until the first successful POST
-
-    def set(self, error_rate: float, force: bool = False) -> bool:
-        if self.applied == error_rate:
-            return True
-        if not force and time.monotonic() < self._retry_at:
-            return False
-        try:
-            resp = requests.post(self._url, json={"error_rate": error_rate}, timeout=self._timeout)
-            resp.raise_for_status()
-        except requests.RequestException as exc:
-            print(f"loadgen: could not set {self._name} error_rate={error_rate}: {exc}", file=self._out, flush=True)
-            self._retry_at = time.monotonic() + RETRY_FAULT_SECONDS
-            return False
-        self.applied = error_rate
-        print(f"loadgen: {self._name} error_rate={error_rate}", file=self._out, flush=True)
-        return True
 
 
 def _env(env: Mapping[str, str], name: str, default: object) -> str:
@@ -235,7 +200,11 @@ def run(settings: LoadSettings, out: TextIO = sys.stdout, stop: threading.Event 
         finally:
             slots.release()
 
-    faults = FaultSwitch(settings, out) if settings.scenario == "spike" else None
+    faults = (
+        FaultSwitch(settings.fault_url, settings.fault_service, settings.timeout, out)
+        if settings.scenario == "spike"
+        else None
+    )
     start = time.monotonic()
     deadline = start + settings.duration if settings.duration else float("inf")
     interval = 1.0 / settings.rate
