@@ -4,7 +4,8 @@ Instruction counts (valgrind) say how much; they do not say where in Python it g
 interpreter's cost is per bytecode, not per line of source. Here each app's WSGI callable serves
 ``BENCH_BYTECODE_REQUESTS`` requests (after a warm-up) under ``sys.settrace`` with opcode events
 on, and every bytecode executed is counted against its function. Counted, not timed: two runs give
-the same figures. The tracer slows everything alike and is not part of the count.
+the same figures but for what the clock makes due (a stdout flush every 0.2 s: a few bytecodes).
+The tracer slows everything alike and is not part of the count.
 
 Run by ``python -m bench attribution`` in a child process (``python -m bench.bytecodes``, JSON on
 stdout), like bench/inprocess.py: the apps set up logging and metrics once per process.

@@ -135,20 +135,19 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, now_n
             check_correlation_id(args.correlation_id)
     except ValueError as exc:
         parser.error(f"refusing {exc}; nothing was queried")
-    if args.service is not None:
+    # --service's checker names the value itself ("service 'x': ..."), --task's says why.
+    for flag, value, check, joint in (
+        ("--service", args.service, check_service, " "),
+        ("--task", args.task, check_task, ": "),
+    ):
+        if value is None:
+            continue
         if not args.last_error:
-            parser.error("--service goes with --last-error")
+            parser.error(f"{flag} goes with --last-error")
         try:
-            check_service(args.service)
+            check(value)
         except ValueError as exc:
-            parser.error(f"--service {exc}")
-    if args.task is not None:
-        if not args.last_error:
-            parser.error("--task goes with --last-error")
-        try:
-            check_task(args.task)
-        except ValueError as exc:
-            parser.error(f"--task: {exc}")
+            parser.error(f"{flag}{joint}{exc}")
     if args.since is not None and args.from_ns is not None:
         parser.error("--since and --from exclude each other")
     try:

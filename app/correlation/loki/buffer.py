@@ -24,6 +24,9 @@ from correlation import jsonline
 ENTRY_OVERHEAD = 136
 
 
+_new_tuple = tuple.__new__
+
+
 class PushEntry(NamedTuple):
     """One log line on its way to Loki, already in the form it takes in the push body.
 
@@ -36,8 +39,9 @@ class PushEntry(NamedTuple):
 
     @classmethod
     def encode(cls, timestamp_ns: int, line: str, metadata: Mapping[str, str] | None = None) -> PushEntry:
-        # ASCII JSON: any str, lone surrogates included, is safe in the push body.
-        return cls(timestamp_ns, jsonline.ascii_entry(str(timestamp_ns), line, metadata))
+        # ASCII JSON: any str, lone surrogates included, is safe in the push body. Made with
+        # tuple.__new__: the generated __new__ is a Python frame, and every log line comes here.
+        return _new_tuple(cls, (timestamp_ns, jsonline.ascii_entry(str(timestamp_ns), line, metadata)))
 
     def decode(self) -> tuple[str, dict[str, str]]:
         """(line, metadata): for tests and for reading the spool back."""

@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client import REGISTRY
 from prometheus_client.registry import CollectorRegistry
 
-from correlation import context, jsonline, schema
+from correlation import context, schema
 from correlation.access import line_handler
 from correlation.config import ConfigError, LokiSettings
 from correlation.forks import rebuild_after_fork
@@ -34,7 +34,6 @@ _METADATA_ATTRS = (
     tuple(name for name in schema.METADATA_FIELDS if name != schema.LEVEL) + schema.OPTIONAL_METADATA_FIELDS
 )
 #: Structured metadata ``level`` of the standard level names (others: lowercased each time).
-_new_tuple = tuple.__new__  # PushEntry from its fields in order, without its __new__'s Python frame
 _LEVEL_LABELS = {name: name.lower() for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
 #: Loki's default ``max_line_size`` is 256 KB; longer lines are rejected, so we cut them first.
 DEFAULT_MAX_LINE_BYTES = 256 * 1024
@@ -142,9 +141,7 @@ class LokiHandler(logging.Handler):
         metadata[schema.LEVEL] = _LEVEL_LABELS.get(levelname) or levelname.lower()
         if len(line) * 4 > self.max_line_bytes:  # cheap pre-check: 4 bytes per char at most
             line = self._fit(line)
-        timestamp_ns = int(created * 1e9)
-        entry = _new_tuple(PushEntry, (timestamp_ns, jsonline.ascii_entry(str(timestamp_ns), line, metadata)))
-        if not self.buffer.put(entry):
+        if not self.buffer.put(PushEntry.encode(int(created * 1e9), line, metadata)):
             self.stats.drop("shutdown" if self.buffer.closed else "buffer_full")
             return
         if self.sender.thread is None:
