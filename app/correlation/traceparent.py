@@ -19,6 +19,7 @@ _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _SPAN_ID = re.compile(r"[0-9a-f]{16}")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
+_new_tuple = tuple.__new__
 
 
 class TraceParent(NamedTuple):
@@ -41,7 +42,9 @@ def parse(header: str | None) -> TraceParent | None:
         return None
     if trace_id == _ZERO_TRACE or parent_id == _ZERO_SPAN:
         return None
-    return TraceParent(trace_id, parent_id, bool(int(flags, 16) & 1))
+    # A bit field: masked, never compared (``09`` is sampled). Made without the NamedTuple's
+    # generated __new__: this runs on every request a service of the trail sends.
+    return _new_tuple(TraceParent, (trace_id, parent_id, int(flags, 16) & 1 == 1))
 
 
 def build(trace_id: str, parent_id: str, sampled: bool = True) -> str | None:
