@@ -203,6 +203,9 @@ def test_published_outside_any_hop_fresh_id_or_the_publishers_own(installed: Lin
     beat = [_published_headers(memory_app) for _ in range(2)]
     assert beat[0][schema.CORRELATION_HEADER] != beat[1][schema.CORRELATION_HEADER]
     assert all(schema.PARENT_HEADER not in h and ids.time_of(h[schema.CORRELATION_HEADER]) for h in beat)
+    theirs = {schema.TRACEPARENT_HEADER: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+              schema.TRACESTATE_HEADER: "congo=t61"}  # fmt: skip
+    assert _published_headers(memory_app, headers=theirs).items() >= theirs.items(), "a tracer's own, kept"
     chosen = _published_headers(memory_app, headers={schema.CORRELATION_HEADER: "chosen-by-caller"})
     assert chosen[schema.CORRELATION_HEADER] == "chosen-by-caller", "outside a hop a publisher's own ID is kept"
     assert schema.PUBLISHED_AT_HEADER in chosen

@@ -73,9 +73,11 @@ def _on_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
         return
     # Inside a hop its headers win: a retry's message copies the failed attempt's old ones. W3C
     # headers the hop does not send go too: an old tracestate is another trace's, or was refused.
+    # (Outside a hop a publisher's own traceparent, an OpenTelemetry one say, is left alone.)
     ours = publish_headers(hop, context.service(), _header)
-    for name in [k for k in headers if str(k).lower() in _W3C_HEADERS and k not in ours]:
-        del headers[name]
+    if hop is not None:
+        for name in [k for k in headers if str(k).lower() in _W3C_HEADERS and k not in ours]:
+            del headers[name]
     headers.update(ours)
 
 
