@@ -67,6 +67,7 @@ TIER_OF_FILE = {
     "test_stack_integration.py": "stack",
     "test_task_alerts.py": "stack",
     "test_traceparent.py": "unit",
+    "test_tracestate.py": "unit",
     "test_trail_cli.py": "unit",
     "test_trail_hops.py": "unit",
     "test_trail_lookup.py": "unit",
@@ -77,6 +78,7 @@ TIER_OF_FILE = {
     "test_trail_web_links.py": "unit",
     "test_trust.py": "unit",
     "test_typing.py": "process",
+    "test_w3c_neighbour.py": "process",  # the in-process tests say unit
     "test_wire.py": "unit",
 }
 

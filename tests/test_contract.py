@@ -51,6 +51,7 @@ def test_headers_are_the_schemas() -> None:
         schema.PARENT_HEADER,
         schema.CALLER_HEADER,
         schema.TRACEPARENT_HEADER,
+        schema.TRACESTATE_HEADER,
         schema.SERVICE_HEADER,
     ]
 
