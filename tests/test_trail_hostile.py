@@ -294,6 +294,9 @@ def test_cli_shows_a_hostile_field_as_unknown(
     code, out, _ = run(capsys, CID, "--json")
     payments = next(hop for hop in strict_json(out)["hops"] if hop["request_id"] == PAYMENTS)
     assert code == 0 and field in payments["unreadable"]
+    access = next(line for line in payments["lines"] if line["logger"] == schema.ACCESS_LOGGER)
+    if value == float("inf"):  # the line's bare Infinity, kept as text: strict JSON has no such number
+        assert access["fields"][field] == "Infinity"
 
 
 def test_lines_that_are_not_sane_json_stay_text_on_page_and_cli(

@@ -68,7 +68,7 @@ def json_safe(value: Any) -> Any:
     """``value`` (parsed from an untrusted line) with NaN and infinities written as strings, so a
     document holding it is strict JSON (``Infinity`` is not JSON; many readers refuse it)."""
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+        return json.dumps(value)  # "Infinity", "-Infinity", "NaN": as the line wrote it
     if isinstance(value, dict):
         return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, list):
