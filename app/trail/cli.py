@@ -27,6 +27,7 @@ from correlation.config import ConfigError, LokiSettings
 from trail.last_error import last_error
 from trail.loki_query import DEFAULT_PAGE_SIZE, MAX_LIMIT, LokiQueryClient, LokiQueryError
 from trail.lookup import (
+    DEFAULT_MAX_LINES,
     DEFAULT_MAX_REQUEST_SECONDS,
     DEFAULT_SINCE_SECONDS,
     MAX_LINES_ENV,
@@ -45,7 +46,7 @@ from trail.lookup import (
     parse_time,
 )
 from trail.render import clean, format_time, line_cap_note, render_lookup_json, render_text
-from trail.window import MAX_WINDOW_ENV, format_duration, max_window_from_env
+from trail.window import DEFAULT_MAX_WINDOW_SECONDS, MAX_WINDOW_ENV, format_duration, max_window_from_env
 
 EXIT_FOUND, EXIT_NOT_FOUND, EXIT_ERROR = 0, 1, 2
 T = TypeVar("T")
@@ -138,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-window",
         type=_argument(parse_duration),
         metavar="DURATION",
-        help=f"the longest window --since/--from/--to may ask for (default {MAX_WINDOW_ENV} or 24h)",
+        help="the longest window --since/--from/--to may ask for "
+        f"(default {MAX_WINDOW_ENV} or {format_duration(DEFAULT_MAX_WINDOW_SECONDS)})",
     )
     parser.add_argument("--json", action="store_true", help="print the trail as JSON")
     parser.add_argument(
@@ -152,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-lines",
         type=_max_lines,
         metavar="N",
-        help=f"read and show at most N lines of the trail, the oldest (default {MAX_LINES_ENV} or 2000)",
+        help=f"read and show at most N lines of the trail, the oldest (default {MAX_LINES_ENV} or {DEFAULT_MAX_LINES})",
     )
     return parser
 
