@@ -73,6 +73,7 @@ class ShipperCollector(Collector):
                 ("sent_lines", "", stats.sent_lines),
                 ("sent_batches", "", stats.sent_batches),
                 ("truncated_lines", "", stats.truncated_lines),
+                ("sender_restarts", "", stats.sender_restarts),
             ]
             samples += [("retries", reason, stats.retries[reason]) for reason in RETRY_REASONS]
             samples += [("dropped_lines", reason, stats.dropped[reason]) for reason in DROP_REASONS]
@@ -103,6 +104,7 @@ _FAMILIES = (
     ("sent_lines", "counter", "Log lines Loki accepted.", False),
     ("sent_batches", "counter", "Pushes Loki accepted.", False),
     ("truncated_lines", "counter", "Lines cut to Loki's maximum line size.", False),
+    ("sender_restarts", "counter", "Times the sender thread met an unexpected error and went on.", False),
     ("retries", "counter", "Pushes retried, by reason.", True),
     ("dropped_lines", "counter", "Log lines that never reached Loki, by reason.", True),
     ("buffered_lines", "gauge", "Lines waiting to be sent.", False),
