@@ -57,6 +57,7 @@ TIER_OF_FILE = {
     "test_loki_push.py": "unit",
     "test_loki_sender.py": "unit",
     "test_loki_spool.py": "process",
+    "test_metrics_shared.py": "unit",
     "test_notify.py": "unit",
     "test_packaging.py": "process",
     "test_propagation.py": "unit",
