@@ -45,6 +45,7 @@ TIER_OF_FILE = {
     "test_flask.py": "unit",
     "test_grafana_dashboards.py": "unit",
     "test_gunicorn.py": "process",
+    "test_gunicorn_workers.py": "process",
     "test_histogram.py": "unit",
     "test_hot_path.py": "unit",
     "test_httpx.py": "unit",

@@ -45,7 +45,7 @@ def stop() -> None:
     directory = store.directory
     if directory is None:
         return
-    remove_own_files(directory)
+    remove_own_files(directory, keep_this_process=False)
     if _made is not None:
         try:
             _made.rmdir()
@@ -54,9 +54,10 @@ def stop() -> None:
         _made = None
 
 
-def remove_own_files(directory: Path) -> int:
-    """Delete the files the library writes in ``directory`` (but this process's own); how many."""
-    own = store.file.path.name if store.file is not None else None
+def remove_own_files(directory: Path, *, keep_this_process: bool = True) -> int:
+    """Delete the files the library writes in ``directory`` (but this process's own, unless told);
+    how many."""
+    own = store.file.path.name if store.file is not None and keep_this_process else None
     removed = 0
     for name in os.listdir(directory):
         if name == own or not _named_ours(name):
