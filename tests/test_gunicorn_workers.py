@@ -229,3 +229,57 @@ def test_metrics_port_serves_the_sum_from_the_arbiter_only(tmp_path: Path) -> No
         metrics = f"http://127.0.0.1:{port}"
         assert requests_counted(server.scrape(metrics), "/ok") == 30
         assert '# {correlation_id="' in server.scrape(metrics)
+
+
+@pytest.mark.stack
+def test_prometheus_sees_no_reset_and_the_error_ratio_alert_fires_only_on_errors(tmp_path: Path) -> None:
+    """The real Prometheus scraping a -w 3 service every second, with the repository's rules."""
+    from tests.support.alerting import derived_rules
+    from tests.support.stack import instant_query, prometheus_server
+
+    rules = derived_rules()
+    with gunicorn(tmp_path, worker_class="gthread") as server:
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": sorted(rules),
+            "scrape_configs": [
+                {
+                    "job_name": "workers",
+                    "honor_labels": True,
+                    "static_configs": [{"targets": [server.url.removeprefix("http://")]}],
+                }
+            ],
+        }
+        with prometheus_server(config, extra_files=rules) as prometheus:
+            sent = {"n": 0}
+
+            def traffic(seconds: float, fail_every: int) -> None:
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline:
+                    sent["n"] += 1
+                    path = "/fail" if sent["n"] % fail_every == 0 else "/ok"
+                    requests.get(f"{server.url}{path}", timeout=10)
+                    time.sleep(0.01)
+
+            def alerts() -> list[dict]:
+                return instant_query(prometheus, 'ALERTS{alertname="HighErrorRatio",service="workers"}')["result"]
+
+            wait_until(lambda: instant_query(prometheus, "up")["result"], 20, "a first scrape")
+            healthy_until = time.monotonic() + 9  # longer than the rule's derived `for` (5 s)
+            while time.monotonic() < healthy_until:
+                traffic(0.5, fail_every=50)  # 2%: under the 5% threshold
+                assert alerts() == [], "quiet under healthy load"
+            total = 'sum(http_server_request_duration_seconds_count{service="workers",route=~"/ok|/fail"})'
+
+            def stored() -> float:
+                return float(instant_query(prometheus, total)["result"][0]["value"][1])
+
+            wait_until(lambda: stored() == sent["n"], 10, f"Prometheus' count to equal the {sent['n']} requests sent")
+            resets = instant_query(prometheus, "sum(resets(http_server_request_duration_seconds_count[1m]))")
+            assert float(resets["result"][0]["value"][1]) == 0, "no scrape looked like a counter reset"
+
+            def firing() -> bool:
+                traffic(0.5, fail_every=2)  # 50%
+                return any(a["metric"]["alertstate"] == "firing" for a in alerts())
+
+            wait_until(firing, 40, "HighErrorRatio firing", interval=0)
