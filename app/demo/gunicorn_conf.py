@@ -1,17 +1,21 @@
 """gunicorn settings shared by every demo service (``--config python:demo.gunicorn_conf``).
 
-One worker with threads, on purpose: prometheus_client's multiprocess mode drops exemplars, and
-the correlation-ID exemplars are what link a latency spike to a request's trail. Scale by running
-more replicas of the service, not more workers.
+Two workers with threads each (``GUNICORN_WORKERS``, ``GUNICORN_THREADS``): the library's hooks
+(on_starting, child_exit, on_exit) share every worker's metrics, so any worker's ``/metrics``
+answers the service's sums with the newest correlation-ID exemplars.
 """
 
 import logging
 import os
 
-from correlation.gunicorn import gunicorn_logconfig, worker_abort  # noqa: F401 - worker_abort is a hook
+# The hooks (when_ready, child_exit, worker_abort; on_starting and on_exit called below) and
+# gunicorn_logconfig.
+from correlation import gunicorn as correlation_gunicorn
+from correlation.gunicorn import *  # noqa: F403
+from demo import faults
 
 bind = f"{os.environ.get('BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
-workers = 1
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 timeout = 30
@@ -19,7 +23,7 @@ graceful_timeout = 30
 keepalive = 5
 accesslog = None  # the library writes one JSON access line per request itself
 # gunicorn's own lines (boot, worker exits, WORKER TIMEOUT) as JSON lines of the service, to Loki.
-logconfig_dict = gunicorn_logconfig()
+logconfig_dict = gunicorn_logconfig()  # noqa: F405 - from correlation.gunicorn
 # No control socket: each service would claim the same default path, and nothing here uses it.
 control_socket_disable = True
 
@@ -27,3 +31,14 @@ control_socket_disable = True
 def worker_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
     # Flush buffered log lines to Loki before the worker goes (bounded by LOKI_FLUSH_TIMEOUT_SECONDS).
     logging.shutdown()
+
+
+def on_starting(server):
+    correlation_gunicorn.on_starting(server)  # the workers' shared metrics
+    # One fault switch for the service, whichever worker a POST /admin/faults reaches.
+    server.demo_faults_file = faults.share_between_workers()
+
+
+def on_exit(server):
+    correlation_gunicorn.on_exit(server)
+    server.demo_faults_file.unlink(missing_ok=True)
