@@ -143,7 +143,8 @@ class Scraper(threading.Thread):
 
     def __init__(self, server: Server) -> None:
         super().__init__(daemon=True)
-        self.server, self.seen, self.stop = server, [], threading.Event()
+        self.server, self.stop = server, threading.Event()
+        self.seen: list[float] = []
 
     def run(self) -> None:
         while not self.stop.is_set():

@@ -8,10 +8,9 @@ answers the service's sums with the newest correlation-ID exemplars.
 import logging
 import os
 
-# The hooks (when_ready, child_exit, worker_abort; on_starting and on_exit called below) and
-# gunicorn_logconfig.
+# The library's hooks (on_starting and on_exit are called from the demo's own, below).
 from correlation import gunicorn as correlation_gunicorn
-from correlation.gunicorn import *  # noqa: F403
+from correlation.gunicorn import child_exit, gunicorn_logconfig, when_ready, worker_abort  # noqa: F401 - hooks
 from demo import faults
 
 bind = f"{os.environ.get('BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
@@ -23,7 +22,7 @@ graceful_timeout = 30
 keepalive = 5
 accesslog = None  # the library writes one JSON access line per request itself
 # gunicorn's own lines (boot, worker exits, WORKER TIMEOUT) as JSON lines of the service, to Loki.
-logconfig_dict = gunicorn_logconfig()  # noqa: F405 - from correlation.gunicorn
+logconfig_dict = gunicorn_logconfig()
 # No control socket: each service would claim the same default path, and nothing here uses it.
 control_socket_disable = True
 
