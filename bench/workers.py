@@ -116,9 +116,16 @@ print(json.dumps({"ms": sorted(times)[7], "bytes": len(body), "exemplars": body.
 """
 
 
+def _environment(extra: dict[str, str]) -> dict[str, str]:
+    """This environment with ``extra``; an empty value removes the variable (prometheus_client
+    takes an empty PROMETHEUS_MULTIPROC_DIR as set: its files would land in the current directory)."""
+    merged = {**os.environ, **extra}
+    return {k: v for k, v in merged.items() if v}
+
+
 def _python(code: str, *args: str, env: dict[str, str] | None = None) -> str:
     result = subprocess.run(
-        [sys.executable, "-c", code, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True
+        [sys.executable, "-c", code, *args], env=_environment(env or {}), capture_output=True, text=True
     )
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
@@ -139,9 +146,7 @@ def _scrape(mode: str) -> dict[str, float]:
     env = {"PROMETHEUS_MULTIPROC_DIR": directory if mode == "prometheus_client" else ""}
     statuses = ",".join(str(s) for s in STATUSES)
     writers = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WRITE, mode, directory, str(ROUTES), statuses], env={**os.environ, **env}
-        )
+        subprocess.Popen([sys.executable, "-c", _WRITE, mode, directory, str(ROUTES), statuses], env=_environment(env))
         for _ in range(WORKERS)
     ]
     for writer in writers:
