@@ -281,8 +281,9 @@ def test_the_readme_documents_the_task_keys_headers_and_metrics() -> None:
         metrics.TASK_IN_PROGRESS,
         metrics.TASK_PUBLISH_FAILURES,
     ):
-        name = metric._name + ("_total" if metric._type == "counter" else "")  # noqa: SLF001
-        assert documented[name] == (metric._type, sorted(metric._labelnames)), name  # noqa: SLF001
+        (family,) = metric.describe()
+        name = metric.name + ("_total" if family.type == "counter" else "")
+        assert documented[name] == (family.type, sorted(metric.labelnames)), name
 
 
 def test_the_demo_workers_visibility_timeout_exceeds_its_retry_delay() -> None:
