@@ -14,7 +14,7 @@ import pytest
 import structlog
 
 from correlation import context, schema
-from correlation.integrations.structlog import add_correlation, configure_structlog
+from correlation.integrations.structlog import configure_structlog
 from tests.fakes import FakeLoki
 from tests.support.frontends import SERVICE, doc_example, flask_app, library_logging, unique_keys
 
@@ -102,10 +102,8 @@ def test_a_line_logged_in_a_flask_request_carries_the_requests_id(loki_sink: Fak
 
 def test_add_correlation_puts_the_fields_in_structlogs_own_output() -> None:
     out = io.StringIO()
-    structlog.configure(
-        processors=[add_correlation, structlog.processors.JSONRenderer()],
-        logger_factory=structlog.PrintLoggerFactory(out),
-    )
+    exec(compile(doc_example("structlog", 1), "docs/integrations.md", "exec"), {})  # noqa: S102 - our doc's example
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(out))  # the rest of the docs' configuration kept
     log = structlog.get_logger()
     with context.bound() as hop:
         log.info("inside", order_id=1)
@@ -118,7 +116,7 @@ def test_add_correlation_puts_the_fields_in_structlogs_own_output() -> None:
         hop.request_id,
         None,
     )
-    assert inside["service"] == context.service() and inside["order_id"] == 1
+    assert inside["service"] == context.service() and inside["order_id"] == 1 and inside["level"] == "info"
     assert given["correlation_id"] == "mine", "a value passed explicitly wins"
     assert outside["correlation_id"] is None and outside["request_id"] is None
 

@@ -94,10 +94,12 @@ def unique_keys(line: str) -> dict[str, Any]:
     return parsed
 
 
-def doc_example(section: str) -> str:
-    """The first ``python`` code block under the ``## <section>`` heading of docs/integrations.md."""
+def doc_example(section: str, number: int = 0) -> str:
+    """The ``python`` code block ``number`` (0: the first) under the ``## <section>`` heading of
+    docs/integrations.md."""
     text = DOCS.read_text()
     start = text.index(f"\n## {section}\n")
-    block = re.search(r"```python\n(.*?)```", text[start:], re.S)
-    assert block, f"no python example under '## {section}' in {DOCS.name}"
-    return block.group(1)
+    end = text.find("\n## ", start + 1)
+    blocks = re.findall(r"```python\n(.*?)```", text[start : end if end != -1 else None], re.S)
+    assert len(blocks) > number, f"no python example {number} under '## {section}' in {DOCS.name}"
+    return str(blocks[number])
