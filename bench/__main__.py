@@ -18,8 +18,9 @@ BENCHMARKS = {
     "trail": "bench.trail_lookup",
     "attribution": "bench.attribution",
     "workers": "bench.workers",
+    "frontends": "bench.frontends",
 }
-#: What ``python -m bench`` runs when no name is given (the attribution is run by name).
+#: What ``python -m bench`` runs when no name is given (the attribution and frontends are run by name).
 DEFAULT = ["p1", "p2", "p3", "memory", "trail", "workers"]
 
 

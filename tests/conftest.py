@@ -58,6 +58,7 @@ TIER_OF_FILE = {
     "test_loki_push.py": "unit",
     "test_loki_sender.py": "unit",
     "test_loki_spool.py": "process",
+    "test_loguru_lines.py": "unit",
     "test_metrics_shared.py": "unit",
     "test_notify.py": "unit",
     "test_packaging.py": "process",
@@ -67,6 +68,7 @@ TIER_OF_FILE = {
     "test_shipping_faults.py": "process",
     "test_stack_config.py": "stack",
     "test_stack_integration.py": "stack",
+    "test_structlog_lines.py": "unit",  # the import test says process
     "test_task_alerts.py": "stack",
     "test_traceparent.py": "unit",
     "test_tracestate.py": "unit",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from itertools import filterfalse
 from typing import Any
 
@@ -17,8 +18,16 @@ from correlation import context, jsonline, schema
 _CONTEXT_FIELDS = schema.CONTEXT_FIELDS
 #: Where a JsonFormatter leaves the line it made, so the next handler does not format it again.
 LINE_ATTR = "_correlation_json_line"
+#: Where a record made from another library's event (structlog, loguru) keeps the event's fields
+#: that cannot be record attributes (``name``, ``args``, ``filename``: a LogRecord's own names).
+#: The formatter writes them as extras under their own names; see :func:`event_extra`.
+FIELDS_ATTR = "_correlation_fields"
 #: Attributes every LogRecord has; anything else on a record came from ``extra=`` and is written.
-_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", LINE_ATTR}
+_RECORD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_RECORD_ATTRS |= {LINE_ATTR, FIELDS_ATTR}
+#: Line keys the formatter takes from the record itself: an event field of the same name would be
+#: hidden by them, so :func:`event_extra` writes it as ``<name>_``.
+_RECORD_LINE_KEYS = frozenset((schema.TIME, schema.LEVEL, schema.LOGGER, schema.MESSAGE))
 #: Not extras: the record's own attributes and the context fields (written in their place).
 _NOT_EXTRA = _RECORD_ATTRS | frozenset(_CONTEXT_FIELDS)
 #: A record with no more attributes than this (the context and formatters' own aside) has no extras.
@@ -54,6 +63,31 @@ def stamp(record: logging.LogRecord) -> None:
         record.parent_request_id = hop.parent_request_id if hop else None
     if not hasattr(record, schema.SERVICE):
         record.service = context.service()
+
+
+def event_extra(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``extra=`` for a record made from another logging library's event, so that the line carries
+    each of the event's ``fields`` as an extra, none lost and none twice.
+
+    Fields are record attributes (other handlers and formatters see them, as with ``extra=``) but
+    for those a record cannot hold under their names (a LogRecord attribute such as ``name`` or
+    ``args``), which ride in :data:`FIELDS_ATTR` and are written under their own names. A field
+    named like a line key the record provides (``time``, ``level``, ``logger``, ``message``) is
+    written as ``<name>_``. Context fields (``correlation_id``, ...) win over the current hop's, as
+    with ``extra=``.
+    """
+    extra: dict[str, Any] = {}
+    hidden: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name in _RECORD_LINE_KEYS:
+            hidden[f"{name}_"] = value
+        elif name in _RECORD_ATTRS:
+            hidden[name] = value
+        else:
+            extra[name] = value
+    if hidden:
+        extra[FIELDS_ATTR] = hidden
+    return extra
 
 
 class CorrelationFilter(logging.Filter):
@@ -117,6 +151,11 @@ class JsonFormatter(logging.Formatter):
             for name in filterfalse(_NOT_EXTRA.__contains__, attrs):  # in order, the scan in C
                 if name not in entry:
                     entry[name] = attrs[name]
+            hidden = attrs.get(FIELDS_ATTR)
+            if hidden:  # an event's fields named like record attributes (event_extra)
+                for name, value in hidden.items():
+                    if name not in entry:
+                        entry[name] = value
         if record.exc_info:
             if not record.exc_text:
                 record.exc_text = self.formatException(record.exc_info)
