@@ -58,6 +58,7 @@ TIER_OF_FILE = {
     "test_loki_sender.py": "unit",
     "test_loki_spool.py": "process",
     "test_notify.py": "unit",
+    "test_notify_http.py": "unit",
     "test_packaging.py": "process",
     "test_propagation.py": "unit",
     "test_real_loki.py": "real_loki",
