@@ -4,7 +4,14 @@ An ID taken from any client lets that client write lines into someone else's tra
 for one, does not keep an external ``x-request-id`` by default for that reason). So the edge of
 a system can refuse what clients send, while internal services keep what their callers send:
 
-- ``all``: keep inbound IDs from anyone (the default, right for services behind a trusted edge);
+- ``private`` (the default): peers on private networks and this machine (:data:`PRIVATE_NETWORKS`:
+  RFC 1918, loopback, IPv6 unique-local) are trusted, anyone else is treated as ``none``. So the
+  services of one system keep each other's IDs, and a service that the internet reaches directly
+  starts its own trail, as Envoy does by default for requests from outside its internal ranges.
+  A service behind a proxy or load balancer on a private address trusts what that proxy passes on:
+  set ``none`` on such an edge, or have the proxy drop the header;
+- ``all``: keep inbound IDs from anyone (right only behind an edge that drops or replaces the
+  header; it was the default before ``private``);
 - ``none``: always start a fresh trail; a valid client value is kept as ``client_correlation_id``
   (access line and structured metadata) so support can still search by what the client saw;
 - a comma-separated list of CIDR ranges (``10.0.0.0/8,192.168.0.0/16``): peers inside are
@@ -20,18 +27,33 @@ from functools import lru_cache
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+#: ``private``: RFC 1918, IPv4 and IPv6 loopback, IPv6 unique-local addresses (RFC 4193).
+PRIVATE_NETWORKS: tuple[Network, ...] = tuple(
+    ipaddress.ip_network(net)
+    for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8", "::1/128", "fc00::/7")
+)
+
 
 @dataclass(frozen=True)
 class TrustPolicy:
-    """``networks`` None: trust everyone; empty: no one; else the peers inside them."""
+    """``networks`` None: trust everyone; empty: no one; else the peers inside them. The library's
+    default is :meth:`private`."""
 
     networks: tuple[Network, ...] | None = None
 
     @classmethod
+    def private(cls) -> TrustPolicy:
+        """Trust peers on private networks and this machine only (the default)."""
+        return cls(PRIVATE_NETWORKS)
+
+    @classmethod
     def parse(cls, text: str) -> TrustPolicy:
-        """``all``, ``none`` or CIDR ranges separated by commas; ValueError says what is wrong."""
+        """``private``, ``all``, ``none`` or CIDR ranges separated by commas; ValueError says what
+        is wrong. Empty is the default, ``private``."""
         value = text.strip().lower()
-        if value in ("", "all"):
+        if value in ("", "private"):
+            return cls.private()
+        if value == "all":
             return cls(None)
         if value == "none":
             return cls(())
@@ -54,6 +76,8 @@ class TrustPolicy:
     def __str__(self) -> str:
         if self.networks is None:
             return "all"
+        if self.networks == PRIVATE_NETWORKS:
+            return "private"
         return ",".join(str(n) for n in self.networks) or "none"
 
 
