@@ -773,3 +773,12 @@ def test_alertmanager_and_compose_agree_on_the_notifier() -> None:
     assert "127.0.0.1:9095:9095" in svc["ports"], "the default runbook_url base must open in a browser"
     prometheus = load_yaml("docker-compose.yml")["services"]["prometheus"]
     assert prometheus["environment"]["RUNBOOK_BASE_URL"] == "${RUNBOOK_BASE_URL:-http://localhost:9095}"
+    # The notifier links only under its own bases: they must be the ones the alerts' links are
+    # built on (Prometheus' external labels), or every link would be dropped.
+    bases = {
+        "NOTIFY_GRAFANA_URL": "GRAFANA_URL",
+        "NOTIFY_TRAIL_WEB_URL": "TRAIL_WEB_URL",
+        "NOTIFY_RUNBOOK_BASE_URL": "RUNBOOK_BASE_URL",
+    }
+    for notifier_variable, prometheus_variable in bases.items():
+        assert svc["environment"][notifier_variable] == prometheus["environment"][prometheus_variable]

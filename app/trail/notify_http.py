@@ -166,6 +166,7 @@ def make_handler(
             super().setup()
             self._timed_out = False
             deadline = time.monotonic() + limits.read_seconds
+            self.rfile.close()  # socketserver's reader, replaced by one that keeps the deadline
             self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline, self._timeout))
 
         def _timeout(self) -> None:
