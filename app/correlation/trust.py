@@ -22,10 +22,10 @@ a system can refuse what clients send, while internal services keep what their c
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_VERDICTS_MAX = 4096
 
 #: ``private``: RFC 1918, IPv4 and IPv6 loopback, IPv6 unique-local addresses (RFC 4193).
 PRIVATE_NETWORKS: tuple[Network, ...] = tuple(
@@ -40,6 +40,9 @@ class TrustPolicy:
     default is :meth:`private`."""
 
     networks: tuple[Network, ...] | None = None
+    #: peer -> verdict, so a request costs a dict lookup (hashing the networks, as a cache keyed
+    #: on them would, takes microseconds). Cleared when full: a bound, not an eviction order.
+    _verdicts: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def private(cls) -> TrustPolicy:
@@ -71,7 +74,13 @@ class TrustPolicy:
             return True
         if not self.networks or not peer:
             return False
-        return _inside(self.networks, peer)
+        verdict = self._verdicts.get(peer)
+        if verdict is None:
+            verdict = _inside(self.networks, peer)
+            if len(self._verdicts) >= _VERDICTS_MAX:
+                self._verdicts.clear()
+            self._verdicts[peer] = verdict
+        return verdict
 
     def __str__(self) -> str:
         if self.networks is None:
@@ -81,7 +90,6 @@ class TrustPolicy:
         return ",".join(str(n) for n in self.networks) or "none"
 
 
-@lru_cache(maxsize=1024)
 def _inside(networks: tuple[Network, ...], peer: str) -> bool:
     try:
         address = ipaddress.ip_address(peer.split("%", 1)[0])  # drop an IPv6 zone
