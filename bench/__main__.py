@@ -17,9 +17,10 @@ BENCHMARKS = {
     "memory": "bench.memory",
     "trail": "bench.trail_lookup",
     "attribution": "bench.attribution",
+    "workers": "bench.workers",
 }
 #: What ``python -m bench`` runs when no name is given (the attribution is run by name).
-DEFAULT = ["p1", "p2", "p3", "memory", "trail"]
+DEFAULT = ["p1", "p2", "p3", "memory", "trail", "workers"]
 
 
 def main(argv: list[str]) -> int:

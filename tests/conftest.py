@@ -45,6 +45,7 @@ TIER_OF_FILE = {
     "test_flask.py": "unit",
     "test_grafana_dashboards.py": "unit",
     "test_gunicorn.py": "process",
+    "test_gunicorn_workers.py": "process",
     "test_histogram.py": "unit",
     "test_hot_path.py": "unit",
     "test_httpx.py": "unit",
@@ -57,6 +58,7 @@ TIER_OF_FILE = {
     "test_loki_push.py": "unit",
     "test_loki_sender.py": "unit",
     "test_loki_spool.py": "process",
+    "test_metrics_shared.py": "unit",
     "test_notify.py": "unit",
     "test_notify_http.py": "unit",
     "test_packaging.py": "process",
@@ -68,9 +70,12 @@ TIER_OF_FILE = {
     "test_stack_integration.py": "stack",
     "test_task_alerts.py": "stack",
     "test_traceparent.py": "unit",
+    "test_tracestate.py": "unit",
     "test_trail_cli.py": "unit",
     "test_trail_hops.py": "unit",
+    "test_trail_hostile.py": "unit",
     "test_trail_lookup.py": "unit",
+    "test_trail_properties.py": "unit",
     "test_trail_query.py": "unit",
     "test_trail_real_loki.py": "real_loki",
     "test_trail_web.py": "unit",
@@ -78,6 +83,7 @@ TIER_OF_FILE = {
     "test_trail_web_links.py": "unit",
     "test_trust.py": "unit",
     "test_typing.py": "process",
+    "test_w3c_neighbour.py": "process",  # the in-process tests say unit
     "test_wire.py": "unit",
 }
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import correlation
 from correlation import celery as correlation_celery
-from correlation import context, ids, metrics, schema, traceparent
+from correlation import context, ids, metrics, schema, traceparent, wire
 from correlation.task_headers import BAD_PUBLISHED_AT, publish_headers, read_headers
 
 pytestmark = pytest.mark.unit
@@ -29,6 +29,7 @@ OURS = [
     schema.PARENT_HEADER,
     schema.CALLER_HEADER,
     schema.TRACEPARENT_HEADER,
+    schema.TRACESTATE_HEADER,
     schema.PUBLISHED_AT_HEADER,
 ]
 
@@ -164,10 +165,47 @@ def test_published_inside_a_hop_the_message_carries_it(installed: Lines, memory_
     assert (retried[schema.CORRELATION_HEADER], retried[schema.PARENT_HEADER]) == (hop.correlation_id, hop.request_id)
 
 
+def test_a_task_carries_the_traces_flag_and_tracestate_and_its_run_hands_them_on(
+    installed: Lines, memory_app: Celery
+) -> None:
+    """Published from a request of an unsampled trace: the message keeps the flag and tracestate,
+    the run (reading the message as a worker does) is in that trace, and its own calls say so."""
+
+    @memory_app.task(name="t.calls")
+    def calls() -> dict[str, str]:
+        run = context.current()
+        assert run is not None
+        return wire.headers(run, "worker")
+
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    request = wire.from_headers({"traceparent": f"00-{trace}-b7ad6b7169203331-00", "tracestate": "congo=t61"}).hop
+    with correlation.bound(request):
+        message = _published_headers(memory_app, "t.calls")
+        # A retry's message copies the failed attempt's headers: a stale tracestate must not stay.
+        retried = _published_headers(memory_app, headers={schema.TRACESTATE_HEADER: "old=1"})
+    assert message[schema.TRACEPARENT_HEADER] == f"00-{trace}-{request.request_id}-00"
+    assert message[schema.TRACESTATE_HEADER] == "congo=t61" == retried[schema.TRACESTATE_HEADER]
+    with correlation.bound(context.Hop.start(trace)):
+        plain = _published_headers(memory_app, headers={"TraceState": "old=1"})
+    assert "TraceState" not in plain and schema.TRACESTATE_HEADER not in plain, "the hop has none: none is sent"
+    ours = {k: v for k, v in message.items() if k in OURS}
+    sent_by_run = calls.apply(headers=ours).get()  # outside any hop: the run reads the message
+    parsed = traceparent.parse(sent_by_run[schema.TRACEPARENT_HEADER])
+    assert parsed is not None and (parsed.trace_id, parsed.sampled) == (trace, False)
+    assert sent_by_run[schema.TRACESTATE_HEADER] == "congo=t61"
+    assert sent_by_run[schema.PARENT_HEADER] != request.request_id, "the run is a hop of its own"
+    with correlation.bound(request):  # run in the caller's thread: a child hop of the same trace
+        eager = calls.apply().get()
+    assert eager[schema.TRACEPARENT_HEADER].endswith("-00") and eager[schema.TRACESTATE_HEADER] == "congo=t61"
+
+
 def test_published_outside_any_hop_fresh_id_or_the_publishers_own(installed: Lines, memory_app: Celery) -> None:
     beat = [_published_headers(memory_app) for _ in range(2)]
     assert beat[0][schema.CORRELATION_HEADER] != beat[1][schema.CORRELATION_HEADER]
     assert all(schema.PARENT_HEADER not in h and ids.time_of(h[schema.CORRELATION_HEADER]) for h in beat)
+    theirs = {schema.TRACEPARENT_HEADER: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+              schema.TRACESTATE_HEADER: "congo=t61"}  # fmt: skip
+    assert _published_headers(memory_app, headers=theirs).items() >= theirs.items(), "a tracer's own, kept"
     chosen = _published_headers(memory_app, headers={schema.CORRELATION_HEADER: "chosen-by-caller"})
     assert chosen[schema.CORRELATION_HEADER] == "chosen-by-caller", "outside a hop a publisher's own ID is kept"
     assert schema.PUBLISHED_AT_HEADER in chosen
@@ -230,6 +268,7 @@ def test_the_readme_documents_the_task_keys_headers_and_metrics() -> None:
         schema.PARENT_HEADER,
         schema.CALLER_HEADER,
         schema.TRACEPARENT_HEADER,
+        schema.TRACESTATE_HEADER,
         schema.PUBLISHED_AT_HEADER,
     ]
     documented = {
@@ -242,8 +281,9 @@ def test_the_readme_documents_the_task_keys_headers_and_metrics() -> None:
         metrics.TASK_IN_PROGRESS,
         metrics.TASK_PUBLISH_FAILURES,
     ):
-        name = metric._name + ("_total" if metric._type == "counter" else "")  # noqa: SLF001
-        assert documented[name] == (metric._type, sorted(metric._labelnames)), name  # noqa: SLF001
+        (family,) = metric.describe()
+        name = metric.name + ("_total" if family.type == "counter" else "")
+        assert documented[name] == (family.type, sorted(metric.labelnames)), name
 
 
 def test_the_demo_workers_visibility_timeout_exceeds_its_retry_delay() -> None:

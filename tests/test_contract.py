@@ -7,11 +7,10 @@ import re
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics import MetricWrapperBase
 
 from correlation import metrics, schema
-from correlation.histogram import ExemplarHistogram
 from correlation.loki import LokiHandler
+from correlation.metrics.family import Family
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -51,6 +50,7 @@ def test_headers_are_the_schemas() -> None:
         schema.PARENT_HEADER,
         schema.CALLER_HEADER,
         schema.TRACEPARENT_HEADER,
+        schema.TRACESTATE_HEADER,
         schema.SERVICE_HEADER,
     ]
 
@@ -58,22 +58,18 @@ def test_headers_are_the_schemas() -> None:
 def _exposed() -> dict[str, tuple[str, list[str]]]:
     """Metric name as scraped (counters with ``_total``) -> (type, label names), from the code."""
     found: dict[str, tuple[str, list[str]]] = {}
-    defined: list[ExemplarHistogram | MetricWrapperBase] = [
+    defined: list[Family] = [
         metrics.REQUEST_DURATION,
         metrics.SERVER_ERRORS,
         metrics.IN_FLIGHT,
         metrics.CLIENT_DURATION,
         metrics.LAST_FAILED,
         metrics.REJECTED_IDS,
+        metrics.UNSHARED,
     ]
     for metric in defined:
-        if isinstance(metric, ExemplarHistogram):  # the library's own (correlation.histogram)
-            found[metric.name] = ("histogram", list(metric.labelnames))
-            continue
-        kind = metric._type  # noqa: SLF001
-        assert kind is not None, metric  # None only on prometheus_client's base class
-        name = metric._name + ("_total" if kind == "counter" else "")  # noqa: SLF001
-        found[name] = (kind, list(metric._labelnames))  # noqa: SLF001
+        (family,) = metric.describe()  # the type as exposed ("newest" is a gauge)
+        found[metric.name + ("_total" if family.type == "counter" else "")] = (family.type, list(metric.labelnames))
     registry = CollectorRegistry()
     handler = LokiHandler(url="http://127.0.0.1:9", labels={"service_name": "s", "env": "e"}, registry=registry)
     try:

@@ -130,12 +130,12 @@ HOSTILE = ["a\r\nSet-Cookie: x=1", "x" * 10_000, "caf\u00e9", 'q"uote', "\x1b[2J
 @pytest.mark.parametrize("hostile", HOSTILE, ids=lambda v: repr(v)[:20])
 def test_hostile_ids_are_replaced_logged_safely_and_counted(edge: App, hostile: str) -> None:
     reason = ids.rejection_reason(hostile)
-    before = metrics.REJECTED_IDS.labels(edge.service, reason)._value.get()  # noqa: SLF001
+    before = metrics.REJECTED_IDS.labels(edge.service, reason).value
     response = edge.client.get("/items/1", environ_base={_environ_key(edge.header): hostile})
     assert response.status_code == 200
     echoed = response.headers[edge.header]
     assert echoed != hostile and ids.time_of(echoed) is not None
-    assert metrics.REJECTED_IDS.labels(edge.service, reason)._value.get() == before + 1  # noqa: SLF001
+    assert metrics.REJECTED_IDS.labels(edge.service, reason).value == before + 1
     (warning,) = [line for line in edge.lines() if line["logger"] == "correlation.edge"]
     assert warning["level"] == "WARNING" and warning["correlation_id"] == echoed
     assert len(warning["message"]) < 250 and not any(c in warning["message"] for c in "\r\n\x1b\x00")

@@ -1,4 +1,4 @@
-"""correlation.histogram: the request path's histogram exposes what prometheus_client's would."""
+"""correlation.metrics.histogram: the request path's histogram exposes what prometheus_client's would."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from correlation.histogram import ExemplarHistogram
+from correlation.metrics.histogram import ExemplarHistogram
 
 BUCKETS = (0.005, 0.1, 1.0)
 # Exemplar and _created timestamps differ between the two: everything else must not.
@@ -65,4 +65,4 @@ def test_labels_are_checked() -> None:
     with pytest.raises(ValueError, match="expected labels"):
         histogram.labels("/only-one")
     # An int on purpose: like prometheus_client's labels(), ours str()s each value.
-    assert histogram.labels("/a", 200) is histogram.labels("/a", "200")  # type: ignore[arg-type]
+    assert histogram.labels("/a", 200) is histogram.labels("/a", "200")

@@ -69,3 +69,14 @@ def test_a_transport_of_your_own_can_be_wrapped() -> None:
     ):
         with context.bound() as hop:
             assert client.get(server.url).json()["x-correlation-id"] == hop.correlation_id
+
+
+def test_the_traces_sampled_flag_and_tracestate_go_on_and_a_callers_traceparent_wins(echo: str) -> None:
+    theirs = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    hop = context.Hop.start("0af7651916cd43dd8448eb211c80319c", None, False, "congo=t61rcWkgMzE")
+    with context.bound(hop), httpx.Client() as client:
+        seen = client.get(echo).json()
+        own = client.get(echo, headers={"traceparent": theirs}).json()
+    assert traceparent.parse(seen["traceparent"]) == (hop.correlation_id, hop.request_id, False)
+    assert seen["tracestate"] == "congo=t61rcWkgMzE"
+    assert own["traceparent"] == theirs and "tracestate" not in own

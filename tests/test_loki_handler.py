@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -13,6 +15,7 @@ from correlation import context
 from correlation.config import LokiSettings
 from correlation.loki import LokiHandler
 from correlation.loki.handler import TRUNCATION_MARK
+from correlation.loki.sender import Sender
 from tests.fakes import FakeLoki
 from tests.support.shipper import LABELS, make_handler
 
@@ -193,6 +196,19 @@ def test_close_is_bounded_when_loki_is_down_and_counts_the_loss(loki_sink: FakeL
     assert stats.dropped["shutdown"] == 50 and stats.sent_lines == 0
 
 
+def test_close_counts_what_a_dead_sender_left_in_memory(
+    loki_sink: FakeLoki, logger: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Sender, "_run", lambda self: None)  # a sender thread that ended without its work
+    handler = make_handler(loki_sink, flush_timeout_seconds=0.5)
+    logger.addHandler(handler)
+    for n in range(10):
+        logger.info("line %d", n)
+    logger.removeHandler(handler)
+    handler.close()
+    assert handler.stats.snapshot().dropped == {"shutdown": 10}, "not reported as delivered"
+
+
 def test_the_senders_own_logging_never_reaches_loki(loki_sink: FakeLoki) -> None:
     """urllib3 and friends log in the sender thread; shipping those would feed the loop forever."""
     root = logging.getLogger()
@@ -299,6 +315,8 @@ def test_the_handler_reports_its_own_metrics_in_the_registry_given(loki_sink: Fa
         sent = [line for line in text.splitlines() if line.startswith("loki_shipper_sent_lines_total{")]
         assert sent == ['loki_shipper_sent_lines_total{service="svc"} 1.0'], "two handlers of one service: one series"
         assert 'loki_shipper_dropped_lines_total{reason="buffer_full",service="svc"} 0.0' in text
+        assert 'loki_shipper_dropped_lines_total{reason="spool_corrupt",service="svc"} 0.0' in text
+        assert 'loki_shipper_sender_restarts_total{service="svc"} 0.0' in text
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -321,3 +339,40 @@ def test_records_without_the_filter_keep_their_id(loki_sink: FakeLoki) -> None:
         handler.close()
     assert entry.metadata["correlation_id"] == hop.correlation_id
     assert json.loads(entry.line)["correlation_id"] == hop.correlation_id, "JSON lines by default"
+
+
+_ENDS_ITS_LOGGING = """
+import io, logging, logging.config, sys
+from correlation import Settings, setup_logging
+from correlation.config import LokiSettings
+
+loki = LokiSettings(url=sys.argv[1], batch_max_wait_seconds=30.0, flush_timeout_seconds=5.0)
+(*_, shipper) = setup_logging(Settings(service="svc", loki=loki), stream=io.StringIO())
+logging.getLogger("app").warning("the last line")
+shipper.flush(5.0)  # sent before the ending: a close under dictConfig's lock waits on nothing
+{ending}
+"""
+_RECONFIGURED = "closed by a logging reconfiguration"
+
+
+@pytest.mark.parametrize(
+    "ending, warned",
+    [
+        ("logging.shutdown()", False),
+        ("logging.shutdown(); logging.shutdown()", False),
+        ("logging.config.dictConfig({'version': 1, 'disable_existing_loggers': False})", True),
+        ("logging.basicConfig(force=True)", True),
+    ],
+    ids=["shutdown", "shutdown-twice", "dictConfig", "basicConfig-force"],
+)
+def test_a_program_ending_its_logging_gets_no_warning_a_reconfiguration_does(
+    loki_sink: FakeLoki, ending: str, warned: bool
+) -> None:
+    """Scripts, tests and CLIs call logging.shutdown() themselves (and gunicorn's worker_exit
+    hook may): that is not the dictConfig that silently takes the Loki handler away."""
+    script = _ENDS_ITS_LOGGING.format(ending=ending)
+    done = subprocess.run(
+        [sys.executable, "-c", script, loki_sink.url], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert (_RECONFIGURED in done.stderr) is warned, done.stderr
+    assert [e.json["message"] for e in loki_sink.entries] == ["the last line"]

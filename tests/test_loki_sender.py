@@ -215,3 +215,70 @@ def test_with_a_spool_a_refused_batch_goes_to_disk_and_is_replayed_from_there(
     stats = ship.stats.snapshot()
     assert stats.sent_lines == 40 and not stats.dropped and stats.retries["server_error"] >= 1
     assert on_disk() == 0, "replayed segments are removed"
+
+
+# -- a sender that fails ---------------------------------------------------------------------
+
+
+def _fail_once(real: Callable[..., object], error: Exception) -> Callable[..., object]:
+    calls = []
+
+    def failing(*args: object) -> object:
+        calls.append(args)
+        if len(calls) == 1:
+            raise error
+        return real(*args)
+
+    return failing
+
+
+@pytest.mark.parametrize("where", ["between batches", "holding a batch"])
+def test_a_sender_that_fails_is_restarted_counted_and_ships_on(
+    loki_sink: FakeLoki,
+    shipping: Callable[..., Shipping],
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    where: str,
+) -> None:
+    ship = shipping()
+    bug = RuntimeError("a bug in the sender")
+    if where == "between batches":
+        monkeypatch.setattr(ship.buffer, "take", _fail_once(ship.buffer.take, bug))
+    else:
+        push = ship.sender._push  # noqa: SLF001 - the failure put where the sender holds a batch
+        monkeypatch.setattr(ship.sender, "_push", _fail_once(push, bug))
+    first = ship.send(5)
+    wait_until(lambda: ship.stats.snapshot().sender_restarts == 1, 5, "the failure counted as a restart")
+    later = ship.send(5, first=5)
+    stats = ship.settled()
+    assert ship.sender.thread is not None and ship.sender.thread.is_alive()
+    if where == "between batches":
+        assert messages(loki_sink) == first + later and not stats.dropped
+    else:
+        assert messages(loki_sink) == later and stats.dropped == {"sender_error": 5}, "the batch it held, counted"
+    assert "sender restarted" in capfd.readouterr().err
+
+
+def test_stop_says_so_when_the_sender_thread_is_dead(loki_sink: FakeLoki, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Sender, "_run", lambda self: None)  # a thread that ends without doing its work
+    ship = Shipping(loki_sink)
+    ship.send(3)
+    assert ship.sender.thread is not None
+    ship.sender.thread.join(2)
+    assert ship.sender.stop(0.5) is False
+    assert ship.buffer.buffered[0] == 3, "left for the caller to count"
+
+
+def test_stop_says_so_when_the_sender_fails_while_flushing(
+    loki_sink: FakeLoki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ship = Shipping(loki_sink, batch_max_wait_seconds=30.0)
+
+    def failing(entries: list[PushEntry], labels: dict[str, str]) -> tuple[int, str, str]:
+        raise RuntimeError("a bug in the sender")
+
+    monkeypatch.setattr(ship.sender, "_push", failing)
+    ship.send(3)
+    assert ship.sender.stop(1.0) is False
+    stats = ship.stats.snapshot()
+    assert stats.dropped == {"sender_error": 3} and stats.sender_restarts == 1 and stats.sent_lines == 0

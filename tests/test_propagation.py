@@ -110,3 +110,22 @@ def test_a_peer_that_stops_answering_keeps_its_service_name(echo_server: str) ->
     requests.get(f"{echo_server}/named/stock", timeout=5)
     assert propagation.peer_name(None, f"{echo_server}/anything") == "stock", "remembered from its last answer"
     assert propagation.peer_name(None, "http://127.0.0.1:1/") == "127.0.0.1:1", "never answered: the address"
+
+
+def _unsampled_hop() -> context.Hop:
+    """A hop of a trace its first service did not sample, with another tracing system's tracestate."""
+    return context.Hop.start("0af7651916cd43dd8448eb211c80319c", None, False, "congo=t61rcWkgMzE")
+
+
+def test_the_traces_sampled_flag_and_tracestate_go_on(echo_server: str) -> None:
+    with context.bound(_unsampled_hop()) as hop:
+        seen = requests.get(echo_server, timeout=5).json()
+    assert traceparent.parse(seen["traceparent"]) == (hop.correlation_id, hop.request_id, False)
+    assert seen["tracestate"] == "congo=t61rcWkgMzE"
+
+
+def test_a_callers_own_traceparent_keeps_our_tracestate_off(echo_server: str) -> None:
+    theirs = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    with context.bound(_unsampled_hop()):
+        seen = requests.get(echo_server, headers={"TraceParent": theirs}, timeout=5).json()
+    assert seen["traceparent"] == theirs and "tracestate" not in seen, "that tracestate is another trace's"

@@ -1,8 +1,11 @@
-"""Shipping faults with real gunicorn processes: SIGTERM flush, --preload, a stalled Loki."""
+"""Shipping faults with real gunicorn processes: SIGTERM flush, --preload, a stalled Loki, the
+spool of a recycled or killed worker."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -108,6 +111,70 @@ def test_lines_kept_on_disk_at_shutdown_are_sent_by_the_restarted_service(
     loki_sink.default = 204  # Loki is back; the service restarts on the same spool
     start_payments(env)
     loki_sink.wait_for(lambda entries: _access_ids(loki_sink) >= set(ids), timeout=20)
+
+
+def _spool_dirs(spool: Path) -> dict[int, Path]:
+    """The spool's owner directories (``lokispool-p<pid>-<hex>``) by their owner's pid."""
+    return {int(p.name.split("-")[1][1:]): p for p in spool.glob("lokispool-p*-*")}
+
+
+def _access_ids_on_disk(directory: Path) -> set[str]:
+    ids = set()
+    for segment in directory.glob("*.json.gz"):
+        for value in json.loads(gzip.decompress(segment.read_bytes()))["streams"][0]["values"]:
+            if json.loads(value[1]).get("logger") == ACCESS_LOGGER:
+                ids.add(value[2]["correlation_id"])
+    return ids
+
+
+def _spool_env(loki_sink: FakeLoki, spool: Path) -> dict[str, str]:
+    return {
+        "LOKI_URL": loki_sink.url,
+        "LOKI_SPOOL_DIR": str(spool),
+        "LOKI_BATCH_MAX_WAIT_SECONDS": "0.05",
+        "LOKI_FLUSH_TIMEOUT_SECONDS": "1",
+        "LOKI_BACKOFF_MAX_SECONDS": "0.2",
+    }
+
+
+def test_a_recycled_workers_spool_is_adopted_by_its_replacement(
+    loki_sink: FakeLoki, start_payments, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    loki_sink.default = 503  # each recycled worker leaves its lines on disk
+    url, _ = start_payments(_spool_env(loki_sink, spool), "--workers", "2", "--max-requests", "6")
+    ids = _pay(url, 20)
+    loki_sink.default = 204
+    loki_sink.wait_for(lambda entries: _access_ids(loki_sink) >= set(ids), timeout=30)
+    boots = [e for e in loki_sink.entries if "Booting worker" in e.json.get("message", "")]
+    assert len(boots) >= 3, "a worker was recycled"
+    # The master and the two workers alive now; the recycled workers' directories were adopted.
+    wait_until(lambda: len(_spool_dirs(spool)) == 3, 15, "three owner directories")
+    assert all(p.name.startswith("lokispool-p") for p in spool.iterdir()), sorted(os.listdir(spool))
+
+
+def test_a_killed_workers_spool_is_adopted_by_the_worker_that_replaces_it(
+    loki_sink: FakeLoki, start_payments, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    loki_sink.default = 503
+    # A small memory bound: the sender moves memory to disk whenever it is half full.
+    env = {**_spool_env(loki_sink, spool), "LOKI_BUFFER_MAX_BYTES": "16384"}
+    url, master = start_payments(env, "--workers", "2")
+    _pay(url, 40)
+
+    def a_worker_with_lines_on_disk() -> tuple[int, Path, set[str]] | None:
+        for pid, directory in _spool_dirs(spool).items():
+            ids = _access_ids_on_disk(directory) if pid != master.pid else set()
+            if ids:
+                return pid, directory, ids
+        return None
+
+    pid, directory, on_disk = wait_until(a_worker_with_lines_on_disk, 15, "a worker's lines on disk")
+    os.kill(pid, signal.SIGKILL)  # mid-work: no flush, no clean-up
+    wait_until(lambda: not directory.exists(), 20, "the dead worker's directory adopted")
+    loki_sink.default = 204
+    loki_sink.wait_for(lambda entries: _access_ids(loki_sink) >= on_disk, timeout=20)
 
 
 def test_with_loki_down_the_process_holds_about_the_buffer_bound_not_more() -> None:

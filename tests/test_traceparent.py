@@ -47,3 +47,13 @@ def test_parse_refuses_malformed_headers() -> None:
 
 def test_foreign_correlation_ids_get_no_traceparent() -> None:
     assert traceparent.build("lb-7f3a.req_0042", ids.new_request_id()) is None
+
+
+def test_the_sampled_flag_is_read_and_sent_and_other_flags_are_sent_as_zero() -> None:
+    trace, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    assert traceparent.parse(f"00-{trace}-{parent}-00") == (trace, parent, False)
+    assert traceparent.parse(f"00-{trace}-{parent}-09") == (trace, parent, True), "a bit field: mask, not compare"
+    assert traceparent.parse(f"00-{trace}-{parent}-fe") == (trace, parent, False)
+    assert traceparent.parse(f"cc-{trace}-{parent}-00-future") == (trace, parent, False), "a higher version's flag"
+    assert traceparent.build(trace, parent, sampled=False) == f"00-{trace}-{parent}-00"
+    assert traceparent.build(trace, parent, sampled=True) == f"00-{trace}-{parent}-01", "09 in, 01 out"

@@ -248,14 +248,15 @@ def test_json_document_schema() -> None:
         "open",
         "orphan",
         "error",
+        "unreadable",
         "lines",
     }
     orders = hops[1]
     assert orders["children"] == [PAYMENTS, INVENTORY] and orders["parent_request_id"] == GATEWAY
     assert (orders["status"], orders["duration_ms"], orders["start_offset_ms"], orders["depth"]) == (502, 30.0, 3.0, 1)
-    assert hops[2]["error"] and not hops[3]["error"]
+    assert hops[2]["error"] and not hops[3]["error"] and hops[2]["unreadable"] == []
     line = hops[2]["lines"][1]
-    assert set(line) == {"time", "level", "logger", "message", "error", "fields", "raw"}
+    assert set(line) == {"time", "level", "logger", "message", "error", "unreadable", "fields", "raw"}
     assert line["level"] == "ERROR" and line["error"] and line["raw"] is None
     assert line["fields"]["request_id"] == PAYMENTS
     assert trail_to_dict(trail)["start"] == "2025-06-15T15:06:40.000000Z"

@@ -9,7 +9,7 @@ Celery's signals do the work (they are process-wide: one call covers every app i
 
 - ``before_task_publish``: inside a hop (a request, or another task) the message headers carry the
   hop (:mod:`correlation.task_headers`: correlation ID, this hop's request ID as the task's
-  parent, caller, ``traceparent``) and the publish time (``X-Published-At``). A retry is published
+  parent, caller, ``traceparent`` and ``tracestate``) and the publish time (``X-Published-At``). A retry is published
   from inside the failing attempt, so the next attempt's parent is that attempt. Outside any hop
   (beat, a shell, a script) the task starts a fresh trail: a new ID, no parent.
 - ``task_prerun``: the run becomes a hop with its own request ID, bound until ``task_postrun``, so
@@ -50,6 +50,7 @@ _access_log = logging.getLogger(schema.ACCESS_LOGGER)
 STATUS_OF_STATE = {schema.STATE_SUCCESS: 200, schema.STATE_RETRY: 202, "ignored": 204}
 FAILURE_STATUS = 500
 _header = schema.CORRELATION_HEADER
+_W3C_HEADERS = frozenset({schema.TRACEPARENT_HEADER, schema.TRACESTATE_HEADER})
 _install_lock = threading.Lock()
 _installed = False
 
@@ -70,8 +71,14 @@ def _on_publish(headers: dict[str, Any] | None = None, **_: Any) -> None:
         # Outside any hop with an ID already set: a publisher that chose it. Keep it.
         headers.setdefault(schema.PUBLISHED_AT_HEADER, str(int(time.time() * 1000)))
         return
-    # Inside a hop its headers win: a retry's message copies the failed attempt's old ones.
-    headers.update(publish_headers(hop, context.service(), _header))
+    # Inside a hop its headers win: a retry's message copies the failed attempt's old ones. W3C
+    # headers the hop does not send go too: an old tracestate is another trace's, or was refused.
+    # (Outside a hop a publisher's own traceparent, an OpenTelemetry one say, is left alone.)
+    ours = publish_headers(hop, context.service(), _header)
+    if hop is not None:
+        for name in [k for k in headers if str(k).lower() in _W3C_HEADERS and k not in ours]:
+            del headers[name]
+    headers.update(ours)
 
 
 def send_task(
@@ -131,9 +138,7 @@ def _on_prerun(task: Any = None, **_: Any) -> None:
     current = context.current()
     if getattr(request, "is_eager", False) and current is not None:
         # Run in the caller's thread (apply(), task_always_eager): a child of the calling hop.
-        read = TaskInbound(
-            wire.Inbound(context.Hop.start(current.correlation_id, current.request_id), context.service(), ()), None, ()
-        )
+        read = TaskInbound(wire.Inbound(current.child(), context.service(), ()), None, ())
     else:
         read = read_headers(_message_headers(request), _header)
     hop = read.inbound.hop

@@ -59,6 +59,13 @@ def _bool(raw: str) -> bool:
     raise ValueError(raw)
 
 
+def _address(raw: str) -> str:
+    host, _, port = raw.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536 or (host and not re.fullmatch(r"[A-Za-z0-9.\-]+", host)):
+        raise ValueError(raw)
+    return raw
+
+
 def _as_text(value: object) -> str:
     """A plain option value as its environment variable would hold it."""
     return str(value).lower() if isinstance(value, bool) else str(value)
@@ -214,6 +221,9 @@ class Settings:
     #: Error responses carry the correlation ID (RFC 9457 problem+json, or the HTML page + ID).
     error_bodies: bool = True
     loki: LokiSettings = field(default_factory=LokiSettings)
+    #: ``METRICS_PORT``: serve ``/metrics`` on this port (or ``host:port``) only, not on the
+    #: application's; empty: on the application's (see :mod:`correlation.metrics.listener`).
+    metrics_port: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -238,6 +248,7 @@ class Settings:
             ),
             "error_bodies": _parse(env, "CORRELATION_ERROR_BODIES", cls.error_bodies, _bool, "true or false"),
             "loki": LokiSettings.from_env(env),
+            "metrics_port": _parse(env, "METRICS_PORT", "", _address, "a port (9464) or host:port"),
         }
         values.update(overrides)
         settings = cls(**values)  # type: ignore[arg-type]

@@ -42,16 +42,33 @@ class Hop(NamedTuple):
     #: mutable part: shared by every thread the hop is handed to, read when the hop answers, so
     #: that a 5xx can say whether it was this hop's own failure or a downstream one.
     failed_calls: list[str]
+    #: W3C Trace Context, sent on in ``traceparent`` and ``tracestate`` (see :mod:`correlation.wire`):
+    #: the sampled flag the trace came with (True on a trail that starts here: every hop is logged),
+    #: and the tracing systems' ``tracestate`` for this trace-id (None: none to pass on).
+    sampled: bool = True
+    tracestate: str | None = None
 
     @classmethod
-    def start(cls, correlation_id: str | None = None, parent_request_id: str | None = None) -> Hop:
+    def start(
+        cls,
+        correlation_id: str | None = None,
+        parent_request_id: str | None = None,
+        sampled: bool = True,
+        tracestate: str | None = None,
+    ) -> Hop:
         """A new hop with its own request ID, joining ``correlation_id`` or starting a new one."""
         if correlation_id:
             request_id = ids.new_request_id()
         else:  # a new trail: both IDs from one call (this runs on every fresh request)
             correlation_id, request_id = ids.new_ids()
-        fields: tuple[str, str, str | None, list[str]] = (correlation_id, request_id, parent_request_id, [])
+        fields: tuple[str, str, str | None, list[str], bool, str | None] = (
+            correlation_id, request_id, parent_request_id, [], sampled, tracestate
+        )  # fmt: skip
         return _new_tuple(cls, fields)
+
+    def child(self) -> Hop:
+        """A new hop of the same trail and trace, called by this one (a task run in the caller's thread)."""
+        return Hop.start(self.correlation_id, self.request_id, self.sampled, self.tracestate)
 
 
 _new_tuple = tuple.__new__  # the fields in order, without the generated __new__'s Python frame

@@ -27,6 +27,7 @@ from flask.globals import _cv_request
 from correlation import access, context, errors, ids, metrics, propagation, schema, wire
 from correlation.config import Settings
 from correlation.context import Hop
+from correlation.metrics import listener, unshared
 from correlation.schema import (  # by name, not schema.X: one lookup each on every request
     CALLER,
     CLIENT_CORRELATION_ID,
@@ -194,6 +195,16 @@ class _Edge:
         access.write(_access_log, level, __file__, "%s %s %d %.1fms%s", args, hop, fields)
 
 
+class _FirstCallEdge(_Edge):
+    """The edge until its first request, which tells whether the server's workers share their
+    metrics (:mod:`correlation.metrics.unshared`); then a plain :class:`_Edge`, at no cost per request."""
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        self.__class__ = _Edge  # type: ignore[assignment]
+        unshared.check_server(environ, self.service)
+        return _Edge.__call__(self, environ, start_response)
+
+
 def _metrics_view() -> flask.Response:
     body, content_type = metrics.render(flask.request.headers.get("Accept"))
     return flask.Response(body, content_type=content_type)
@@ -230,11 +241,16 @@ class Correlation:
         self.settings = settings
         context.set_service(settings.service)
         app.extensions["correlation"] = self
-        self.edge = _Edge(app.wsgi_app, settings, self.quiet_paths, app.url_map)
+        self.edge: _Edge = _FirstCallEdge(app.wsgi_app, settings, self.quiet_paths, app.url_map)
         app.wsgi_app = self.edge  # type: ignore[method-assign]
         if settings.error_bodies:
             errors.install(app)
-        if self.metrics_path:
+        if settings.metrics_port:
+            # Not on the application's port: the exemplars are other users' correlation IDs.
+            # Under gunicorn the arbiter serves it (correlation.gunicorn.when_ready).
+            if not unshared.under_gunicorn():
+                listener.serve(settings.metrics_port)
+        elif self.metrics_path:
             app.add_url_rule(self.metrics_path, "correlation_metrics", _metrics_view)
         if self.propagate_requests:
             propagation.instrument_requests(settings.header)

@@ -1,11 +1,14 @@
-"""Gunicorn: its own log lines as JSON lines of the service, and no request lost without a word
-when it kills a worker for a timeout.
+"""Gunicorn: its own log lines as JSON lines of the service, metrics summed over every worker, and
+no request lost without a word when it kills a worker for a timeout.
 
 In a gunicorn config file (``gunicorn --config python:myapp.gunicorn_conf``)::
 
-    from correlation.gunicorn import gunicorn_logconfig, worker_abort  # noqa: F401 (a hook)
+    # The hooks: on_starting, when_ready, child_exit, on_exit, worker_abort; and gunicorn_logconfig.
+    from correlation.gunicorn import *  # noqa: F403
 
     logconfig_dict = gunicorn_logconfig()
+
+(A config with its own hook of one of these names calls ours from it.)
 
 - ``logconfig_dict`` (built by :func:`gunicorn_logconfig` from the environment, as
   ``setup_logging`` would) sends gunicorn's error log (boot, worker exits, ``WORKER TIMEOUT``)
@@ -16,17 +19,28 @@ In a gunicorn config file (``gunicorn --config python:myapp.gunicorn_conf``)::
   ``worker timeout``, so the trail ends with the reason and ``trail --last-error`` finds it, then
   sends what is buffered to Loki (or to the disk spool) within :data:`ABORT_FLUSH_SECONDS`: the
   arbiter sends SIGKILL about a second later.
+- :func:`on_starting`, :func:`child_exit` and :func:`on_exit` share the metrics of every worker
+  (:mod:`correlation.metrics.store`): the arbiter makes a clean shared directory before it forks
+  the workers (``PROMETHEUS_MULTIPROC_DIR`` when set, else a private temporary one), each worker
+  writes its series to its own file there, any worker's ``/metrics`` answers their sum, the counts
+  of a worker that exits are kept in an archive, and the library's files are removed at exit.
+- :func:`when_ready` serves ``/metrics`` from the arbiter when ``METRICS_PORT`` is set
+  (:mod:`correlation.metrics.listener`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
 from correlation import context
 from correlation.config import Settings
 from correlation.flask import IN_FLIGHT
+from correlation.metrics import listener, server
+
+__all__ = ["child_exit", "gunicorn_logconfig", "on_exit", "on_starting", "when_ready", "worker_abort"]
 
 #: What the aborted worker may spend sending its last lines (gunicorn's arbiter checks its
 #: workers about once a second and then sends SIGKILL).
@@ -88,3 +102,30 @@ def flush_all(seconds: float) -> None:
                 handler.flush()
         except Exception:  # noqa: BLE001 - the worker is dying: one handler must not stop the others
             pass
+
+
+def on_starting(arbiter: Any) -> None:  # noqa: ARG001 - gunicorn's hook signature
+    """Gunicorn hook (arbiter, before the workers are forked): workers share their metrics."""
+    directory = server.start()
+    _log.info("metrics of every worker shared through %s", directory)
+
+
+def when_ready(arbiter: Any) -> None:  # noqa: ARG001 - gunicorn's hook signature
+    """Gunicorn hook (arbiter, listening): serve ``/metrics`` on ``METRICS_PORT`` when it is set."""
+    address = Settings.from_env().metrics_port
+    if address:
+        listener.serve(address)
+
+
+def child_exit(arbiter: Any, worker: Any) -> None:  # noqa: ARG001 - gunicorn's hook signature
+    """Gunicorn hook (arbiter, a worker exited, however): keep its counts, delete its file."""
+    server.worker_exited(worker.pid)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip():  # the application's own metrics
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(arbiter: Any) -> None:  # noqa: ARG001 - gunicorn's hook signature
+    """Gunicorn hook (arbiter, stopping): remove the library's metrics files."""
+    server.stop()

@@ -22,9 +22,11 @@ _originals: dict[str, Any] = {}
 
 def _add_headers(request: httpx.Request, hop: context.Hop | None) -> None:
     if hop is not None:
-        for name, value in wire.headers(hop, context.service(), propagation.current_header()).items():
-            if name not in request.headers:  # a header the caller set wins
-                request.headers[name] = value
+        request_headers = request.headers  # a header the caller set wins (wire.headers_to_add)
+        for name, value in wire.headers_to_add(
+            hop, context.service(), propagation.current_header(), request_headers.__contains__
+        ):
+            request_headers[name] = value
 
 
 def _ended(

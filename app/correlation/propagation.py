@@ -3,7 +3,8 @@
 :func:`instrument_requests` patches ``requests.Session.send`` (every ``requests`` call goes
 through it). While a hop is bound, each call:
 
-- carries the hop's headers (:func:`correlation.wire.headers`), a header the caller set winning;
+- carries the hop's headers (:func:`correlation.wire.headers_to_add`), a header the caller set
+  winning (a ``traceparent`` of its own also keeps the hop's ``tracestate`` off);
 - is timed per peer: the service name the peer answers in ``X-Service-Name``, else its
   ``host:port`` (never a URL: a metric label must stay bounded);
 - when it fails (5xx, no answer, timeout), is noted on the hop, so that the hop's own 5xx is
@@ -94,8 +95,9 @@ def current_header() -> str:
 def _send(session: requests.Session, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
     hop, started = call_started()
     if hop is not None:
-        for name, value in wire.headers(hop, context.service(), _header).items():
-            request.headers.setdefault(name, value)
+        request_headers = request.headers
+        for name, value in wire.headers_to_add(hop, context.service(), _header, request_headers.__contains__):
+            request_headers[name] = value
     url, method = request.url or "", request.method or "GET"
     try:
         response = _original_send(session, request, **kwargs)

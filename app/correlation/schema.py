@@ -95,6 +95,9 @@ PARENT_HEADER = "X-Parent-Request-ID"
 CALLER_HEADER = "X-Caller-Service"
 #: W3C Trace Context: trace-id = correlation ID, parent-id = the calling hop's request ID.
 TRACEPARENT_HEADER = "traceparent"
+#: W3C Trace Context: the tracing systems' entries for the trace in ``traceparent``, passed on as
+#: they came (beside a ``traceparent`` of the same trace-id only).
+TRACESTATE_HEADER = "tracestate"
 #: On every response: the answering service's name, so a caller's metrics name the peer
 #: service rather than a host.
 SERVICE_HEADER = "X-Service-Name"

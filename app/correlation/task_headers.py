@@ -2,7 +2,8 @@
 
 What :mod:`correlation.wire` is to HTTP calls, this is to task messages: :func:`publish_headers`
 writes the publishing hop (correlation ID, the publisher's request ID as the task's parent, caller,
-``traceparent``) and the publish time (``X-Published-At``); :func:`read_headers` reads them back
+``traceparent`` with the trace's sampled flag, and ``tracestate`` when the trace has one) and the
+publish time (``X-Published-At``); :func:`read_headers` reads them back
 when the task runs, refusing (never raising on) anything malformed, a publish time out of range
 included. Header names live in :mod:`correlation.schema`. Plain data in, plain data out: no Celery
 here; :mod:`correlation.celery` wires it to Celery's signals.
@@ -31,6 +32,7 @@ TASK_HEADERS = (
     schema.PARENT_HEADER,
     schema.CALLER_HEADER,
     schema.TRACEPARENT_HEADER,
+    schema.TRACESTATE_HEADER,
     schema.PUBLISHED_AT_HEADER,
 )
 

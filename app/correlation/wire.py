@@ -15,6 +15,14 @@ A value that is not 1-64 characters of ``[A-Za-z0-9._-]`` (or a malformed ``trac
 counts it. Outbound: the correlation ID, this hop's request ID as the callee's parent, this
 service's name, and a ``traceparent`` when the ID has the trace-id shape (ours do), so an
 OpenTelemetry-instrumented neighbour joins the same trail.
+
+W3C Trace Context beyond the IDs: when the hop continues the trace of the ``traceparent`` it was
+sent (the correlation ID is that trace-id, whichever header it came from), it keeps that
+``traceparent``'s sampled flag and the ``tracestate`` beside it (:mod:`correlation.tracestate`),
+and sends both on with every call and task it makes, so a neighbour's parent-based sampler decides
+as the trace's first service did. A trail that starts here (or whose ID came without a matching
+``traceparent``) is sent as sampled (``01``): every hop of it is logged. From an untrusted sender
+nothing is kept, flags and ``tracestate`` included. docs/w3c-trace-context.md has the details.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from correlation import ids, schema, traceparent
+from correlation import ids, schema, traceparent, tracestate
 from correlation.context import Hop
 
 #: Reads one header by its name (case-insensitively), None when absent.
@@ -66,20 +74,37 @@ def read(get: HeaderGetter, header: str = schema.CORRELATION_HEADER, *, trusted:
     if parent is not None and not ids.is_valid_id(parent):
         rejections.append(Rejection(schema.PARENT_HEADER, ids.rejection_reason(parent) or "bad_characters", parent))
         parent = None
+    sampled, state = True, None  # a trail that starts here: see the module's docstring
     raw_tp = get(schema.TRACEPARENT_HEADER)
-    # traceparent only fills a gap, and only when nothing else was refused: a refused ID with a
-    # valid traceparent beside it must not be smuggled in under the trace-id.
-    if raw_tp is not None and not rejections and (correlation_id is None or parent is None):
+    if raw_tp is not None:
         tp = traceparent.parse(raw_tp)
         if tp is None:
             rejections.append(Rejection(schema.TRACEPARENT_HEADER, "bad_traceparent", raw_tp))
-        elif correlation_id is None or correlation_id == tp.trace_id:
-            correlation_id = tp.trace_id
-            parent = parent or tp.parent_id
+        else:
+            # traceparent's IDs only fill a gap, and only when nothing was refused: a refused ID
+            # with a valid traceparent beside it must not be smuggled in under the trace-id.
+            if not rejections and (correlation_id is None or correlation_id == tp.trace_id):
+                correlation_id = tp.trace_id
+                parent = parent or tp.parent_id
+            # Its flags and tracestate are that trace's: kept only when the hop continues it.
+            if correlation_id == tp.trace_id:
+                sampled = tp.sampled
+                state = _tracestate(get, rejections)
     caller = get(schema.CALLER_HEADER)
     if caller is not None and not ids.is_valid_id(caller):
         caller = None  # shown only, never trusted: a bad one is simply not shown
-    return Inbound(Hop.start(correlation_id, parent), caller, tuple(rejections))
+    return Inbound(Hop.start(correlation_id, parent, sampled, state), caller, tuple(rejections))
+
+
+def _tracestate(get: HeaderGetter, rejections: list[Rejection]) -> str | None:
+    """The ``tracestate`` to pass on; a list dropped or cut is reported (:mod:`correlation.tracestate`)."""
+    raw = get(schema.TRACESTATE_HEADER)
+    if raw is None:
+        return None
+    state = tracestate.read(raw)
+    if state.reason is not None:
+        rejections.append(Rejection(schema.TRACESTATE_HEADER, state.reason, raw))
+    return state.value
 
 
 def _sent_id(get: HeaderGetter, header: str) -> tuple[str | None, list[Rejection]]:
@@ -119,10 +144,21 @@ def from_headers(
 def headers(hop: Hop, service: str, header: str = schema.CORRELATION_HEADER) -> dict[str, str]:
     """The headers that hand ``hop`` on to the next service (or task)."""
     out = {header: hop.correlation_id, schema.PARENT_HEADER: hop.request_id, schema.CALLER_HEADER: service}
-    tp = traceparent.build(hop.correlation_id, hop.request_id)
+    tp = traceparent.build(hop.correlation_id, hop.request_id, hop.sampled)
     if tp:
         out[schema.TRACEPARENT_HEADER] = tp
+        if hop.tracestate:  # only beside a traceparent of its trace-id: it belongs to that trace
+            out[schema.TRACESTATE_HEADER] = hop.tracestate
     return out
+
+
+def headers_to_add(hop: Hop, service: str, header: str, already_set: Callable[[str], bool]) -> list[tuple[str, str]]:
+    """:func:`headers` for a message the caller has started: a header it set itself wins, and a
+    ``traceparent`` of its own keeps our ``tracestate`` off (another trace's, perhaps)."""
+    out = headers(hop, service, header)
+    if already_set(schema.TRACEPARENT_HEADER):
+        out.pop(schema.TRACESTATE_HEADER, None)
+    return [(name, value) for name, value in out.items() if not already_set(name)]
 
 
 @lru_cache(maxsize=64)

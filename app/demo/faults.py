@@ -8,13 +8,21 @@ Who may use it: with ``FAULT_TOKEN`` (or ``FAULT_TOKEN_FILE``, read at each call
 written after the service started counts) only a request with ``Authorization: Bearer <token>``;
 without one only a peer on this machine (loopback), as in a local run. The gateway is the demo's
 public edge, and a switch that makes every request fail is not for the public (docs/security.md).
+
+Under gunicorn with several workers the setting is one for the service, not one per worker: the
+arbiter makes a file for it at start (:func:`share_between_workers`, from the demo's
+``on_starting``) and names it in ``DEMO_FAULTS_FILE``, which the workers inherit; a POST to any
+worker changes it for all.
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
+import os
 import random
+import tempfile
 import threading
 import time
 from collections.abc import Mapping
@@ -71,21 +79,55 @@ class FaultSettings:
             raise ConfigError(f"FAULT_ERROR_RATE/FAULT_LATENCY_MS: {exc}") from None
 
 
-class Faults:
-    """The current fault setting of one service, shared by its request threads."""
+#: The file holding the setting shared by a service's gunicorn workers.
+SHARED_FILE_ENV = "DEMO_FAULTS_FILE"
 
-    def __init__(self, initial: FaultSettings) -> None:
+
+def share_between_workers(env: Mapping[str, str] = os.environ) -> Path:
+    """Make the shared setting's file (from ``FAULT_*``) and name it in ``DEMO_FAULTS_FILE`` for
+    the workers to be forked (the gunicorn arbiter calls this)."""
+    handle, name = tempfile.mkstemp(prefix="demo-faults-", suffix=".json")
+    os.close(handle)
+    path = Path(name)
+    _write(path, FaultSettings.from_env(env))
+    os.environ[SHARED_FILE_ENV] = str(path)
+    return path
+
+
+def _write(path: Path, settings: FaultSettings) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(asdict(settings)))
+    os.replace(temporary, path)
+
+
+class Faults:
+    """The current fault setting of one service, shared by its request threads (and by its
+    workers when ``DEMO_FAULTS_FILE`` names the file: read again whenever it changed)."""
+
+    def __init__(self, initial: FaultSettings, shared_file: str | None = None) -> None:
         self._settings = initial
         self._lock = threading.Lock()
+        self._path = Path(shared_file) if shared_file else None
+        self._seen: tuple[int, int] | None = None
 
     @property
     def settings(self) -> FaultSettings:
         with self._lock:
-            return self._settings
+            return self._current()
+
+    def _current(self) -> FaultSettings:
+        if self._path is not None:
+            stat = self._path.stat()
+            if (stat.st_mtime_ns, stat.st_ino) != self._seen:
+                self._settings = FaultSettings.parse(json.loads(self._path.read_text()))
+                self._seen = (stat.st_mtime_ns, stat.st_ino)
+        return self._settings
 
     def update(self, values: Mapping[str, Any]) -> FaultSettings:
         with self._lock:
-            self._settings = FaultSettings.parse(values, self._settings)
+            self._settings = FaultSettings.parse(values, self._current())
+            if self._path is not None:
+                _write(self._path, self._settings)
             return self._settings
 
     def apply(self) -> None:

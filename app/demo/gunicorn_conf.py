@@ -1,17 +1,20 @@
 """gunicorn settings shared by every demo service (``--config python:demo.gunicorn_conf``).
 
-One worker with threads, on purpose: prometheus_client's multiprocess mode drops exemplars, and
-the correlation-ID exemplars are what link a latency spike to a request's trail. Scale by running
-more replicas of the service, not more workers.
+Two workers with threads each (``GUNICORN_WORKERS``, ``GUNICORN_THREADS``): the library's hooks
+(on_starting, child_exit, on_exit) share every worker's metrics, so any worker's ``/metrics``
+answers the service's sums with the newest correlation-ID exemplars.
 """
 
 import logging
 import os
 
-from correlation.gunicorn import gunicorn_logconfig, worker_abort  # noqa: F401 - worker_abort is a hook
+# The library's hooks (on_starting and on_exit are called from the demo's own, below).
+from correlation import gunicorn as correlation_gunicorn
+from correlation.gunicorn import child_exit, gunicorn_logconfig, when_ready, worker_abort  # noqa: F401 - hooks
+from demo import faults
 
 bind = f"{os.environ.get('BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
-workers = 1
+workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 timeout = 30
@@ -27,3 +30,14 @@ control_socket_disable = True
 def worker_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
     # Flush buffered log lines to Loki before the worker goes (bounded by LOKI_FLUSH_TIMEOUT_SECONDS).
     logging.shutdown()
+
+
+def on_starting(server):
+    correlation_gunicorn.on_starting(server)  # the workers' shared metrics
+    # One fault switch for the service, whichever worker a POST /admin/faults reaches.
+    server.demo_faults_file = faults.share_between_workers()
+
+
+def on_exit(server):
+    correlation_gunicorn.on_exit(server)
+    server.demo_faults_file.unlink(missing_ok=True)

@@ -25,7 +25,7 @@ import correlation
 from correlation.config import ConfigError
 from demo.calls import DEFAULT_PORTS, SERVICES, DownstreamError, downstream_url
 from demo.calls import call as _call
-from demo.faults import FaultAccess, Faults, FaultSettings, admin_blueprint
+from demo.faults import SHARED_FILE_ENV, FaultAccess, Faults, FaultSettings, admin_blueprint
 
 __all__ = ["DEFAULT_PORTS", "SERVICES", "create_app"]
 
@@ -119,7 +119,7 @@ def create_app(service: str | None = None, env: Mapping[str, str] | None = None)
     if service not in _ROUTES:
         raise ConfigError(f"SERVICE_NAME={service!r} is not valid: expected one of {', '.join(SERVICES)}")
     settings = correlation.Settings.from_env(env, service=service)
-    faults = Faults(FaultSettings.from_env(env))
+    faults = Faults(FaultSettings.from_env(env), env.get(SHARED_FILE_ENV))
     access = FaultAccess.from_env(env)
 
     app = flask.Flask(service)

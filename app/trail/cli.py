@@ -5,8 +5,9 @@
     trail serve [--host 127.0.0.1] [--port 8090]   the same trails as web pages (trail.web)
 
 Exit status: 0 trail shown; 1 nothing found in the window (window and query are printed);
-2 bad arguments (a malformed ID is refused before any query), bad LOKI_* settings, Loki
-unreachable or answering an error (URL and Loki's message are printed).
+2 bad arguments (a malformed ID is refused before any query; a window longer than --max-window,
+default TRAIL_MAX_WINDOW or 24 h), bad LOKI_*/TRAIL_* settings, Loki unreachable or answering an
+error (URL and Loki's message are printed).
 
 This module reads the command line and prints; the lookup itself (windows, queries) is
 :mod:`trail.lookup`, the last-error search :mod:`trail.last_error`.
@@ -15,6 +16,7 @@ This module reads the command line and prints; the lookup itself (windows, queri
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -25,20 +27,26 @@ from correlation.config import ConfigError, LokiSettings
 from trail.last_error import last_error
 from trail.loki_query import DEFAULT_PAGE_SIZE, MAX_LIMIT, LokiQueryClient, LokiQueryError
 from trail.lookup import (
+    DEFAULT_MAX_LINES,
     DEFAULT_MAX_REQUEST_SECONDS,
     DEFAULT_SINCE_SECONDS,
+    MAX_LINES_ENV,
     TrailLookup,
     Window,
+    WindowTooLong,
     check_correlation_id,
+    check_max_lines,
     check_service,
     check_task,
     explicit_window,
     last_error_query,
     lookup_trail,
+    max_lines_from_env,
     parse_duration,
     parse_time,
 )
-from trail.render import format_time, render_json, render_text
+from trail.render import clean, format_time, line_cap_note, render_lookup_json, render_text
+from trail.window import DEFAULT_MAX_WINDOW_SECONDS, MAX_WINDOW_ENV, format_duration, max_window_from_env
 
 EXIT_FOUND, EXIT_NOT_FOUND, EXIT_ERROR = 0, 1, 2
 T = TypeVar("T")
@@ -62,9 +70,20 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number > 0")
     return value
+
+
+def _max_lines(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    try:
+        return check_max_lines(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _page_size(text: str) -> int:
@@ -113,7 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_float,
         default=DEFAULT_MAX_REQUEST_SECONDS,
         metavar="SECONDS",
-        help="longest a request may take; bounds the window after an ID's time (default %(default)s)",
+        help="longest a request may take; bounds the window after an ID's time (default %(default)s; "
+        "at most half of --max-window)",
+    )
+    when.add_argument(
+        "--max-window",
+        type=_argument(parse_duration),
+        metavar="DURATION",
+        help="the longest window --since/--from/--to may ask for "
+        f"(default {MAX_WINDOW_ENV} or {format_duration(DEFAULT_MAX_WINDOW_SECONDS)})",
     )
     parser.add_argument("--json", action="store_true", help="print the trail as JSON")
     parser.add_argument(
@@ -122,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_PAGE_SIZE,
         metavar="N",
         help="entries per Loki request while paging (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-lines",
+        type=_max_lines,
+        metavar="N",
+        help=f"read and show at most N lines of the trail, the oldest (default {MAX_LINES_ENV} or {DEFAULT_MAX_LINES})",
     )
     return parser
 
@@ -150,10 +183,32 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace, now_n
             parser.error(f"{flag}{joint}{exc}")
     if args.since is not None and args.from_ns is not None:
         parser.error("--since and --from exclude each other")
+    if args.max_request_seconds > args.max_window / 2:
+        # The wide look spans it on both sides of the ID's time: it must fit the window maximum.
+        parser.error(
+            f"--max-request-seconds {args.max_request_seconds:g} is longer than half the window maximum "
+            f"({format_duration(args.max_window)}: --max-window or {MAX_WINDOW_ENV})"
+        )
     try:
-        return explicit_window(since_seconds=args.since, from_ns=args.from_ns, to_ns=args.to_ns, now_ns=now_ns)
+        return explicit_window(
+            since_seconds=args.since,
+            from_ns=args.from_ns,
+            to_ns=args.to_ns,
+            now_ns=now_ns,
+            max_seconds=args.max_window,
+        )
+    except WindowTooLong as exc:
+        parser.error(f"{exc} (set by --max-window or {MAX_WINDOW_ENV}); nothing was queried")
     except ValueError as exc:
         parser.error(str(exc))
+
+
+def _limits_from_env(args: argparse.Namespace) -> None:
+    """Fill --max-window and --max-lines from the environment when they were not given."""
+    if args.max_window is None:
+        args.max_window = max_window_from_env(os.environ)
+    if args.max_lines is None:
+        args.max_lines = max_lines_from_env(os.environ)
 
 
 def _write(text: str) -> None:
@@ -173,19 +228,24 @@ def _say(message: str) -> None:
 def _show(lookup: TrailLookup, as_json: bool) -> int:
     """Print the trail found (or say what was searched when nothing was); the exit status."""
     if lookup.widened:
+        # The reasons name services and IDs read from lines: escaped like every text from a line.
         _say(
-            f"trail: {'; '.join(lookup.widened_because)} in {lookup.windows[0]}; "
+            f"trail: {clean('; '.join(lookup.widened_because))} in {lookup.windows[0]}; "
             f"widened the window once to {lookup.window}"
         )
     if not lookup.found:
         windows = "\n".join(f"  window: {w}" for w in lookup.windows)
         _say(f"trail: no log lines for correlation ID {lookup.correlation_id}\n{windows}\n  query: {lookup.query}")
         return EXIT_NOT_FOUND
+    note = line_cap_note(lookup) if lookup.lines_capped else None
+    if note:
+        _say(f"trail: {note}")
     if as_json:
-        _write(render_json(lookup.trail, query=lookup.query, window=lookup.window.to_dict(), widened=lookup.widened))
+        _write(render_lookup_json(lookup))
     else:
         color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-        _write(render_text(lookup.trail, window=(lookup.window.start_ns, lookup.window.end_ns), color=color))
+        window = (lookup.window.start_ns, lookup.window.end_ns)
+        _write(render_text(lookup.trail, window=window, color=color, note=note))
     return EXIT_FOUND
 
 
@@ -199,6 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     now_ns = time.time_ns()
+    try:
+        _limits_from_env(args)
+    except ConfigError as exc:
+        _say(f"trail: {exc}")
+        return EXIT_ERROR
     explicit = _check_args(parser, args, now_ns)
 
     try:
@@ -220,6 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 max_request_seconds=args.max_request_seconds,
                 page_size=args.page_size,
                 now_ns=now_ns,
+                max_lines=args.max_lines,
             )
             return _show(lookup, args.json)
         search = explicit or Window.last(DEFAULT_SINCE_SECONDS, now_ns)
@@ -231,6 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             page_size=args.page_size,
             now_ns=now_ns,
             task=args.task,
+            max_lines=args.max_lines,
         )
     except LokiQueryError as exc:
         _say(f"trail: Loki error: {exc}")
@@ -239,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         query = last_error_query(args.service, task=args.task)
         _say(f"trail: no failed request (status >= 500) in window {search}\n  query: {query}")
         return EXIT_NOT_FOUND
-    where = found.failure.service or "?"
+    where = clean(found.failure.service or "?")  # a stream label: whoever pushed the line chose it
     _say(
         f"trail: most recent failed request: {found.correlation_id} "
         f"({where} access line at {format_time(found.failure.access_line.ts_ns)})"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from correlation import schema
-from trail.log_line import LogLine, parse_line, parse_number
+from trail.log_line import LogLine, parse_line
 
 UNKNOWN_HOP = "unknown"
 
@@ -87,8 +87,7 @@ class TrailHop:
     @property
     def queue_wait_ms(self) -> float | None:
         """A task run's time in the queue: from its publish to the start of the run."""
-        fields = self.access.fields if self.access and self.is_task else None
-        return parse_number(fields.get(schema.QUEUE_WAIT_MS)) if fields else None
+        return self.access.number(schema.QUEUE_WAIT_MS) if self.access and self.is_task else None
 
     @property
     def path(self) -> str | None:
@@ -100,12 +99,21 @@ class TrailHop:
 
     @property
     def status(self) -> int | None:
-        value = parse_number(self.access.fields.get(schema.STATUS)) if self.access and self.access.fields else None
+        """The HTTP status (100..599); None when the hop is open or its status is unreadable."""
+        value = self.access.number(schema.STATUS) if self.access else None
         return None if value is None else int(value)
 
     @property
     def duration_ms(self) -> float | None:
-        return parse_number(self.access.fields.get(schema.DURATION_MS)) if self.access and self.access.fields else None
+        return self.access.number(schema.DURATION_MS) if self.access else None
+
+    @property
+    def unreadable(self) -> tuple[str, ...]:
+        """The access line's fields that were there but unreadable (shown as unknown)."""
+        if self.access is None:
+            return ()
+        found = self.access.unreadable()
+        return found if self.is_task else tuple(name for name in found if name != schema.QUEUE_WAIT_MS)
 
     @property
     def end_ns(self) -> int | None:

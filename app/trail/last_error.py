@@ -21,7 +21,7 @@ from correlation.ids import is_valid_id, time_ms_of
 from trail.hops import Trail
 from trail.logql import last_error_query
 from trail.loki_query import DEFAULT_PAGE_SIZE, LokiQueryClient, QueriedEntry
-from trail.lookup import TrailLookup, deadline_after, lookup_trail_until
+from trail.lookup import DEFAULT_MAX_LINES, TrailLookup, deadline_after, lookup_trail_until
 from trail.root_cause import RootCause, root_cause
 from trail.window import DEFAULT_MAX_REQUEST_SECONDS, DEFAULT_SINCE_SECONDS, Window
 
@@ -102,7 +102,7 @@ def _find_last_failure(
     for entry in newest_first:
         try:
             fields = json.loads(entry.line)
-        except ValueError:
+        except (ValueError, RecursionError):  # a line is untrusted: thousands of nested brackets
             fields = None
         candidate = fields.get(schema.CORRELATION_ID) if isinstance(fields, dict) else None
         if not isinstance(candidate, str):
@@ -127,13 +127,15 @@ def last_error(
     budget_seconds: float | None = None,
     prefer_own: bool = False,
     task: str | None = None,
+    max_lines: int = DEFAULT_MAX_LINES,
 ) -> LastError | None:
     """The newest failed request in ``window`` (default: the last hour) and its trail; None when
     none failed. Our IDs are then looked up around their own time; a foreign ID over the window it
     was found in. ``budget_seconds`` bounds the search and the lookup together. ``prefer_own``:
     the newest of ``service``'s own failures when it has any (an alert on a service's own errors
     must not be explained by a request it only passed on), else any failure. ``task``: only
-    failed runs of that task (a worker runs several; an alert on one must name a run of it)."""
+    failed runs of that task (a worker runs several; an alert on one must name a run of it).
+    ``max_lines``: the most lines read for the trail (:func:`trail.lookup.lookup_trail`)."""
     deadline = deadline_after(budget_seconds)
     search = window or Window.last(DEFAULT_SINCE_SECONDS, now_ns)
     failure = _find_last_failure(client, service, search, deadline, True, task) if prefer_own else None
@@ -150,5 +152,6 @@ def last_error(
         page_size=page_size,
         now_ns=now_ns,
         deadline=deadline,
+        max_lines=max_lines,
     )
     return LastError(failure, lookup)

@@ -171,9 +171,12 @@ class LokiQueryClient:
         *,
         page_size: int = DEFAULT_PAGE_SIZE,
         deadline: float | None = None,
+        max_entries: int | None = None,
     ) -> list[QueriedEntry]:
         """Every entry in ``[start_ns, end_ns)``, oldest first, paging through Loki's limit; all
-        pages together end by ``deadline`` (``time.monotonic()``) when one is given.
+        pages together end by ``deadline`` (``time.monotonic()``) when one is given. With
+        ``max_entries``, only the oldest that many: paging stops once they are in (a caller that
+        must tell "exactly N" from "more" asks for one more than it shows).
 
         If more entries than a page holds share one timestamp, the page size is doubled (up to
         Loki's default maximum) rather than skipping them; past that a LokiQueryError is raised.
@@ -190,6 +193,8 @@ class LokiQueryClient:
                     seen[entry.key] -= 1
                     continue
                 collected.append(entry)
+            if max_entries is not None and len(collected) >= max_entries:
+                return collected[:max_entries]
             if len(page) < limit:
                 return collected  # Loki had no more in the window.
             last = page[-1].ts_ns

@@ -10,16 +10,18 @@ re-exported, so ``from trail.lookup import ...`` is all a reader needs to look u
 Which request failed last, and its trail, is :mod:`trail.last_error` (built on this lookup).
 
 Bad input raises ValueError; Loki's trouble raises ``LokiQueryError``. ``budget_seconds`` bounds a
-whole lookup (every page of every window), for callers that must answer in time.
+whole lookup (every page of every window), for callers that must answer in time; ``max_lines``
+bounds the lines read for one trail (:attr:`TrailLookup.lines_capped` says when it cut).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from correlation import schema
+from correlation.config import ConfigError
 from trail.hops import Trail, build_trail
 from trail.logql import (
     ERROR_LEVEL,
@@ -34,10 +36,12 @@ from trail.loki_query import DEFAULT_PAGE_SIZE, LokiQueryClient, LokiQueryError,
 from trail.root_cause import RootCause, root_cause
 from trail.window import (
     DEFAULT_MAX_REQUEST_SECONDS,
+    DEFAULT_MAX_WINDOW_SECONDS,
     DEFAULT_SINCE_SECONDS,
     MARGIN_SECONDS,
     WIDE_SECONDS,
     Window,
+    WindowTooLong,
     explicit_window,
     id_window,
     parse_duration,
@@ -45,12 +49,23 @@ from trail.window import (
     widened_window,
 )
 
+#: The most lines read and shown for one trail: a request writes tens; a window stuffed with
+#: lines under one ID (anyone who can push can) must not hold a page's thread or fill its memory.
+DEFAULT_MAX_LINES = 2000
+#: The environment variable that sets it, for the page and the CLI (``--max-lines`` wins there).
+MAX_LINES_ENV = "TRAIL_MAX_LINES"
+#: The largest cap that may be set: past it a page is too large for a browser anyway.
+MAX_LINES_LIMIT = 100_000
+
 __all__ = [
+    "DEFAULT_MAX_LINES",
     "DEFAULT_MAX_REQUEST_SECONDS",
+    "DEFAULT_MAX_WINDOW_SECONDS",
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_SINCE_SECONDS",
     "ERROR_LEVEL",
     "MARGIN_SECONDS",
+    "MAX_LINES_ENV",
     "WIDE_SECONDS",
     "LokiQueryClient",
     "LokiQueryError",
@@ -58,7 +73,9 @@ __all__ = [
     "RootCause",
     "TrailLookup",
     "Window",
+    "WindowTooLong",
     "check_correlation_id",
+    "check_max_lines",
     "check_service",
     "check_task",
     "deadline_after",
@@ -67,6 +84,7 @@ __all__ = [
     "id_window",
     "last_error_query",
     "lookup_trail",
+    "max_lines_from_env",
     "lookup_trail_until",
     "parse_duration",
     "parse_time",
@@ -74,6 +92,24 @@ __all__ = [
     "trail_query",
     "widened_window",
 ]
+
+
+def check_max_lines(value: int) -> int:
+    """``value`` when it is a usable line cap (1..MAX_LINES_LIMIT); ValueError otherwise."""
+    if not 1 <= value <= MAX_LINES_LIMIT:
+        raise ValueError(f"{value} lines: the cap must be between 1 and {MAX_LINES_LIMIT}")
+    return value
+
+
+def max_lines_from_env(env: Mapping[str, str]) -> int:
+    """``TRAIL_MAX_LINES`` or the default."""
+    raw = env.get(MAX_LINES_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_LINES
+    try:
+        return check_max_lines(int(raw))
+    except ValueError as exc:
+        raise ConfigError(f"{MAX_LINES_ENV}={raw!r} is not valid: {exc}") from None
 
 
 def trail_from_entries(correlation_id: str, entries: Sequence[QueriedEntry]) -> Trail:
@@ -104,6 +140,9 @@ class TrailLookup:
     trail: Trail
     #: Why the first window's trail looked incomplete, when the lookup widened; else empty.
     widened_because: tuple[str, ...] = field(default=())
+    #: The most lines read for the trail, and whether the window held more (the trail is cut).
+    max_lines: int = DEFAULT_MAX_LINES
+    lines_capped: bool = False
 
     @property
     def window(self) -> Window:
@@ -136,11 +175,13 @@ def lookup_trail(
     page_size: int = DEFAULT_PAGE_SIZE,
     now_ns: int | None = None,
     budget_seconds: float | None = None,
+    max_lines: int = DEFAULT_MAX_LINES,
 ) -> TrailLookup:
     """All lines of one request and its trail. ``window`` (e.g. a user's) is searched as given;
     without one an ID of ours is searched around its own time, widened once when the trail found
     there is incomplete, and a foreign ID over the last hour. ``budget_seconds`` bounds the whole
-    lookup, every page of both windows (each request is bounded by LOKI_TIMEOUT_SECONDS anyway).
+    lookup, every page of both windows (each request is bounded by LOKI_TIMEOUT_SECONDS anyway);
+    ``max_lines`` the lines read (the oldest are kept; ``lines_capped`` says so).
     """
     return lookup_trail_until(
         client,
@@ -150,6 +191,7 @@ def lookup_trail(
         page_size=page_size,
         now_ns=now_ns,
         deadline=deadline_after(budget_seconds),
+        max_lines=max_lines,
     )
 
 
@@ -162,29 +204,40 @@ def lookup_trail_until(
     page_size: int,
     now_ns: int | None,
     deadline: float | None,
+    max_lines: int = DEFAULT_MAX_LINES,
 ) -> TrailLookup:
     """:func:`lookup_trail` of an already checked ID, bounded by ``deadline`` (``time.monotonic()``,
     from :func:`deadline_after`) rather than a budget: for a caller whose one budget also covers
     other queries (:func:`trail.last_error.last_error`: the search, then this lookup)."""
     query = trail_query(correlation_id)
+    check_max_lines(max_lines)
 
-    def search(searched: Window) -> tuple[QueriedEntry, ...]:
-        return tuple(
-            client.query_all(query, searched.start_ns, searched.end_ns, page_size=page_size, deadline=deadline)
+    def search(searched: Window) -> tuple[tuple[QueriedEntry, ...], bool]:
+        # One more than the cap: tells "exactly the cap" from "more than the cap".
+        found = client.query_all(
+            query, searched.start_ns, searched.end_ns, page_size=page_size, deadline=deadline, max_entries=max_lines + 1
         )
+        return tuple(found[:max_lines]), len(found) > max_lines
+
+    def done(
+        windows: tuple[Window, ...],
+        entries: tuple[QueriedEntry, ...],
+        capped: bool,
+        trail: Trail | None = None,
+        widened_because: tuple[str, ...] = (),
+    ) -> TrailLookup:
+        built = trail_from_entries(correlation_id, entries) if trail is None else trail
+        return TrailLookup(correlation_id, query, windows, entries, built, widened_because, max_lines, capped)
 
     narrow = id_window(correlation_id, max_request_seconds)
     wide = widened_window(correlation_id, max_request_seconds)
     if window is not None or narrow is None or wide is None:
         first = window or Window.last(DEFAULT_SINCE_SECONDS, now_ns)
-        entries = search(first)
-        return TrailLookup(correlation_id, query, (first,), entries, trail_from_entries(correlation_id, entries))
-    entries = search(narrow)
+        return done((first,), *search(first))
+    entries, capped = search(narrow)
     trail = trail_from_entries(correlation_id, entries)
     problems = trail.problems() if entries else ["no lines"]
-    if not problems:
-        return TrailLookup(correlation_id, query, (narrow,), entries, trail)
-    entries = search(wide)
-    return TrailLookup(
-        correlation_id, query, (narrow, wide), entries, trail_from_entries(correlation_id, entries), tuple(problems)
-    )
+    if not problems or capped:  # a wider window only holds more lines than the cap already cut
+        return done((narrow,), entries, capped, trail)
+    entries, capped = search(wide)
+    return done((narrow, wide), entries, capped, widened_because=tuple(problems))

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from correlation import schema
 from trail.hops import UNKNOWN_HOP, Trail, TrailHop
-from trail.log_line import LogLine
+from trail.log_line import LogLine, text_rows
 from trail.lookup import TrailLookup
-from trail.render import async_note, clean, format_time, route_text, status_text
+from trail.render import async_note, clean, format_time, line_cap_note, route_text, status_text, unreadable_note
 from trail.root_cause import RootCause
 
 #: The narrowest bar drawn, in percent of the axis: a 0.1 ms hop must stay visible and clickable.
@@ -45,6 +45,8 @@ class LineView:
     block: tuple[str, ...] = ()
     #: The whole line as received when it is not JSON.
     raw: str | None = None
+    #: Fields the line had but no one could read (shown as unknown), e.g. a time in year 9999.
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class PageView:
     unknown: tuple[LineView, ...]
     root_cause: str | None
     problems: tuple[str, ...]
+    #: Said when the window held more lines than the cap read (the trail shown is cut).
+    line_cap: str | None = None
 
 
 def _ms(value_ns: float) -> str:
@@ -127,7 +131,7 @@ def line_view(line: LogLine) -> LineView:
         for key, value in line.fields.items()
         if key not in schema.STANDARD_KEYS
     )
-    block = tuple(clean(row) for key in _BLOCK_KEYS for row in (line.get(key) or "").splitlines())
+    block = tuple(clean(row) for key in _BLOCK_KEYS for row in text_rows(line.get(key)))
     return LineView(
         when,
         clean(line.level or "-"),
@@ -136,6 +140,7 @@ def line_view(line: LogLine) -> LineView:
         line.is_error,
         extras,
         block,
+        note=unreadable_note(line.unreadable()) if line.unreadable() else None,
     )
 
 
@@ -145,6 +150,8 @@ def _notes(hop: TrailHop) -> tuple[str, ...]:
         notes.append("open: no access line in the window")
     if hop.orphan:
         notes.append(f"orphan: parent {clean(hop.parent_request_id or '?')} not in the logs")
+    if hop.unreadable:
+        notes.append(unreadable_note(hop.unreadable))
     return tuple(notes)
 
 
@@ -192,6 +199,7 @@ def page_view(lookup: TrailLookup) -> PageView:
         unknown=tuple(line_view(line) for line in trail.unknown),
         root_cause=_root_cause_text(cause),
         problems=tuple(clean(problem) for problem in trail.problems()),
+        line_cap=line_cap_note(lookup) if lookup.lines_capped else None,
     )
 
 
@@ -199,7 +207,8 @@ def _root_cause_text(cause: RootCause | None) -> str | None:
     if cause is None:
         return None
     hop = cause.hop
-    return clean(f"{hop.service or '?'} [{hop.request_id}] answered {hop.status}: {cause.summary}")
+    status = hop.status if hop.status is not None else "an unreadable status"
+    return clean(f"{hop.service or '?'} [{hop.request_id}] answered {status}: {cause.summary}")
 
 
 #: Shown as the unknown hop's title: lines that are not JSON or name no hop.

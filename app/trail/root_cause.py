@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from correlation import schema
 from trail.hops import Trail, TrailHop
-from trail.log_line import LogLine
+from trail.log_line import LogLine, text_rows
 
 
 @dataclass(frozen=True)
@@ -45,11 +45,12 @@ class RootCause:
             return f"{self.exception_type}: {self.message}" if self.message else self.exception_type
         if self.message:
             return self.message
-        return f"{self.hop.service or '?'} answered {self.hop.status}"
+        status = self.hop.status if self.hop.status is not None else "an unreadable status"
+        return f"{self.hop.service or '?'} answered {status}"
 
     def _exception_row(self) -> str:
         exception = self.line.get(schema.EXCEPTION) if self.line else None
-        rows = [row.strip() for row in (exception or "").splitlines() if row.strip()]
+        rows = [row.strip() for row in text_rows(exception) if row.strip()]
         return rows[-1] if rows else ""
 
 

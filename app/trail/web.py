@@ -10,10 +10,13 @@ exemplar and ``correlation_id`` links could only search a fixed 6 hours, and a L
 in proportion to its window. This app reads the time inside the ID (``trail.window``) as the CLI
 does, so every click lands on a window of seconds, widened once to +-15 min when the trail found
 there is incomplete. ``?from=&to=`` (RFC 3339 or Unix s/ms) gives the window for a foreign ID;
-without it a foreign ID is searched over the last hour.
+without it a foreign ID is searched over the last hour. A window longer than ``TRAIL_MAX_WINDOW``
+(24 h) gets a 400 naming it, and at most ``TRAIL_MAX_LINES`` (2000) lines are read and shown for
+one trail, the page saying so when it cut: whoever can push to Loki can fill a window under one ID.
 
 Settings (environment): ``LOKI_*`` as for the CLI (``LOKI_TIMEOUT_SECONDS`` also bounds a whole
-page: no page waits longer), ``GRAFANA_URL`` and ``TRAIL_WEB_URL``: the addresses a browser uses.
+page: no page waits longer), ``GRAFANA_URL`` and ``TRAIL_WEB_URL``: the addresses a browser uses,
+``TRAIL_MAX_WINDOW`` and ``TRAIL_MAX_LINES``: the limits above.
 Run under gunicorn (``--config python:trail.gunicorn_conf "trail.web:create_app()"``), or
 ``trail serve --port 8090`` for local use.
 """
@@ -43,18 +46,23 @@ from trail.links import (
 )
 from trail.loki_query import LokiQueryClient, LokiQueryError, display_url
 from trail.lookup import (
+    DEFAULT_MAX_LINES,
+    DEFAULT_MAX_WINDOW_SECONDS,
     DEFAULT_SINCE_SECONDS,
     TrailLookup,
     Window,
+    WindowTooLong,
     check_correlation_id,
     explicit_window,
     id_window,
     lookup_trail,
+    max_lines_from_env,
     parse_duration,
     parse_time,
 )
 from trail.page import UNKNOWN_TITLE, page_view
-from trail.render import render_json
+from trail.render import clean, render_lookup_json
+from trail.window import MAX_WINDOW_ENV, max_window_from_env
 
 _BASE_URL = re.compile(r"https?://[^/\s?#]+(/[^\s?#]*)?")
 #: Longest query parameter read: times and durations are short; anything longer is refused.
@@ -76,6 +84,10 @@ class TrailWebSettings:
     loki: LokiSettings
     grafana_url: str = DEFAULT_GRAFANA_URL
     trail_web_url: str = DEFAULT_TRAIL_WEB_URL
+    #: The longest ``?since=`` / ``?from=&to=`` window (TRAIL_MAX_WINDOW).
+    max_window_seconds: float = DEFAULT_MAX_WINDOW_SECONDS
+    #: The most lines read and shown for one trail (TRAIL_MAX_LINES).
+    max_lines: int = DEFAULT_MAX_LINES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> TrailWebSettings:
@@ -87,6 +99,8 @@ class TrailWebSettings:
             loki,
             _base_url(env, "GRAFANA_URL", DEFAULT_GRAFANA_URL),
             _base_url(env, "TRAIL_WEB_URL", DEFAULT_TRAIL_WEB_URL),
+            max_window_from_env(env),
+            max_lines_from_env(env),
         )
 
 
@@ -108,15 +122,19 @@ def _param(name: str) -> str | None:
     return value or None
 
 
-def _explicit_window() -> Window | None:
-    """``?from=&to=`` (or ``?since=``) when given; None lets the ID's own time decide."""
+def _explicit_window(max_seconds: float) -> Window | None:
+    """``?from=&to=`` (or ``?since=``) when given; None lets the ID's own time decide. Longer
+    than ``max_seconds``: refused (400) before any query, naming the limit."""
     try:
         since, start, end = _param("since"), _param("from"), _param("to")
         return explicit_window(
             since_seconds=parse_duration(since) if since else None,
             from_ns=parse_time(start) if start else None,
             to_ns=parse_time(end) if end else None,
+            max_seconds=max_seconds,
         )
+    except WindowTooLong as exc:
+        raise _BadRequest(f"bad time window: {exc} (this server's {MAX_WINDOW_ENV}); nothing was queried") from None
     except ValueError as exc:
         raise _BadRequest(f"bad time window: {exc}") from None
 
@@ -157,6 +175,9 @@ def create_app(settings: TrailWebSettings | None = None) -> flask.Flask:
     """The WSGI app (gunicorn: ``"trail.web:create_app()"``); settings from the environment by default."""
     settings = settings or TrailWebSettings.from_env()
     app = flask.Flask(__name__)
+    # Text from log lines the templates show outside page_view (the widening reasons) is escaped
+    # like the rest: invisible and bidi characters as well as HTML.
+    app.add_template_filter(clean, "clean")
     # One Loki client (one requests.Session) per serving thread: sessions are not thread-safe.
     local = threading.local()
 
@@ -225,20 +246,19 @@ def create_app(settings: TrailWebSettings | None = None) -> flask.Flask:
     def trail_page(correlation_id: str) -> flask.Response:
         as_json = _wants_json()
         correlation_id = _checked_id(correlation_id)
-        explicit = _explicit_window()
+        explicit = _explicit_window(settings.max_window_seconds)
         timeout = settings.loki.timeout_seconds
         try:
-            lookup = lookup_trail(client(), correlation_id, explicit, budget_seconds=timeout)
+            lookup = lookup_trail(
+                client(), correlation_id, explicit, budget_seconds=timeout, max_lines=settings.max_lines
+            )
         except LokiQueryError as exc:
             return failure(502, _loki_problem(exc, timeout), str(exc), as_json)
         if not lookup.found:
             return _not_found(lookup, as_json)
         if as_json:
             # Exactly what `trail ID --json` prints (trail/cli.py).
-            document = render_json(
-                lookup.trail, query=lookup.query, window=lookup.window.to_dict(), widened=lookup.widened
-            )
-            return flask.Response(document, 200, content_type="application/json")
+            return flask.Response(render_lookup_json(lookup), 200, content_type="application/json")
         json_url = _page_url(correlation_id, {**_window_args(), "format": "json"})
         # The address to share: where browsers reach this app (TRAIL_WEB_URL), not this request's Host.
         share_url = settings.trail_web_url + _page_url(correlation_id, _window_args())
@@ -257,7 +277,11 @@ def create_app(settings: TrailWebSettings | None = None) -> flask.Flask:
         """Straight to Explore, without asking Loki: the ID's own narrow window (or the given one,
         or the last hour for a foreign ID)."""
         correlation_id = _checked_id(correlation_id)
-        window = _explicit_window() or id_window(correlation_id) or Window.last(DEFAULT_SINCE_SECONDS)
+        window = (
+            _explicit_window(settings.max_window_seconds)
+            or id_window(correlation_id)
+            or Window.last(DEFAULT_SINCE_SECONDS)
+        )
         return flask.redirect(trail_explore_url(settings.grafana_url, correlation_id, window), 302)
 
     return app

@@ -6,7 +6,9 @@ carry their own millisecond time (UUIDv7, ``correlation.ids``): a lookup first s
 window around that time (:func:`id_window`), and widens once (:func:`widened_window`) only when the
 trail found there looks incomplete. Foreign IDs carry no time: they are searched over the last hour
 unless the caller gives a window (:func:`explicit_window`, e.g. ``--since`` or a page's
-``?from=&to=``, read with :func:`parse_duration` and :func:`parse_time`).
+``?from=&to=``, read with :func:`parse_duration` and :func:`parse_time`). A window the caller gives
+is at most ``TRAIL_MAX_WINDOW`` long (default 24 h): a longer one would hold a page's thread, and
+Loki, for seconds per look-up (:class:`WindowTooLong`).
 
 Bad input raises ValueError, never argparse's errors: the page and the notifier have no command line.
 """
@@ -16,9 +18,11 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from correlation.config import ConfigError
 from correlation.ids import time_ms_of
 from trail.render import format_time
 
@@ -31,8 +35,26 @@ DEFAULT_MAX_REQUEST_SECONDS = 30.0
 MARGIN_SECONDS = 5.0
 #: The one wider look when the narrow window gave an incomplete trail: +- this around the ID time.
 WIDE_SECONDS = 15 * 60.0
+#: The longest window a user may ask for (``--since``, ``?from=&to=``): Loki scans every line in
+#: it for one ID, so 700 h would hold a page's thread for the whole lookup budget.
+DEFAULT_MAX_WINDOW_SECONDS = 24 * 3600.0
+#: The environment variable that sets it, for the page and the CLI (``--max-window`` wins there).
+MAX_WINDOW_ENV = "TRAIL_MAX_WINDOW"
+#: Loki takes Unix nanoseconds as a signed 64-bit integer: no time or duration reaches past it.
+MAX_NS = 2**63
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class WindowTooLong(ValueError):
+    """A window longer than the maximum asked; the message names both lengths, the caller says
+    where the maximum is set (``--max-window``, ``TRAIL_MAX_WINDOW``)."""
+
+    def __init__(self, seconds: float, max_seconds: float) -> None:
+        self.seconds = seconds
+        self.max_seconds = max_seconds
+        asked, most = format_duration(seconds), format_duration(max_seconds)
+        super().__init__(f"the window asked for ({asked}) is longer than the maximum {most}")
 
 
 @dataclass(frozen=True)
@@ -70,20 +92,28 @@ def explicit_window(
     from_ns: int | None = None,
     to_ns: int | None = None,
     now_ns: int | None = None,
+    max_seconds: float = DEFAULT_MAX_WINDOW_SECONDS,
 ) -> Window | None:
     """The window a user asked for (``--since``/``--from``/``--to``, or a page's ``?from=&to=``);
     None when nothing was asked, so the ID's own time decides. ``to`` defaults to now, ``from`` to
-    ``since`` (default one hour) before ``to``."""
+    ``since`` (default one hour) before ``to``. Longer than ``max_seconds``: :class:`WindowTooLong`."""
     if since_seconds is not None and from_ns is not None:
         raise ValueError("a look-back (since) and a start (from) exclude each other")
     if since_seconds is None and from_ns is None and to_ns is None:
         return None
     end = to_ns if to_ns is not None else (time.time_ns() if now_ns is None else now_ns)
-    start = (
-        from_ns
-        if from_ns is not None
-        else end - int((DEFAULT_SINCE_SECONDS if since_seconds is None else since_seconds) * NS)
-    )
+    if from_ns is None:
+        since = DEFAULT_SINCE_SECONDS if since_seconds is None else since_seconds
+        if not math.isfinite(since) or since > max_seconds:  # checked before any arithmetic on it
+            raise WindowTooLong(since, max_seconds)
+        start = end - int(since * NS)
+    else:
+        start = from_ns
+    if end - start > max_seconds * NS:
+        raise WindowTooLong((end - start) / NS, max_seconds)
+    if start < 0:
+        length = format_duration((end - start) / NS)
+        raise ValueError(f"the window starts before 1970: {length} before {format_time(end)}")
     return Window(start, end)
 
 
@@ -107,7 +137,8 @@ def widened_window(correlation_id: str, max_request_seconds: float = DEFAULT_MAX
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in ``90``, ``90s``, ``15m``, ``1h30m``, ``2d``, ``500ms``; ValueError otherwise."""
+    """Seconds in ``90``, ``90s``, ``15m``, ``1h30m``, ``2d``, ``500ms``; ValueError otherwise
+    (also for ``inf``, ``nan`` and anything too long to count in nanoseconds)."""
     text = text.strip()
     try:
         seconds = float(text)
@@ -116,9 +147,44 @@ def parse_duration(text: str) -> float:
         if not parts or "".join(n + u for n, u in parts) != text:
             raise ValueError(f"{text!r} is not a duration (e.g. 90s, 15m, 1h, 2d)") from None
         seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if math.isnan(seconds):
+        raise ValueError(f"{text!r} is not a duration (e.g. 90s, 15m, 1h, 2d)")
     if not seconds > 0:
         raise ValueError(f"{text!r} must be longer than zero")
+    if seconds * NS >= MAX_NS:  # also inf: Loki counts in int64 nanoseconds (about 292 years)
+        raise ValueError(f"{text!r} is too long")
     return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``24h``, ``1h30m``, ``90s``, ``500ms``, ``700h``: a duration as :func:`parse_duration` reads it back
+    (rounded to the millisecond; ``inf`` and ``nan`` as themselves)."""
+    if not math.isfinite(seconds):
+        return str(seconds)
+    if seconds >= MAX_NS / NS:
+        return f"{seconds:.3g}s"
+    ms = round(seconds * 1000)
+    if ms < 1000:
+        return f"{ms}ms"
+    whole, rest = divmod(ms, 1000)
+    text = ""
+    for unit, size in (("h", 3600), ("m", 60)):  # hours, not days: "24h" reads as the limit is set
+        count, whole = divmod(whole, size)
+        text += f"{count}{unit}" if count else ""
+    if whole or rest:
+        text += f"{whole}.{rest:03d}".rstrip("0").rstrip(".") + "s"
+    return text
+
+
+def max_window_from_env(env: Mapping[str, str]) -> float:
+    """``TRAIL_MAX_WINDOW`` (a duration: ``24h``, ``90m``, ``86400``) or the default, 24 h."""
+    raw = env.get(MAX_WINDOW_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_WINDOW_SECONDS
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{MAX_WINDOW_ENV}={raw!r} is not valid: {exc}") from None
 
 
 def parse_time(text: str) -> int:
@@ -147,6 +213,6 @@ def _unix_ns(text: str, ns: int) -> int:
     """``ns`` when Loki can take it (a non-negative int64)."""
     if ns < 0:
         raise ValueError(f"{text!r} is before 1970")
-    if ns >= 2**63:
+    if ns >= MAX_NS:
         raise ValueError(f"{text!r} is too far in the future")
     return ns

@@ -4,6 +4,11 @@ A :class:`LokiHandler` registers itself here when it is built (``registry=`` as 
 collectors take it) and leaves when it is closed. One collector per registry serves every handler
 registered with it: two collectors yielding the same metric names would be refused by the
 registry.
+
+Under several workers sharing their metrics (:mod:`correlation.metrics.store`), the collector of
+the default registry is also sampled: its totals are written into families of the library's own
+types, which every worker's file carries and a scrape sums (counters never go down there: a handler
+closed in a live worker keeps its counts).
 """
 
 from __future__ import annotations
@@ -13,11 +18,15 @@ import weakref
 from collections.abc import Iterator, Mapping
 from typing import Protocol
 
+from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from correlation import schema
 from correlation.loki.stats import DROP_REASONS, RETRY_REASONS, ShipperStats
+from correlation.metrics import store
+from correlation.metrics.counter import ExemplarCounter
+from correlation.metrics.gauge import Gauge
 
 
 class Reporting(Protocol):
@@ -46,6 +55,8 @@ def register(handler: Reporting, registry: CollectorRegistry) -> None:
         if collector is None:
             collector = _collectors[registry] = ShipperCollector()
             registry.register(collector)
+            if registry is REGISTRY:
+                store.add_sampler(collector.sample)
     collector.handlers.add(handler)
 
 
@@ -62,7 +73,8 @@ class ShipperCollector(Collector):
     def __init__(self) -> None:
         self.handlers: weakref.WeakSet[Reporting] = weakref.WeakSet()
 
-    def collect(self) -> Iterator[Metric]:
+    def totals(self) -> dict[tuple[str, str, str], int]:
+        """(metric, service, reason) -> value, summed over the handlers of each service."""
         # Summed per service: two handlers of one service (say, one per test, or a second one
         # added by dictConfig) must not give a scrape duplicate series.
         totals: dict[tuple[str, str, str], int] = {}
@@ -73,6 +85,7 @@ class ShipperCollector(Collector):
                 ("sent_lines", "", stats.sent_lines),
                 ("sent_batches", "", stats.sent_batches),
                 ("truncated_lines", "", stats.truncated_lines),
+                ("sender_restarts", "", stats.sender_restarts),
             ]
             samples += [("retries", reason, stats.retries[reason]) for reason in RETRY_REASONS]
             samples += [("dropped_lines", reason, stats.dropped[reason]) for reason in DROP_REASONS]
@@ -86,6 +99,20 @@ class ShipperCollector(Collector):
             for name, reason, value in samples:
                 key = (name, service, reason)
                 totals[key] = totals.get(key, 0) + value
+        return totals
+
+    def sample(self) -> None:
+        """Write the totals into the shared families (this worker's file)."""
+        for (name, service, reason), total in self.totals().items():
+            family = _SHARED[name]
+            values = (service, reason) if reason else (service,)
+            if isinstance(family, Gauge):
+                family.labels(*values).set(total)
+            else:
+                family.labels(*values).set_total(total)
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self.totals()
         for name, kind, doc, by_reason in _FAMILIES:
             family_type = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             family = family_type(
@@ -103,6 +130,7 @@ _FAMILIES = (
     ("sent_lines", "counter", "Log lines Loki accepted.", False),
     ("sent_batches", "counter", "Pushes Loki accepted.", False),
     ("truncated_lines", "counter", "Lines cut to Loki's maximum line size.", False),
+    ("sender_restarts", "counter", "Times the sender thread met an unexpected error and went on.", False),
     ("retries", "counter", "Pushes retried, by reason.", True),
     ("dropped_lines", "counter", "Log lines that never reached Loki, by reason.", True),
     ("buffered_lines", "gauge", "Lines waiting to be sent.", False),
@@ -110,3 +138,13 @@ _FAMILIES = (
     ("spooled_lines", "gauge", "Lines waiting in the disk spool.", False),
     ("spooled_bytes", "gauge", "Disk used by the spool.", False),
 )
+
+
+def _shared_family(name: str, kind: str, documentation: str, by_reason: bool) -> ExemplarCounter | Gauge:
+    family_type = ExemplarCounter if kind == "counter" else Gauge
+    labels = ["service", "reason"] if by_reason else ["service"]
+    return family_type(f"loki_shipper_{name}", documentation, labels, registry=None)
+
+
+#: The same families as the library's own types: what a worker writes to its file when shared.
+_SHARED = {name: _shared_family(name, kind, doc, by_reason) for name, kind, doc, by_reason in _FAMILIES}

@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 from collections.abc import Mapping
+from types import FrameType
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -39,8 +40,8 @@ _LEVEL_LABELS = {name: name.lower() for name in ("DEBUG", "INFO", "WARNING", "ER
 DEFAULT_MAX_LINE_BYTES = 256 * 1024
 TRUNCATION_MARK = " ...[truncated by loki shipper]"
 
-# logging closes every handler at exit (its atexit hook); a close before that is a
-# reconfiguration. Registered after logging's own hook, so it runs first.
+# logging closes every handler at exit (its atexit hook). Registered after logging's own hook,
+# so it runs first.
 _exiting = False
 
 
@@ -50,6 +51,25 @@ def _mark_exiting() -> None:
 
 
 atexit.register(_mark_exiting)
+
+
+def _ending_logging() -> bool:
+    """Whether the handler is being closed because the program ends its logging: at exit, or in
+    a ``logging.shutdown()`` it calls itself (scripts, tests, gunicorn's ``worker_exit``). A
+    configuration (``dictConfig``, ``fileConfig``) closes the handlers it replaces through that
+    same ``logging.shutdown``, so it is told apart by the ``logging.config`` frame above it."""
+    if _exiting:
+        return True
+    in_shutdown = False
+    frame: FrameType | None = sys._getframe(1)  # noqa: SLF001 - the caller's chain; only at close, never per line
+    while frame is not None:
+        module = frame.f_globals.get("__name__")
+        if module == "logging.config":
+            return False
+        if module == "logging" and frame.f_code.co_name == "shutdown":
+            in_shutdown = True
+        frame = frame.f_back
+    return in_shutdown
 
 
 @line_handler
@@ -164,7 +184,7 @@ class LokiHandler(logging.Handler):
     def close(self) -> None:
         """Flush within ``flush_timeout_seconds``; what is still buffered then is counted as dropped
         (with a spool, it stays on disk for the next process)."""
-        if getattr(self, "_installed_by_correlation", False) and not _exiting:
+        if getattr(self, "_installed_by_correlation", False) and not _ending_logging():
             print(
                 "correlation: the Loki handler installed by setup_logging was closed by a logging "
                 "reconfiguration (logging.config.dictConfig?): lines no longer go to Loki. Add "

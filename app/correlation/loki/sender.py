@@ -11,7 +11,13 @@
 With a spool (``LOKI_SPOOL_DIR``) a batch that meets a retryable failure goes to disk at once and
 is retried from there, oldest first, before anything newer is sent; while Loki stays away, memory
 is moved to disk whenever it is half full, and at close what cannot be sent in time stays on disk
-for the next process instead of being dropped.
+for the next process instead of being dropped. A segment that cannot be read back is moved aside
+to the spool's quarantine and counted (``spool_corrupt``), never deleted.
+
+The thread does not die on an unexpected error (a bug, a reader failing on a segment): the
+lines it held are counted (``sender_error``), the error goes to stderr, the restart is counted
+(``loki_shipper_sender_restarts_total``), and shipping goes on. All of it happens on the thread:
+nothing is added to ``emit``.
 
 The sender never logs through :mod:`logging`: its own trouble goes to stderr, rate-limited, so it
 cannot feed itself through the Loki handler.
@@ -31,6 +37,7 @@ import urllib3
 from correlation.config import LokiSettings
 from correlation.loki.buffer import LineBuffer, PushEntry
 from correlation.loki.push import CONTENT_HEADERS, push_body
+from correlation.loki.segment import Segment, UnreadableSegment
 from correlation.loki.spool import Spool
 from correlation.loki.stats import ShipperStats
 
@@ -62,6 +69,9 @@ class Sender:
             self._headers.update(urllib3.make_headers(basic_auth=":".join(settings.basic_auth)))
         self._http: urllib3.PoolManager | None = None
         self.spool: Spool | None = None  # opened by the thread: no disk I/O on the caller
+        self._in_flight: list[PushEntry] = []  # taken from the buffer, not yet marked done
+        self._replaying: Segment | None = None
+        self._finished = False  # the thread ended its work (not on an error)
         self._replay_delay = settings.backoff_min_seconds
 
     def ensure_started(self) -> None:
@@ -72,41 +82,79 @@ class Sender:
                     self.thread.start()
 
     def stop(self, timeout: float) -> bool:
-        """Deliver what is buffered within ``timeout`` seconds, then end the thread. True if all sent."""
+        """Deliver what is buffered within ``timeout`` seconds, then end the thread.
+
+        True if the thread finished its work in that time: every line sent, kept in the spool, or
+        counted as dropped. False if it is still running, ended without finishing (it died), or
+        failed while flushing: the caller then counts what is left in memory.
+        """
+        restarts = self.stats.sender_restarts
         self._deadline = time.monotonic() + timeout
         self._stopping.set()  # also cuts a backoff sleep short
         self.buffer.close()
-        if self.thread is not None:
-            self.thread.join(timeout + 0.5)
-            return not self.thread.is_alive()
-        return True
+        thread = self.thread
+        if thread is None:
+            return self.buffer.buffered[0] == 0
+        thread.join(timeout + 0.5)
+        return not thread.is_alive() and self._finished and self.stats.sender_restarts == restarts
 
     # -- the thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
+        """The thread: ship until the buffer is closed and empty. An unexpected error (a bug, a
+        segment that breaks the reader) does not end it: what it held is counted, it is reported
+        and counted as a restart, and shipping goes on."""
         self.thread_id = threading.get_ident()  # before anything here can log
-        self.spool = self._open_spool()
+        delay = self.settings.backoff_min_seconds
         try:
+            self.spool = self._open_spool()
             while True:
-                # What waits on disk is older than anything in memory: it goes first.
-                if self.spool is not None and self.spool.oldest() is not None:
-                    if not self._replay_oldest():
-                        self._spill(everything=True)  # stopping and out of time: keep it on disk
-                        return
-                    continue
-                batch = self.buffer.take(self.settings.batch_max_bytes, self.settings.batch_max_wait_seconds)
-                if not batch:
-                    return
                 try:
-                    self._deliver(batch)
-                except Exception as exc:  # noqa: BLE001 - a bug here must not kill shipping for the process
-                    self.stats.drop("rejected", len(batch))
-                    self._report("bug", f"loki shipper: unexpected error, {len(batch)} lines dropped: {exc!r}")
-                finally:
-                    self.buffer.done(len(batch))
+                    self._ship()
+                except BaseException as exc:  # noqa: BLE001 - nothing may end shipping for the process
+                    self._recover(exc)
+                    if self._stopping.is_set() and time.monotonic() >= self._deadline:
+                        return  # out of time: stop() says so, and its caller counts what is left
+                    self._pause(delay)  # a bug met on every batch must not spin
+                    delay = min(delay * 2, self.settings.backoff_max_seconds)
+                else:
+                    self._finished = True
+                    return
         finally:
             if self.spool is not None:
                 self.spool.close()
+
+    def _ship(self) -> None:
+        while True:
+            # What waits on disk is older than anything in memory: it goes first.
+            if self.spool is not None and self.spool.oldest() is not None:
+                if not self._replay_oldest():
+                    self._spill(everything=True)  # stopping and out of time: keep it on disk
+                    return
+                continue
+            batch = self.buffer.take(self.settings.batch_max_bytes, self.settings.batch_max_wait_seconds)
+            if not batch:
+                return
+            self._in_flight = batch
+            self._deliver(batch)
+            self._settled_in_flight()
+
+    def _settled_in_flight(self) -> None:
+        count, self._in_flight = len(self._in_flight), []
+        self.buffer.done(count)
+
+    def _recover(self, exc: BaseException) -> None:
+        """Account for what the failed pass held: the batch in hand is dropped (counted), and a
+        segment being replayed is moved aside, as one that cannot be read."""
+        self.stats.restarted()
+        lost = len(self._in_flight)
+        if lost:
+            self.stats.drop("sender_error", lost)
+            self._settled_in_flight()
+        segment, self._replaying = self._replaying, None
+        if segment is not None and self.spool is not None:
+            self._quarantine(segment, f"the sender failed on it: {exc!r}")
+        self._report("crash", f"loki shipper: unexpected error, sender restarted ({lost} lines dropped): {exc!r}")
 
     def _deliver(self, batch: list[PushEntry]) -> None:
         parts = [batch]
@@ -167,10 +215,20 @@ class Sender:
         if not self.settings.spool_dir:
             return None
         try:
-            return Spool(self.settings.spool_dir, self.settings.spool_max_bytes)
-        except OSError as exc:
+            spool = Spool(self.settings.spool_dir, self.settings.spool_max_bytes)
+        except Exception as exc:  # noqa: BLE001 - without a spool, lines still go to Loki from memory
             self._report("spool", f"loki shipper: LOKI_SPOOL_DIR={self.settings.spool_dir!r} unusable, no spool: {exc}")
             return None
+        if spool.left_alone:
+            shown = ", ".join(spool.left_alone[:10])
+            if len(spool.left_alone) > 10:
+                shown += f" and {len(spool.left_alone) - 10} more"
+            self._report(
+                "spool_foreign",
+                f"loki shipper: LOKI_SPOOL_DIR={self.settings.spool_dir!r} holds what the spool did not write, "
+                f"left alone: {shown}. Give the spool a directory of its own.",
+            )
+        return spool
 
     def _replay_oldest(self) -> bool:
         """Try the oldest segment once; back off on failure. False when stopping ran out of time."""
@@ -179,18 +237,19 @@ class Sender:
         assert segment is not None
         try:
             labels, entries = segment.read()
-        except ValueError as exc:
-            self.stats.drop("spool_error", segment.lines)
-            self._report("spool_read", f"loki shipper: {exc}")
-            self.spool.remove(segment)
+        except UnreadableSegment as exc:
+            self._quarantine(segment, str(exc))
             return True
+        self._replaying = segment  # if the sender fails on it, it is moved aside
         outcome, reason, detail = self._push(entries, labels)
         if outcome != _Outcome.RETRY:
             for half in self._settle(entries, outcome, reason, detail):  # rare: a smaller batch size now
                 self._settle(half, *self._push(half, labels))
             self.spool.remove(segment)
+            self._replaying = None
             self._replay_delay = self.settings.backoff_min_seconds
             return True
+        self._replaying = None
         if self._stopping.is_set() and time.monotonic() >= self._deadline:
             return False
         self.stats.retried(reason)
@@ -198,6 +257,14 @@ class Sender:
         self._wait_spilling(self._replay_delay)
         self._replay_delay = min(self._replay_delay * 2, self.settings.backoff_max_seconds)
         return True
+
+    def _quarantine(self, segment: Segment, why: str) -> None:
+        """A segment that cannot be replayed: moved aside (never deleted) and counted."""
+        assert self.spool is not None
+        moved = self.spool.quarantine(segment)
+        self.stats.drop("spool_corrupt", segment.lines)
+        where = f"moved to {moved}" if moved else "left in place (could not be moved)"
+        self._report("spool_corrupt", f"loki shipper: {segment.lines} lines not replayed, segment {where}: {why}")
 
     def _wait_spilling(self, delay: float) -> None:
         """Back off before the next replay; meanwhile move memory to disk whenever it fills up."""
@@ -215,10 +282,9 @@ class Sender:
             batch = self.buffer.take_now(self.settings.batch_max_bytes)
             if not batch:
                 return
-            try:
-                self._to_spool(batch)
-            finally:
-                self.buffer.done(len(batch))
+            self._in_flight = batch
+            self._to_spool(batch)
+            self._settled_in_flight()
             if not everything and self.buffer.buffered[1] < self.buffer.max_bytes // 2:
                 return
 
@@ -286,4 +352,7 @@ class Sender:
         if now - self._reported.get(kind, -_REPORT_EVERY_SECONDS) >= _REPORT_EVERY_SECONDS:
             self._reported[kind] = now
             first_line = message.splitlines()[0] if message else message
-            print(first_line[:1000], file=sys.stderr, flush=True)
+            try:
+                print(first_line[:1000], file=sys.stderr, flush=True)
+            except (OSError, ValueError):  # stderr closed (at exit) or gone: nowhere left to say it
+                pass

@@ -14,7 +14,9 @@ DROP_REASONS = (
     "retries_exhausted",  # 429/5xx/connection errors for longer than max_retry_seconds
     "shutdown",  # still buffered when the flush timeout at close ran out (and no spool)
     "spool_full",  # Loki down long enough to fill memory and the disk spool
-    "spool_error",  # the spool could not be written or read back (disk full, corrupt segment)
+    "spool_error",  # the spool could not be written (disk full, read-only, ...)
+    "spool_corrupt",  # a spool segment could not be read back: moved to lokispool-quarantine/
+    "sender_error",  # held by the sender thread when an unexpected error (a bug) restarted it
     "format_error",  # the record could not be formatted
 )
 RETRY_REASONS = ("rate_limited", "server_error", "connection_error")
@@ -27,6 +29,7 @@ class ShipperStats:
     sent_lines: int = 0
     sent_batches: int = 0
     truncated_lines: int = 0
+    sender_restarts: int = 0
     retries: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -44,6 +47,10 @@ class ShipperStats:
         with self._lock:
             self.dropped[reason] += lines
 
+    def restarted(self) -> None:
+        with self._lock:
+            self.sender_restarts += 1
+
     def truncated(self) -> None:
         with self._lock:
             self.truncated_lines += 1
@@ -51,5 +58,10 @@ class ShipperStats:
     def snapshot(self) -> ShipperStats:
         with self._lock:
             return ShipperStats(
-                self.sent_lines, self.sent_batches, self.truncated_lines, Counter(self.retries), Counter(self.dropped)
+                sent_lines=self.sent_lines,
+                sent_batches=self.sent_batches,
+                truncated_lines=self.truncated_lines,
+                sender_restarts=self.sender_restarts,
+                retries=Counter(self.retries),
+                dropped=Counter(self.dropped),
             )

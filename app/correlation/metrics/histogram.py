@@ -7,8 +7,10 @@ tenth of what the library adds to a request. Here the bucket is found by bisecti
 and exemplar are updated under one lock, and the exemplar's one label (a correlation ID, at most
 64 characters: well inside OpenMetrics' 128) is checked once, by the ID's own validation. The
 exposition is prometheus_client's own (``_bucket`` with ``le``, ``_count``, ``_sum``, ``_created``;
-exemplars in OpenMetrics), through a collector in its registry; tests/test_histogram.py holds the
-two to the same output.
+exemplars in OpenMetrics); tests/test_histogram.py holds the two to the same output.
+
+With a shared directory each observation is also written to the worker's file: the bucket's count,
+the sum, and the exemplar slot (:mod:`correlation.metrics.shared`).
 """
 
 from __future__ import annotations
@@ -16,21 +18,23 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from prometheus_client import REGISTRY
-from prometheus_client.metrics_core import HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
-from prometheus_client.samples import Exemplar
-from prometheus_client.utils import floatToGoString
+from prometheus_client.registry import CollectorRegistry
+
+from correlation.metrics import shared
+from correlation.metrics.family import Child, Family
+from correlation.metrics.shared import EXEMPLAR_SLOT, EXEMPLAR_TEXT, HISTOGRAM, Region
 
 INF = float("inf")
+_pack_double = shared._DOUBLE.pack_into  # noqa: SLF001 - one attribute lookup less per observation
 
 
-class HistogramChild:
+class HistogramChild(Child):
     """One label set's buckets. ``observe`` is the only call on the request path."""
 
-    __slots__ = ("_bounds", "_counts", "_sum", "_exemplars", "_lock", "created")
+    __slots__ = ("_bounds", "_counts", "_sum", "_exemplars", "_lock", "created", "_region")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self._bounds = bounds
@@ -39,6 +43,7 @@ class HistogramChild:
         self._exemplars: list[tuple[str, float, float] | None] = [None] * len(bounds)
         self._lock = threading.Lock()
         self.created = time.time()
+        self._region: Region | None = None
 
     def observe(self, value: float, exemplar_value: str | None = None) -> None:
         """Count ``value`` (``le`` buckets: a value equal to a bound falls in that bucket); with
@@ -60,10 +65,45 @@ class HistogramChild:
         with self._lock:
             return list(self._counts), self._sum, list(self._exemplars)
 
+    def data(self) -> tuple[float, float, list[int], list[tuple[str, float, float] | None]]:
+        counts, total, exemplars = self.snapshot()
+        return self.created, total, counts, exemplars
 
-class ExemplarHistogram(Collector):
+    def attach(self, region: Region) -> None:
+        with self._lock:
+            buckets = len(self._bounds)
+            self._counts, self._sum, self._exemplars = [0] * buckets, 0.0, [None] * buckets
+            self.created = time.time()
+            self._region = region
+            _pack_double(region.mm, region.offset, self.created)
+            self.__class__ = SharedHistogramChild
+
+
+class SharedHistogramChild(HistogramChild):
+    """A child whose observations are also written to this worker's file."""
+
+    __slots__ = ()
+
+    def observe(self, value: float, exemplar_value: str | None = None) -> None:
+        index = bisect_left(self._bounds, value)
+        mm, at = self._region  # type: ignore[misc]
+        with self._lock:
+            count = self._counts[index] = self._counts[index] + 1
+            total = self._sum = self._sum + value
+            _pack_double(mm, at + 16 + 8 * index, count)
+            _pack_double(mm, at + 8, total)
+            if exemplar_value is not None:
+                now = time.time()
+                self._exemplars[index] = (exemplar_value, value, now)
+                slot = at + 16 + 8 * len(self._bounds) + EXEMPLAR_SLOT * index
+                shared.write_slot(mm, slot, exemplar_value.encode()[:EXEMPLAR_TEXT], value, now)
+
+
+class ExemplarHistogram(Family[HistogramChild]):
     """``ExemplarHistogram(name, documentation, labelnames, buckets, exemplar_label)``; children
     by label values (``labels(...)``), registered in ``registry`` as a collector."""
+
+    kind = HISTOGRAM
 
     def __init__(
         self,
@@ -74,46 +114,9 @@ class ExemplarHistogram(Collector):
         exemplar_label: str,
         registry: CollectorRegistry | None = REGISTRY,
     ) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
         bounds = tuple(sorted(float(b) for b in buckets))
-        self.bounds = bounds if bounds and bounds[-1] == INF else (*bounds, INF)
-        self.exemplar_label = exemplar_label
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
-        self._lock = threading.Lock()
-        if registry is not None:
-            registry.register(self)
+        bounds = bounds if bounds and bounds[-1] == INF else (*bounds, INF)
+        super().__init__(name, documentation, labelnames, registry, bounds, exemplar_label)
 
-    def labels(self, *values: str) -> HistogramChild:
-        if len(values) != len(self.labelnames):
-            raise ValueError(f"{self.name}: expected labels {self.labelnames}, got {values!r}")
-        key = tuple(str(v) for v in values)
-        child = self._children.get(key)
-        if child is None:
-            with self._lock:
-                child = self._children.setdefault(key, HistogramChild(self.bounds))
-        return child
-
-    def describe(self) -> list[Metric]:
-        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
-
-    def collect(self) -> Iterator[Metric]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        with self._lock:
-            children = list(self._children.items())
-        for values, child in children:
-            counts, total, exemplars = child.snapshot()
-            buckets: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
-            cumulative = 0
-            for bound, count, exemplar in zip(self.bounds, counts, exemplars, strict=True):
-                cumulative += count
-                le = floatToGoString(bound)
-                if exemplar is None:
-                    buckets.append((le, float(cumulative)))
-                else:
-                    label, value, at = exemplar
-                    buckets.append((le, float(cumulative), Exemplar({self.exemplar_label: label}, value, at)))
-            family.add_metric(list(values), buckets, total)
-            family.add_sample(f"{self.name}_created", dict(zip(self.labelnames, values, strict=True)), child.created)
-        yield family
+    def new_child(self) -> HistogramChild:
+        return HistogramChild(self.bounds)
