@@ -61,6 +61,7 @@ TIER_OF_FILE = {
     "test_loguru_lines.py": "unit",
     "test_metrics_shared.py": "unit",
     "test_notify.py": "unit",
+    "test_notify_http.py": "unit",
     "test_packaging.py": "process",
     "test_propagation.py": "unit",
     "test_real_loki.py": "real_loki",

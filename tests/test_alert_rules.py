@@ -3,7 +3,6 @@ evaluating them with the Grafana URL coming from its external label."""
 
 from __future__ import annotations
 
-import copy
 import glob
 import json
 import re
@@ -32,6 +31,7 @@ from tests.support.stack import (
     http_get_json,
     instant_query,
     load_yaml,
+    local_alertmanager_config,
     prometheus_server,
     require_tool,
     run,
@@ -359,6 +359,7 @@ class WebhookCapture:
 
     def __init__(self) -> None:
         self.notified: list[tuple[str, str, str]] = []
+        self.headers: list[tuple[str | None, str | None]] = []
         self.lock = threading.Lock()
         capture = self
 
@@ -366,6 +367,7 @@ class WebhookCapture:
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 payload = json.loads(self.read_body())
                 with capture.lock:
+                    capture.headers.append((self.headers.get("Authorization"), self.headers.get("Content-Type")))
                     capture.notified += [
                         (a["labels"]["alertname"], a["labels"]["service"], a["labels"].get("cause_service", ""))
                         for a in payload["alerts"]
@@ -375,7 +377,7 @@ class WebhookCapture:
         self.server = LoopbackServer(Handler)
 
 
-def test_real_alertmanager_pages_once_per_cause() -> None:
+def test_real_alertmanager_pages_once_per_cause(tmp_path: Path) -> None:
     """alerts/alertmanager.yml as written (only the webhook address changed) in a real
     Alertmanager, given the alerts the rules raise: a cause's own page silences its callers'
     DownstreamErrors about it (equal cause_service), a down service silences its own error alerts
@@ -398,7 +400,9 @@ def test_real_alertmanager_pages_once_per_cause() -> None:
         alert("TaskPublishFailures", "orders", "broker", task="notifications.send_confirmation"),
     ]
     capture = WebhookCapture()
-    config = _with_webhook(load_yaml("alerts/alertmanager.yml"), capture.server.url + "/alerts")
+    token_file = tmp_path / "notify-token"
+    token_file.write_text("the-notifier-token\n")
+    config = local_alertmanager_config(capture.server.url + "/alerts", token_file)
     with capture.server, alertmanager_server(config) as am:
         body = json.dumps(sent).encode()
         request = urllib.request.Request(
@@ -430,11 +434,5 @@ def test_real_alertmanager_pages_once_per_cause() -> None:
         ("ServiceDown", "notifications", "notifications"),
         ("TaskPublishFailures", "orders", "broker"),
     ]
-
-
-def _with_webhook(config: dict[str, Any], url: str) -> dict[str, Any]:
-    """``config`` with its one webhook pointed at ``url``; nothing else changed."""
-    changed = copy.deepcopy(config)
-    (webhook,) = [w for r in changed["receivers"] for w in r.get("webhook_configs", [])]
-    webhook["url"] = url
-    return changed
+    # The notifier's token (a file, as compose mounts it), and Alertmanager's content type.
+    assert set(capture.headers) == {("Bearer the-notifier-token", "application/json")}

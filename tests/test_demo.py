@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -70,6 +71,33 @@ def test_admin_endpoint(restore_process_state: None) -> None:
     assert client.post("/admin/faults", data="nope").status_code == 400
     assert client.post("/admin/faults", json={"error_rate": 0}).status_code == 200
     assert client.post("/payments", json={}).status_code == 201
+
+
+@pytest.mark.parametrize("service", ["gateway", "payments"])
+def test_the_fault_switch_answers_only_this_machine_without_a_token(restore_process_state: None, service: str) -> None:
+    """The gateway is the public edge: a peer elsewhere must not make every request fail."""
+    client = create_app(service, env={}).test_client()
+    for peer in ("172.18.0.1", "203.0.113.9", "::ffff:10.0.0.1"):
+        remote = {"REMOTE_ADDR": peer}
+        assert client.get("/admin/faults", environ_base=remote).status_code == 403, peer
+        assert client.post("/admin/faults", json={"error_rate": 1}, environ_base=remote).status_code == 403, peer
+    for peer in ("127.0.0.1", "::1", "::ffff:127.0.0.1"):
+        assert client.get("/admin/faults", environ_base={"REMOTE_ADDR": peer}).status_code == 200, peer
+    assert client.get("/admin/faults").get_json()["error_rate"] == 0.0, "nothing was changed from elsewhere"
+
+
+def test_the_fault_switch_with_a_token_wants_it_from_everyone(restore_process_state: None, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    client = create_app("payments", env={"FAULT_TOKEN_FILE": str(token_file)}).test_client()
+    assert client.get("/admin/faults").status_code == 503, "no token written yet: closed, and says why"
+    token_file.write_text("t0k3n\n")  # written after the service started (compose's stack-secrets)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "t0k3n"}):
+        answer = client.post("/admin/faults", json={"error_rate": 1}, headers=headers)
+        assert answer.status_code == 401 and answer.headers["WWW-Authenticate"] == "Bearer", headers
+    good = {"Authorization": "Bearer t0k3n"}
+    assert client.post("/admin/faults", json={"error_rate": 1}, headers=good).get_json()["error_rate"] == 1.0
+    with pytest.raises(ConfigError, match="either FAULT_TOKEN or FAULT_TOKEN_FILE"):
+        create_app("payments", env={"FAULT_TOKEN": "a", "FAULT_TOKEN_FILE": str(token_file)})
 
 
 def test_what_starts_the_worker_imports_without_celery() -> None:

@@ -51,7 +51,15 @@ from tests.support.replicas import (
     two_checkouts_with_one_id,
 )
 from tests.support.shipper import make_handler
-from tests.support.stack import REPO, http_get_json, instant_query, load_yaml, require_tool, run
+from tests.support.stack import (
+    REPO,
+    http_get_json,
+    instant_query,
+    load_yaml,
+    local_alertmanager_config,
+    require_tool,
+    run,
+)
 from trail.cli import main as trail_main
 from trail.loki_query import LokiQueryClient
 
@@ -91,7 +99,7 @@ def test_merged_compose_files_validate_and_keep_ports_on_loopback(merged: dict[s
             assert str(published).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
         image = service.get("image", "")
         assert re.fullmatch(r"[\w./-]+:[\w.-]+", image) and not image.endswith(":latest"), f"{name}: pin {image!r}"
-    for name in set(load_yaml("docker-compose.ha.yml")["services"]) - {"minio-init"}:  # minio-init exits
+    for name in set(load_yaml("docker-compose.ha.yml")["services"]) - {"minio-init", "stack-secrets"}:  # one-shots
         assert "healthcheck" in merged[name], f"{name} has no healthcheck"
 
 
@@ -280,10 +288,8 @@ def alerting_pair(servers: list[Server], tmp_path_factory: pytest.TempPathFactor
         webhook = stack.enter_context(LoopbackServer(Webhook))
         Webhook.received = []
 
-        am_config = load_yaml("alerts/alertmanager.yml")
-        (receiver,) = am_config["receivers"]
-        (hook,) = receiver["webhook_configs"]
-        hook["url"] = webhook.url + urllib.parse.urlsplit(hook["url"]).path
+        (root / "notify-token").write_text("ha-token\n")
+        am_config = local_alertmanager_config(webhook.url + "/alerts", root / "notify-token")
         (root / "alertmanager.yml").write_text(yaml.safe_dump(am_config))
         web, gossip = [free_port() for _ in range(2)], [free_port() for _ in range(2)]
         alertmanagers = []

@@ -6,6 +6,7 @@ import io
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ class FakeGateway:
     def __init__(self) -> None:
         self.checkouts = 0
         self.fault_posts: list[float] = []
+        self.fault_auth: list[str | None] = []
         self.error_rate = 0.0
         self.lock = threading.Lock()
         fake = self
@@ -31,6 +33,7 @@ class FakeGateway:
                     with fake.lock:
                         fake.error_rate = float(body["error_rate"])
                         fake.fault_posts.append(fake.error_rate)
+                        fake.fault_auth.append(self.headers.get("Authorization"))
                     self.reply(200, {"error_rate": fake.error_rate})
                 elif self.path == "/checkout":
                     assert body["items"], body
@@ -92,6 +95,21 @@ def test_spike_flips_faults_on_and_off_and_resets_at_exit(gateway: FakeGateway) 
     assert stats.server_errors > 0 and stats.ok > 0
     assert stats.last_failed_id.startswith("id"), "the failed request's correlation ID is kept"
     assert f"last_failed={stats.last_failed_id}" in out.getvalue().splitlines()[-1]
+
+
+def test_the_fault_switch_sends_the_token_its_file_holds_when_it_acts(gateway: FakeGateway, tmp_path: Path) -> None:
+    """Compose writes the token (stack-secrets) while the load generator may already run."""
+    token_file = tmp_path / "token"
+    out = io.StringIO()
+    switch = spike.FaultSwitch(gateway.url, "payments", 2.0, out, token_file=str(token_file))
+    assert not switch.set(0.5, force=True), "no token yet: not applied, said, retried later"
+    assert "could not set payments error_rate=0.5" in out.getvalue() and gateway.fault_posts == []
+    token_file.write_text("t0k3n\n")
+    assert switch.set(0.5, force=True) and switch.set(0.0, force=True)
+    assert gateway.fault_auth == ["Bearer t0k3n", "Bearer t0k3n"]
+    s = loadgen.parse_args([], env={"LOADGEN_FAULT_TOKEN_FILE": str(token_file), "LOADGEN_FAULT_TOKEN": ""})
+    assert (s.fault_token_file, s.fault_token) == (str(token_file), "")
+    assert "t0k3n" not in repr(loadgen.parse_args([], env={"LOADGEN_FAULT_TOKEN": "t0k3n"}))
 
 
 def test_unreachable_gateway_is_counted_not_fatal() -> None:

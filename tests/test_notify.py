@@ -27,6 +27,7 @@ from trail.notify_delivery import DeliverySettings
 from trail.notify_message import FIELDS, LINK_FIELDS
 
 GRAFANA = "http://grafana.notify.test:3000"
+TRAIL_WEB = "http://trail-web.notify.test"
 RUNBOOK = "http://localhost:9095/alerts/runbooks/HighErrorRatio.md"
 
 
@@ -35,7 +36,7 @@ def alert(status: str = "firing", service: str = "payments", **labels: str) -> d
     return {
         "status": status,
         "labels": {
-            "trail_web_url": "http://trail-web.notify.test",
+            "trail_web_url": TRAIL_WEB,
             "alertname": "HighErrorRatio",
             "service": service,
             "severity": "critical",
@@ -49,7 +50,7 @@ def alert(status: str = "firing", service: str = "payments", **labels: str) -> d
             "dashboard_url": f"{GRAFANA}/d/service-overview/service-overview?orgId=1&var-service={service}",
             "logs_url": f"{GRAFANA}/explore?schemaVersion=1&orgId=1&panes=%7B%7D",
             "trail_url": f"{GRAFANA}/d/request-trail/request-trail?orgId=1",
-            "trail_page_url": "http://localhost:8090/",
+            "trail_page_url": f"{TRAIL_WEB}/",
             "runbook_url": RUNBOOK,
         },
         "startsAt": time.strftime("%Y-%m-%dT%H:%M:%S.123456789Z", time.gmtime()),
@@ -104,6 +105,8 @@ class Running:
         self.out = io.StringIO()
         settings = NotifySettings(
             port=0,
+            grafana_url=GRAFANA,
+            trail_web_url=TRAIL_WEB,
             lookup_seconds=budget,
             runbook_dir=str(REPO / "alerts/runbooks"),
             delivery=DeliverySettings(webhook_url=webhook, format=fmt, attempts=attempts, backoff_min_seconds=0.05),
@@ -752,7 +755,7 @@ def test_readme_documents_every_field_and_variable() -> None:
     section = section[: section.index("\n## ", 4)]
     for name in FIELDS:
         assert f"| `{name}` |" in section, name
-    source = (REPO / "app/trail/notify.py").read_text()
+    source = "".join(path.read_text() for path in sorted((REPO / "app/trail").glob("notify*.py")))
     for variable in sorted(set(re.findall(r'"(NOTIFY_[A-Z_]+)"', source))):
         assert f"`{variable}`" in section, variable
 
@@ -770,3 +773,12 @@ def test_alertmanager_and_compose_agree_on_the_notifier() -> None:
     assert "127.0.0.1:9095:9095" in svc["ports"], "the default runbook_url base must open in a browser"
     prometheus = load_yaml("docker-compose.yml")["services"]["prometheus"]
     assert prometheus["environment"]["RUNBOOK_BASE_URL"] == "${RUNBOOK_BASE_URL:-http://localhost:9095}"
+    # The notifier links only under its own bases: they must be the ones the alerts' links are
+    # built on (Prometheus' external labels), or every link would be dropped.
+    bases = {
+        "NOTIFY_GRAFANA_URL": "GRAFANA_URL",
+        "NOTIFY_TRAIL_WEB_URL": "TRAIL_WEB_URL",
+        "NOTIFY_RUNBOOK_BASE_URL": "RUNBOOK_BASE_URL",
+    }
+    for notifier_variable, prometheus_variable in bases.items():
+        assert svc["environment"][notifier_variable] == prometheus["environment"][prometheus_variable]

@@ -5,14 +5,23 @@ README.md, Reference where no tool can (Loki, image contents)."""
 from __future__ import annotations
 
 import glob
+import os
 import re
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 import yaml
 
+from demo import stack_secrets
 from demo.services import DEFAULT_PORTS as APP_SERVICES
+from demo.stack_secrets import DEFAULT_PASSWORDS, PUBLIC_URL_VARIABLES
+from tests.fakes import free_port, serving
+from tests.support.replicas import nginx_config_for
 from tests.support.stack import REPO, TOOL_PACKAGES, load_yaml, require_tool, run
+from trail.notify_http import HttpLimits
 
 DOWNSTREAM = {
     "gateway": {"ORDERS_URL": "http://orders:8081"},
@@ -51,6 +60,7 @@ def test_compose_file_is_valid_for_docker_compose() -> None:
 def test_compose_has_every_service_and_no_version_key(compose: dict) -> None:
     assert "version" not in compose, "the version key is obsolete in the Compose spec"
     assert set(compose["services"]) == set(APP_SERVICES) | {
+        "stack-secrets",
         "loadgen",
         "alert-receiver",
         "trail-web",
@@ -73,7 +83,7 @@ def test_images_are_pinned_exactly(compose: dict) -> None:
     }
     for name, pattern in expected.items():
         assert re.fullmatch(pattern, compose["services"][name]["image"]), compose["services"][name]["image"]
-    for name in (*APP_SERVICES, "loadgen", "alert-receiver", "trail-web", "notifications"):
+    for name in (*APP_SERVICES, "loadgen", "alert-receiver", "trail-web", "notifications", "stack-secrets"):
         svc = compose["services"][name]
         assert svc["build"] == "./app" and svc["image"] == "correlation-demo:local", name
     assert (REPO / "app").is_dir()
@@ -107,6 +117,9 @@ def test_dependencies_wait_for_health(compose: dict) -> None:
         deps = svc.get("depends_on", {})
         assert isinstance(deps, dict), f"{name}: use the long form with conditions"
         for dep, cond in deps.items():
+            if dep == "stack-secrets":  # a one-shot: done is ready
+                assert cond == {"condition": "service_completed_successfully"}, name
+                continue
             assert cond == {"condition": "service_healthy"}, (name, dep)
             assert "healthcheck" in services[dep], f"{name} waits for {dep}, which has no healthcheck"
 
@@ -152,6 +165,7 @@ def test_grafana_settings(compose: dict) -> None:
 def test_prometheus_gets_grafana_url_and_keeps_exemplars(compose: dict) -> None:
     prom = compose["services"]["prometheus"]
     assert "--enable-feature=exemplar-storage" in prom["command"]
+    assert prom["command"][-1].startswith("--web.external-url="), "flags as the HA twin compares them"
     assert prom["environment"]["GRAFANA_URL"] == "${GRAFANA_URL:-http://localhost:3000}"
     assert "./alerts:/etc/prometheus/alerts:ro" in prom["volumes"]
 
@@ -239,3 +253,135 @@ def test_alertmanager_routes_everything_to_the_webhook() -> None:
     assert route["group_by"] == ["alertname", "service"]
     (receiver,) = am["receivers"]
     assert receiver["webhook_configs"][0]["send_resolved"] is True
+
+
+# --- the stack's defaults are safe (docs/security.md) -------------------------------------------
+
+
+def merged_compose(env: dict[str, str] | None = None, ha: bool = False) -> dict[str, Any]:
+    """The compose file(s) as docker-compose resolves them, ``env`` given as the shell's."""
+    files = ["-f", "docker-compose.yml", *(["-f", "docker-compose.ha.yml"] if ha else [])]
+    shell = {k: v for k, v in os.environ.items() if k not in PUBLIC_URL_VARIABLES and k not in DEFAULT_PASSWORDS}
+    out = run([require_tool("docker-compose"), *files, "config"], cwd=REPO, env={**shell, **(env or {})}).stdout
+    services: dict[str, Any] = yaml.safe_load(out)["services"]
+    return services
+
+
+def mount_of(service: dict[str, Any], volume: str) -> str:
+    """Where ``service`` mounts the named ``volume`` (read-only for everyone but stack-secrets)."""
+    (target,) = [
+        m["target"] if isinstance(m, dict) else m.split(":")[1]
+        for m in service.get("volumes", [])
+        if (m.get("source") if isinstance(m, dict) else m.split(":")[0]) == volume
+    ]
+    return str(target)
+
+
+@pytest.mark.parametrize("ha", [False, True], ids=["single", "ha"])
+def test_no_prometheus_can_be_stopped_over_http(ha: bool) -> None:
+    """--web.enable-lifecycle would let anyone reaching :9090 POST /-/quit."""
+    services = merged_compose(ha=ha)
+    proms = [svc for name, svc in services.items() if svc.get("image", "").startswith("prom/prometheus:")]
+    assert len(proms) == (2 if ha else 1)
+    for prom in proms:
+        assert not [flag for flag in prom["command"] if "lifecycle" in flag], prom["command"]
+
+
+@pytest.mark.parametrize("ha", [False, True], ids=["single", "ha"])
+def test_only_alertmanager_holds_the_notifiers_token(ha: bool) -> None:
+    """The token stack-secrets writes is the file the notifier reads and every Alertmanager sends;
+    no other service mounts it. Bodies stay under the notifier's cap on alerts."""
+    services = merged_compose(ha=ha)
+    secrets_dir = mount_of(services["stack-secrets"], "notify-secret")
+    assert services["stack-secrets"]["command"][-4:-2] == ["--notify-dir", secrets_dir]
+    receiver = services["alert-receiver"]
+    token_file = receiver["environment"]["NOTIFY_AUTH_TOKEN_FILE"]
+    assert token_file == mount_of(receiver, "notify-secret") + "/token"
+    assert receiver["depends_on"]["stack-secrets"] == {"condition": "service_completed_successfully"}
+    (webhook,) = [w for r in load_yaml("alerts/alertmanager.yml")["receivers"] for w in r["webhook_configs"]]
+    credentials = webhook["http_config"]["authorization"]["credentials_file"]
+    holders = sorted(name for name, svc in services.items() if "notify-secret" in str(svc.get("volumes", [])))
+    assert holders == sorted(["stack-secrets", "alert-receiver", "alertmanager", *(["alertmanager-2"] if ha else [])])
+    for name in holders:
+        if name.startswith("alertmanager"):
+            assert credentials == mount_of(services[name], "notify-secret") + "/token", name
+    assert webhook["max_alerts"] == HttpLimits().max_alerts
+    assert "NOTIFY_AUTH" not in receiver["environment"], "never opened by configuration"
+
+
+@pytest.mark.parametrize("ha", [False, True], ids=["single", "ha"])
+def test_the_fault_switch_wants_the_token_the_load_generator_sends(ha: bool) -> None:
+    services = merged_compose(ha=ha)
+    switches = [name for name, svc in services.items() if "SERVICE_NAME" in svc.get("environment", {})]
+    assert {"gateway", "orders", "payments", "inventory", "notifications"} <= set(switches)
+    fault_dir = mount_of(services["stack-secrets"], "fault-secret")
+    assert services["stack-secrets"]["command"][-2:] == ["--fault-dir", fault_dir]
+    for name in switches:
+        assert services[name]["environment"]["FAULT_TOKEN_FILE"] == mount_of(services[name], "fault-secret") + "/token"
+    loadgen = services["loadgen"]
+    assert loadgen["environment"]["LOADGEN_FAULT_TOKEN_FILE"] == mount_of(loadgen, "fault-secret") + "/token"
+    holders = {name for name, svc in services.items() if "fault-secret" in str(svc.get("volumes", []))}
+    assert holders == {*switches, "loadgen", "stack-secrets"}
+
+
+@pytest.mark.parametrize(
+    ("env", "ha", "refused"),
+    [
+        ({}, False, []),
+        ({}, True, []),
+        ({"GRAFANA_URL": "https://grafana.example.com"}, False, ["GRAFANA_ADMIN_PASSWORD"]),
+        ({"TRAIL_WEB_URL": "http://10.1.2.3:8090"}, True, ["GRAFANA_ADMIN_PASSWORD", "MINIO_ROOT_PASSWORD"]),
+        ({"GRAFANA_URL": "https://g.test", "GRAFANA_ADMIN_PASSWORD": "admin"}, False, ["GRAFANA_ADMIN_PASSWORD"]),
+        ({"GRAFANA_URL": "https://g.example.com", "GRAFANA_ADMIN_PASSWORD": "long-and-random"}, False, []),
+        ({"PROMETHEUS_2_URL": "http://prom.test:9190", "GRAFANA_ADMIN_PASSWORD": "x"}, True, ["MINIO_ROOT_PASSWORD"]),
+        ({"GRAFANA_URL": "http://127.0.0.1:3000"}, True, []),
+    ],
+)
+def test_default_passwords_stop_the_stack_when_it_is_reached_from_elsewhere(
+    env: dict[str, str], ha: bool, refused: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stack-secrets run with the environment compose gives it; Grafana (and MinIO) wait for it."""
+    services = merged_compose(env, ha)
+    for guarded in ("grafana", *(["minio"] if ha else [])):
+        assert services[guarded]["depends_on"]["stack-secrets"] == {"condition": "service_completed_successfully"}
+    given = services["stack-secrets"]["environment"]
+    status = stack_secrets.main(["--notify-dir", str(tmp_path / "n"), "--fault-dir", str(tmp_path / "f")], env=given)
+    err = capsys.readouterr().err
+    assert status == (2 if refused else 0), err
+    assert sorted(set(re.findall(r"set (\w+) \(docs", err))) == refused
+    assert (tmp_path / "n/token").exists() == (not refused), "nothing is written when refused"
+
+
+def test_tokens_are_generated_once_kept_and_taken_from_the_environment(tmp_path: Path) -> None:
+    args = ["--notify-dir", str(tmp_path / "n"), "--fault-dir", str(tmp_path / "f")]
+    assert stack_secrets.main(args, env={}) == 0
+    first = {name: (tmp_path / name / "token").read_text() for name in ("n", "f")}
+    assert first["n"] != first["f"] and all(len(token.strip()) >= 43 for token in first.values())
+    assert stack_secrets.main(args, env={}) == 0
+    assert {name: (tmp_path / name / "token").read_text() for name in ("n", "f")} == first, "kept across runs"
+    assert stack_secrets.main(args, env={"NOTIFY_AUTH_TOKEN": "mine"}) == 0
+    assert (tmp_path / "n/token").read_text() == "mine\n" and (tmp_path / "f/token").read_text() == first["f"]
+    assert oct((tmp_path / "n/token").stat().st_mode & 0o777) == "0o644", "Alertmanager runs as another user"
+    assert sorted(p.name for p in (tmp_path / "n").iterdir()) == ["token"], "no partial file left behind"
+
+
+def test_loki_offers_no_log_deletion_api() -> None:
+    """Retention does not need it, and Loki here has no auth: anyone could erase the trails."""
+    for path in ("loki/loki.yaml", "loki/loki-ha.yaml"):
+        config = load_yaml(path)
+        assert config["limits_config"]["deletion_mode"] == "disabled", path
+        assert config["compactor"]["retention_enabled"] is True, "retention still runs"
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="needs nginx: apt-get install nginx-light")
+def test_nginx_in_front_of_loki_refuses_the_deletion_api(tmp_path: Path) -> None:
+    """loki/nginx-ha.conf as Debian's nginx runs it (replicas at closed ports: nothing is proxied)."""
+    listen = free_port()
+    (tmp_path / "nginx.conf").write_text(nginx_config_for([free_port() for _ in range(3)], listen))
+    cmd = [shutil.which("nginx") or "nginx", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)]
+    cmd += ["-e", str(tmp_path / "error.log"), "-g", f"daemon off; pid {tmp_path / 'nginx.pid'};"]
+    with serving(cmd, f"http://127.0.0.1:{listen}", "/nginx-health", log=tmp_path / "nginx.log") as base:
+        for method in ("POST", "PUT", "GET", "DELETE"):
+            answer = requests.request(method, base + "/loki/api/v1/delete?query={a=%22b%22}&start=1", timeout=5)
+            assert answer.status_code == 403 and "deletion API is off" in answer.text, method
+        assert requests.get(base + "/loki/api/v1/labels", timeout=5).status_code == 502, "the rest is proxied"

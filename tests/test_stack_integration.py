@@ -179,7 +179,7 @@ def stack(chain: Any, chain_sink: FakeLoki) -> Iterator[Stack]:
     traffic = Traffic(chain.urls["gateway"])
     with chat.server, gate.server, running_notifier(gate.server.url, chat.server.url) as run:
         try:
-            with alerting_stack(chain.urls, run.url) as (prom, am, rules):
+            with alerting_stack(chain.urls, run.url, run.token_file) as (prom, am, rules):
 
                 def explain() -> str:
                     return diagnostics(prom, am, run, traffic)
@@ -288,7 +288,7 @@ def test_orders_failing_on_its_own_pages_once_naming_orders(stack: Stack, chain:
     traffic = Traffic(chain.urls["gateway"])
     with chat.server, running_notifier(chain_sink.url, chat.server.url) as run:
         try:
-            with alerting_stack(chain.urls, run.url) as (prom, am, _):
+            with alerting_stack(chain.urls, run.url, run.token_file) as (prom, am, _):
                 spike = time.monotonic()
                 set_faults(chain.urls["orders"], error_rate=ERROR_RATE)
                 traffic.start()

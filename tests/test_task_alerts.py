@@ -127,7 +127,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskStack]:
         rules = derived_rules()
         chat = ChatWebhook()
         run = started.enter_context(running_notifier(sink.url, started.enter_context(chat.server).url))
-        am = started.enter_context(alertmanager_server(derived_alertmanager_config(run.url + "/alerts")))
+        am_config = derived_alertmanager_config(run.url + "/alerts", run.token_file)
+        am = started.enter_context(alertmanager_server(am_config))
         config = scrape_config(chain, worker_url, urllib.parse.urlsplit(am).netloc, sorted(rules))
         prom = started.enter_context(
             prometheus_server(

@@ -39,6 +39,15 @@ def test_all_trusts_everyone_none_no_one(peer: str | None) -> None:
     assert not TrustPolicy.parse("10.0.0.0/8").trusts("not-an-address" if peer is None else peer + "x")
 
 
+def test_the_default_is_private_networks_and_this_machine() -> None:
+    default = Settings.from_env({}).trust_inbound
+    assert default == TrustPolicy.parse("private") == TrustPolicy.parse(" PRIVATE ") and str(default) == "private"
+    for peer in ("10.0.0.1", "172.31.255.255", "192.168.1.1", "127.0.0.1", "::1", "fc00::1", "::ffff:10.1.2.3"):
+        assert default.trusts(peer), peer
+    for stranger in ("203.0.113.9", "172.32.0.1", "8.8.8.8", "2001:db8::1", "169.254.1.1", None):
+        assert not default.trusts(stranger), stranger
+
+
 @pytest.mark.parametrize("bad", ["10.0.0.0/33", "everyone", "10.0.0.0/8,,", "1.2.3.4/8/1"])
 def test_bad_settings_stop_the_service_with_a_clear_message(bad: str) -> None:
     with pytest.raises(ConfigError, match="CORRELATION_TRUST_INBOUND"):
@@ -60,6 +69,9 @@ def _app(trust: str) -> tuple[flask.Flask, io.StringIO, logging.Handler]:
 @pytest.mark.parametrize(
     "trust, peer, kept",
     [
+        ("", "10.1.2.3", True),  # the default, private: a system's own services keep each other's IDs
+        ("", "fd12::7", True),
+        ("", "203.0.113.9", False),  # and anyone else starts a fresh trail
         ("all", "203.0.113.9", True),
         ("none", "10.1.2.3", False),
         ("10.0.0.0/8", "10.1.2.3", True),

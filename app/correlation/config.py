@@ -214,8 +214,10 @@ class Settings:
     log_level: str = "INFO"
     #: JSON lines on stdout too. Off saves a write per line when Loki gets them anyway.
     log_stdout: bool = True
-    #: Whose inbound IDs are kept (``CORRELATION_TRUST_INBOUND``: all, none, or CIDR ranges).
-    trust_inbound: TrustPolicy = field(default_factory=TrustPolicy)
+    #: Whose inbound IDs are kept (``CORRELATION_TRUST_INBOUND``: private, all, none, or CIDR
+    #: ranges). The default, private networks and this machine, keeps the IDs a system's own
+    #: services send each other and starts a fresh trail for anyone else (correlation.trust).
+    trust_inbound: TrustPolicy = field(default_factory=TrustPolicy.private)
     #: Error responses carry the correlation ID (RFC 9457 problem+json, or the HTML page + ID).
     error_bodies: bool = True
     loki: LokiSettings = field(default_factory=LokiSettings)
@@ -240,9 +242,9 @@ class Settings:
             "trust_inbound": _parse(
                 env,
                 "CORRELATION_TRUST_INBOUND",
-                TrustPolicy(),
+                TrustPolicy.private(),
                 TrustPolicy.parse,
-                "all, none or CIDR ranges (10.0.0.0/8,...)",
+                "private, all, none or CIDR ranges (10.0.0.0/8,...)",
             ),
             "error_bodies": _parse(env, "CORRELATION_ERROR_BODIES", cls.error_bodies, _bool, "true or false"),
             "loki": LokiSettings.from_env(env),

@@ -4,6 +4,11 @@
 ``{"error_rate": 0.0-1.0, "latency_ms": 0-60000}`` changes it (either key may be left out).
 ``FAULT_ERROR_RATE`` and ``FAULT_LATENCY_MS`` set it at start.
 
+Who may use it: with ``FAULT_TOKEN`` (or ``FAULT_TOKEN_FILE``, read at each call, so a token
+written after the service started counts) only a request with ``Authorization: Bearer <token>``;
+without one only a peer on this machine (loopback), as in a local run. The gateway is the demo's
+public edge, and a switch that makes every request fail is not for the public (docs/security.md).
+
 Under gunicorn with several workers the setting is one for the service, not one per worker: the
 arbiter makes a file for it at start (:func:`share_between_workers`, from the demo's
 ``on_starting``) and names it in ``DEMO_FAULTS_FILE``, which the workers inherit; a POST to any
@@ -12,6 +17,8 @@ worker changes it for all.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
 import os
 import random
@@ -19,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +139,61 @@ class Faults:
             raise InjectedFault(f"injected fault (error_rate={current.error_rate})")
 
 
-def admin_blueprint(faults: Faults) -> flask.Blueprint:
+@dataclass(frozen=True)
+class FaultAccess:
+    """Who may use ``/admin/faults``: bearers of the token, or, without one, loopback peers."""
+
+    token: str = field(default="", repr=False)
+    token_file: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> FaultAccess:
+        token, path = env.get("FAULT_TOKEN", "").strip(), env.get("FAULT_TOKEN_FILE", "").strip()
+        if token and path:
+            raise ConfigError("set either FAULT_TOKEN or FAULT_TOKEN_FILE, not both")
+        return cls(token, path)
+
+    def refusal(self, authorization: str | None, peer: str | None) -> tuple[int, str] | None:
+        """None when the request may pass, else (status, reason)."""
+        if not self.token and not self.token_file:
+            if _loopback(peer):
+                return None
+            return 403, "the fault switch answers only this machine unless FAULT_TOKEN(_FILE) is set"
+        token = self.token
+        if self.token_file:
+            try:
+                token = Path(self.token_file).read_text(encoding="utf-8").strip()
+            except OSError:
+                token = ""
+            if not token:
+                return 503, "the fault switch's token file is not written yet"
+        scheme, _, value = (authorization or "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode()):
+            return None
+        return 401, "the fault switch needs Authorization: Bearer <FAULT_TOKEN>"
+
+
+def _loopback(peer: str | None) -> bool:
+    try:
+        address = ipaddress.ip_address((peer or "").split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def admin_blueprint(faults: Faults, access: FaultAccess | None = None) -> flask.Blueprint:
     admin = flask.Blueprint("admin", __name__)
+    access = access or FaultAccess()
+
+    @admin.before_request
+    def allowed() -> Any:
+        refused = access.refusal(flask.request.headers.get("Authorization"), flask.request.remote_addr)
+        if refused is not None:
+            status, reason = refused
+            return {"error": reason}, status, ({"WWW-Authenticate": "Bearer"} if status == 401 else {})
+        return None
 
     @admin.get("/admin/faults")
     def show() -> Any:

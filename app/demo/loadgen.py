@@ -54,6 +54,9 @@ class LoadSettings:
     timeout: float = 5.0
     workers: int = 8
     correlation_header: str = "X-Correlation-ID"
+    #: The fault target's FAULT_TOKEN (environment only, never a flag: flags show in `ps`).
+    fault_token: str = field(default="", repr=False)
+    fault_token_file: str = ""
 
 
 @dataclass
@@ -178,6 +181,8 @@ def parse_args(argv: list[str] | None = None, env: Mapping[str, str] = os.enviro
         timeout=a.timeout,
         workers=a.workers,
         correlation_header=env.get("CORRELATION_HEADER", "").strip() or d.correlation_header,
+        fault_token=env.get("LOADGEN_FAULT_TOKEN", "").strip(),
+        fault_token_file=env.get("LOADGEN_FAULT_TOKEN_FILE", "").strip(),
     )
 
 
@@ -201,7 +206,14 @@ def run(settings: LoadSettings, out: TextIO = sys.stdout, stop: threading.Event 
             slots.release()
 
     faults = (
-        FaultSwitch(settings.fault_url, settings.fault_service, settings.timeout, out)
+        FaultSwitch(
+            settings.fault_url,
+            settings.fault_service,
+            settings.timeout,
+            out,
+            token=settings.fault_token,
+            token_file=settings.fault_token_file,
+        )
         if settings.scenario == "spike"
         else None
     )

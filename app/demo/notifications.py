@@ -44,7 +44,7 @@ from correlation import celery as correlation_celery
 from correlation.config import ConfigError
 from demo import broker
 from demo.calls import WORKER_SERVICE, DownstreamError, call, downstream_url
-from demo.faults import Faults, FaultSettings, InjectedFault, admin_blueprint
+from demo.faults import FaultAccess, Faults, FaultSettings, InjectedFault, admin_blueprint
 
 SERVICE = WORKER_SERVICE
 TASK_NAME = "notifications.send_confirmation"
@@ -157,11 +157,13 @@ def register_tasks(app: Celery, faults: Faults, env: Mapping[str, str]) -> Any:
     return send_confirmation
 
 
-def control_app(settings: correlation.Settings, faults: Faults, ready: threading.Event) -> flask.Flask:
-    """The worker's control endpoint: health, metrics and the fault switch."""
+def control_app(
+    settings: correlation.Settings, faults: Faults, ready: threading.Event, access: FaultAccess | None = None
+) -> flask.Flask:
+    """The worker's control endpoint: health, metrics and the fault switch (``access``: who may)."""
     app = flask.Flask(SERVICE)
     correlation.Correlation(app, settings)  # /metrics, and outgoing requests (the task's) carry the hop
-    app.register_blueprint(admin_blueprint(faults))
+    app.register_blueprint(admin_blueprint(faults, access))
 
     @app.get("/healthz")
     def healthz() -> Any:
@@ -200,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ready = threading.Event()
     celery_signals.worker_ready.connect(lambda **_: ready.set(), weak=False)
-    server = serve_control(control_app(settings, faults, ready), args.host, args.port)
+    access = FaultAccess.from_env(env)
+    server = serve_control(control_app(settings, faults, ready, access), args.host, args.port)
     log.info("notifications worker starting (broker %s, control :%d)", url.split("@")[-1], args.port)
     try:
         worker = ["worker", "--pool=threads", f"--concurrency={args.concurrency}", f"--queues={QUEUE}"]

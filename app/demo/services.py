@@ -25,7 +25,7 @@ import correlation
 from correlation.config import ConfigError
 from demo.calls import DEFAULT_PORTS, SERVICES, DownstreamError, downstream_url
 from demo.calls import call as _call
-from demo.faults import SHARED_FILE_ENV, Faults, FaultSettings, admin_blueprint
+from demo.faults import SHARED_FILE_ENV, FaultAccess, Faults, FaultSettings, admin_blueprint
 
 __all__ = ["DEFAULT_PORTS", "SERVICES", "create_app"]
 
@@ -120,6 +120,7 @@ def create_app(service: str | None = None, env: Mapping[str, str] | None = None)
         raise ConfigError(f"SERVICE_NAME={service!r} is not valid: expected one of {', '.join(SERVICES)}")
     settings = correlation.Settings.from_env(env, service=service)
     faults = Faults(FaultSettings.from_env(env), env.get(SHARED_FILE_ENV))
+    access = FaultAccess.from_env(env)
 
     app = flask.Flask(service)
     correlation.setup_logging(settings)
@@ -129,7 +130,7 @@ def create_app(service: str | None = None, env: Mapping[str, str] | None = None)
     api.before_request(faults.apply)
     _ROUTES[service](api, requests.Session(), env)
     app.register_blueprint(api)
-    app.register_blueprint(admin_blueprint(faults))
+    app.register_blueprint(admin_blueprint(faults, access))
 
     @app.get("/healthz")
     def healthz() -> Any:

@@ -10,11 +10,16 @@ service could not queue and the request that asked for it instead. Resolved aler
 as resolved. Fields: README.md, "The notifier".
 
 - ``POST /alerts``: Alertmanager's webhook. Answered at once (the notifications go out in the
-  background), 400 with a reason when the body is not a webhook payload.
+  background), 400 with a reason when the body is not a webhook payload. With credentials set
+  (``NOTIFY_AUTH_*``) only requests carrying them are taken; the limits and the reasons for each
+  refusal are :mod:`trail.notify_http`'s.
 - ``GET /alerts``: the last payloads received; ``GET /notifications``: the last notifications.
 - ``GET /alerts/runbooks/<Alert>.md``: the runbooks, from ``NOTIFY_RUNBOOK_DIR`` (the demo's
   default ``runbook_url`` base points here).
-- ``GET /healthz``: ``{"status": "ok", "delivery": {...counters}}``.
+- ``GET /healthz``: ``{"status": "ok", "delivery": {...counters}, "intake": {...counters}}``.
+
+A notification links only under the configured Grafana, trail page and runbook addresses
+(:mod:`trail.notify_links`).
 
 Settings come from the environment (``NOTIFY_*``, and ``LOKI_*`` as for ``trail``); a bad value
 stops it at start with a message naming the variable.
@@ -23,7 +28,6 @@ stops it at start with a message naming the variable.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import signal
@@ -33,24 +37,25 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from threading import Lock
 from typing import Any, TypeVar
 
 from correlation.config import ConfigError, LokiSettings
 from trail.links import DEFAULT_GRAFANA_URL, DEFAULT_TRAIL_WEB_URL
 from trail.loki_query import LokiQueryClient
+from trail.notify_auth import NotifyAuth
 from trail.notify_delivery import FORMATS, Delivery, DeliverySettings
+from trail.notify_http import HttpLimits, Intake, NotifyServer, make_handler
+from trail.notify_links import LinkBases
 from trail.notify_message import build_notification
-from trail.notify_payload import AlertEvent, PayloadError, parse_webhook
+from trail.notify_payload import AlertEvent
 from trail.notify_trail import DEFAULT_BUDGET_SECONDS, DEFAULT_LOOKBACK_SECONDS, TrailReader
 
 T = TypeVar("T")
 DEFAULT_PORT = 9095
-#: Alertmanager's payloads are small; refuse anything absurd rather than buffer it.
-MAX_BODY_BYTES = 1024 * 1024
-_RUNBOOK = re.compile(r"/alerts/runbooks/([A-Za-z0-9_-]{1,64}\.md)")
+#: Where the runbook links point when NOTIFY_RUNBOOK_BASE_URL is not set: this notifier, as the
+#: rules' default (alerts/correlation-demo.rules.yml, runbook_base_url).
+DEFAULT_RUNBOOK_BASE_URL = "http://localhost:9095"
 #: Alerts remembered to recognise repeats (oldest forgotten first).
 _SEEN_MAX = 10_000
 
@@ -68,7 +73,15 @@ class NotifySettings:
     repeat_seconds: float = 3600.0
     keep: int = 50
     runbook_dir: str = ""
+    runbook_base_url: str = DEFAULT_RUNBOOK_BASE_URL
     delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    auth: NotifyAuth = field(default_factory=NotifyAuth)
+    limits: HttpLimits = field(default_factory=HttpLimits)
+
+    @property
+    def link_bases(self) -> LinkBases:
+        """The addresses a notification may link to."""
+        return LinkBases(self.grafana_url, self.trail_web_url, self.runbook_base_url)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> NotifySettings:
@@ -114,7 +127,13 @@ class NotifySettings:
             repeat_seconds=get("NOTIFY_REPEAT_SECONDS", cls.repeat_seconds, float, "seconds > 0"),
             keep=get("NOTIFY_KEEP", cls.keep, int, "an integer > 0"),
             runbook_dir=env.get("NOTIFY_RUNBOOK_DIR", "").strip(),
+            runbook_base_url=get("NOTIFY_RUNBOOK_BASE_URL", cls.runbook_base_url, url, "an http(s) URL"),
             delivery=delivery,
+            auth=NotifyAuth.from_env(env),
+            limits=HttpLimits(
+                read_seconds=get("NOTIFY_READ_SECONDS", HttpLimits.read_seconds, float, "seconds > 0"),
+                max_alerts=get("NOTIFY_MAX_ALERTS", HttpLimits.max_alerts, int, "an integer > 0"),
+            ),
         )
 
 
@@ -127,6 +146,8 @@ class Notifier:
         self.delivery = delivery
         self.payloads: deque[Any] = deque(maxlen=settings.keep)
         self.notifications: deque[dict[str, Any]] = deque(maxlen=settings.keep)
+        self.intake = Intake()
+        self.links_dropped = 0
         self._seen: OrderedDict[tuple[str, str, str], float] = OrderedDict()
         self._lock = Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="notify")
@@ -148,6 +169,12 @@ class Notifier:
         with self._lock:
             return list(self.payloads), list(self.notifications)
 
+    def intake_stats(self) -> dict[str, Any]:
+        """What was refused and left out at the door, and the links dropped from notifications."""
+        with self._lock:
+            links_dropped = self.links_dropped
+        return {**self.intake.stats(), "links_dropped": links_dropped}
+
     def _first_time(self, event: AlertEvent) -> bool:
         """False for a repeat within ``repeat_seconds`` (a group re-sent because another alert of it
         changed, or sent by each of several Alertmanagers)."""
@@ -165,7 +192,9 @@ class Notifier:
     def _notify(self, event: AlertEvent, deadline: float) -> None:
         try:
             finding = self.reader.read(event, deadline)
-            note = build_notification(event, finding, self.settings.grafana_url, self.settings.trail_web_url)
+            note = build_notification(
+                event, finding, self.settings.grafana_url, self.settings.trail_web_url, self.settings.link_bases
+            )
         except Exception as exc:  # noqa: BLE001 - a worker's boundary: say it, never lose it silently
             print(
                 f"notify: could not build the notification for {event.alertname}: {type(exc).__name__}: {exc}",
@@ -173,8 +202,16 @@ class Notifier:
                 flush=True,
             )
             return
+        if note["dropped_links"]:
+            print(
+                f"notify: {event.alertname}: dropped links not under {', '.join(self.settings.link_bases.urls)}: "
+                f"{', '.join(note['dropped_links'])}",
+                file=sys.stderr,
+                flush=True,
+            )
         with self._lock:
             self.notifications.append(note)
+            self.links_dropped += len(note["dropped_links"] or ())
         self.delivery.deliver(note)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -182,66 +219,13 @@ class Notifier:
         self.delivery.close(timeout)
 
 
-def _handler(notifier: Notifier) -> type[BaseHTTPRequestHandler]:
-    runbooks = Path(notifier.settings.runbook_dir) if notifier.settings.runbook_dir else None
-
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "trail-notify"
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            if self.path == "/healthz":
-                self._reply(200, {"status": "ok", "delivery": notifier.delivery.stats()})
-            elif self.path == "/alerts":
-                self._reply(200, notifier.snapshot()[0])
-            elif self.path == "/notifications":
-                self._reply(200, notifier.snapshot()[1])
-            elif (found := _RUNBOOK.fullmatch(self.path)) and runbooks and (runbooks / found.group(1)).is_file():
-                self._send(200, (runbooks / found.group(1)).read_bytes(), "text/plain; charset=utf-8")
-            else:
-                self._reply(404, {"error": "not found"})
-
-        def do_POST(self) -> None:  # noqa: N802
-            if self.path != "/alerts":
-                self._reply(404, {"error": "not found"})
-                return
-            try:
-                length = int(self.headers.get("Content-Length", "0"))
-            except ValueError:
-                length = -1
-            if not 0 < length <= MAX_BODY_BYTES:
-                self._reply(400, {"error": "need a JSON body of at most 1 MiB (with Content-Length)"})
-                return
-            body = self.rfile.read(length)
-            try:
-                events = parse_webhook(body)
-            except PayloadError as exc:
-                self._reply(400, {"error": f"not an Alertmanager webhook payload: {exc}"})
-                return
-            self._reply(200, notifier.accept(json.loads(body), events))
-
-        def _reply(self, status: int, body: Any) -> None:
-            self._send(status, json.dumps(body).encode(), "application/json")
-
-        def _send(self, status: int, data: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-            pass  # the notifications are the output; access lines would drown them
-
-    return Handler
-
-
-def build(settings: NotifySettings, loki: LokiSettings, *, out: Any = None) -> tuple[ThreadingHTTPServer, Notifier]:
+def build(settings: NotifySettings, loki: LokiSettings, *, out: Any = None) -> tuple[NotifyServer, Notifier]:
     """A ready-to-serve notifier (port 0 picks a free one): its HTTP server and itself."""
     client = LokiQueryClient(loki) if loki.url else None
     reader = TrailReader(client, lookback_seconds=settings.lookback_seconds, budget_seconds=settings.lookup_seconds)
     notifier = Notifier(settings, reader, Delivery(settings.delivery, out=out))
-    server = ThreadingHTTPServer((settings.host, settings.port), _handler(notifier))
-    server.daemon_threads = True
+    handler = make_handler(notifier, settings.auth, settings.limits, notifier.intake, settings.runbook_dir)
+    server = NotifyServer((settings.host, settings.port), handler, settings.limits, notifier.intake)
     return server, notifier
 
 
@@ -258,12 +242,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = NotifySettings(**{**settings.__dict__, **overrides})
+    try:
+        settings.auth.check_listen(settings.host)
+    except ConfigError as exc:
+        print(f"notify: {exc}", file=sys.stderr)
+        return 2
     server, notifier = build(settings, loki)
     host, port = str(server.server_address[0]), server.server_address[1]
     webhook = settings.delivery.webhook_url or "none, stdout only"
+    credentials = "credentials required" if settings.auth.required else "NO credentials required"
     print(
         f"notify: listening on http://{host}:{port}/alerts; Loki {loki.url or 'not set'}; webhook {webhook} "
-        f"({settings.delivery.format})",
+        f"({settings.delivery.format}); {credentials}",
         file=sys.stderr,
         flush=True,
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 from trail.links import DEFAULT_TRAIL_WEB_URL, trail_explore_url, trail_page_path
 from trail.logql import MAX_TASK_NAME_CHARS
+from trail.notify_links import LinkBases
 from trail.notify_lost_task import LostTask
 from trail.notify_payload import AlertEvent
 from trail.notify_trail import FailedHop, TrailFinding
@@ -45,6 +46,7 @@ FIELDS = (
     "error",
     "lost_task",
     *LINK_FIELDS,
+    "dropped_links",
     "text",
 )
 MAX_LABEL_CHARS = 128
@@ -91,15 +93,27 @@ def build_notification(
     finding: TrailFinding,
     default_grafana_url: str,
     default_trail_web_url: str = DEFAULT_TRAIL_WEB_URL,
+    bases: LinkBases | None = None,
 ) -> dict[str, Any]:
     """The notification object for one alert (its fields: :data:`FIELDS`). The alert's links pass
     through; the trail links are rebuilt for the request the notification names (the alert's own
     come from correlation_last_failed_request, which may name another one), on the Grafana and
-    trail page the alert's external labels (grafana_url, trail_web_url) point at."""
-    links = {name: _link(event.annotations.get(name)) for name in LINK_FIELDS}
+    trail page the alert's external labels (grafana_url, trail_web_url) point at. Every link, and
+    those labels, must lie under ``bases`` (default: the two default URLs); any other is dropped
+    and named in ``dropped_links`` (:mod:`trail.notify_links`)."""
+    bases = bases or LinkBases(default_grafana_url, default_trail_web_url)
+    dropped: list[str] = []
+
+    def allowed(name: str, url: str | None) -> str | None:
+        if url is not None and not bases.allows(url):
+            dropped.append(name)
+            return None
+        return url
+
+    links = {name: allowed(name, _link(event.annotations.get(name))) for name in LINK_FIELDS}
     if finding.correlation_id and finding.trail_window is not None:
-        grafana = _link(event.labels.get("grafana_url")) or default_grafana_url
-        trail_web = _link(event.labels.get("trail_web_url")) or default_trail_web_url
+        grafana = allowed("grafana_url", _link(event.labels.get("grafana_url"))) or default_grafana_url
+        trail_web = allowed("trail_web_url", _link(event.labels.get("trail_web_url"))) or default_trail_web_url
         links["trail_url"] = trail_explore_url(grafana, finding.correlation_id, finding.trail_window)
         links["trail_page_url"] = trail_web.rstrip("/") + trail_page_path(finding.correlation_id)
     hop = finding.root_cause
@@ -131,6 +145,7 @@ def build_notification(
         ),
         "lost_task": _lost_task(finding.lost_task) if finding.lost_task else None,
         **links,
+        "dropped_links": dropped or None,
     }
     note["text"] = render_text(note)
     return note
@@ -209,6 +224,8 @@ def render_text(note: dict[str, Any]) -> str:
         if note["trail_note"]:
             lines.append(f"Links only: {note['trail_note']}.")
     lines += [f"{_LINK_NAMES[name]}: {note[name]}" for name in LINK_FIELDS if note[name]]
+    if note["dropped_links"]:
+        lines.append(f"Links dropped (not under the configured addresses): {', '.join(note['dropped_links'])}")
     return "\n".join(lines)
 
 
@@ -244,6 +261,8 @@ def slack_message(note: dict[str, Any]) -> dict[str, Any]:
             facts.append(f"*Correlation ID:* {_code(note['correlation_id'])}: {_code(note['trail_command'])}")
         if note["trail_note"]:
             facts.append(f"*Links only:* {_mrkdwn(note['trail_note'])}.")
+    if note["dropped_links"]:
+        facts.append(f"*Links dropped* (not under the configured addresses): {', '.join(note['dropped_links'])}")
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": _fit(_headline(note), _SLACK_HEADER_CHARS)}},
     ]

@@ -90,12 +90,35 @@ class AlertEvent:
         return identity, self.status, started
 
 
+@dataclass(frozen=True)
+class Webhook:
+    """One webhook body, read: the payload as sent, its alerts, and how many alerts Alertmanager
+    left out of it (``truncatedAlerts``, when its ``max_alerts`` cut the group)."""
+
+    payload: dict[str, Any]
+    events: list[AlertEvent]
+    truncated: int = 0
+
+
+class TooManyAlerts(PayloadError):
+    """More alerts in one body than the notifier takes (``NOTIFY_MAX_ALERTS``)."""
+
+
 def parse_webhook(body: bytes) -> list[AlertEvent]:
     """The alerts of one webhook body, in payload order; PayloadError when it is not one."""
+    return read_webhook(body).events
+
+
+def read_webhook(body: bytes, max_alerts: int | None = None) -> Webhook:
+    """One webhook body read strictly; PayloadError says why it is not one, TooManyAlerts when it
+    holds more than ``max_alerts``. JSON nested deeper than the parser's recursion limit is a
+    PayloadError too, never a RecursionError that would drop the connection unanswered."""
     try:
         payload = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise PayloadError(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("body is not a webhook payload: JSON nested too deeply") from None
     if not isinstance(payload, dict):
         raise PayloadError(f"expected a JSON object, got {type(payload).__name__}")
     version = payload.get("version")
@@ -106,7 +129,15 @@ def parse_webhook(body: bytes) -> list[AlertEvent]:
     alerts = payload.get("alerts")
     if not isinstance(alerts, list):
         raise PayloadError("alerts: expected a list")
-    return [_alert(raw, f"alerts[{index}]") for index, raw in enumerate(alerts)]
+    if max_alerts is not None and len(alerts) > max_alerts:
+        raise TooManyAlerts(
+            f"alerts: {len(alerts)} in one body, at most {max_alerts} taken (Alertmanager's max_alerts)"
+        )
+    truncated = payload.get("truncatedAlerts", 0)
+    if not isinstance(truncated, int) or isinstance(truncated, bool) or truncated < 0:
+        raise PayloadError("truncatedAlerts: expected a count")
+    events = [_alert(raw, f"alerts[{index}]") for index, raw in enumerate(alerts)]
+    return Webhook(payload, events, truncated)
 
 
 def _alert(raw: Any, where: str) -> AlertEvent:

@@ -13,6 +13,8 @@ import copy
 import io
 import json
 import re
+import secrets
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -28,8 +30,16 @@ import requests
 from correlation.config import LokiSettings
 from demo.services import SERVICES
 from tests.fakes import LoopbackServer, QuietHandler, wait_until
-from tests.support.stack import REPO, alertmanager_server, instant_query, load_yaml, prometheus_server
+from tests.support.stack import (
+    REPO,
+    alertmanager_server,
+    instant_query,
+    load_yaml,
+    local_alertmanager_config,
+    prometheus_server,
+)
 from trail.notify import Notifier, NotifySettings, build
+from trail.notify_auth import NotifyAuth
 from trail.notify_delivery import DeliverySettings
 from trail.notify_payload import AlertEvent
 
@@ -102,14 +112,9 @@ def derived_prometheus_config(targets: dict[str, str], rule_names: list[str], al
     }
 
 
-def derived_alertmanager_config(webhook_url: str) -> dict[str, Any]:
-    """alerts/alertmanager.yml with only the webhook's address changed."""
-    config = load_yaml("alerts/alertmanager.yml")
-    webhooks = [w for r in config["receivers"] for w in r.get("webhook_configs", [])]
-    assert len(webhooks) == 1, webhooks
-    assert urllib.parse.urlsplit(webhooks[0]["url"]).path == "/alerts", "the notifier listens on /alerts"
-    webhooks[0]["url"] = webhook_url
-    return config
+def derived_alertmanager_config(webhook_url: str, token_file: Path) -> dict[str, Any]:
+    """alerts/alertmanager.yml with only the webhook's address and its token file changed."""
+    return local_alertmanager_config(webhook_url, token_file)
 
 
 # --- traffic and faults ----------------------------------------------------------------------------
@@ -230,11 +235,25 @@ class NotifierRun:
     url: str
     out: io.StringIO
     received: dict[tuple[str, str, str], float]
+    #: The token the notifier wants, for Alertmanager's ``credentials_file``.
+    token_file: Path
 
 
 @contextmanager
 def running_notifier(loki_url: str, webhook_url: str) -> Iterator[NotifierRun]:
-    settings = NotifySettings(port=0, grafana_url=GRAFANA, delivery=DeliverySettings(webhook_url=webhook_url))
+    """The notifier as compose runs it: wanting a token, linking under the stack's addresses."""
+    token = secrets.token_urlsafe(16)
+    settings = NotifySettings(
+        port=0,
+        grafana_url=GRAFANA,
+        trail_web_url=TRAIL_WEB,
+        runbook_base_url=RUNBOOKS,
+        delivery=DeliverySettings(webhook_url=webhook_url),
+        auth=NotifyAuth(token=token),
+    )
+    tmp = tempfile.TemporaryDirectory(prefix="notify-token-")
+    token_file = Path(tmp.name) / "token"
+    token_file.write_text(token + "\n")
     out = io.StringIO()
     server, notifier = build(settings, LokiSettings(url=loki_url), out=out)
     received: dict[tuple[str, str, str], float] = {}
@@ -246,19 +265,21 @@ def running_notifier(loki_url: str, webhook_url: str) -> Iterator[NotifierRun]:
         return accept(payload, events)
 
     setattr(notifier, "accept", timed_accept)
-    with LoopbackServer(server) as loopback:
+    with tmp, LoopbackServer(server) as loopback:
         try:
-            yield NotifierRun(notifier, loopback.url, out, received)
+            yield NotifierRun(notifier, loopback.url, out, received, token_file)
         finally:
             notifier.close(timeout=2)
 
 
 @contextmanager
-def alerting_stack(chain_urls: dict[str, str], notifier_url: str) -> Iterator[tuple[str, str, dict[str, str]]]:
+def alerting_stack(
+    chain_urls: dict[str, str], notifier_url: str, token_file: Path
+) -> Iterator[tuple[str, str, dict[str, str]]]:
     """A fresh Alertmanager and Prometheus (so no earlier scenario's rates linger) watching the
     chain; yields (prometheus URL, alertmanager URL, derived rules) once every service is up."""
     rules = derived_rules()
-    with alertmanager_server(derived_alertmanager_config(notifier_url + "/alerts")) as am:
+    with alertmanager_server(derived_alertmanager_config(notifier_url + "/alerts", token_file)) as am:
         targets = {name: urllib.parse.urlsplit(url).netloc for name, url in chain_urls.items()}
         config = derived_prometheus_config(targets, sorted(rules), urllib.parse.urlsplit(am).netloc)
         # Prometheus 2.42 expands ${VAR} in external labels only with this feature.

@@ -122,6 +122,19 @@ def instant_query(base: str, expr: str) -> dict[str, Any]:
 # --- A real Alertmanager on loopback ----------------------------------------------------------
 
 
+def local_alertmanager_config(webhook_url: str, token_file: Path) -> dict[str, Any]:
+    """alerts/alertmanager.yml with only its one webhook's address and the path of the notifier's
+    token (``credentials_file``, a volume in compose) changed."""
+    config = load_yaml("alerts/alertmanager.yml")
+    (webhook,) = [w for r in config["receivers"] for w in r.get("webhook_configs", [])]
+    assert urllib.parse.urlsplit(webhook["url"]).path == "/alerts", "the notifier listens on /alerts"
+    webhook["url"] = webhook_url
+    authorization = webhook["http_config"]["authorization"]
+    assert authorization["type"] == "Bearer" and authorization["credentials_file"].startswith("/etc/alertmanager/")
+    authorization["credentials_file"] = str(token_file)
+    return dict(config)
+
+
 @contextmanager
 def alertmanager_server(config: dict[str, Any]) -> Iterator[str]:
     """Start the real Alertmanager (Debian's `prometheus-alertmanager`) on 127.0.0.1 with
