@@ -42,6 +42,7 @@ TIER_OF_FILE = {
     "test_demo.py": "unit",
     "test_error_bodies.py": "unit",
     "test_fakes.py": "unit",
+    "test_error_type.py": "process",
     "test_flask.py": "unit",
     "test_grafana_dashboards.py": "unit",
     "test_gunicorn.py": "process",
