@@ -78,6 +78,7 @@ TIER_OF_FILE = {
     "test_trail_real_loki.py": "real_loki",
     "test_trail_web.py": "unit",
     "test_trail_web_browser.py": "process",
+    "test_trail_web_alert_links.py": "unit",
     "test_trail_web_links.py": "unit",
     "test_trust.py": "unit",
     "test_typing.py": "process",
