@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 TIERS = ("unit", "process", "stack", "real_loki")
 
 TIER_OF_FILE = {
+    "test_alert_links_stack.py": "stack",
     "test_alert_rules.py": "stack",
     "test_bench_attribution.py": "process",
     "test_bench_floor.py": "unit",
