@@ -207,8 +207,8 @@ def test_expected_links_are_absolute_and_decode_to_valid_explore_queries() -> No
             assert lines_expr == f'{{service_name="{service}"}}'
             check_logql(lines_expr)
             active_ms = start + 15 * 60 * 1000  # logs_url's window is +-15 min around the alert's start
-            window = (str(active_ms - 10 * 60 * 1000), str(active_ms + 60 * 1000))
-            assert annotations["last_lines_url"] == explore_url(DEFAULT_GRAFANA, "lines", lines_expr, *window)
+            before, after = str(active_ms - 10 * 60 * 1000), str(active_ms + 60 * 1000)
+            assert annotations["last_lines_url"] == explore_url(DEFAULT_GRAFANA, "lines", lines_expr, before, after)
         if "trail_url" in annotations:
             failure = failed_request(group, service, alert["exp_labels"].get("task"))
             if failure is None:
