@@ -10,6 +10,7 @@ link is then followed into the trail web app reading the same Loki.
 - inventory stops: ServiceDown links to a checkout whose call to inventory got no answer, and to
   the lines inventory wrote last.
 (TaskPublishFailures' link is followed in tests/test_task_alerts.py, where the broker stops.)
+Service overview's error-type panel, run on the same Loki, counts the failures sent by type.
 """
 
 from __future__ import annotations
@@ -35,8 +36,15 @@ from tests.support.alerting import (
     running_notifier,
     set_faults,
 )
-from tests.support.grafana import check_logql, explore_exprs, parse_explore_url, provisioned_datasource_uids
-from tests.support.stack import http_get_json
+from tests.support.grafana import (
+    check_logql,
+    explore_exprs,
+    parse_explore_url,
+    provisioned_datasource_uids,
+    substitute_grafana_vars,
+)
+from tests.support.stack import http_get_json, load_json
+from trail.loki_query import LokiQueryClient
 from trail.web import TrailWebSettings, create_app
 
 ALERT_DEADLINE_SECONDS = 90.0
@@ -197,3 +205,24 @@ def test_service_down_links_a_request_that_could_not_reach_it_and_its_last_lines
     last_ms = max(e.timestamp_ns for e in chain_sink.entries if e.labels["service_name"] == "inventory") / 1e6
     assert start_ms <= last_ms <= end_ms, "inventory's last line is in the window"
     assert end_ms - start_ms == 11 * 60 * 1000 and end_ms <= time.time() * 1000 + 120_000
+
+
+def test_the_dashboards_error_type_panel_counts_the_failures_sent_by_type(fired: Fired, chain_sink: FakeLoki) -> None:
+    """Service overview's *Failures by error type* query, run on the same Loki over the whole run:
+    per service and exception type, exactly the failed access lines that carry one."""
+    (expr,) = [
+        t["expr"]
+        for p in load_json("grafana/dashboards/service-overview.json")["panels"]
+        for t in p.get("targets", [])
+        if "error_type" in t.get("expr", "")
+    ]
+    query = substitute_grafana_vars(expr, {"service": ".+"}).replace("[1m]", "[1h]")
+    answer = LokiQueryClient(LokiSettings(url=chain_sink.url)).query_vector(query, time.time_ns())
+    counted = {(s.labels["service_name"], s.labels["error_type"]): s.value for s in answer}
+    sent: dict[tuple[str, str], float] = {}
+    for e in chain_sink.entries:
+        if e.json.get("logger") == schema.ACCESS_LOGGER and schema.ERROR_TYPE in e.json:
+            key = (e.labels["service_name"], e.json[schema.ERROR_TYPE])
+            sent[key] = sent.get(key, 0) + 1
+    assert counted == sent
+    assert {("payments", "demo.faults.InjectedFault"), ("orders", "demo.calls.DownstreamError")} <= set(counted)
