@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 TIERS = ("unit", "process", "stack", "real_loki")
 
 TIER_OF_FILE = {
+    "test_alert_links_stack.py": "stack",
     "test_alert_rules.py": "stack",
     "test_bench_attribution.py": "process",
     "test_bench_floor.py": "unit",
@@ -42,6 +43,7 @@ TIER_OF_FILE = {
     "test_demo.py": "unit",
     "test_error_bodies.py": "unit",
     "test_fakes.py": "unit",
+    "test_error_type.py": "process",
     "test_flask.py": "unit",
     "test_grafana_dashboards.py": "unit",
     "test_gunicorn.py": "process",
@@ -82,6 +84,7 @@ TIER_OF_FILE = {
     "test_trail_real_loki.py": "real_loki",
     "test_trail_web.py": "unit",
     "test_trail_web_browser.py": "process",
+    "test_trail_web_alert_links.py": "unit",
     "test_trail_web_links.py": "unit",
     "test_trust.py": "unit",
     "test_typing.py": "process",

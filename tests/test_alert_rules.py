@@ -43,18 +43,22 @@ TEST_FILES = sorted(glob.glob(str(REPO / "alerts/tests/*.yml")))
 DEFAULT_GRAFANA = "http://localhost:3000"
 DEFAULT_RUNBOOKS = "http://localhost:9095"
 DEFAULT_TRAIL_WEB = "http://localhost:8090"
-URL_KEYS = {"dashboard_url", "logs_url", "trail_url", "trail_page_url", "runbook_url"}
+URL_KEYS = {"dashboard_url", "logs_url", "trail_url", "trail_page_url", "last_lines_url", "runbook_url"}
 #: The annotations of a page that links to the trail of the failure it is about.
 WITH_TRAIL = {"summary", "description", "dashboard_url", "logs_url", "trail_url", "trail_page_url", "runbook_url"}
+#: A page whose request trail-web finds in Loki when the link is clicked (/go/last-failed, ...).
+WITH_REDIRECT = {"summary", "description", "dashboard_url", "logs_url", "trail_page_url", "runbook_url"}
 REQUIRED = {  # alert -> annotations it must carry
     "HighErrorRatio": WITH_TRAIL,
-    "DownstreamErrors": {"summary", "description", "dashboard_url", "logs_url", "runbook_url"},
-    "HighLatencyP99": {"summary", "description", "dashboard_url", "logs_url"},
-    "ServiceDown": {"summary", "description", "dashboard_url", "logs_url", "runbook_url"},
+    "DownstreamErrors": WITH_REDIRECT,
+    "HighLatencyP99": {"summary", "description", "dashboard_url", "logs_url", "trail_page_url"},
+    "ServiceDown": {*WITH_REDIRECT, "last_lines_url"},
     "LokiLogsDropped": {"summary", "description", "dashboard_url", "logs_url"},
     "TaskFailures": WITH_TRAIL,
-    "TaskPublishFailures": {"summary", "description", "dashboard_url", "logs_url", "runbook_url"},
+    "TaskPublishFailures": WITH_REDIRECT,
 }
+#: Every alert with a request behind it links to one (issue 24).
+ALERTS_WITH_A_REQUEST = {name for name, keys in REQUIRED.items() if "trail_page_url" in keys}
 #: severity critical pages: every page has a runbook and names the service at fault.
 PAGING = {name for name, keys in REQUIRED.items() if "runbook_url" in keys}
 GRAFANA_BASE = '{{- $grafana := or $externalLabels.grafana_url "http://localhost:3000" -}}'
@@ -195,6 +199,16 @@ def test_expected_links_are_absolute_and_decode_to_valid_explore_queries() -> No
         # Independent encoder: same JSON, same bytes.
         assert annotations["logs_url"] == explore_url(DEFAULT_GRAFANA, "logs", logs_expr, str(start), str(end))
 
+        if annotations.get("trail_page_url", "").startswith(DEFAULT_TRAIL_WEB + "/go/"):
+            check_redirect_link(case["alertname"], alert["exp_labels"], annotations, case["eval_time"])
+        if "last_lines_url" in annotations:
+            lines = parse_explore_url(annotations["last_lines_url"], uids)
+            (lines_expr,) = explore_exprs(lines)
+            assert lines_expr == f'{{service_name="{service}"}}'
+            check_logql(lines_expr)
+            active_ms = start + 15 * 60 * 1000  # logs_url's window is +-15 min around the alert's start
+            before, after = str(active_ms - 10 * 60 * 1000), str(active_ms + 60 * 1000)
+            assert annotations["last_lines_url"] == explore_url(DEFAULT_GRAFANA, "lines", lines_expr, before, after)
         if "trail_url" in annotations:
             failure = failed_request(group, service, alert["exp_labels"].get("task"))
             if failure is None:
@@ -214,6 +228,41 @@ def test_expected_links_are_absolute_and_decode_to_valid_explore_queries() -> No
                 assert annotations["trail_page_url"] == DEFAULT_TRAIL_WEB + trail_page_path(cid)
         checked += 1
     assert checked >= len(REQUIRED)
+
+
+def promtool_ms(duration: str) -> int:
+    """An eval_time (``10m``, ``90s``) in milliseconds since promtool's clock start."""
+    number, unit = re.fullmatch(r"(\d+)([smh])", duration).groups()  # type: ignore[union-attr]
+    return int(number) * {"s": 1000, "m": 60_000, "h": 3_600_000}[unit]
+
+
+#: The trail-web redirect each alert links to, and its parameters from the alert's labels.
+REDIRECTS = {
+    "DownstreamErrors": (
+        "/go/last-failed",
+        lambda labels: {"service": [labels["service"]], "peer": [labels["downstream"]]},
+    ),
+    "ServiceDown": ("/go/last-failed", lambda labels: {"peer": [labels["service"], labels["instance"]]}),
+    "TaskPublishFailures": (
+        "/go/lost-task",
+        lambda labels: {"service": [labels["service"]], "task": [labels["task"]], "reason": [labels["reason"]]},
+    ),
+    "HighLatencyP99": ("/go/slowest", lambda labels: {"service": [labels["service"]]}),
+}
+
+
+def check_redirect_link(alertname: str, labels: dict[str, str], annotations: dict[str, str], eval_time: str) -> None:
+    """trail_page_url is trail-web's redirect for the alert, with the alert's labels and a window
+    of minutes ending at the evaluation (the page refuses more than TRAIL_MAX_WINDOW)."""
+    path, params_of = REDIRECTS[alertname]
+    url = urllib.parse.urlsplit(annotations["trail_page_url"])
+    assert url.path == path, annotations["trail_page_url"]
+    params = urllib.parse.parse_qs(url.query, strict_parsing=True)
+    start, end = int(params.pop("from")[0]), int(params.pop("to")[0])
+    assert params == params_of(labels)
+    assert end == promtool_ms(eval_time), "up to the evaluation"
+    assert 0 < end - start <= 3600 * 1000, "minutes, at most an hour"
+    assert "trail_page_url" in annotations["description"], "the description points at it"
 
 
 # --- a real Prometheus -------------------------------------------------------------------------

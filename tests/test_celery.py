@@ -275,6 +275,16 @@ def test_a_retry_is_a_new_hop_and_a_failing_task_is_the_last_error(
     parents = [r[schema.PARENT_REQUEST_ID] for r in attempts]
     assert parents == [orders[schema.REQUEST_ID], attempts[0][schema.REQUEST_ID], attempts[1][schema.REQUEST_ID]]
     assert attempts[2][schema.ORIGIN] == "self"
+    # The failed run names its exception's type, in the line and in Loki's metadata; retries do not.
+    assert attempts[2][schema.ERROR_TYPE] == "demo.faults.InjectedFault"
+    assert [schema.ERROR_TYPE in r for r in attempts] == [False, False, True]
+    (failed_entry,) = [
+        e
+        for e in sink.entries
+        if e.json.get(schema.REQUEST_ID) == attempts[2][schema.REQUEST_ID]
+        and e.json.get("logger") == schema.ACCESS_LOGGER
+    ]
+    assert failed_entry.metadata[schema.ERROR_TYPE] == "demo.faults.InjectedFault"
     failed_hop = [x for x in lines_of(sink, cid) if x[schema.REQUEST_ID] == attempts[2][schema.REQUEST_ID]]
     assert any("InjectedFault" in x.get(schema.EXCEPTION, "") for x in failed_hop), (
         "Celery's own error line, in the hop"

@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.grafana import (
     check_logql,
+    check_logql_metric,
     dashboard_promql_queries,
     explore_exprs,
     parse_explore_url,
@@ -37,6 +38,8 @@ LINK_VARS = {
     # The dashboards' trail-web address and ID, as their trail-web links write them.
     "${trail_web_url:raw}": DEFAULT_TRAIL_WEB_URL,
     "${correlation_id:percentencode}": SAMPLE_ID,
+    # A series' link (the latency panel's slowest request): the clicked line's service label.
+    "${__field.labels.service:percentencode}": "gateway",
 }
 # Dashboard variables for running queries: every service, a sample ID.
 VARS = {"service": ".+", "correlation_id": SAMPLE_ID}
@@ -218,7 +221,8 @@ def test_every_logql_query_parses(dashboards: dict[str, dict[str, Any]]) -> None
     count = 0
     for dashboard in dashboards.values():
         for _, target in targets(dashboard, "loki"):
-            check_logql(substitute_grafana_vars(target["expr"], {"service": ".+", "correlation_id": SAMPLE_ID}))
+            expr = substitute_grafana_vars(target["expr"], {"service": ".+", "correlation_id": SAMPLE_ID})
+            (check_logql if expr.startswith("{") else check_logql_metric)(expr)
             count += 1
     assert count >= 3
 
@@ -232,6 +236,8 @@ def test_every_dashboard_link_resolves(dashboards: dict[str, dict[str, Any]], da
             if "/explore?" in filled:
                 for expr in explore_exprs(parse_explore_url(filled, set(datasources))):
                     check_logql(expr)
+            elif filled.startswith(DEFAULT_TRAIL_WEB_URL + "/go/slowest?"):  # followed in test_trail_web_links.py
+                assert filled.endswith("?service=gateway&from=1764079200000&to=1764082800000"), url
             elif filled.startswith(DEFAULT_TRAIL_WEB_URL + "/"):  # checked in tests/test_trail_web_links.py
                 assert filled.split("/")[-1] == SAMPLE_ID, url
             else:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from correlation import schema
+from correlation.config import LokiSettings
 from demo import local_worker, notifications
 from demo.run_local import Chain, start_chain, wait_healthy
 from demo.services import SERVICES
@@ -60,6 +61,7 @@ from tests.support.stack import (
     require_tool,
 )
 from trail.links import trail_page_path
+from trail.web import TrailWebSettings, create_app
 
 TASK = notifications.TASK_NAME
 #: Deadlines: generous, other test sessions share this 2-core machine.
@@ -198,6 +200,7 @@ class Incidents:
     task_alert: dict[str, Any]  # TaskFailures as Prometheus holds it
     paging_at_task_page: set[tuple[str, str, str]]
     publish_page: dict[str, Any]
+    publish_alert: dict[str, Any]  # TaskPublishFailures as Alertmanager holds it
     succeeded: set[str]  # checkouts answered 201
 
 
@@ -225,8 +228,13 @@ def incidents(stack: TaskStack) -> Iterator[Incidents]:
         wait_until(lambda: instant_query(stack.prometheus, lost)["result"], 30, "Prometheus to see lost publishes")
         stack.broker.start()
         publish_page = wait_for_page(stack, "TaskPublishFailures", "TaskPublishFailures to page")
+        (publish_alert,) = [
+            a
+            for a in http_get_json(stack.alertmanager + "/api/v2/alerts")
+            if a["labels"]["alertname"] == "TaskPublishFailures"
+        ]
         traffic.stop()
-        yield Incidents(task_page, task_alert, paging, publish_page, set(traffic.succeeded))
+        yield Incidents(task_page, task_alert, paging, publish_page, publish_alert, set(traffic.succeeded))
     finally:
         traffic.stop_event.set()
         set_faults(stack.worker_url, error_rate=0.0)
@@ -288,6 +296,31 @@ def test_a_broker_outage_pages_naming_the_broker(stack: TaskStack, incidents: In
     )
     assert page["lost_task"]["task"] == TASK and page["lost_task"]["reason"] == "broker_unavailable"
     assert page["lost_task"]["count"] >= 1 and "Lost tasks:" in page["text"]
+
+
+def test_the_alerts_own_link_opens_a_request_that_could_not_queue_its_task(
+    stack: TaskStack, incidents: Incidents
+) -> None:
+    """trail_page_url in the alert itself (every receiver has it): trail-web's /go/lost-task, which
+    finds the newest such request in Loki and redirects to its trail."""
+    alert = incidents.publish_alert
+    url = urllib.parse.urlsplit(alert["annotations"]["trail_page_url"])
+    assert f"{url.scheme}://{url.netloc}" == TRAIL_WEB and url.path == "/go/lost-task"
+    params = urllib.parse.parse_qs(url.query)
+    assert (params["service"], params["task"], params["reason"]) == (["orders"], [TASK], ["broker_unavailable"])
+    web = create_app(TrailWebSettings(LokiSettings(url=stack.sink.url))).test_client()
+    response = web.get(f"{url.path}?{url.query}")
+    assert response.status_code == 302, response.get_data(as_text=True)[:2000]
+    cid = urllib.parse.unquote(urllib.parse.urlsplit(response.headers["Location"]).path.removeprefix("/t/"))
+    lost = [
+        e
+        for e in stack.sink.entries
+        if e.labels["service_name"] == "orders" and "could not publish task" in e.json.get(schema.MESSAGE, "")
+    ]
+    assert cid in {e.json[schema.CORRELATION_ID] for e in lost} and cid in incidents.succeeded
+    start, end = int(params["from"][0]) * 1_000_000, int(params["to"][0]) * 1_000_000
+    newest = max((e for e in lost if start <= e.timestamp_ns < end), key=lambda e: e.timestamp_ns)
+    assert newest.json[schema.CORRELATION_ID] == cid, "the newest in the link's window"
 
 
 def test_every_task_query_of_the_dashboard_returns_data(stack: TaskStack, incidents: Incidents) -> None:

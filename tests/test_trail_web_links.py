@@ -94,6 +94,12 @@ def clicked(url: str) -> str:
     """The URL after Grafana fills in the clicked ID."""
     for variable in ("${__value.raw}", "${correlation_id:percentencode}"):
         url = url.replace(variable, SAMPLE_ID)
+    # A series' link: the clicked line's service, the dashboard's range (ms) around the sample.
+    ms = time_ms_of(SAMPLE_ID)
+    assert ms is not None
+    for variable, value in (("${__field.labels.service:percentencode}", "payments"), ("${__from}", str(ms - 60_000))):
+        url = url.replace(variable, value)
+    url = url.replace("${__to}", str(ms + 60_000))
     assert "$" not in url, url
     return url
 
@@ -116,7 +122,11 @@ def test_id_links_open_trail_web_first_and_keep_the_6_hour_explore_link_as_label
 
 def test_dashboard_links_to_one_request_go_through_trail_web_or_say_whose_range_they_use() -> None:
     by_title = {(uid, title): url for uid, title, url in dashboard_links()}
-    trail_web = {key: url for key, url in by_title.items() if url.startswith(DEFAULT_TRAIL_WEB_URL + "/")}
+    slowest = {key: url for key, url in by_title.items() if url.startswith(DEFAULT_TRAIL_WEB_URL + "/go/slowest?")}
+    assert [uid for uid, _ in slowest] == ["service-overview"], "the latency panel's lines"
+    trail_web = {
+        key: url for key, url in by_title.items() if url.startswith(DEFAULT_TRAIL_WEB_URL + "/") and key not in slowest
+    }
     assert {clicked(url) for url in trail_web.values()} == {
         DEFAULT_TRAIL_WEB_URL + trail_page_path(SAMPLE_ID),
         DEFAULT_TRAIL_WEB_URL + go_path(SAMPLE_ID),
@@ -171,6 +181,11 @@ def test_every_trail_web_link_lands_on_a_window_of_minutes(
         else:
             assert response.status_code == 200, (url, response.get_data(as_text=True)[-500:])
             assert 'data-request-id="c000000000000003" data-state="failed"' in response.get_data(as_text=True)
+    # The latency panel's line link: the slowest request of the clicked service in the range.
+    (slowest,) = [clicked(url) for _, _, url in dashboard_links() if "/go/slowest?" in url]
+    parts = urlsplit(slowest)
+    response = web.get(f"{parts.path}?{parts.query}")
+    assert response.status_code == 302 and response.headers["Location"] == trail_page_path(SAMPLE_ID), slowest
     assert loki_with_the_sample.queries, "the pages asked Loki"
     assert all(q.end - q.start <= MINUTES * MS for q in loki_with_the_sample.queries)
 

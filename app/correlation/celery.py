@@ -40,6 +40,7 @@ from celery import signals
 from correlation import context, ids, metrics, schema, wire
 from correlation.config import Settings
 from correlation.configure import setup_logging
+from correlation.error_type import error_type
 from correlation.task_headers import TASK_HEADERS, TaskInbound, publish_headers, read_headers
 
 _log = logging.getLogger("correlation.celery")
@@ -159,12 +160,14 @@ def _on_prerun(task: Any = None, **_: Any) -> None:
     metrics.TASK_IN_PROGRESS.labels(service).inc()
 
 
-def _on_postrun(task: Any = None, state: str | None = None, **_: Any) -> None:
+def _on_postrun(task: Any = None, state: str | None = None, retval: Any = None, **_: Any) -> None:
     run: _Run | None = getattr(getattr(task, "request", None), _RUN_ATTR, None)
     if run is None:
         return
     try:
-        _report(task, run, (state or "").lower(), time.perf_counter() - run.started)
+        # A failed run's retval is the exception that failed it (Celery's trace).
+        raised = retval if isinstance(retval, BaseException) else None
+        _report(task, run, (state or "").lower(), time.perf_counter() - run.started, raised)
     finally:
         delattr(task.request, _RUN_ATTR)
         metrics.TASK_IN_PROGRESS.labels(context.service()).dec()
@@ -174,7 +177,7 @@ def _on_postrun(task: Any = None, state: str | None = None, **_: Any) -> None:
             context.bind(None)
 
 
-def _report(task: Any, run: _Run, state: str, seconds: float) -> None:
+def _report(task: Any, run: _Run, state: str, seconds: float, raised: BaseException | None = None) -> None:
     """The run's end: metrics with the ID as exemplar, then the access line."""
     service, name, hop = context.service(), str(task.name), run.hop
     state = state or "unknown"  # Celery's end states, lowercased: success, retry, failure, ignored, rejected
@@ -206,6 +209,8 @@ def _report(task: Any, run: _Run, state: str, seconds: float) -> None:
         fields[schema.ORIGIN] = origin
         if hop.failed_calls:
             fields[schema.FAILED_DOWNSTREAM] = hop.failed_calls[0]
+        if raised is not None:
+            fields[schema.ERROR_TYPE] = error_type(type(raised))
     waited = "" if run.queue_wait_ms is None else f" (queued {run.queue_wait_ms:.1f}ms)"
     args = (name, state, duration_ms, waited)
     record = _access_log.makeRecord(

@@ -27,11 +27,13 @@ from flask.globals import _cv_request
 from correlation import access, context, errors, ids, metrics, propagation, schema, wire
 from correlation.config import Settings
 from correlation.context import Hop
+from correlation.error_type import error_type
 from correlation.metrics import listener, unshared
 from correlation.schema import (  # by name, not schema.X: one lookup each on every request
     CALLER,
     CLIENT_CORRELATION_ID,
     DURATION_MS,
+    ERROR_TYPE,
     FAILED_DOWNSTREAM,
     METHOD,
     ORIGIN,
@@ -45,6 +47,9 @@ from correlation.schema import (  # by name, not schema.X: one lookup each on ev
 _log = logging.getLogger("correlation.edge")
 _access_log = logging.getLogger(schema.ACCESS_LOGGER)
 _ROUTE_KEY = "correlation.route"
+#: The class of the exception the request raised last (handled by the app or not): its
+#: ``error_type`` when the request fails. Set only when something raised.
+_ERROR_KEY = "correlation.error"
 # The method is the client's to choose: as a metric label anything else would be unbounded.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 
@@ -137,6 +142,9 @@ class _Edge:
             IN_FLIGHT[hop.request_id] = _new_tuple(InFlight, (self, inbound, environ, started))
         try:
             return self.app(environ, echo_id)
+        except BaseException as exc:  # let through by Flask (PROPAGATE_EXCEPTIONS): still its failure
+            environ.setdefault(_ERROR_KEY, type(exc))
+            raise
         finally:
             if not quiet:
                 # Absent when a dying worker already wrote this hop's end (gunicorn.worker_abort).
@@ -190,6 +198,9 @@ class _Edge:
             fields[ORIGIN] = origin
             if hop.failed_calls:
                 fields[FAILED_DOWNSTREAM] = hop.failed_calls[0]
+            raised = environ.get(_ERROR_KEY)
+            if raised is not None:
+                fields[ERROR_TYPE] = error_type(raised)
         # Not .log(): the caller's file and line (a stack walk) say nothing here.
         args = (method, path, status, duration_ms, note)
         access.write(_access_log, level, __file__, "%s %s %d %.1fms%s", args, hop, fields)
@@ -203,6 +214,20 @@ class _FirstCallEdge(_Edge):
         self.__class__ = _Edge  # type: ignore[assignment]
         unshared.check_server(environ, self.service)
         return _Edge.__call__(self, environ, start_response)
+
+
+def _noting_exceptions(handle: Callable[[Exception], Any]) -> Callable[[Exception], Any]:
+    """``handle`` (Flask's handler of a view's or of an unhandled exception) noting the exception's
+    class in the request's environ first. Called only when something raised: a request that
+    succeeds pays nothing."""
+
+    def noting(exc: Exception) -> Any:
+        request_context = _cv_request.get(None)
+        if request_context is not None:
+            request_context.request.environ[_ERROR_KEY] = type(exc)
+        return handle(exc)
+
+    return noting
 
 
 def _metrics_view() -> flask.Response:
@@ -243,6 +268,11 @@ class Correlation:
         app.extensions["correlation"] = self
         self.edge: _Edge = _FirstCallEdge(app.wsgi_app, settings, self.quiet_paths, app.url_map)
         app.wsgi_app = self.edge  # type: ignore[method-assign]
+        # The exception behind a 5xx, for its access line's error_type: the app's own error handler
+        # may turn it into the response (the demo's DownstreamError into a 502), so it is noted
+        # where Flask hands it to a handler, handled or not.
+        for name in ("handle_user_exception", "handle_exception"):
+            setattr(app, name, _noting_exceptions(getattr(app, name)))
         if settings.error_bodies:
             errors.install(app)
         if settings.metrics_port:

@@ -43,8 +43,23 @@ FAILED_DOWNSTREAM = "failed_downstream"
 #: Only when the sender is not trusted (``CORRELATION_TRUST_INBOUND``): the valid ID it sent,
 #: which was not followed. Also structured metadata, so support can search by it.
 CLIENT_CORRELATION_ID = "client_correlation_id"
-#: The keys the access line adds to :data:`LINE_KEYS` (the last three only when they apply).
-ACCESS_KEYS = (METHOD, ROUTE, PATH, STATUS, DURATION_MS, CALLER, ORIGIN, FAILED_DOWNSTREAM, CLIENT_CORRELATION_ID)
+#: On a failure (5xx, a failed task run) that raised: the exception's type as a traceback names it
+#: (``demo.faults.InjectedFault``, ``ValueError``), at most 128 characters of ``[A-Za-z0-9_.]``
+#: (:func:`correlation.error_type.error_type`). Also structured metadata: failures group by it.
+ERROR_TYPE = "error_type"
+#: The keys the access line adds to :data:`LINE_KEYS` (the last four only when they apply).
+ACCESS_KEYS = (
+    METHOD,
+    ROUTE,
+    PATH,
+    STATUS,
+    DURATION_MS,
+    CALLER,
+    ORIGIN,
+    FAILED_DOWNSTREAM,
+    CLIENT_CORRELATION_ID,
+    ERROR_TYPE,
+)
 #: The route of a request that matched no URL rule.
 UNMATCHED_ROUTE = "unmatched"
 
@@ -80,8 +95,8 @@ STREAM_LABELS = (SERVICE_LABEL, ENV_LABEL)
 #: Structured metadata of every entry: queryable with no parser, indexed by nothing.
 #: ``level`` is lowercase here (``error``), as Grafana's log-level detection expects.
 METADATA_FIELDS = (CORRELATION_ID, REQUEST_ID, LEVEL)
-#: Structured metadata of the entries whose record carries it.
-OPTIONAL_METADATA_FIELDS = (CLIENT_CORRELATION_ID,)
+#: Structured metadata of the entries whose record carries it (``error_type``: error lines only).
+OPTIONAL_METADATA_FIELDS = (CLIENT_CORRELATION_ID, ERROR_TYPE)
 
 # -- HTTP headers ------------------------------------------------------------------------------
 

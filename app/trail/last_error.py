@@ -78,13 +78,13 @@ def find_last_failure(
     now_ns: int | None = None,
     budget_seconds: float | None = None,
     task: str | None = None,
+    peers: tuple[str, ...] = (),
 ) -> FailedRequest | None:
     """The newest request answered with status >= 500 in ``window`` (default: the last hour), by
-    ``service`` when given (any hop of it, not only the edge), a run of ``task`` when given. None
-    when there is none."""
-    return _find_last_failure(
-        client, service, window or Window.last(DEFAULT_SINCE_SECONDS, now_ns), deadline_after(budget_seconds), task=task
-    )
+    ``service`` when given (any hop of it, not only the edge), a run of ``task`` when given, one
+    that failed because a call to one of ``peers`` failed when given. None when there is none."""
+    search = window or Window.last(DEFAULT_SINCE_SECONDS, now_ns)
+    return _find_last_failure(client, service, search, deadline_after(budget_seconds), task=task, peers=peers)
 
 
 def _find_last_failure(
@@ -94,8 +94,9 @@ def _find_last_failure(
     deadline: float | None,
     own_only: bool = False,
     task: str | None = None,
+    peers: tuple[str, ...] = (),
 ) -> FailedRequest | None:
-    query = last_error_query(service, own_only=own_only, task=task)
+    query = last_error_query(service, own_only=own_only, task=task, peers=peers)
     newest_first = client.query_range(
         query, window.start_ns, window.end_ns, limit=LAST_ERROR_SCAN, direction="backward", deadline=deadline
     )

@@ -8,6 +8,7 @@ input can change a query's meaning; free text (a task's name) goes in as an esca
 from __future__ import annotations
 
 import json
+import math
 import re
 
 from correlation import schema
@@ -26,6 +27,11 @@ PUBLISH_FAILURE_MESSAGE = "could not publish task"
 #: A publish failure's reason, as correlation.celery counts it (a metric label value).
 _REASON = re.compile(r"[A-Za-z0-9_]{1,64}")
 _REGEX_META = frozenset("\\.+*?()|[]{}^$")
+#: A peer as a caller names it (``failed_downstream``, the ``downstream`` metric label): its
+#: X-Service-Name, else its host[:port] (IPv6 hosts in brackets).
+_PEER = re.compile(r"[A-Za-z0-9._:\[\]-]{1,128}")
+#: The most peers one search may match (a service's name, its address, ...).
+MAX_PEERS = 4
 
 
 def check_correlation_id(value: str) -> str:
@@ -64,6 +70,14 @@ def check_reason(reason: str) -> str:
     if not _REASON.fullmatch(reason):
         raise ValueError(f"reason {printable(reason)!r}: expected 1-64 letters, digits or _")
     return reason
+
+
+def check_peer(name: str) -> str:
+    """``name`` when it can name a peer (1-128 characters of ``[A-Za-z0-9._:[]-]``: a service name
+    or host[:port]); ValueError (escaped) otherwise."""
+    if not _PEER.fullmatch(name):
+        raise ValueError(f"peer {printable(name)!r}: expected a service name or host[:port] (1-128 characters)")
+    return name
 
 
 def string_literal(text: str) -> str:
@@ -107,7 +121,9 @@ def error_lines_query(service: str) -> str:
     return f'{_selector(service)} | {schema.LEVEL}="{ERROR_LEVEL}"'
 
 
-def last_error_query(service: str | None = None, *, own_only: bool = False, task: str | None = None) -> str:
+def last_error_query(
+    service: str | None = None, *, own_only: bool = False, task: str | None = None, peers: tuple[str, ...] = ()
+) -> str:
     """Access lines of failed requests (status >= 500), newest first when run backward.
 
     A failed request is defined by its access line's status, not by ERROR lines: a handled
@@ -118,7 +134,9 @@ def last_error_query(service: str | None = None, *, own_only: bool = False, task
     those lines, flagged, instead of filtering them out). ``own_only``: only the hop's own
     failures (``origin`` not ``downstream``; lines without an origin, written before it existed
     or by other libraries, count as own). ``task``: only failed runs of that task (its name is
-    the ``task`` key of a task run's access line; HTTP access lines have none).
+    the ``task`` key of a task run's access line; HTTP access lines have none). ``peers``: only
+    failures caused by a call to one of them (``failed_downstream`` is the peer, or the peer with
+    a port: a caller names a peer that never answered by its host:port).
     """
     logger, status, origin = schema.LOGGER, schema.STATUS, schema.ORIGIN
     fields = [logger, status]
@@ -129,8 +147,16 @@ def last_error_query(service: str | None = None, *, own_only: bool = False, task
     if task is not None:
         fields.append(schema.TASK)
         filters.append(f"{schema.TASK}={string_literal(check_task(task))}")
+    line_filters = f'|= "{schema.ACCESS_LOGGER}"'
+    if peers:
+        if len(peers) > MAX_PEERS:
+            raise ValueError(f"at most {MAX_PEERS} peers at once")
+        fields.append(schema.FAILED_DOWNSTREAM)
+        names = "|".join(regex_literal(check_peer(peer)) for peer in peers)
+        filters.append(f"{schema.FAILED_DOWNSTREAM}=~{string_literal(f'(?:{names})(?::[0-9]+)?')}")
+        line_filters += f' |= "{schema.FAILED_DOWNSTREAM}"'  # before json: most failed lines name no peer
     extract = ", ".join(f'{name}="{name}"' for name in fields)
-    return f'{_selector(service)} |= "{schema.ACCESS_LOGGER}" | json {extract} | {" | ".join(filters)} | __error__=""'
+    return f'{_selector(service)} {line_filters} | json {extract} | {" | ".join(filters)} | __error__=""'
 
 
 def publish_failures_query(service: str, task: str | None = None, reason: str | None = None) -> str:
@@ -152,3 +178,48 @@ def publish_failures_query(service: str, task: str | None = None, reason: str | 
         f'{_selector(service)} |= "{PUBLISH_FAILURE_MESSAGE}" | {schema.LEVEL}="{ERROR_LEVEL}" '
         f'| json {logger}="{logger}", {message}="{message}" | {" | ".join(filters)} | __error__=""'
     )
+
+
+def _access_lines(service: str, route: str | None, more: tuple[str, ...] = ()) -> str:
+    """A service's HTTP access lines (of ``route`` when given), ``duration_ms`` extracted; not task runs."""
+    logger, route_key, kind = schema.LOGGER, schema.ROUTE, schema.KIND
+    fields = [logger, kind, schema.DURATION_MS] + ([route_key] if route is not None else [])
+    filters = [f'{logger}="{schema.ACCESS_LOGGER}"', f'{kind}=""']
+    if route is not None:
+        filters.append(f"{route_key}={string_literal(check_route(route))}")
+    extract = ", ".join(f'{name}="{name}"' for name in fields)
+    return f'{_selector(service)} |= "{schema.ACCESS_LOGGER}" | json {extract} | {" | ".join([*filters, *more])}'
+
+
+#: Longer routes are refused rather than searched for (a URL rule is short).
+MAX_ROUTE_CHARS = 256
+
+
+def check_route(route: str) -> str:
+    """``route`` when it can be searched for as a URL rule (1-256 characters of text); ValueError otherwise."""
+    if not 0 < len(route) <= MAX_ROUTE_CHARS or not route.isprintable():
+        raise ValueError(f"route {printable(route)!r}: expected 1-{MAX_ROUTE_CHARS} printable characters")
+    return route
+
+
+def slowest_duration_query(service: str, route: str | None, range_seconds: int) -> str:
+    """The longest ``duration_ms`` of a service's HTTP requests (of ``route``) in the
+    ``range_seconds`` before the query's time: one sample, as an instant metric query.
+
+    Grouped by the stream's service in the range aggregation itself, so Loki never holds a series
+    per request (structured metadata such as ``correlation_id`` would otherwise make one each).
+    """
+    if range_seconds <= 0:
+        raise ValueError("the range must be at least a second")
+    lines = _access_lines(service, route)
+    unwrap = f'unwrap {schema.DURATION_MS} | __error__=""'
+    return f"max_over_time({lines} | {unwrap} [{range_seconds}s]) by ({schema.SERVICE_LABEL})"
+
+
+def requests_at_least_query(service: str, route: str | None, duration_ms: float) -> str:
+    """A service's HTTP access lines (of ``route``) that took at least ``duration_ms``: with the
+    maximum that :func:`slowest_duration_query` found, the slowest request's line. The number is
+    written in its shortest round-trip form, which Loki parses back to the same float."""
+    if not math.isfinite(duration_ms) or not 0 <= duration_ms < 1e15:
+        raise ValueError(f"duration_ms {duration_ms!r} is not a duration in milliseconds")
+    return _access_lines(service, route, (f"{schema.DURATION_MS} >= {duration_ms!r}", '__error__=""'))

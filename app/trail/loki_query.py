@@ -10,10 +10,12 @@ and ``end`` exclusive, so nothing between the pages is lost.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -21,12 +23,17 @@ import requests
 from correlation.config import LokiSettings
 
 QUERY_RANGE_PATH = "/loki/api/v1/query_range"
+#: Instant queries (metric queries at one time).
+QUERY_PATH = "/loki/api/v1/query"
 #: Loki's default ``max_entries_limit_per_query``; larger limits are refused with a 400.
 MAX_LIMIT = 5000
 DEFAULT_PAGE_SIZE = 1000
 #: Ask Loki to return stream labels and structured metadata separately (optional; both response
 #: shapes are parsed).
 CATEGORIZE_HEADER = {"X-Loki-Response-Encoding-Flags": "categorize-labels"}
+
+
+T = TypeVar("T")
 
 
 class LokiQueryError(Exception):
@@ -144,24 +151,33 @@ class LokiQueryClient:
             "limit": str(limit),
             "direction": direction,
         }
-        shown = display_url(self.url)
+        entries = self._get(self.url, params, deadline, parse_response)
+        # Newest first for backward queries, as Loki means it.
+        return entries[::-1] if direction == "backward" else entries
+
+    def query_vector(self, query: str, time_ns: int, *, deadline: float | None = None) -> list[Sample]:
+        """An instant metric query at ``time_ns`` (``/loki/api/v1/query``): its samples. Waits
+        like :meth:`query_range`."""
+        url = self.url.removesuffix(QUERY_RANGE_PATH) + QUERY_PATH
+        return self._get(url, {"query": query, "time": str(time_ns)}, deadline, parse_vector)
+
+    def _get(self, url: str, params: dict[str, str], deadline: float | None, parse: Callable[[Any], T]) -> T:
+        shown = display_url(url)
         timeout = self.settings.timeout_seconds
         if deadline is not None:
             timeout = min(timeout, deadline - time.monotonic())
             if timeout <= 0:
                 raise LokiQueryError(shown, "gave up: the lookup's time budget is spent")
         try:
-            response = self.session.get(self.url, params=params, timeout=timeout)
+            response = self.session.get(url, params=params, timeout=timeout)
         except requests.RequestException as exc:
             raise LokiQueryError(shown, f"cannot reach Loki: {exc}") from None
         if response.status_code != 200:
             raise LokiQueryError(shown, _error_message(response), response.status_code)
         try:
-            entries = parse_response(response.json())
+            return parse(response.json())
         except ValueError as exc:  # includes JSONDecodeError
             raise LokiQueryError(shown, f"unreadable answer: {exc}", response.status_code) from None
-        # Newest first for backward queries, as Loki means it.
-        return entries[::-1] if direction == "backward" else entries
 
     def query_all(
         self,
@@ -207,6 +223,35 @@ class LokiQueryClient:
                     display_url(self.url),
                     f"more than {MAX_LIMIT} entries share timestamp {start}; cannot page past them",
                 )
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample of an instant metric query: its series' labels and its value."""
+
+    labels: dict[str, str]
+    value: float
+
+
+def parse_vector(payload: Any) -> list[Sample]:
+    """The samples of an instant query's ``vector`` answer; ValueError for any other answer, or
+    a value that is not a finite number (Loki writes values as strings)."""
+    if not isinstance(payload, dict) or payload.get("status") != "success":
+        raise ValueError(f"unexpected answer: {str(payload)[:200]}")
+    data = payload.get("data") or {}
+    if data.get("resultType") != "vector":
+        raise ValueError(f"expected resultType 'vector', got {data.get('resultType')!r}")
+    samples = []
+    for result in data.get("result") or []:
+        labels = {str(k): str(v) for k, v in (result.get("metric") or {}).items()}
+        try:
+            value = float(result["value"][1])
+        except (KeyError, IndexError, TypeError):
+            raise ValueError(f"a sample without a value: {str(result)[:200]}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"sample value {value!r} is not a finite number")
+        samples.append(Sample(labels, value))
+    return samples
 
 
 def _keys_at(entries: list[QueriedEntry], ts_ns: int) -> Counter[tuple[Any, ...]]:

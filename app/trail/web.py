@@ -3,6 +3,11 @@
     GET /t/<id>               the page: waterfall of hops, each hop's lines, the window searched
     GET /t/<id>?format=json   the ``trail --json`` document
     GET /go/<id>              302 to Grafana Explore on the request's lines over its own window
+    GET /go/last-failed       302 to the page of the newest failed request (?service=&task=&peer=)
+    GET /go/lost-task         302 to the page of the newest request whose task was not queued
+                              (?service=&task=&reason=)
+    GET /go/slowest           302 to the page of the slowest request (?service=&route=)
+                              (each over ?from=&to= or ?since=, default the last hour: alert links)
     GET /healthz              liveness (does not ask Loki)
 
 Why it exists: Grafana data links cannot compute a time (grafana/grafana issue 82897), so the
@@ -38,12 +43,15 @@ import flask
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from correlation.config import ConfigError, LokiSettings
+from trail.alert_requests import FoundRequest, newest_failed, newest_lost_task, slowest
 from trail.links import (
     DEFAULT_GRAFANA_URL,
     DEFAULT_TRAIL_WEB_URL,
     trail_dashboard_url,
     trail_explore_url,
+    trail_page_path,
 )
+from trail.logql import MAX_PEERS, check_peer, check_reason, check_route, check_service, check_task
 from trail.loki_query import LokiQueryClient, LokiQueryError, display_url
 from trail.lookup import (
     DEFAULT_MAX_LINES,
@@ -53,6 +61,7 @@ from trail.lookup import (
     Window,
     WindowTooLong,
     check_correlation_id,
+    deadline_after,
     explicit_window,
     id_window,
     lookup_trail,
@@ -284,7 +293,100 @@ def create_app(settings: TrailWebSettings | None = None) -> flask.Flask:
         )
         return flask.redirect(trail_explore_url(settings.grafana_url, correlation_id, window), 302)
 
+    _add_alert_routes(app, settings, client, failure)
     return app
+
+
+# -- /go/last-failed, /go/lost-task, /go/slowest: the request behind an alert (trail.alert_requests)
+# Alert annotations are written when the rule is evaluated and can read only metrics: they link
+# here with the alert's labels and window, and these find the request in Loki and redirect to its
+# trail page. Their names take precedence over /go/<id> for an ID spelled the same (/t/<id> opens it).
+
+#: The longest value of a name parameter: a task's name is a dotted path, a route a URL rule.
+_MAX_NAME_PARAM = 256
+
+
+def _name_param(name: str, check: Any, *, required: bool = False) -> str | None:
+    """One checked query parameter (``check`` raises ValueError), or None when absent."""
+    value = flask.request.args.get(name, "").strip()
+    if not value:
+        if required:
+            raise _BadRequest(f"{name}: required")
+        return None
+    if len(value) > _MAX_NAME_PARAM:
+        raise _BadRequest(f"{name}: longer than {_MAX_NAME_PARAM} characters")
+    try:
+        checked: str = check(value)
+    except ValueError as exc:
+        raise _BadRequest(f"{name}: {exc}") from None
+    return checked
+
+
+def _peers_param() -> tuple[str, ...]:
+    values = [v.strip() for v in flask.request.args.getlist("peer") if v.strip()]
+    if len(values) > MAX_PEERS:
+        raise _BadRequest(f"peer: at most {MAX_PEERS} values")
+    try:
+        return tuple(check_peer(v) for v in values)
+    except ValueError as exc:
+        raise _BadRequest(f"peer: {exc}") from None
+
+
+def _add_alert_routes(app: flask.Flask, settings: TrailWebSettings, client: Any, failure: Any) -> None:
+    def window() -> Window:
+        return _explicit_window(settings.max_window_seconds) or Window.last(DEFAULT_SINCE_SECONDS)
+
+    def redirect(find: Any, what: str, searched: Window) -> WerkzeugResponse:
+        timeout = settings.loki.timeout_seconds
+        try:
+            found: FoundRequest | None = find(deadline_after(timeout))
+        except LokiQueryError as exc:
+            return failure(502, _loki_problem(exc, timeout), str(exc), False)
+        except ValueError as exc:
+            raise _BadRequest(str(exc)) from None
+        if found is None:
+            return failure(404, "Nothing found", f"No {what} in {searched}.", False)
+        # Our IDs carry their time, and the page finds their window; a foreign ID's is where it was found.
+        around = None if id_window(found.correlation_id) is not None else found.window
+        return flask.redirect(trail_page_path(found.correlation_id, around), 302)
+
+    @app.get("/go/last-failed")
+    def go_last_failed() -> WerkzeugResponse:
+        """The newest failed request (``service``, ``task``, ``peer``: failed because a call to it failed)."""
+        service, task = _name_param("service", check_service), _name_param("task", check_task)
+        peers, searched = _peers_param(), window()
+        what = "failed request" + (f" of {service}" if service else "") + (f", task {task}" if task else "")
+        what += f" after a failed call to {' or '.join(peers)}" if peers else ""
+
+        def find(deadline: float) -> FoundRequest | None:
+            return newest_failed(client(), searched, service=service, peers=peers, task=task, deadline=deadline)
+
+        return redirect(find, what, searched)
+
+    @app.get("/go/lost-task")
+    def go_lost_task() -> WerkzeugResponse:
+        """The newest request whose task ``service`` could not queue (``task``, ``reason``)."""
+        service = _name_param("service", check_service, required=True)
+        task, reason = _name_param("task", check_task), _name_param("reason", check_reason)
+        searched = window()
+
+        def find(deadline: float) -> FoundRequest | None:
+            assert service is not None
+            return newest_lost_task(client(), searched, service=service, task=task, reason=reason, deadline=deadline)
+
+        return redirect(find, f"task {service} could not queue" + (f" ({task})" if task else ""), searched)
+
+    @app.get("/go/slowest")
+    def go_slowest() -> WerkzeugResponse:
+        """The slowest request ``service`` answered in the window (``route``)."""
+        service = _name_param("service", check_service, required=True)
+        route, searched = _name_param("route", check_route), window()
+
+        def find(deadline: float) -> FoundRequest | None:
+            assert service is not None
+            return slowest(client(), searched, service=service, route=route, deadline=deadline)
+
+        return redirect(find, f"request of {service}" + (f" on {route}" if route else ""), searched)
 
 
 def build_serve_parser() -> argparse.ArgumentParser:

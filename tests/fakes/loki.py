@@ -12,7 +12,8 @@ and the fixtures fail a test that leaves any. For fault tests it answers a scrip
 :meth:`release_stalled` or 60 s, then 503) or ``"reset"`` (drop the connection).
 
 Query (``GET /loki/api/v1/query_range``): a LogQL subset evaluated over the stored entries
-(:mod:`tests.fakes.loki_query`); ``fail_with`` makes every query answer an error instead.
+(:mod:`tests.fakes.loki_query`); instant metric queries (``GET /loki/api/v1/query``): a smaller
+subset (:mod:`tests.fakes.loki_metric`); ``fail_with`` makes every query answer an error instead.
 
 Every request, push or query, is recorded in ``requests`` in arrival order.
 """
@@ -30,12 +31,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from correlation import schema
+from tests.fakes.loki_metric import instant_result, instant_time, parse_metric_query
 from tests.fakes.loki_push import Push, PushedEntry, decode_push
 from tests.fakes.loki_query import QueryError, parse_query, query_range_result
 from tests.fakes.loopback import LoopbackServer, QuietHandler
 
 PUSH_PATH = "/loki/api/v1/push"
 QUERY_RANGE_PATH = "/loki/api/v1/query_range"
+QUERY_PATH = "/loki/api/v1/query"
 STALL_SECONDS = 60.0
 
 
@@ -131,12 +134,13 @@ class FakeLoki:
         **metadata: str,
     ) -> None:
         """Store one line the way our shipper pushes it: labels from ``schema.STREAM_LABELS``,
-        metadata from ``schema.METADATA_FIELDS``. A dict line gives its own service, ID, request
-        ID and level (lowercased, as the shipper sends it) unless they are passed."""
+        metadata from ``schema.METADATA_FIELDS`` (and the optional ones the line has). A dict line
+        gives its own service, ID, request ID and level (lowercased, as the shipper sends it)
+        unless they are passed."""
         if isinstance(line, dict):
             service = service or line.get(schema.SERVICE)
             correlation_id = correlation_id or line.get(schema.CORRELATION_ID)
-            for key in schema.METADATA_FIELDS:
+            for key in (*schema.METADATA_FIELDS, *schema.OPTIONAL_METADATA_FIELDS):
                 value = line.get(key)
                 if key != schema.CORRELATION_ID and isinstance(value, str):
                     metadata.setdefault(key, value.lower() if key == schema.LEVEL else value)
@@ -243,11 +247,17 @@ class FakeLoki:
         parts = urlsplit(request.path)
         params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         recorded = self._record(request, params)
-        if parts.path != QUERY_RANGE_PATH:
+        if parts.path not in (QUERY_RANGE_PATH, QUERY_PATH):
             return request.reply(404, "404 page not found\n")
         if self.fail_with:
             status, body, content_type = self.fail_with
             return request.reply(status, body, content_type)
+        if parts.path == QUERY_PATH:
+            try:
+                answer = instant_result(self.entries, parse_metric_query(recorded.query), instant_time(params))
+            except QueryError as exc:
+                return request.reply(400, f"{exc}\n")
+            return request.reply(200, json.dumps(answer), "application/json; charset=UTF-8")
         try:
             query = parse_query(recorded.query)
         except QueryError as exc:

@@ -12,7 +12,7 @@ It evaluates the part of LogQL that ``trail`` and the tests write, the way Loki 
   as Loki does, so ``| __error__=""`` drops it.
 
 Names come from ``correlation.schema``, not from a copy of them: the selector may use only
-``STREAM_LABELS``, and a label filter only a stream label, a ``METADATA_FIELDS`` name, a name a
+``STREAM_LABELS``, and a label filter only a stream label, a (``OPTIONAL_``)``METADATA_FIELDS`` name, a name a
 ``json`` stage extracted, or ``__error__``. Where a real Loki would silently find nothing (a
 query on a label that is not there), the fake answers 400, so a test sees the mistake.
 
@@ -266,7 +266,13 @@ class _Parser:
 def _check_filter_name(name: str, earlier: list[Stage]) -> None:
     extracted = {n for s in earlier if isinstance(s, JsonStage) for n, _ in s.fields}
     extracts_all = any(isinstance(s, JsonStage) and not s.fields for s in earlier)
-    allowed = {*schema.STREAM_LABELS, *schema.METADATA_FIELDS, ERROR_LABEL, *extracted}
+    allowed = {
+        *schema.STREAM_LABELS,
+        *schema.METADATA_FIELDS,
+        *schema.OPTIONAL_METADATA_FIELDS,
+        ERROR_LABEL,
+        *extracted,
+    }
     if name not in allowed and not extracts_all:
         raise QueryError(
             f"fake Loki: no label {name!r} to filter on: not a stream label or metadata field of "

@@ -274,14 +274,17 @@ def running_notifier(loki_url: str, webhook_url: str) -> Iterator[NotifierRun]:
 
 @contextmanager
 def alerting_stack(
-    chain_urls: dict[str, str], notifier_url: str, token_file: Path
+    chain_urls: dict[str, str], notifier_url: str, token_file: Path, unscraped: frozenset[str] = frozenset()
 ) -> Iterator[tuple[str, str, dict[str, str]]]:
     """A fresh Alertmanager and Prometheus (so no earlier scenario's rates linger) watching the
-    chain; yields (prometheus URL, alertmanager URL, derived rules) once every service is up."""
+    chain; yields (prometheus URL, alertmanager URL, derived rules) once every service is up.
+    ``unscraped``: services left out of the scrape job (a peer "not monitored here")."""
     rules = derived_rules()
     with alertmanager_server(derived_alertmanager_config(notifier_url + "/alerts", token_file)) as am:
         targets = {name: urllib.parse.urlsplit(url).netloc for name, url in chain_urls.items()}
         config = derived_prometheus_config(targets, sorted(rules), urllib.parse.urlsplit(am).netloc)
+        for job in config["scrape_configs"]:
+            job["static_configs"] = [s for s in job["static_configs"] if s["labels"]["service"] not in unscraped]
         # Prometheus 2.42 expands ${VAR} in external labels only with this feature.
         with prometheus_server(
             config,
@@ -292,7 +295,7 @@ def alerting_stack(
 
             def all_up() -> bool:
                 result = instant_query(prom, 'up{job="demo-services"} == 1')["result"]
-                return {r["metric"].get("service") for r in result} == set(SERVICES)
+                return {r["metric"].get("service") for r in result} == set(SERVICES) - unscraped
 
             wait_until(all_up, 60, "Prometheus to scrape all four services", interval=0.5)
             yield prom, am, rules

@@ -87,6 +87,22 @@ def _split_top(text: str, sep: str) -> list[str]:
     return parts
 
 
+_METRIC_QUERY = re.compile(
+    r"\s*(?:(?:sum|max|min|avg|count)\s+by\s*\((?:" + _IDENT_LIST.pattern + r")?\)\s*\()?"
+    r"\s*(?:count_over_time|rate|bytes_over_time|bytes_rate)\s*\((?P<inner>.*)\[\d+[smhd]\]\s*\)\s*\)?\s*",
+    re.DOTALL,
+)
+
+
+def check_logql_metric(expr: str) -> None:
+    """Raise ValueError unless ``expr`` is a metric query of the shape the dashboards write: an
+    optional ``sum by (...)`` around a log range aggregation, over a log query :func:`check_logql` accepts."""
+    found = _METRIC_QUERY.fullmatch(expr)
+    if not found or expr.count("(") != expr.count(")"):
+        raise ValueError(f"not a metric query of the dashboards' shape: {expr!r}")
+    check_logql(found["inner"].strip())
+
+
 def check_logql(expr: str) -> None:
     """Raise ValueError when `expr` is not a log query this checker understands."""
     text = expr.strip()

@@ -30,12 +30,18 @@ from correlation.loki.sender import Sender
 from correlation.loki.stats import ShipperStats
 
 #: Record attributes sent as structured metadata besides ``level`` (queryable with no parser,
-#: never labels).
-_METADATA_ATTRS = (
-    tuple(name for name in schema.METADATA_FIELDS if name != schema.LEVEL) + schema.OPTIONAL_METADATA_FIELDS
+#: never labels). ``error_type`` is read from error lines only (:data:`_ERROR_METADATA_ATTRS`).
+_METADATA_ATTRS = tuple(
+    name
+    for name in (*schema.METADATA_FIELDS, *schema.OPTIONAL_METADATA_FIELDS)
+    if name not in (schema.LEVEL, schema.ERROR_TYPE)
 )
+#: Read only from lines at level ERROR: the one failure line of a request, so no other line pays
+#: a lookup for it.
+_ERROR_METADATA_ATTRS = (schema.ERROR_TYPE,)
 #: Structured metadata ``level`` of the standard level names (others: lowercased each time).
 _LEVEL_LABELS = {name: name.lower() for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
+_ERROR_LEVEL = _LEVEL_LABELS["ERROR"]
 #: Loki's default ``max_line_size`` is 256 KB; longer lines are rejected, so we cut them first.
 DEFAULT_MAX_LINE_BYTES = 256 * 1024
 TRUNCATION_MARK = " ...[truncated by loki shipper]"
@@ -158,7 +164,12 @@ class LokiHandler(logging.Handler):
             value = fields.get(name)
             if isinstance(value, str):
                 metadata[name] = value
-        metadata[schema.LEVEL] = _LEVEL_LABELS.get(levelname) or levelname.lower()
+        level = metadata[schema.LEVEL] = _LEVEL_LABELS.get(levelname) or levelname.lower()
+        if level is _ERROR_LEVEL:
+            for name in _ERROR_METADATA_ATTRS:
+                value = fields.get(name)
+                if isinstance(value, str):
+                    metadata[name] = value
         if len(line) * 4 > self.max_line_bytes:  # cheap pre-check: 4 bytes per char at most
             line = self._fit(line)
         if not self.buffer.put(PushEntry.encode(int(created * 1e9), line, metadata)):
