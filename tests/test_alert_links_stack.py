@@ -88,7 +88,8 @@ def fired(chain: Any, chain_sink: FakeLoki) -> Iterator[Fired]:
     traffic = Traffic(chain.urls["gateway"])
     with chat.server, running_notifier(chain_sink.url, chat.server.url) as run:
         try:
-            with alerting_stack(chain.urls, run.url, run.token_file, unscraped=frozenset({"payments"})) as (prom, am, _):
+            unscraped = frozenset({"payments"})
+            with alerting_stack(chain.urls, run.url, run.token_file, unscraped=unscraped) as (prom, am, _):
                 set_faults(chain.urls["payments"], error_rate=0.5)
                 set_faults(chain.urls["inventory"], latency_ms=LATENCY_MS)
                 traffic.start()
