@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from correlation.config import LokiSettings
+from correlation.settings import LokiSettings
 
 QUERY_RANGE_PATH = "/loki/api/v1/query_range"
 #: Loki's default ``max_entries_limit_per_query``; larger limits are refused with a 400.

@@ -37,7 +37,7 @@ from urllib.parse import urlencode
 import flask
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from correlation.config import ConfigError, LokiSettings
+from correlation.settings import ConfigError, LokiSettings
 from trail.links import (
     DEFAULT_GRAFANA_URL,
     DEFAULT_TRAIL_WEB_URL,
