@@ -56,7 +56,7 @@ def _iso(created: float) -> str:
     seconds = int(created)
     if seconds != _second[0]:
         _second[:] = [seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))]
-    return "%s.%06dZ" % (_second[1], (created - seconds) * 1_000_000)  # noqa: UP031 - as correlation.logs
+    return "%s.%06dZ" % (_second[1], (created - seconds) * 1_000_000)  # noqa: UP031 - as correlation.log.formatter
 
 
 class _Stdout:

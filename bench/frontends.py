@@ -62,9 +62,9 @@ def _variants() -> dict[str, Callable[[int], None]]:
 
 def run() -> None:
     from correlation import context
-    from correlation.config import LokiSettings, Settings
-    from correlation.configure import setup_logging
     from correlation.loki import LokiHandler
+    from correlation.settings import LokiSettings, Settings
+    from correlation.setup import setup_logging
 
     lines = int(os.environ.get("BENCH_FRONTEND_LINES", "20000"))
     rounds = int(os.environ.get("BENCH_ROUNDS", "3"))

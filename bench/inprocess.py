@@ -65,8 +65,8 @@ class _Switches:
     """The instrumented app's parts, switched off and on again between rounds."""
 
     def __init__(self) -> None:
-        from correlation import flask as edge
         from correlation import metrics, schema
+        from correlation.integrations import flask as edge
 
         self.edge, self.metrics = edge, metrics
         self.access = logging.getLogger(schema.ACCESS_LOGGER)

@@ -39,8 +39,8 @@ def _child(mode: str, lines: int, bound: int) -> dict[str, Any]:
     import time
 
     from correlation import context
-    from correlation.config import LokiSettings
     from correlation.loki import LokiHandler
+    from correlation.settings import LokiSettings
 
     result: dict[str, Any] = {"mode": mode}
     if mode == "idle":

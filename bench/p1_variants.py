@@ -71,7 +71,7 @@ class NoOpHandler(logging.Handler):
 
 
 def _logger(handler: logging.Handler, *, json_lines: bool = True, correlation: bool = True) -> logging.Logger:
-    from correlation.logs import CorrelationFilter, JsonFormatter
+    from correlation.log.formatter import CorrelationFilter, JsonFormatter
 
     log = logging.getLogger("bench.p1")
     for old in list(log.handlers):
@@ -138,8 +138,8 @@ def run_floor_entry(target: Target, lines: int) -> dict[str, Any]:  # noqa: ARG0
 
 
 def run_ours(target: Target, lines: int) -> dict[str, Any]:
-    from correlation.config import LokiSettings
     from correlation.loki import LokiHandler
+    from correlation.settings import LokiSettings
 
     if target.sink:
         target.sink.reset()

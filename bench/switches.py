@@ -38,7 +38,8 @@ def off_parts() -> set[str]:
 
 def apply(parts: set[str]) -> None:
     """Switch ``parts`` off in the running library (after ``Correlation(app)``)."""
-    from correlation import metrics, propagation, schema
+    from correlation import metrics, schema
+    from correlation.integrations import requests as propagation
 
     if "access" in parts:
         logging.getLogger(schema.ACCESS_LOGGER).disabled = True

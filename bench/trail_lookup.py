@@ -208,7 +208,7 @@ def run() -> None:
         return
     import requests
 
-    from correlation.config import LokiSettings
+    from correlation.settings import LokiSettings
     from trail.loki_query import LokiQueryClient
     from trail.lookup import Window, lookup_trail, trail_query
 

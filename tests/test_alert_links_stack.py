@@ -26,7 +26,7 @@ import flask.testing
 import pytest
 
 from correlation import schema
-from correlation.config import LokiSettings
+from correlation.settings import LokiSettings
 from tests.fakes import FakeLoki, wait_until
 from tests.support.alerting import (
     TRAIL_WEB,

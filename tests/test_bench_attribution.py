@@ -28,8 +28,8 @@ def test_every_variant_is_measured_and_the_switches_take_effect() -> None:
 
 def test_the_switches_turn_parts_off_and_back_on() -> None:
     from bench.inprocess import _Switches
-    from correlation import flask as edge
     from correlation import metrics
+    from correlation.integrations import flask as edge
 
     switches = _Switches()
     wrapper = edge._Edge  # noqa: SLF001 - the switch patches the edge's report
@@ -58,7 +58,7 @@ def test_bytecodes_are_counted_per_function_and_the_same_in_every_run() -> None:
         runs.append(json.loads(child.stdout)["results"])
     first, second = runs
     ours, floor, bare = first["instrumented"], first["floor (bench/floor.py)"], first["bare Flask"]
-    assert ours["functions"]["library correlation/flask.py:__call__"] > 0
+    assert ours["functions"]["library integrations/flask.py:__call__"] > 0
     assert floor["functions"]["floor bench/floor.py:floor_edge"] > 0
     assert "library" not in bare["per_request"] and bare["per_request"]["framework"] > 0
     assert ours["per_request"]["framework"] == bare["per_request"]["framework"], "the same Flask work per request"

@@ -12,7 +12,7 @@ import pytest
 
 from bench import floor
 from correlation import Correlation, Settings, ids, schema
-from correlation.logs import JsonFormatter
+from correlation.log.formatter import JsonFormatter
 
 _COMPARED = ("level", "logger", "route", "status", "service", "method", "path", "parent_request_id", "caller")
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import requests
 
-from correlation import celery as correlation_celery
 from correlation import context, ids, schema
+from correlation.integrations import celery as correlation_celery
 from demo import local_worker, notifications
 from demo.run_local import Chain, start_chain, wait_healthy
 from demo.services import SERVICES

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import correlation
-from correlation import celery as correlation_celery
 from correlation import context, ids, metrics, schema, traceparent, wire
+from correlation.integrations import celery as correlation_celery
 from correlation.task_headers import BAD_PUBLISHED_AT, publish_headers, read_headers
 
 pytestmark = pytest.mark.unit
@@ -112,7 +112,7 @@ class Lines(logging.Handler):
         self.records: list[Any] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        from correlation.logs import stamp
+        from correlation.log.formatter import stamp
 
         stamp(record)
         self.records.append(record)
@@ -288,7 +288,7 @@ def test_the_readme_documents_the_task_keys_headers_and_metrics() -> None:
 
 def test_the_demo_workers_visibility_timeout_exceeds_its_retry_delay() -> None:
     """A held retry is delivered again after the visibility timeout: it must outlast the countdown."""
-    from correlation.config import ConfigError
+    from correlation.settings import ConfigError
     from demo.notifications import visibility_timeout_seconds
 
     assert visibility_timeout_seconds({}) == 60.0

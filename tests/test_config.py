@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from correlation.config import ConfigError, LokiSettings, Settings
+from correlation.settings import ConfigError, LokiSettings, Settings
 
 
 def test_defaults() -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from correlation.config import ConfigError
-from correlation.propagation import uninstrument_requests
+from correlation.integrations.requests import uninstrument_requests
+from correlation.settings import ConfigError
 from demo.faults import Faults, FaultSettings, InjectedFault
 from demo.run_local import DEMO_SOURCE_ROOT
 from demo.services import SERVICES, create_app

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from correlation import context, schema
-from correlation.config import LokiSettings
 from correlation.ids import new_correlation_id
+from correlation.settings import LokiSettings
 from tests.fakes import FakeLoki
 from tests.fakes.trail_lines import access_line, checkout_lines, log_line, push_all
 from tests.support.shipper import make_handler

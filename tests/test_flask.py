@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from correlation import context, ids, metrics, schema
-from correlation.config import Settings
-from correlation.flask import Correlation
-from correlation.logs import JsonFormatter
+from correlation.integrations.flask import Correlation
+from correlation.log.formatter import JsonFormatter
 from correlation.schema import ACCESS_LOGGER
+from correlation.settings import Settings
 
 _names = count()
 

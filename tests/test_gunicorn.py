@@ -33,7 +33,7 @@ APP = textwrap.dedent("""
 """)
 
 CONF = textwrap.dedent("""
-    from correlation.gunicorn import worker_abort  # noqa: F401 - the hook
+    from correlation.integrations.gunicorn import worker_abort  # noqa: F401 - the hook
     # The team's own dictConfig, with the library's handlers named in it the logging way.
     logconfig_dict = {
         "version": 1,

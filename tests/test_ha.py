@@ -36,8 +36,8 @@ import requests
 import yaml
 
 from correlation import schema
-from correlation.config import LokiSettings
 from correlation.ids import new_correlation_id
+from correlation.settings import LokiSettings
 from demo.services import SERVICES
 from tests.fakes import FakeLoki, LoopbackServer, QuietHandler, free_port, wait_until
 from tests.support.grafana import dashboard_promql_queries, substitute_grafana_vars

@@ -1,9 +1,9 @@
 """The request path's fast paths write exactly what the general paths write.
 
-- ``correlation.jsonline``: orjson for plain values, the standard library otherwise, the same
+- ``correlation.log.jsonline``: orjson for plain values, the standard library otherwise, the same
   content either way (lone surrogates, NaN, big ints, enums, dates: the standard library's).
-- ``correlation.records.new_record``: the record ``makeRecord`` would make.
-- ``correlation.access``: the access line handed straight to the library's handlers is the line
+- ``correlation.log.records.new_record``: the record ``makeRecord`` would make.
+- ``correlation.log.access``: the access line handed straight to the library's handlers is the line
   ``logging`` + ``JsonFormatter`` would make, and ``logging`` is used whenever anyone else
   (a handler, a filter, a record factory, a patched Logger) would see the record.
 - ``StdoutHandler`` queues without its lock: no line lost or doubled between threads or forks.
@@ -30,10 +30,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from correlation import Correlation, Settings, access, context, jsonline, records, schema
-from correlation.logs import LINE_ATTR, JsonFormatter
+from correlation import Correlation, Settings, context, schema
+from correlation.log import access, jsonline, records
+from correlation.log.formatter import LINE_ATTR, JsonFormatter
+from correlation.log.stdout import StdoutHandler
 from correlation.loki import LokiHandler
-from correlation.stdout import StdoutHandler
 from tests.fakes import closed_port_url, wait_until
 
 _stdlib = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":")).encode

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from correlation import context, traceparent
-from correlation.httpx_client import CorrelationTransport, instrument_httpx, uninstrument_httpx
+from correlation.integrations.httpx import CorrelationTransport, instrument_httpx, uninstrument_httpx
 from correlation.metrics import CLIENT_DURATION
 from tests.fakes import HeaderEcho, LoopbackServer
 

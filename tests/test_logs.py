@@ -10,11 +10,11 @@ import time
 import pytest
 
 from correlation import context
-from correlation.config import ConfigError, LokiSettings, Settings
-from correlation.configure import setup_logging
-from correlation.logs import CorrelationFilter, JsonFormatter
+from correlation.log.formatter import CorrelationFilter, JsonFormatter
+from correlation.log.stdout import StdoutHandler
 from correlation.loki import LokiHandler
-from correlation.stdout import StdoutHandler
+from correlation.settings import ConfigError, LokiSettings, Settings
+from correlation.setup import setup_logging
 
 
 def _format(record: logging.LogRecord, service: str = "svc") -> dict:

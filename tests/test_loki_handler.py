@@ -12,10 +12,10 @@ import time
 import pytest
 
 from correlation import context
-from correlation.config import LokiSettings
 from correlation.loki import LokiHandler
 from correlation.loki.handler import TRUNCATION_MARK
 from correlation.loki.sender import Sender
+from correlation.settings import LokiSettings
 from tests.fakes import FakeLoki
 from tests.support.shipper import LABELS, make_handler
 
@@ -344,7 +344,7 @@ def test_records_without_the_filter_keep_their_id(loki_sink: FakeLoki) -> None:
 _ENDS_ITS_LOGGING = """
 import io, logging, logging.config, sys
 from correlation import Settings, setup_logging
-from correlation.config import LokiSettings
+from correlation.settings import LokiSettings
 
 loki = LokiSettings(url=sys.argv[1], batch_max_wait_seconds=30.0, flush_timeout_seconds=5.0)
 (*_, shipper) = setup_logging(Settings(service="svc", loki=loki), stream=io.StringIO())

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from correlation import schema
-from correlation.config import LokiSettings
 from correlation.loki.buffer import LineBuffer, PushEntry
 from correlation.loki.sender import Sender
 from correlation.loki.stats import ShipperStats
+from correlation.settings import LokiSettings
 from tests.fakes import FakeLoki, wait_until
 from tests.support.shipper import LABELS
 

@@ -17,8 +17,8 @@ import pytest
 import requests
 
 from correlation import schema
-from correlation.config import ConfigError, LokiSettings
 from correlation.ids import new_correlation_id
+from correlation.settings import ConfigError, LokiSettings
 from tests.fakes import FakeLoki, LoopbackServer, QuietHandler, closed_port_url, wait_until
 from tests.fakes.trail_lines import MS, ORDERS, PAYMENTS, checkout_lines, log_line, push_all, rfc3339
 from tests.support.stack import REPO, load_yaml

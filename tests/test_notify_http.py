@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from correlation.config import ConfigError, LokiSettings
+from correlation.settings import ConfigError, LokiSettings
 from tests.fakes import LoopbackServer, wait_until
 from tests.test_notify import GRAFANA, TRAIL_WEB, alert, payload
 from trail.notify import NotifySettings, build, main

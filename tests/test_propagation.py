@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from correlation import context, propagation, traceparent
+from correlation import context, traceparent
+from correlation.integrations import requests as propagation
 from correlation.metrics import CLIENT_DURATION
 from tests.fakes import HeaderEcho, LoopbackServer
 

@@ -15,9 +15,9 @@ import pytest
 import requests
 
 from correlation import context
-from correlation.config import LokiSettings
 from correlation.ids import new_correlation_id
 from correlation.loki import LokiHandler
+from correlation.settings import LokiSettings
 from trail.loki_query import LokiQueryClient
 from trail.lookup import trail_query
 

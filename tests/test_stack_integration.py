@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
-from correlation.config import LokiSettings
 from correlation.ids import time_ms_of
+from correlation.settings import LokiSettings
 from demo.services import SERVICES
 from tests.fakes import FakeLoki, PushedEntry, wait_until
 from tests.support.alerting import (

@@ -146,7 +146,7 @@ def test_without_structlog_the_import_error_names_the_extra(monkeypatch: pytest.
 @pytest.mark.process
 def test_importing_the_library_imports_neither_structlog_nor_loguru() -> None:
     code = (
-        "import sys, correlation, correlation.integrations, correlation.configure, correlation.loki;"
+        "import sys, correlation, correlation.integrations, correlation.setup, correlation.loki;"
         "print(sorted(name for name in ('structlog', 'loguru') if name in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from correlation import schema
-from correlation.config import LokiSettings
+from correlation.settings import LokiSettings
 from demo import local_worker, notifications
 from demo.run_local import Chain, start_chain, wait_healthy
 from demo.services import SERVICES

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from correlation import schema
-from correlation.config import LokiSettings
 from correlation.ids import new_correlation_id
 from correlation.schema import ACCESS_LOGGER
+from correlation.settings import LokiSettings
 from tests.fakes import FakeLoki
 from tests.fakes.loki_query import JsonStage, LabelFilter, parse_query
 from tests.fakes.trail_lines import (

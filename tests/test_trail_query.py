@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from correlation.config import LokiSettings
 from correlation.ids import new_correlation_id
+from correlation.settings import LokiSettings
 from tests.fakes import FakeLoki, closed_port_url
 from trail.loki_query import (
     MAX_LIMIT,

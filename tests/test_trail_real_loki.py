@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from correlation import schema
-from correlation.config import LokiSettings
 from correlation.ids import new_correlation_id
+from correlation.settings import LokiSettings
 from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line
 from trail.cli import main
 

@@ -13,8 +13,8 @@ import flask.testing
 import pytest
 
 from correlation import schema
-from correlation.config import LokiSettings
 from correlation.ids import new_correlation_id
+from correlation.settings import LokiSettings
 from tests.fakes import FakeLoki, closed_port_url
 from tests.fakes.loki_metric import MAX_QUERY_SERIES
 from tests.fakes.trail_lines import access_line, log_line

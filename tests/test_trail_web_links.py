@@ -17,8 +17,8 @@ import flask.testing
 import pytest
 import yaml
 
-from correlation.config import LokiSettings
 from correlation.ids import time_ms_of
+from correlation.settings import LokiSettings
 from tests.fakes import FakeLoki
 from tests.fakes.trail_lines import checkout_lines, push_all
 from tests.support.grafana import explore_exprs, parse_explore_url, provisioned_datasource_uids

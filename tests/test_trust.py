@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from correlation import ConfigError, Correlation, Settings, ids
-from correlation.logs import JsonFormatter
+from correlation.log.formatter import JsonFormatter
 from correlation.trust import TrustPolicy
 
 ipv4 = st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n)))

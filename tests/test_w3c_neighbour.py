@@ -19,8 +19,9 @@ import requests
 from celery import Celery
 
 import correlation
-from correlation import Correlation, Settings, propagation, schema, traceparent, wire
-from correlation import celery as correlation_celery
+from correlation import Correlation, Settings, schema, traceparent, wire
+from correlation.integrations import celery as correlation_celery
+from correlation.integrations import requests as propagation
 from correlation.trust import TrustPolicy
 from tests.fakes import free_port, serving
 from tests.support.otel_neighbour import RATIO_WOULD_DROP, RATIO_WOULD_SAMPLE, Neighbour

@@ -10,15 +10,15 @@ Typical use::
     Correlation(app, settings)  # edge, access log, metrics at /metrics, requests propagation
 """
 
-from correlation.config import ConfigError, LokiSettings, Settings
-from correlation.configure import setup_logging
 from correlation.context import Hop, bind, bound, correlation_id, current, reset, service, set_service, submit, wrap
-from correlation.flask import Correlation
 from correlation.ids import is_valid_id, new_correlation_id, new_request_id, time_of
-from correlation.logs import CorrelationFilter, JsonFormatter
+from correlation.integrations.flask import Correlation
+from correlation.integrations.requests import instrument_requests, outgoing_headers
+from correlation.log.formatter import CorrelationFilter, JsonFormatter
+from correlation.log.stdout import StdoutHandler
 from correlation.loki import LokiHandler
-from correlation.propagation import instrument_requests, outgoing_headers
-from correlation.stdout import StdoutHandler
+from correlation.settings import ConfigError, LokiSettings, Settings
+from correlation.setup import setup_logging
 
 __all__ = [
     "ConfigError",

@@ -6,7 +6,7 @@ writes the publishing hop (correlation ID, the publisher's request ID as the tas
 publish time (``X-Published-At``); :func:`read_headers` reads them back
 when the task runs, refusing (never raising on) anything malformed, a publish time out of range
 included. Header names live in :mod:`correlation.schema`. Plain data in, plain data out: no Celery
-here; :mod:`correlation.celery` wires it to Celery's signals.
+here; :mod:`correlation.integrations.celery` wires it to Celery's signals.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from typing import Any
 
 import flask
 
-from correlation.config import ConfigError
+from correlation.settings import ConfigError
 
 MAX_LATENCY_MS = 60_000
 

@@ -9,8 +9,8 @@ import logging
 import os
 
 # The library's hooks (on_starting and on_exit are called from the demo's own, below).
-from correlation import gunicorn as correlation_gunicorn
-from correlation.gunicorn import child_exit, gunicorn_logconfig, when_ready, worker_abort  # noqa: F401 - hooks
+from correlation.integrations import gunicorn as correlation_gunicorn
+from correlation.integrations.gunicorn import child_exit, gunicorn_logconfig, when_ready, worker_abort  # noqa: F401 - hooks
 from demo import faults
 
 bind = f"{os.environ.get('BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"

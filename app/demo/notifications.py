@@ -40,8 +40,8 @@ from celery import signals as celery_signals
 from werkzeug.serving import BaseWSGIServer, make_server
 
 import correlation
-from correlation import celery as correlation_celery
-from correlation.config import ConfigError
+from correlation.integrations import celery as correlation_celery
+from correlation.settings import ConfigError
 from demo import broker
 from demo.calls import WORKER_SERVICE, DownstreamError, call, downstream_url
 from demo.faults import FaultAccess, Faults, FaultSettings, InjectedFault, admin_blueprint

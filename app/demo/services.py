@@ -22,7 +22,7 @@ import flask
 import requests
 
 import correlation
-from correlation.config import ConfigError
+from correlation.settings import ConfigError
 from demo.calls import DEFAULT_PORTS, SERVICES, DownstreamError, downstream_url
 from demo.calls import call as _call
 from demo.faults import SHARED_FILE_ENV, FaultAccess, Faults, FaultSettings, admin_blueprint

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from correlation.config import ConfigError, LokiSettings
+from correlation.settings import ConfigError, LokiSettings
 from trail.last_error import last_error
 from trail.loki_query import DEFAULT_PAGE_SIZE, MAX_LIMIT, LokiQueryClient, LokiQueryError
 from trail.lookup import (

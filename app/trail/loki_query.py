@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from correlation.config import LokiSettings
+from correlation.settings import LokiSettings
 
 QUERY_RANGE_PATH = "/loki/api/v1/query_range"
 #: Instant queries (metric queries at one time).

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from correlation import schema
-from correlation.config import ConfigError
+from correlation.settings import ConfigError
 from trail.hops import Trail, build_trail
 from trail.logql import (
     ERROR_LEVEL,

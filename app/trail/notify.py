@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from threading import Lock
 from typing import Any, TypeVar
 
-from correlation.config import ConfigError, LokiSettings
+from correlation.settings import ConfigError, LokiSettings
 from trail.links import DEFAULT_GRAFANA_URL, DEFAULT_TRAIL_WEB_URL
 from trail.loki_query import LokiQueryClient
 from trail.notify_auth import NotifyAuth

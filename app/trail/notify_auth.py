@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from correlation.config import ConfigError
+from correlation.settings import ConfigError
 
 _LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 

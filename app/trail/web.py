@@ -42,7 +42,7 @@ from urllib.parse import urlencode
 import flask
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-from correlation.config import ConfigError, LokiSettings
+from correlation.settings import ConfigError, LokiSettings
 from trail.alert_requests import FoundRequest, newest_failed, newest_lost_task, slowest
 from trail.links import (
     DEFAULT_GRAFANA_URL,

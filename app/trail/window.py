@@ -22,8 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from correlation.config import ConfigError
 from correlation.ids import time_ms_of
+from correlation.settings import ConfigError
 from trail.render import format_time
 
 NS = 1_000_000_000

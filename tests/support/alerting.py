@@ -27,7 +27,7 @@ from typing import Any
 
 import requests
 
-from correlation.config import LokiSettings
+from correlation.settings import LokiSettings
 from demo.services import SERVICES
 from tests.fakes import LoopbackServer, QuietHandler, wait_until
 from tests.support.stack import (

@@ -17,10 +17,10 @@ from typing import Any
 import flask
 
 from correlation import schema
-from correlation.config import LokiSettings, Settings
-from correlation.configure import setup_logging
-from correlation.flask import Correlation
-from correlation.stdout import StdoutHandler
+from correlation.integrations.flask import Correlation
+from correlation.log.stdout import StdoutHandler
+from correlation.settings import LokiSettings, Settings
+from correlation.setup import setup_logging
 from tests.fakes import FakeLoki, PushedEntry
 
 SERVICE = "shop"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from correlation import schema
-from correlation.config import LokiSettings
 from correlation.loki import LokiHandler
+from correlation.settings import LokiSettings
 from tests.fakes import FakeLoki
 
 LABELS = {schema.SERVICE_LABEL: "svc", schema.ENV_LABEL: "test"}

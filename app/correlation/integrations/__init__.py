@@ -1,7 +1,14 @@
-"""Integrations with other libraries, each an optional extra that this package does not import.
+"""The library inside other frameworks and libraries: one module each.
 
-- :mod:`correlation.integrations.structlog` (``pip install 'correlation-trail[structlog]'``)
-- :mod:`correlation.integrations.loguru` (``pip install 'correlation-trail[loguru]'``)
+- :mod:`~correlation.integrations.flask`: the edge (:class:`Correlation`), and
+  :mod:`~correlation.integrations.errors`, its error bodies;
+- :mod:`~correlation.integrations.requests` and :mod:`~correlation.integrations.httpx`
+  (``pip install 'correlation-trail[httpx]'``): outgoing calls carry the hop;
+- :mod:`~correlation.integrations.celery` (``pip install 'correlation-trail[celery]'``): tasks as hops;
+- :mod:`~correlation.integrations.gunicorn`: the server's hooks and log configuration;
+- :mod:`~correlation.integrations.structlog` (``pip install 'correlation-trail[structlog]'``) and
+  :mod:`~correlation.integrations.loguru` (``pip install 'correlation-trail[loguru]'``): their lines
+  through the library's handlers.
 
-Import the one you use; importing ``correlation`` or this package imports neither library.
+Import the one you use; importing ``correlation`` or this package imports none of the optional ones.
 """

@@ -32,7 +32,7 @@ except ImportError as error:  # the extra is not installed: say which one to ins
     ) from error
 
 from correlation import context, schema
-from correlation.logs import event_extra
+from correlation.log.formatter import event_extra
 
 #: A loguru record without a module name (``record["name"]`` is None) is logged under this name.
 DEFAULT_LOGGER = "loguru"

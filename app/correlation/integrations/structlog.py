@@ -28,7 +28,7 @@ except ImportError as error:  # the extra is not installed: say which one to ins
     ) from error
 
 from correlation import context, schema
-from correlation.logs import event_extra
+from correlation.log.formatter import event_extra
 
 #: structlog's event-dict keys that are ``Logger.log`` arguments, not fields of the line.
 _LOG_KWARGS = ("exc_info", "stack_info", "stacklevel")
@@ -58,7 +58,7 @@ def to_logging(
 
     ``event`` is the message (with structlog's positional arguments as the record's ``args``);
     ``exc_info``, ``stack_info`` and ``stacklevel`` are passed to ``logging``; every other key is a
-    field of the line (:func:`correlation.logs.event_extra`). ``level`` and ``logger`` keys that
+    field of the line (:func:`correlation.log.formatter.event_extra`). ``level`` and ``logger`` keys that
     repeat the record's level and logger name (``add_log_level``, ``add_logger_name``) are left
     out, so the line does not say them twice.
     """

@@ -17,7 +17,7 @@ from itertools import accumulate, islice, repeat
 from operator import add, itemgetter
 from typing import NamedTuple
 
-from correlation import jsonline
+from correlation.log import jsonline
 
 #: Memory an entry takes besides its fragment's bytes: the tuple, the int, the bytes object's
 #: header and the deque slot. With it the byte bound is the memory really held, not a guess.

@@ -20,14 +20,14 @@ from prometheus_client import REGISTRY
 from prometheus_client.registry import CollectorRegistry
 
 from correlation import context, schema
-from correlation.access import line_handler
-from correlation.config import ConfigError, LokiSettings
-from correlation.forks import rebuild_after_fork
-from correlation.logs import JsonFormatter, stamp
+from correlation._forks import rebuild_after_fork
+from correlation.log.access import line_handler
+from correlation.log.formatter import JsonFormatter, stamp
 from correlation.loki import collector
 from correlation.loki.buffer import LineBuffer, PushEntry
 from correlation.loki.sender import Sender
 from correlation.loki.stats import ShipperStats
+from correlation.settings import ConfigError, LokiSettings
 
 #: Record attributes sent as structured metadata besides ``level`` (queryable with no parser,
 #: never labels). ``error_type`` is read from error lines only (:data:`_ERROR_METADATA_ATTRS`).
@@ -152,7 +152,7 @@ class LokiHandler(logging.Handler):
 
     def emit_line(self, created: float, levelname: str, line: str, fields: Mapping[str, Any]) -> None:
         """Ship a line already made. ``fields`` holds the values it was made from under the record
-        attributes' names: a record's ``__dict__``, or the entry :mod:`correlation.access` made the
+        attributes' names: a record's ``__dict__``, or the entry :mod:`correlation.log.access` made the
         access line from. The structured metadata is read from it (the context's values are
         strings, or None outside a request); ``level`` comes from ``levelname``.
 

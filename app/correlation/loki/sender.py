@@ -34,12 +34,12 @@ from collections.abc import Mapping
 
 import urllib3
 
-from correlation.config import LokiSettings
 from correlation.loki.buffer import LineBuffer, PushEntry
 from correlation.loki.push import CONTENT_HEADERS, push_body
 from correlation.loki.segment import Segment, UnreadableSegment
 from correlation.loki.spool import Spool
 from correlation.loki.stats import ShipperStats
+from correlation.settings import LokiSettings
 
 _REPORT_EVERY_SECONDS = 60.0
 _TOO_LARGE = re.compile(r"larger than max|too large", re.IGNORECASE)

@@ -1,5 +1,5 @@
 """Outgoing ``httpx`` calls carry the current hop, as ``requests`` calls do
-(:mod:`correlation.propagation`): same headers, same per-peer timing, same failure notes.
+(:mod:`correlation.integrations.requests`): same headers, same per-peer timing, same failure notes.
 
 Optional (``pip install 'correlation-trail[httpx]'``); :class:`correlation.Correlation` installs
 it when httpx is importable. It patches the transports every ``httpx.Client`` and
@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 
-from correlation import context, propagation, schema, wire
+from correlation import context, schema, wire
+from correlation.integrations import requests as propagation
 
 _originals: dict[str, Any] = {}
 

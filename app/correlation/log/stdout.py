@@ -17,9 +17,9 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from correlation.access import line_handler
-from correlation.forks import rebuild_after_fork
-from correlation.logs import JsonFormatter
+from correlation._forks import rebuild_after_fork
+from correlation.log.access import line_handler
+from correlation.log.formatter import JsonFormatter
 
 
 @line_handler
@@ -66,7 +66,7 @@ class StdoutHandler(logging.StreamHandler):
         self.emit_line(record.created, record.levelname, line, record.__dict__)
 
     def emit_line(self, created: float, levelname: str, line: str, fields: Mapping[str, Any]) -> None:  # noqa: ARG002
-        """Queue a line already made: a formatted record's, or the access line (:mod:`correlation.access`)."""
+        """Queue a line already made: a formatted record's, or the access line (:mod:`correlation.log.access`)."""
         self._lines.append(line)
         self._pending_chars += len(line)
         if self._pending_chars >= self.max_pending or time.monotonic() - self._last_flush >= self.flush_interval:

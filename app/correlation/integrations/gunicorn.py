@@ -4,7 +4,7 @@ no request lost without a word when it kills a worker for a timeout.
 In a gunicorn config file (``gunicorn --config python:myapp.gunicorn_conf``)::
 
     # The hooks: on_starting, when_ready, child_exit, on_exit, worker_abort; and gunicorn_logconfig.
-    from correlation.gunicorn import *  # noqa: F403
+    from correlation.integrations.gunicorn import *  # noqa: F403
 
     logconfig_dict = gunicorn_logconfig()
 
@@ -36,9 +36,9 @@ import time
 from typing import Any
 
 from correlation import context
-from correlation.config import Settings
-from correlation.flask import IN_FLIGHT
+from correlation.integrations.flask import IN_FLIGHT
 from correlation.metrics import listener, server
+from correlation.settings import Settings
 
 __all__ = ["child_exit", "gunicorn_logconfig", "on_exit", "on_starting", "when_ready", "worker_abort"]
 

@@ -24,10 +24,12 @@ import flask
 import werkzeug.routing
 from flask.globals import _cv_request
 
-from correlation import access, context, errors, ids, metrics, propagation, schema, wire
-from correlation.config import Settings
+from correlation import context, ids, metrics, schema, wire
 from correlation.context import Hop
 from correlation.error_type import error_type
+from correlation.integrations import errors
+from correlation.integrations import requests as propagation
+from correlation.log import access
 from correlation.metrics import listener, unshared
 from correlation.schema import (  # by name, not schema.X: one lookup each on every request
     CALLER,
@@ -43,6 +45,7 @@ from correlation.schema import (  # by name, not schema.X: one lookup each on ev
     ROUTE,
     STATUS,
 )
+from correlation.settings import Settings
 
 _log = logging.getLogger("correlation.edge")
 _access_log = logging.getLogger(schema.ACCESS_LOGGER)
@@ -68,7 +71,7 @@ class InFlight(NamedTuple):
 
 
 #: The requests this process is handling now, by hop request ID. Read by
-#: :func:`correlation.gunicorn.worker_abort`: when gunicorn kills a worker for a timeout, these
+#: :func:`correlation.integrations.gunicorn.worker_abort`: when gunicorn kills a worker for a timeout, these
 #: are the requests that would otherwise vanish without a line.
 IN_FLIGHT: dict[str, InFlight] = {}
 
@@ -242,7 +245,7 @@ class Correlation:
     (None: do not). Requests to ``quiet_paths`` keep their correlation ID but write no access
     line and no metrics (health checks and scrapes would drown the rest). ``propagate_requests``
     makes outgoing ``requests`` (and, when installed, ``httpx``) calls carry the hop (see
-    :mod:`correlation.propagation`).
+    :mod:`correlation.integrations.requests`).
     """
 
     def __init__(
@@ -277,7 +280,7 @@ class Correlation:
             errors.install(app)
         if settings.metrics_port:
             # Not on the application's port: the exemplars are other users' correlation IDs.
-            # Under gunicorn the arbiter serves it (correlation.gunicorn.when_ready).
+            # Under gunicorn the arbiter serves it (correlation.integrations.gunicorn.when_ready).
             if not unshared.under_gunicorn():
                 listener.serve(settings.metrics_port)
         elif self.metrics_path:
@@ -285,7 +288,7 @@ class Correlation:
         if self.propagate_requests:
             propagation.instrument_requests(settings.header)
             try:  # httpx is optional: propagate through it too when it is installed
-                from correlation.httpx_client import instrument_httpx
+                from correlation.integrations.httpx import instrument_httpx
             except ImportError:
                 pass
             else:

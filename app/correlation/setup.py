@@ -11,9 +11,9 @@ import sys
 from typing import Any
 
 from correlation import context, schema
-from correlation.config import Settings
-from correlation.logs import JsonFormatter
-from correlation.stdout import StdoutHandler
+from correlation.log.formatter import JsonFormatter
+from correlation.log.stdout import StdoutHandler
+from correlation.settings import Settings
 
 
 def setup_logging(settings: Settings, *, stream: Any = None) -> list[logging.Handler]:

@@ -1,9 +1,10 @@
 """Celery tasks as hops of the trail: ``pip install 'correlation-trail[celery]'``, then::
 
-    import correlation.celery
+    import correlation
+    from correlation.integrations import celery as correlation_celery
 
     settings = correlation.Settings.from_env()  # SERVICE_NAME, LOKI_URL, ...
-    correlation.celery.install(celery_app, settings)  # publisher and worker alike
+    correlation_celery.install(celery_app, settings)  # publisher and worker alike
 
 Celery's signals do the work (they are process-wide: one call covers every app in the process):
 
@@ -38,9 +39,9 @@ from typing import Any
 from celery import signals
 
 from correlation import context, ids, metrics, schema, wire
-from correlation.config import Settings
-from correlation.configure import setup_logging
 from correlation.error_type import error_type
+from correlation.settings import Settings
+from correlation.setup import setup_logging
 from correlation.task_headers import TASK_HEADERS, TaskInbound, publish_headers, read_headers
 
 _log = logging.getLogger("correlation.celery")

@@ -1,4 +1,4 @@
-"""The records the library makes itself (the access line's, :mod:`correlation.access`): what
+"""The records the library makes itself (the access line's, :mod:`correlation.log.access`): what
 ``makeRecord`` would make, at a third of the cost.
 
 ``LogRecord.__init__`` splits the file name and looks up the process on every record; here the

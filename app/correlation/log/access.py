@@ -18,9 +18,10 @@ import time
 import traceback
 from typing import Any, TypeVar
 
-from correlation import context, jsonline, records, schema
+from correlation import context, schema
 from correlation.context import Hop
-from correlation.logs import LINE_ATTR, JsonFormatter, utc_timestamp
+from correlation.log import jsonline, records
+from correlation.log.formatter import LINE_ATTR, JsonFormatter, utc_timestamp
 
 _HANDLE = logging.Logger.handle
 _CALL_HANDLERS = logging.Logger.callHandlers

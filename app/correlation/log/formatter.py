@@ -2,7 +2,7 @@
 
 :class:`CorrelationFilter` copies the current hop and service onto every record a handler sees
 (:func:`stamp`); :class:`JsonFormatter` writes the record with the keys of :mod:`correlation.schema`.
-Where they are attached to the root logger: :mod:`correlation.configure`.
+Where they are attached to the root logger: :mod:`correlation.setup`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from itertools import filterfalse
 from typing import Any
 
-from correlation import context, jsonline, schema
+from correlation import context, schema
+from correlation.log import jsonline
 
 _CONTEXT_FIELDS = schema.CONTEXT_FIELDS
 #: Where a JsonFormatter leaves the line it made, so the next handler does not format it again.
