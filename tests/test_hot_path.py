@@ -196,7 +196,7 @@ def _only_ours(logger: logging.Logger) -> None:
 
 def _write(logger: logging.Logger, hop: context.Hop) -> None:
     with context.bound(hop):
-        access.write(logger, logging.ERROR, __file__, "%s %s %d %.1fms%s", ARGS, hop, dict(FIELDS))
+        access.report_hop(logging.ERROR, __file__, "%s %s %d %.1fms%s", ARGS, hop, None, dict(FIELDS), logger)
 
 
 def _as_logging_writes_it(logger: logging.Logger, hop: context.Hop) -> str:

@@ -24,28 +24,39 @@ from correlation.log import jsonline, records
 from correlation.log.entry import line_entry, stamp
 from correlation.log.formatter import LINE_ATTR, JsonFormatter
 from correlation.log.handler import MADE_LINE_CLASSES
-from correlation.schema import SERVICE
+from correlation.schema import ACCESS_LOGGER, FAILED_DOWNSTREAM, ORIGIN, SERVICE
 
 _HANDLE = logging.Logger.handle
 _CALL_HANDLERS = logging.Logger.callHandlers
 _MAKE_RECORD = logging.Logger.makeRecord
 _LOG_RECORD = logging.LogRecord
+_access_log = logging.getLogger(ACCESS_LOGGER)
 
 
-def write(
-    logger: logging.Logger,
+def report_hop(
     level: int,
     pathname: str,
     msg: str,
     args: tuple[Any, ...],
     hop: Hop,
+    failure_origin: str | None,
     fields: dict[str, Any],
+    logger: logging.Logger = _access_log,
 ) -> None:
-    """Write the access line of ``hop``: ``msg % args`` with ``fields`` as extras, from ``pathname``.
+    """Write ``hop``'s access line, once at its end: ``msg % args`` from ``pathname``, with
+    ``fields`` as its keys, then ``origin`` and ``failed_downstream`` when it failed
+    (``failure_origin``, :func:`correlation.hops.failure_origin`). The Flask edge and Celery's task
+    runs report here; so does a dying gunicorn worker, for each request it abandons.
 
-    The caller has checked ``logger.isEnabledFor(level)``. ``fields`` must not use a key of
-    :data:`schema.LINE_KEYS`, and hold only what :func:`jsonline.plain_line` takes.
+    ``fields`` must not use a key of :data:`schema.LINE_KEYS`, and hold only what
+    :func:`jsonline.plain_line` takes. ``logger``: the access logger (another in tests).
     """
+    if not logger.isEnabledFor(level):
+        return
+    if failure_origin is not None:
+        fields[ORIGIN] = failure_origin
+        if hop.failed_calls:
+            fields[FAILED_DOWNSTREAM] = hop.failed_calls[0]
     handlers = _only_line_handlers(logger, level)
     if handlers is None:
         logger.handle(hop_record(logger, level, pathname, msg, args, hop, fields))
@@ -58,7 +69,7 @@ def write(
         created, levelname, logger.name, msg % args,
         context.service(), hop.correlation_id, hop.request_id, hop.parent_request_id, fields,
     )  # fmt: skip
-    line = jsonline.plain_line(entry)  # str, int, finite float, None: the edge's fields and the hop's
+    line = jsonline.plain_line(entry)  # str, int, finite float, None: the hop's fields
     for handler in handlers:
         try:
             handler.emit_line(created, levelname, line, entry)
