@@ -34,7 +34,7 @@ from correlation import Correlation, Settings, context, schema
 from correlation.log import access, jsonline, records
 from correlation.log.formatter import LINE_ATTR, JsonFormatter
 from correlation.log.stdout import StdoutHandler
-from correlation.loki import LokiHandler
+from correlation.loki.handler import LokiHandler
 from tests.fakes import closed_port_url, wait_until
 
 _stdlib = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":")).encode

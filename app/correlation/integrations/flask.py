@@ -28,7 +28,7 @@ from correlation import context, metrics, schema, wire
 from correlation.context import Hop
 from correlation.hops import OPEN_HOPS, OpenHop, failure_origin, log_refused
 from correlation.integrations import errors
-from correlation.integrations import requests as propagation
+from correlation.integrations.requests import instrument_requests
 from correlation.log.access import report_hop
 from correlation.metrics import listener, unshared
 from correlation.schema import CALLER, CLIENT_CORRELATION_ID, DURATION_MS, METHOD, PATH, ROUTE, STATUS
@@ -208,7 +208,7 @@ class Correlation:
         elif self.metrics_path:
             app.add_url_rule(self.metrics_path, "correlation_metrics", _metrics_view)
         if self.propagate_requests:
-            propagation.instrument_requests(settings.header)
+            instrument_requests(settings.header)
             try:  # httpx is optional: propagate through it too when it is installed
                 from correlation.integrations.httpx import instrument_httpx
             except ImportError:
