@@ -41,12 +41,11 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 
 StartResponse = Callable[..., Any]
 _header_name = itemgetter(0)
-_new_tuple = tuple.__new__  # a NamedTuple from its fields in order, without its __new__'s Python frame
+_new_tuple = tuple.__new__  # see bench/README.md, "Why the hot path's code looks as it does"
 
 
 def _in_flight_counter(service: str) -> Callable[[], int]:
-    """How many requests ``service`` is handling now: read at scrape time from :data:`OPEN_HOPS`
-    (the gauge's inc and dec per request were two lock round-trips, for a value read every 15 s)."""
+    """How many requests ``service`` is handling now: read at scrape time from :data:`OPEN_HOPS`."""
 
     def count() -> int:
         return sum(1 for item in tuple(OPEN_HOPS.values()) if item.reporter.service == service)
@@ -83,7 +82,7 @@ class _Edge:
         started = time.perf_counter()
         if environ.keys().isdisjoint(self._inbound_keys):
             # Nothing on the wire (a client's first call, a health check): a new trail, and nothing
-            # to judge. What wire.from_environ answers then, without its frames (every request).
+            # to judge (what wire.from_environ would answer).
             inbound = _new_tuple(wire.Inbound, (Hop.start(), None, (), None))
         else:
             inbound = wire.from_environ(environ, self.header, trusted=self.trust.trusts(environ.get("REMOTE_ADDR")))
@@ -98,13 +97,12 @@ class _Edge:
         def echo_id(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             nonlocal status
             status = int(status_line[:3])
-            # Flask starts the response inside its request context: the rule it matched is at hand
-            # (read through the context's ContextVar; the ``flask.request`` proxy costs 8x more).
+            # Flask starts the response inside its request context: the rule it matched is at hand.
             flask_context = _cv_request.get(None)
             if flask_context is not None:
                 rule = flask_context.request.url_rule
                 environ[_ROUTE_KEY] = rule.rule if rule is not None else schema.UNMATCHED_ROUTE
-            # The app's own ID or service header gives way to ours (checked in C: every response).
+            # The app's own ID or service header gives way to ours.
             if not replaced.isdisjoint(map(str.lower, map(_header_name, headers))):
                 headers = [(k, v) for k, v in headers if k.lower() not in replaced]
             return start_response(status_line, [*headers, (header, hop.correlation_id), service_header], exc_info)

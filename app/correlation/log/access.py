@@ -2,7 +2,7 @@
 straight to the library's own handlers when they are the only ones that would see it.
 
 Through ``logging`` the line costs a ``LogRecord``, the logger's and each handler's dispatch,
-and a generic formatting pass: together about a third of an instrumented request. When nothing
+and a generic formatting pass. When nothing
 but this library's handlers would receive the record (no handler, filter, record factory or
 logger class of the application's on the way, ``Logger.handle`` and ``callHandlers`` not patched
 by an SDK), they get the same line, with the same values, directly. Anything else on the way

@@ -26,7 +26,7 @@ def utc_timestamp(created: float) -> str:
     if seconds != cached_second:  # strftime once a second, not once a line
         prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
         _second_cache = (seconds, prefix)
-    return "%s.%06dZ" % (prefix, (created - seconds) * 1_000_000)  # noqa: UP031 - %d truncates as int() would
+    return "%s.%06dZ" % (prefix, (created - seconds) * 1_000_000)  # noqa: UP031 - %d truncates, as int() would
 
 
 def line_entry(

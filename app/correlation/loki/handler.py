@@ -141,8 +141,7 @@ class LokiHandler(LineHandler, made_lines=True):
         access line from. The structured metadata is read from it (the context's values are
         strings, or None outside a request); ``level`` comes from ``levelname``.
 
-        One function on purpose: every request's access line takes this path, and each Python
-        call on it costs more than what it would separate.
+        One function on purpose: every request's access line takes this path.
         """
         metadata = {}
         for name in _METADATA_ATTRS:
