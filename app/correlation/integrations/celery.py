@@ -44,7 +44,7 @@ from correlation.settings import Settings
 from correlation.setup import setup_logging
 from correlation.task_headers import TASK_HEADERS, TaskInbound, publish_headers, read_headers
 
-_log = logging.getLogger("correlation.celery")
+_log = logging.getLogger(schema.TASK_LOGGER)
 
 #: Access-line status of each end of a run: what ``trail --last-error`` and the dashboards read.
 #: A retry is not a failure of the request (the next attempt may succeed): 202, accepted again.

@@ -34,7 +34,7 @@ from correlation.metrics import listener, unshared
 from correlation.schema import CALLER, CLIENT_CORRELATION_ID, DURATION_MS, METHOD, PATH, ROUTE, STATUS
 from correlation.settings import Settings
 
-_log = logging.getLogger("correlation.edge")
+_log = logging.getLogger(schema.EDGE_LOGGER)
 _ROUTE_KEY = "correlation.route"
 # The method is the client's to choose: as a metric label anything else would be unbounded.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})

@@ -35,7 +35,7 @@ import os
 import time
 from typing import Any
 
-from correlation import hops
+from correlation import hops, schema
 from correlation.metrics import listener, server
 from correlation.settings import Settings
 
@@ -45,7 +45,7 @@ __all__ = ["child_exit", "gunicorn_logconfig", "on_exit", "on_starting", "when_r
 #: workers about once a second and then sends SIGKILL).
 ABORT_FLUSH_SECONDS = 0.6
 
-_log = logging.getLogger("correlation.gunicorn")
+_log = logging.getLogger(schema.GUNICORN_LOGGER)
 
 
 def gunicorn_logconfig(settings: Settings | None = None) -> dict[str, Any]:
