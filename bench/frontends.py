@@ -62,7 +62,7 @@ def _variants() -> dict[str, Callable[[int], None]]:
 
 def run() -> None:
     from correlation import context
-    from correlation.loki import LokiHandler
+    from correlation.loki.handler import LokiHandler
     from correlation.settings import LokiSettings, Settings
     from correlation.setup import setup_logging
 

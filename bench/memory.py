@@ -39,7 +39,7 @@ def _child(mode: str, lines: int, bound: int) -> dict[str, Any]:
     import time
 
     from correlation import context
-    from correlation.loki import LokiHandler
+    from correlation.loki.handler import LokiHandler
     from correlation.settings import LokiSettings
 
     result: dict[str, Any] = {"mode": mode}

@@ -138,7 +138,7 @@ def run_floor_entry(target: Target, lines: int) -> dict[str, Any]:  # noqa: ARG0
 
 
 def run_ours(target: Target, lines: int) -> dict[str, Any]:
-    from correlation.loki import LokiHandler
+    from correlation.loki.handler import LokiHandler
     from correlation.settings import LokiSettings
 
     if target.sink:

@@ -39,14 +39,14 @@ def off_parts() -> set[str]:
 def apply(parts: set[str]) -> None:
     """Switch ``parts`` off in the running library (after ``Correlation(app)``)."""
     from correlation import metrics, schema
-    from correlation.integrations import requests as propagation
+    from correlation.integrations.requests import uninstrument_requests
 
     if "access" in parts:
         logging.getLogger(schema.ACCESS_LOGGER).disabled = True
     if "metrics" in parts:
         setattr(metrics, "observe_request", lambda *args, **kwargs: None)
     if "propagation" in parts:
-        propagation.uninstrument_requests()
+        uninstrument_requests()
 
 
 def name_os_threads() -> None:

@@ -112,7 +112,7 @@ class Lines(logging.Handler):
         self.records: list[Any] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        from correlation.log.formatter import stamp
+        from correlation.log.entry import stamp
 
         stamp(record)
         self.records.append(record)

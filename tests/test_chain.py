@@ -5,7 +5,7 @@ from __future__ import annotations
 import requests
 
 from correlation import ids
-from correlation.log.formatter import ACCESS_LOGGER
+from correlation.schema import ACCESS_LOGGER
 from demo.services import SERVICES
 from tests.fakes import FakeLoki, PushedEntry, raw_request
 

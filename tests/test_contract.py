@@ -9,7 +9,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from correlation import metrics, schema
-from correlation.loki import LokiHandler
+from correlation.loki.handler import LokiHandler
 from correlation.metrics.family import Family
 
 README = Path(__file__).resolve().parent.parent / "README.md"

@@ -34,7 +34,7 @@ from correlation import Correlation, Settings, context, schema
 from correlation.log import access, jsonline, records
 from correlation.log.formatter import LINE_ATTR, JsonFormatter
 from correlation.log.stdout import StdoutHandler
-from correlation.loki import LokiHandler
+from correlation.loki.handler import LokiHandler
 from tests.fakes import closed_port_url, wait_until
 
 _stdlib = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":")).encode
@@ -196,7 +196,7 @@ def _only_ours(logger: logging.Logger) -> None:
 
 def _write(logger: logging.Logger, hop: context.Hop) -> None:
     with context.bound(hop):
-        access.write(logger, logging.ERROR, __file__, "%s %s %d %.1fms%s", ARGS, hop, dict(FIELDS))
+        access.report_hop(logging.ERROR, __file__, "%s %s %d %.1fms%s", ARGS, hop, None, dict(FIELDS), logger)
 
 
 def _as_logging_writes_it(logger: logging.Logger, hop: context.Hop) -> str:

@@ -12,7 +12,7 @@ import pytest
 from correlation import context
 from correlation.log.formatter import CorrelationFilter, JsonFormatter
 from correlation.log.stdout import StdoutHandler
-from correlation.loki import LokiHandler
+from correlation.loki.handler import LokiHandler
 from correlation.settings import ConfigError, LokiSettings, Settings
 from correlation.setup import setup_logging
 

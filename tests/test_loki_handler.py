@@ -12,8 +12,7 @@ import time
 import pytest
 
 from correlation import context
-from correlation.loki import LokiHandler
-from correlation.loki.handler import TRUNCATION_MARK
+from correlation.loki.handler import TRUNCATION_MARK, LokiHandler
 from correlation.loki.sender import Sender
 from correlation.settings import LokiSettings
 from tests.fakes import FakeLoki

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from correlation.loki import LokiHandler
 from correlation.loki.buffer import PushEntry
+from correlation.loki.handler import LokiHandler
 from correlation.loki.push import push_body
 from correlation.loki.sender import Sender
 from correlation.loki.spool import QUARANTINE, Spool

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from correlation import context, traceparent
-from correlation.integrations import requests as propagation
+from correlation import context, outgoing, traceparent
+from correlation.integrations.requests import instrument_requests, uninstrument_requests
 from correlation.metrics import CLIENT_DURATION
 from tests.fakes import HeaderEcho, LoopbackServer
 
@@ -16,10 +16,10 @@ from tests.fakes import HeaderEcho, LoopbackServer
 @pytest.fixture
 def echo_server() -> Iterator[str]:
     context.set_service("caller-svc")
-    propagation.instrument_requests()
+    instrument_requests()
     with LoopbackServer(HeaderEcho) as server:
         yield server.url
-    propagation.uninstrument_requests()
+    uninstrument_requests()
 
 
 def test_calls_inside_a_hop_carry_it(echo_server: str) -> None:
@@ -64,10 +64,10 @@ def test_outgoing_calls_are_measured_per_downstream(echo_server: str) -> None:
 
 
 def test_outgoing_headers_for_other_clients() -> None:
-    assert propagation.outgoing_headers() == {}
+    assert outgoing.outgoing_headers() == {}
     hop = context.Hop.start()
     context.set_service("s")
-    headers = propagation.outgoing_headers(hop, header="X-Trace")
+    headers = outgoing.outgoing_headers(hop, header="X-Trace")
     assert headers["X-Trace"] == hop.correlation_id and headers["X-Caller-Service"] == "s"
 
 
@@ -75,7 +75,7 @@ def test_peers_are_named_by_their_answer_else_host(echo_server: str) -> None:
     requests.get(f"{echo_server}/named/stock-svc", timeout=5)
     assert CLIENT_DURATION.labels("caller-svc", "stock-svc", "GET", "200").count > 0
     hostile = "a b/" + "x" * 80  # not a valid name: the host:port stands in, never the URL
-    assert propagation.peer_name(hostile, "http://10.9.8.7:1234/some/path?q=1") == "10.9.8.7:1234"
+    assert outgoing.peer_name(hostile, "http://10.9.8.7:1234/some/path?q=1") == "10.9.8.7:1234"
 
 
 def test_failed_calls_are_noted_on_the_hop_in_order(echo_server: str) -> None:
@@ -102,15 +102,15 @@ def test_timeouts_are_told_apart_from_errors(echo_server: str) -> None:  # instr
 
 
 def test_peer_names_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(propagation, "_peers", set())
-    names = {propagation.peer_name(f"svc{i}", "http://h:1") for i in range(propagation.MAX_PEERS + 10)}
-    assert len(names) == propagation.MAX_PEERS + 1 and "other" in names
+    monkeypatch.setattr(outgoing, "_peers", set())
+    names = {outgoing.peer_name(f"svc{i}", "http://h:1") for i in range(outgoing.MAX_PEERS + 10)}
+    assert len(names) == outgoing.MAX_PEERS + 1 and "other" in names
 
 
 def test_a_peer_that_stops_answering_keeps_its_service_name(echo_server: str) -> None:
     requests.get(f"{echo_server}/named/stock", timeout=5)
-    assert propagation.peer_name(None, f"{echo_server}/anything") == "stock", "remembered from its last answer"
-    assert propagation.peer_name(None, "http://127.0.0.1:1/") == "127.0.0.1:1", "never answered: the address"
+    assert outgoing.peer_name(None, f"{echo_server}/anything") == "stock", "remembered from its last answer"
+    assert outgoing.peer_name(None, "http://127.0.0.1:1/") == "127.0.0.1:1", "never answered: the address"
 
 
 def _unsampled_hop() -> context.Hop:

@@ -16,7 +16,7 @@ import requests
 
 from correlation import context
 from correlation.ids import new_correlation_id
-from correlation.loki import LokiHandler
+from correlation.loki.handler import LokiHandler
 from correlation.settings import LokiSettings
 from trail.loki_query import LokiQueryClient
 from trail.lookup import trail_query

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from correlation.log.formatter import ACCESS_LOGGER
+from correlation.schema import ACCESS_LOGGER
 from demo.run_local import start_service, wait_healthy
 from tests.fakes import FakeLoki, free_port, wait_until
 

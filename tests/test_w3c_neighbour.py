@@ -21,7 +21,7 @@ from celery import Celery
 import correlation
 from correlation import Correlation, Settings, schema, traceparent, wire
 from correlation.integrations import celery as correlation_celery
-from correlation.integrations import requests as propagation
+from correlation.integrations.requests import instrument_requests, uninstrument_requests
 from correlation.trust import TrustPolicy
 from tests.fakes import free_port, serving
 from tests.support.otel_neighbour import RATIO_WOULD_DROP, RATIO_WOULD_SAMPLE, Neighbour
@@ -110,7 +110,7 @@ def test_an_untrusted_callers_flag_and_tracestate_are_not_followed(neighbour: Ne
         response = app.test_client().get("/call", headers={
             "traceparent": f"00-{RATIO_WOULD_SAMPLE}-b7ad6b7169203331-00", "tracestate": TRACESTATE})  # fmt: skip
     finally:
-        propagation.uninstrument_requests()
+        uninstrument_requests()
     seen = response.get_json()
     assert response.headers[schema.CORRELATION_HEADER] == seen["trace_id"] != RATIO_WOULD_SAMPLE
     assert seen["traceparent"].endswith("-01") and seen["recording"] is True and seen["tracestate"] is None
@@ -129,7 +129,7 @@ def test_a_task_from_an_unsampled_request_keeps_the_neighbour_unsampled(neighbou
         return answer
 
     correlation_celery.install()
-    propagation.instrument_requests()
+    instrument_requests()
     try:
         request = wire.from_headers({"traceparent": f"00-{RATIO_WOULD_SAMPLE}-b7ad6b7169203331-00",
                                      "tracestate": TRACESTATE}).hop  # fmt: skip
@@ -140,7 +140,7 @@ def test_a_task_from_an_unsampled_request_keeps_the_neighbour_unsampled(neighbou
             message.ack()
         seen = call.apply(headers=dict(message.headers)).get()  # outside any hop: read from the message
     finally:
-        propagation.uninstrument_requests()
+        uninstrument_requests()
         correlation_celery.uninstall()
     sent = traceparent.parse(seen["traceparent"])
     assert sent is not None and (sent.trace_id, sent.sampled) == (RATIO_WOULD_SAMPLE, False)

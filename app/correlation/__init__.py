@@ -13,10 +13,11 @@ Typical use::
 from correlation.context import Hop, bind, bound, correlation_id, current, reset, service, set_service, submit, wrap
 from correlation.ids import is_valid_id, new_correlation_id, new_request_id, time_of
 from correlation.integrations.flask import Correlation
-from correlation.integrations.requests import instrument_requests, outgoing_headers
+from correlation.integrations.requests import instrument_requests
 from correlation.log.formatter import CorrelationFilter, JsonFormatter
 from correlation.log.stdout import StdoutHandler
-from correlation.loki import LokiHandler
+from correlation.loki.handler import LokiHandler
+from correlation.outgoing import outgoing_headers
 from correlation.settings import ConfigError, LokiSettings, Settings
 from correlation.setup import setup_logging
 

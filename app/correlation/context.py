@@ -30,9 +30,7 @@ class Hop(NamedTuple):
 
     ``correlation_id`` is shared by every hop of the request; ``request_id`` is this hop's own;
     ``parent_request_id`` is the calling hop's (None at the edge), so the call tree can be
-    rebuilt from the logs alone. Immutable but for ``failed_calls`` (a tuple: one is made per
-    request, and a frozen dataclass cost three times as much to make). Make one with
-    :meth:`start`.
+    rebuilt from the logs alone. Immutable but for ``failed_calls``. Make one with :meth:`start`.
     """
 
     correlation_id: str
@@ -71,7 +69,7 @@ class Hop(NamedTuple):
         return Hop.start(self.correlation_id, self.request_id, self.sampled, self.tracestate)
 
 
-_new_tuple = tuple.__new__  # the fields in order, without the generated __new__'s Python frame
+_new_tuple = tuple.__new__  # one Hop a request: see bench/README.md, "Why the hot path's code looks as it does"
 _current: contextvars.ContextVar[Hop | None] = contextvars.ContextVar("correlation_hop", default=None)
 _env_service = os.environ.get("SERVICE_NAME", "").strip()
 _service: str = _env_service if ids.is_valid_id(_env_service) else "app"
@@ -100,8 +98,7 @@ def correlation_id() -> str | None:
 
 
 #: ``bind(hop)`` makes ``hop`` current and returns a token; ``reset(token)`` restores the hop that
-#: was current before the matching ``bind``. The ContextVar's own methods, not wrappers: they run
-#: on every request, and a Python function around each would cost a frame for nothing.
+#: was current before the matching ``bind``: the ContextVar's own methods.
 bind: Callable[[Hop | None], contextvars.Token[Hop | None]] = _current.set
 reset: Callable[[contextvars.Token[Hop | None]], None] = _current.reset
 

@@ -38,8 +38,7 @@ _EARLIEST_PLAUSIBLE_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z
 _MAX_CLOCK_SKEW_MS = 10 * 60 * 1000
 
 
-# IDs name requests, they guard nothing: a fast generator seeded from the OS is enough, and
-# os.urandom costs a system call per ID on the request path. Our own instance (user code may seed
+# IDs name requests, they guard nothing: a generator seeded from the OS is enough. Our own instance (user code may seed
 # the global one for its tests) reseeded in every forked child, or gunicorn workers forked from
 # one master would draw the same IDs.
 _random = random.Random(os.urandom(32))

@@ -28,6 +28,11 @@ LINE_KEYS = (TIME, LEVEL, LOGGER, MESSAGE, *CONTEXT_FIELDS, EXCEPTION)
 
 #: The logger of the one access line per request and hop, written when the response is done.
 ACCESS_LOGGER = "correlation.access"
+#: The library's other loggers, named here and not after their modules: alert rules, dashboards,
+#: runbooks and ``trail`` read the ``logger`` key, and a module's move must not rename it.
+EDGE_LOGGER = "correlation.edge"  #: the Flask edge: inbound values refused
+TASK_LOGGER = "correlation.celery"  #: Celery: task headers refused, tasks the broker did not take
+GUNICORN_LOGGER = "correlation.gunicorn"  #: gunicorn's hooks
 METHOD = "method"
 ROUTE = "route"  #: the URL rule, ``unmatched`` for a 404
 PATH = "path"

@@ -24,7 +24,7 @@ def setup_logging(settings: Settings, *, stream: Any = None) -> list[logging.Han
     already put on the root logger is kept instead of adding a second one. Returns the handlers
     it installed (replacing earlier ones it installed), so a caller can flush or close them.
     """
-    from correlation.loki import LokiHandler  # the shipper is optional; import only when used
+    from correlation.loki.handler import LokiHandler  # the shipper is optional; import only when used
 
     context.set_service(settings.service)
     root = logging.getLogger()

@@ -42,8 +42,7 @@ def parse(header: str | None) -> TraceParent | None:
         return None
     if trace_id == _ZERO_TRACE or parent_id == _ZERO_SPAN:
         return None
-    # A bit field: masked, never compared (``09`` is sampled). Made without the NamedTuple's
-    # generated __new__: this runs on every request a service of the trail sends.
+    # A bit field: masked, never compared (``09`` is sampled).
     return _new_tuple(TraceParent, (trace_id, parent_id, int(flags, 16) & 1 == 1))
 
 

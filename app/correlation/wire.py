@@ -49,10 +49,7 @@ class Rejection:
 
 
 class Inbound(NamedTuple):
-    """What a message said about its place in the trail: the new hop, the caller, what was refused.
-
-    (A NamedTuple, not a frozen dataclass: one is made per request, at a third of the cost.)
-    """
+    """What a message said about its place in the trail: the new hop, the caller, what was refused."""
 
     hop: Hop
     caller: str | None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from correlation import schema
-from correlation.loki import LokiHandler
+from correlation.loki.handler import LokiHandler
 from correlation.settings import LokiSettings
 from tests.fakes import FakeLoki
 

@@ -38,14 +38,14 @@ from typing import Any
 
 from celery import signals
 
-from correlation import context, ids, metrics, schema, wire
+from correlation import context, hops, ids, metrics, schema, wire
 from correlation.error_type import error_type
+from correlation.log.access import report_hop
 from correlation.settings import Settings
 from correlation.setup import setup_logging
 from correlation.task_headers import TASK_HEADERS, TaskInbound, publish_headers, read_headers
 
-_log = logging.getLogger("correlation.celery")
-_access_log = logging.getLogger(schema.ACCESS_LOGGER)
+_log = logging.getLogger(schema.TASK_LOGGER)
 
 #: Access-line status of each end of a run: what ``trail --last-error`` and the dashboards read.
 #: A retry is not a failure of the request (the next attempt may succeed): 202, accepted again.
@@ -146,16 +146,7 @@ def _on_prerun(task: Any = None, **_: Any) -> None:
     hop = read.inbound.hop
     token = context.bind(hop)
     service = context.service()
-    for rejection in read.rejections:
-        metrics.count_rejected_id(service, rejection.reason)
-        _log.warning(
-            "rejected %s of task %s (%s): %s; using %s",
-            rejection.header,
-            task.name,
-            rejection.reason,
-            ids.printable(rejection.value),
-            hop.correlation_id,
-        )
+    hops.log_refused(_log, service, read.rejections, hop, after=f" of task {task.name}")
     wait_ms = None if read.published_ms is None else max(0.0, time.time() * 1000 - read.published_ms)
     setattr(request, _RUN_ATTR, _Run(hop, token, read.inbound.caller, read.published_ms, wait_ms))
     metrics.TASK_IN_PROGRESS.labels(service).inc()
@@ -183,13 +174,10 @@ def _report(task: Any, run: _Run, state: str, seconds: float, raised: BaseExcept
     service, name, hop = context.service(), str(task.name), run.hop
     state = state or "unknown"  # Celery's end states, lowercased: success, retry, failure, ignored, rejected
     status = STATUS_OF_STATE.get(state, FAILURE_STATUS)
-    failed = status >= 500
-    origin = (schema.ORIGIN_DOWNSTREAM if hop.failed_calls else schema.ORIGIN_SELF) if failed else None
+    origin = None if status < 500 else hops.failure_origin(hop)
     wait_seconds = None if run.queue_wait_ms is None else run.queue_wait_ms / 1000
     metrics.observe_task(service, name, state, status, seconds, wait_seconds, hop.correlation_id, origin)
-    level = logging.ERROR if failed else logging.WARNING if state == schema.STATE_RETRY else logging.INFO
-    if not _access_log.isEnabledFor(level):
-        return
+    level = logging.ERROR if origin else logging.WARNING if state == schema.STATE_RETRY else logging.INFO
     request = task.request
     delivery = getattr(request, "delivery_info", None) or {}
     duration_ms = round(seconds * 1000, 3)
@@ -206,18 +194,10 @@ def _report(task: Any, run: _Run, state: str, seconds: float, raised: BaseExcept
         schema.DURATION_MS: duration_ms,
         schema.CALLER: run.caller,
     }
-    if origin is not None:
-        fields[schema.ORIGIN] = origin
-        if hop.failed_calls:
-            fields[schema.FAILED_DOWNSTREAM] = hop.failed_calls[0]
-        if raised is not None:
-            fields[schema.ERROR_TYPE] = error_type(type(raised))
+    if origin is not None and raised is not None:
+        fields[schema.ERROR_TYPE] = error_type(type(raised))
     waited = "" if run.queue_wait_ms is None else f" (queued {run.queue_wait_ms:.1f}ms)"
-    args = (name, state, duration_ms, waited)
-    record = _access_log.makeRecord(
-        schema.ACCESS_LOGGER, level, __file__, 0, "task %s %s %.1fms%s", args, None, extra=fields
-    )
-    _access_log.handle(record)
+    report_hop(level, __file__, "task %s %s %.1fms%s", (name, state, duration_ms, waited), hop, origin, fields)
 
 
 # -- installing -----------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ For every request, before any view or other extension runs (a WSGI wrapper aroun
 2. bind the hop to the context for the whole request;
 3. echo the correlation ID and this service's name on the response, whatever the status,
    unhandled exceptions included;
-4. when the response is done: one access log line and RED metrics with the ID as exemplar. A 5xx
-   is the hop's own failure (``origin`` = ``self``) unless one of its outgoing calls failed
-   first (``downstream``, naming that peer).
+4. when the response is done: one access log line and RED metrics with the ID as exemplar
+   (:func:`correlation.log.access.report_hop`). A 5xx is the hop's own failure (``origin`` = ``self``)
+   unless one of its outgoing calls failed first (``downstream``, naming that peer).
 """
 
 from __future__ import annotations
@@ -18,37 +18,24 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any
 
 import flask
 import werkzeug.routing
 from flask.globals import _cv_request
 
-from correlation import context, ids, metrics, schema, wire
+from correlation import context, metrics, schema, wire
 from correlation.context import Hop
 from correlation.error_type import error_type
+from correlation.hops import OPEN_HOPS, OpenHop, failure_origin, log_refused
 from correlation.integrations import errors
-from correlation.integrations import requests as propagation
-from correlation.log import access
+from correlation.integrations.requests import instrument_requests
+from correlation.log.access import report_hop
 from correlation.metrics import listener, unshared
-from correlation.schema import (  # by name, not schema.X: one lookup each on every request
-    CALLER,
-    CLIENT_CORRELATION_ID,
-    DURATION_MS,
-    ERROR_TYPE,
-    FAILED_DOWNSTREAM,
-    METHOD,
-    ORIGIN,
-    ORIGIN_DOWNSTREAM,
-    ORIGIN_SELF,
-    PATH,
-    ROUTE,
-    STATUS,
-)
+from correlation.schema import CALLER, CLIENT_CORRELATION_ID, DURATION_MS, ERROR_TYPE, METHOD, PATH, ROUTE, STATUS
 from correlation.settings import Settings
 
-_log = logging.getLogger("correlation.edge")
-_access_log = logging.getLogger(schema.ACCESS_LOGGER)
+_log = logging.getLogger(schema.EDGE_LOGGER)
 _ROUTE_KEY = "correlation.route"
 #: The class of the exception the request raised last (handled by the app or not): its
 #: ``error_type`` when the request fails. Set only when something raised.
@@ -58,30 +45,14 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"
 
 StartResponse = Callable[..., Any]
 _header_name = itemgetter(0)
-_new_tuple = tuple.__new__  # a NamedTuple from its fields in order, without its __new__'s Python frame
-
-
-class InFlight(NamedTuple):
-    """A request being handled now, as the edge saw it start (for a worker about to be killed)."""
-
-    edge: _Edge
-    inbound: wire.Inbound
-    environ: dict[str, Any]
-    started: float  # time.perf_counter()
-
-
-#: The requests this process is handling now, by hop request ID. Read by
-#: :func:`correlation.integrations.gunicorn.worker_abort`: when gunicorn kills a worker for a timeout, these
-#: are the requests that would otherwise vanish without a line.
-IN_FLIGHT: dict[str, InFlight] = {}
+_new_tuple = tuple.__new__  # see bench/README.md, "Why the hot path's code looks as it does"
 
 
 def _in_flight_counter(service: str) -> Callable[[], int]:
-    """How many requests ``service`` is handling now: read at scrape time from :data:`IN_FLIGHT`
-    (the gauge's inc and dec per request were two lock round-trips, for a value read every 15 s)."""
+    """How many requests ``service`` is handling now: read at scrape time from :data:`OPEN_HOPS`."""
 
     def count() -> int:
-        return sum(1 for item in tuple(IN_FLIGHT.values()) if item.edge.service == service)
+        return sum(1 for item in tuple(OPEN_HOPS.values()) if item.reporter.service == service)
 
     return count
 
@@ -115,14 +86,14 @@ class _Edge:
         started = time.perf_counter()
         if environ.keys().isdisjoint(self._inbound_keys):
             # Nothing on the wire (a client's first call, a health check): a new trail, and nothing
-            # to judge. What wire.from_environ answers then, without its frames (every request).
+            # to judge (what wire.from_environ would answer).
             inbound = _new_tuple(wire.Inbound, (Hop.start(), None, (), None))
         else:
             inbound = wire.from_environ(environ, self.header, trusted=self.trust.trusts(environ.get("REMOTE_ADDR")))
         hop = inbound.hop
         token = context.bind(hop)
         if inbound.rejections:
-            self.refused(inbound)
+            log_refused(_log, self.service, inbound.rejections, hop, before="inbound ")
         quiet = environ.get("PATH_INFO") in self.quiet_paths
         status = 500  # unless the app starts a response
         header, service_header, replaced = self._echo
@@ -130,19 +101,18 @@ class _Edge:
         def echo_id(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             nonlocal status
             status = int(status_line[:3])
-            # Flask starts the response inside its request context: the rule it matched is at hand
-            # (read through the context's ContextVar; the ``flask.request`` proxy costs 8x more).
+            # Flask starts the response inside its request context: the rule it matched is at hand.
             flask_context = _cv_request.get(None)
             if flask_context is not None:
                 rule = flask_context.request.url_rule
                 environ[_ROUTE_KEY] = rule.rule if rule is not None else schema.UNMATCHED_ROUTE
-            # The app's own ID or service header gives way to ours (checked in C: every response).
+            # The app's own ID or service header gives way to ours.
             if not replaced.isdisjoint(map(str.lower, map(_header_name, headers))):
                 headers = [(k, v) for k, v in headers if k.lower() not in replaced]
             return start_response(status_line, [*headers, (header, hop.correlation_id), service_header], exc_info)
 
         if not quiet:
-            IN_FLIGHT[hop.request_id] = _new_tuple(InFlight, (self, inbound, environ, started))
+            OPEN_HOPS[hop.request_id] = _new_tuple(OpenHop, (self, inbound, environ, started))
         try:
             return self.app(environ, echo_id)
         except BaseException as exc:  # let through by Flask (PROPAGATE_EXCEPTIONS): still its failure
@@ -150,22 +120,10 @@ class _Edge:
             raise
         finally:
             if not quiet:
-                # Absent when a dying worker already wrote this hop's end (gunicorn.worker_abort).
-                if IN_FLIGHT.pop(hop.request_id, None) is not None:
+                # Absent when a dying worker already wrote this hop's end (hops.end_open_hops).
+                if OPEN_HOPS.pop(hop.request_id, None) is not None:
                     self.report(environ, inbound, status, time.perf_counter() - started)
             context.reset(token)
-
-    def refused(self, inbound: wire.Inbound) -> None:
-        """Count and log (escaped, truncated) each inbound value refused; the hop is bound already."""
-        for rejection in inbound.rejections:
-            metrics.count_rejected_id(self.service, rejection.reason)
-            _log.warning(
-                "rejected inbound %s (%s): %s; using %s",
-                rejection.header,
-                rejection.reason,
-                ids.printable(rejection.value),
-                inbound.hop.correlation_id,
-            )
 
     def route_of(self, environ: dict[str, Any]) -> str:
         """The route of a request that has not started its response: a worker killed mid-request,
@@ -183,14 +141,9 @@ class _Edge:
         hop = inbound.hop
         route = environ.get(_ROUTE_KEY) or self.route_of(environ)
         method = environ.get("REQUEST_METHOD", "GET")
-        if status < 500:
-            origin, level = None, logging.INFO
-        else:
-            origin, level = (ORIGIN_DOWNSTREAM if hop.failed_calls else ORIGIN_SELF), logging.ERROR
+        origin = None if status < 500 else failure_origin(hop)
         metric_method = method if method in _METHODS else "other"
         metrics.observe_request(self.service, route, metric_method, status, seconds, hop.correlation_id, origin)
-        if not _access_log.isEnabledFor(level):
-            return
         path = environ.get("PATH_INFO", "")
         duration_ms = round(seconds * 1000, 3)
         caller = inbound.caller
@@ -198,15 +151,12 @@ class _Edge:
         if inbound.client_correlation_id is not None:
             fields[CLIENT_CORRELATION_ID] = inbound.client_correlation_id
         if origin is not None:
-            fields[ORIGIN] = origin
-            if hop.failed_calls:
-                fields[FAILED_DOWNSTREAM] = hop.failed_calls[0]
             raised = environ.get(_ERROR_KEY)
             if raised is not None:
                 fields[ERROR_TYPE] = error_type(raised)
-        # Not .log(): the caller's file and line (a stack walk) say nothing here.
+        level = logging.INFO if origin is None else logging.ERROR
         args = (method, path, status, duration_ms, note)
-        access.write(_access_log, level, __file__, "%s %s %d %.1fms%s", args, hop, fields)
+        report_hop(level, __file__, "%s %s %d %.1fms%s", args, hop, origin, fields)
 
 
 class _FirstCallEdge(_Edge):
@@ -286,7 +236,7 @@ class Correlation:
         elif self.metrics_path:
             app.add_url_rule(self.metrics_path, "correlation_metrics", _metrics_view)
         if self.propagate_requests:
-            propagation.instrument_requests(settings.header)
+            instrument_requests(settings.header)
             try:  # httpx is optional: propagate through it too when it is installed
                 from correlation.integrations.httpx import instrument_httpx
             except ImportError:

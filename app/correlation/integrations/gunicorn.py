@@ -35,8 +35,7 @@ import os
 import time
 from typing import Any
 
-from correlation import context
-from correlation.integrations.flask import IN_FLIGHT
+from correlation import hops, schema
 from correlation.metrics import listener, server
 from correlation.settings import Settings
 
@@ -46,7 +45,7 @@ __all__ = ["child_exit", "gunicorn_logconfig", "on_exit", "on_starting", "when_r
 #: workers about once a second and then sends SIGKILL).
 ABORT_FLUSH_SECONDS = 0.6
 
-_log = logging.getLogger("correlation.gunicorn")
+_log = logging.getLogger(schema.GUNICORN_LOGGER)
 
 
 def gunicorn_logconfig(settings: Settings | None = None) -> dict[str, Any]:
@@ -77,15 +76,9 @@ def gunicorn_logconfig(settings: Settings | None = None) -> dict[str, Any]:
 
 def worker_abort(worker: Any) -> None:
     """Gunicorn hook: log the requests this worker is abandoning, then flush the shipper."""
-    now = time.perf_counter()
     timeout = getattr(getattr(worker, "cfg", None), "timeout", None)
     note = f" worker timeout (gunicorn --timeout {timeout}s killed the worker)" if timeout else " worker timeout"
-    for request_id in list(IN_FLIGHT):
-        item = IN_FLIGHT.pop(request_id, None)  # taken: the edge will not write a second end
-        if item is None:
-            continue
-        with context.bound(item.inbound.hop):
-            item.edge.report(item.environ, item.inbound, 500, now - item.started, note=note)
+    hops.end_open_hops(500, note)
     flush_all(ABORT_FLUSH_SECONDS)
 
 

@@ -1,5 +1,6 @@
 """Outgoing ``httpx`` calls carry the current hop, as ``requests`` calls do
-(:mod:`correlation.integrations.requests`): same headers, same per-peer timing, same failure notes.
+(:mod:`correlation.integrations.requests`): same headers, same per-peer timing, same failure notes
+(:mod:`correlation.outgoing`).
 
 Optional (``pip install 'correlation-trail[httpx]'``); :class:`correlation.Correlation` installs
 it when httpx is importable. It patches the transports every ``httpx.Client`` and
@@ -15,8 +16,7 @@ from typing import Any
 
 import httpx
 
-from correlation import context, schema, wire
-from correlation.integrations import requests as propagation
+from correlation import context, outgoing, schema, wire
 
 _originals: dict[str, Any] = {}
 
@@ -25,7 +25,7 @@ def _add_headers(request: httpx.Request, hop: context.Hop | None) -> None:
     if hop is not None:
         request_headers = request.headers  # a header the caller set wins (wire.headers_to_add)
         for name, value in wire.headers_to_add(
-            hop, context.service(), propagation.current_header(), request_headers.__contains__
+            hop, context.service(), outgoing.current_header(), request_headers.__contains__
         ):
             request_headers[name] = value
 
@@ -39,15 +39,15 @@ def _ended(
 ) -> None:
     url, method = str(request.url), request.method
     if response is None:
-        propagation.call_ended(hop, started, url, method, None, timed_out=isinstance(error, httpx.TimeoutException))
+        outgoing.call_ended(hop, started, url, method, None, timed_out=isinstance(error, httpx.TimeoutException))
     else:
-        propagation.call_ended(
+        outgoing.call_ended(
             hop, started, url, method, response.status_code, response.headers.get(schema.SERVICE_HEADER)
         )
 
 
 def _handle_request(transport: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
-    hop, started = propagation.call_started()
+    hop, started = outgoing.call_started()
     _add_headers(request, hop)
     try:
         response: httpx.Response = _originals["sync"](transport, request)
@@ -59,7 +59,7 @@ def _handle_request(transport: httpx.HTTPTransport, request: httpx.Request) -> h
 
 
 async def _handle_async_request(transport: httpx.AsyncHTTPTransport, request: httpx.Request) -> httpx.Response:
-    hop, started = propagation.call_started()
+    hop, started = outgoing.call_started()
     _add_headers(request, hop)
     try:
         response: httpx.Response = await _originals["async"](transport, request)
@@ -77,7 +77,7 @@ class CorrelationTransport(httpx.BaseTransport):
         self.inner = inner
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        hop, started = propagation.call_started()
+        hop, started = outgoing.call_started()
         _add_headers(request, hop)
         try:
             response = self.inner.handle_request(request)

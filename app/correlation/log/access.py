@@ -2,7 +2,7 @@
 straight to the library's own handlers when they are the only ones that would see it.
 
 Through ``logging`` the line costs a ``LogRecord``, the logger's and each handler's dispatch,
-and a generic formatting pass: together about a third of an instrumented request. When nothing
+and a generic formatting pass. When nothing
 but this library's handlers would receive the record (no handler, filter, record factory or
 logger class of the application's on the way, ``Logger.handle`` and ``callHandlers`` not patched
 by an SDK), they get the same line, with the same values, directly. Anything else on the way
@@ -16,43 +16,47 @@ import logging
 import sys
 import time
 import traceback
-from typing import Any, TypeVar
+from typing import Any
 
-from correlation import context, schema
+from correlation import context
 from correlation.context import Hop
 from correlation.log import jsonline, records
-from correlation.log.formatter import LINE_ATTR, JsonFormatter, utc_timestamp
+from correlation.log.entry import line_entry, stamp
+from correlation.log.formatter import LINE_ATTR, JsonFormatter
+from correlation.log.handler import MADE_LINE_CLASSES
+from correlation.schema import ACCESS_LOGGER, FAILED_DOWNSTREAM, ORIGIN, SERVICE
 
 _HANDLE = logging.Logger.handle
 _CALL_HANDLERS = logging.Logger.callHandlers
 _MAKE_RECORD = logging.Logger.makeRecord
 _LOG_RECORD = logging.LogRecord
-#: Handler classes that take a line already made: ``emit_line(created, levelname, line, fields)``.
-_LINE_HANDLERS: set[type] = set()
-
-H = TypeVar("H", bound=type)
+_access_log = logging.getLogger(ACCESS_LOGGER)
 
 
-def line_handler(cls: H) -> H:
-    """Class decorator: this exact class (not its subclasses) takes access lines directly."""
-    _LINE_HANDLERS.add(cls)
-    return cls
-
-
-def write(
-    logger: logging.Logger,
+def report_hop(
     level: int,
     pathname: str,
     msg: str,
     args: tuple[Any, ...],
     hop: Hop,
+    failure_origin: str | None,
     fields: dict[str, Any],
+    logger: logging.Logger = _access_log,
 ) -> None:
-    """Write the access line of ``hop``: ``msg % args`` with ``fields`` as extras, from ``pathname``.
+    """Write ``hop``'s access line, once at its end: ``msg % args`` from ``pathname``, with
+    ``fields`` as its keys, then ``origin`` and ``failed_downstream`` when it failed
+    (``failure_origin``, :func:`correlation.hops.failure_origin`). The Flask edge and Celery's task
+    runs report here; so does a dying gunicorn worker, for each request it abandons.
 
-    The caller has checked ``logger.isEnabledFor(level)``. ``fields`` must not use a key of
-    :data:`schema.LINE_KEYS`, and hold only what :func:`jsonline.plain_line` takes.
+    ``fields`` must not use a key of :data:`schema.LINE_KEYS`, and hold only what
+    :func:`jsonline.plain_line` takes. ``logger``: the access logger (another in tests).
     """
+    if not logger.isEnabledFor(level):
+        return
+    if failure_origin is not None:
+        fields[ORIGIN] = failure_origin
+        if hop.failed_calls:
+            fields[FAILED_DOWNSTREAM] = hop.failed_calls[0]
     handlers = _only_line_handlers(logger, level)
     if handlers is None:
         logger.handle(hop_record(logger, level, pathname, msg, args, hop, fields))
@@ -61,8 +65,11 @@ def write(
     levelname = logging.getLevelName(level)
     # The handlers read what they need besides the line (the Loki metadata: the context's keys,
     # which the record would carry under the same names) from the same dict.
-    entry = _entry(created, levelname, logger.name, msg % args, hop, fields)
-    line = jsonline.plain_line(entry)  # str, int, finite float, None: the edge's fields and the hop's
+    entry = line_entry(
+        created, levelname, logger.name, msg % args,
+        context.service(), hop.correlation_id, hop.request_id, hop.parent_request_id, fields,
+    )  # fmt: skip
+    line = jsonline.plain_line(entry)  # str, int, finite float, None: the hop's fields
     for handler in handlers:
         try:
             handler.emit_line(created, levelname, line, entry)
@@ -79,45 +86,33 @@ def hop_record(
     hop: Hop,
     fields: dict[str, Any],
 ) -> logging.LogRecord:
-    """The access line as a record: the hop's context set (as a handler's stamp would), ``fields``
-    as extras and, when :func:`records.new_record` made it, its JSON line made at once (what
-    :class:`JsonFormatter` would write, without its generic pass over every attribute)."""
-    stamped = _stamped(hop)
+    """The access line as a record: the hop's context stamped, ``fields`` as extras and, when
+    :func:`records.new_record` made it, its JSON line made at once (what :class:`JsonFormatter`
+    would write, without its generic pass over every attribute)."""
     fast = records.fast_records_apply(logger)
-    record = records.new_record(logger, level, pathname, msg, args, {**fields, **stamped}, fast=fast)
+    record = records.new_record(logger, level, pathname, msg, args, fields, fast=fast)
+    stamp(record, hop)
     if fast:
-        entry = _entry(record.created, record.levelname, record.name, record.getMessage(), hop, fields)
-        record.__dict__[LINE_ATTR] = jsonline.plain_line(entry)
+        record.__dict__[LINE_ATTR] = jsonline.plain_line(
+            line_entry(
+                record.created,
+                record.levelname,
+                record.name,
+                record.getMessage(),
+                record.__dict__[SERVICE],
+                hop.correlation_id,
+                hop.request_id,
+                hop.parent_request_id,
+                fields,
+            )  # fmt: skip
+        )
     return record
 
 
-def _stamped(hop: Hop) -> dict[str, Any]:
-    return {
-        schema.SERVICE: context.service(),
-        schema.CORRELATION_ID: hop.correlation_id,
-        schema.REQUEST_ID: hop.request_id,
-        schema.PARENT_REQUEST_ID: hop.parent_request_id,
-    }
-
-
-def _entry(created: float, levelname: str, name: str, message: str, hop: Hop, fields: dict[str, Any]) -> dict[str, Any]:
-    """The keys and order :class:`JsonFormatter` writes: line keys, the context, the extras."""
-    return {
-        schema.TIME: utc_timestamp(created),
-        schema.LEVEL: levelname,
-        schema.LOGGER: name,
-        schema.MESSAGE: message,
-        schema.SERVICE: context.service(),
-        schema.CORRELATION_ID: hop.correlation_id,
-        schema.REQUEST_ID: hop.request_id,
-        schema.PARENT_REQUEST_ID: hop.parent_request_id,
-        **fields,
-    }
-
-
 def _only_line_handlers(logger: logging.Logger, level: int) -> list[Any] | None:
-    """The handlers a record of ``logger`` at ``level`` would reach, if all are line handlers
-    with the JSON formatter and no filter, and nothing else changes records; else None."""
+    """The handlers a record of ``logger`` at ``level`` would reach, if all take made lines
+    (:data:`~correlation.log.handler.MADE_LINE_CLASSES`) with the JSON formatter and no filter,
+    and nothing else changes records; else None."""
     cls = type(logger)
     if (
         logger.filters
@@ -134,7 +129,11 @@ def _only_line_handlers(logger: logging.Logger, level: int) -> list[Any] | None:
         for handler in node.handlers:
             if handler.level > level:
                 continue  # would not see the record either way
-            if type(handler) not in _LINE_HANDLERS or handler.filters or type(handler.formatter) is not JsonFormatter:
+            if (
+                type(handler) not in MADE_LINE_CLASSES
+                or handler.filters
+                or type(handler.formatter) is not JsonFormatter
+            ):
                 return None
             found.append(handler)
         node = node.parent if node.propagate else None

@@ -1,20 +1,21 @@
 """Log records that carry the correlation context, written as one JSON object per line.
 
 :class:`CorrelationFilter` copies the current hop and service onto every record a handler sees
-(:func:`stamp`); :class:`JsonFormatter` writes the record with the keys of :mod:`correlation.schema`.
+(:func:`~correlation.log.entry.stamp`); :class:`JsonFormatter` writes the record as a line
+(:func:`~correlation.log.entry.line_entry`).
 Where they are attached to the root logger: :mod:`correlation.setup`.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping
 from itertools import filterfalse
 from typing import Any
 
-from correlation import context, schema
+from correlation import schema
 from correlation.log import jsonline
+from correlation.log.entry import line_entry, stamp
 
 _CONTEXT_FIELDS = schema.CONTEXT_FIELDS
 #: Where a JsonFormatter leaves the line it made, so the next handler does not format it again.
@@ -35,6 +36,7 @@ _NOT_EXTRA = _RECORD_ATTRS | frozenset(_CONTEXT_FIELDS)
 _PLAIN_RECORD_SIZE = len(logging.makeLogRecord({}).__dict__)
 _SERVICE, _CORRELATION_ID, _REQUEST_ID, _PARENT_ID = _CONTEXT_FIELDS
 _STR_OR_NONE = frozenset({str, type(None)})
+_NO_EXTRAS: dict[str, Any] = {}
 
 
 def _plain_context(entry: dict[str, Any]) -> bool:
@@ -48,22 +50,6 @@ def _plain_context(entry: dict[str, Any]) -> bool:
         and type(entry[_REQUEST_ID]) in _STR_OR_NONE
         and type(entry[_PARENT_ID]) in _STR_OR_NONE
     )
-
-
-#: The logger of the one access line per request and hop (kept here for older imports).
-ACCESS_LOGGER = schema.ACCESS_LOGGER
-
-
-def stamp(record: logging.LogRecord) -> None:
-    """Put the service and the current hop on ``record``, unless it carries them already
-    (values passed with ``extra=`` win)."""
-    if not hasattr(record, schema.CORRELATION_ID):
-        hop = context.current()
-        record.correlation_id = hop.correlation_id if hop else None
-        record.request_id = hop.request_id if hop else None
-        record.parent_request_id = hop.parent_request_id if hop else None
-    if not hasattr(record, schema.SERVICE):
-        record.service = context.service()
 
 
 def event_extra(fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,20 +90,6 @@ class CorrelationFilter(logging.Filter):
         return True
 
 
-_second_cache: tuple[int, str] = (-1, "")
-
-
-def utc_timestamp(created: float) -> str:
-    global _second_cache
-    seconds = int(created)
-    cached_second, prefix = _second_cache
-    if seconds != cached_second:  # strftime once a second, not once a line
-        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-        _second_cache = (seconds, prefix)
-    # %d truncates as int() would; %-formatting costs half of the f-string with int() here.
-    return "%s.%06dZ" % (prefix, (created - seconds) * 1_000_000)  # noqa: UP031
-
-
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: time, level, logger, message, context fields, extras, exception.
 
@@ -133,23 +105,19 @@ class JsonFormatter(logging.Formatter):
 
     def _format(self, record: logging.LogRecord) -> str:
         stamp(record)  # a handler without CorrelationFilter must not lose the ID
-        entry: dict[str, Any] = {
-            schema.TIME: utc_timestamp(record.created),
-            schema.LEVEL: record.levelname,
-            schema.LOGGER: record.name,
-            schema.MESSAGE: record.getMessage(),
-        }
-        for name in _CONTEXT_FIELDS:
-            entry[name] = getattr(record, name, None)
         attrs = record.__dict__
+        get = attrs.get
+        entry = line_entry(
+            record.created, record.levelname, record.name, record.getMessage(),
+            get(_SERVICE), get(_CORRELATION_ID), get(_REQUEST_ID), get(_PARENT_ID), _NO_EXTRAS,
+        )  # fmt: skip
         # Extras (``extra=``) only when the record holds more attributes than a plain one plus
-        # what the library and formatters add: the scan over every attribute cost a fifth of a
-        # line without extras.
+        # what the library and formatters add.
         known = (_SERVICE in attrs) + (_CORRELATION_ID in attrs) + (_REQUEST_ID in attrs) + (_PARENT_ID in attrs)
         known += ("message" in attrs) + ("asctime" in attrs) + (LINE_ATTR in attrs)
         plain = len(attrs) - known <= _PLAIN_RECORD_SIZE
         if not plain:
-            for name in filterfalse(_NOT_EXTRA.__contains__, attrs):  # in order, the scan in C
+            for name in filterfalse(_NOT_EXTRA.__contains__, attrs):  # in the record's order
                 if name not in entry:
                     entry[name] = attrs[name]
             hidden = attrs.get(FIELDS_ATTR)

@@ -1,11 +1,10 @@
 """JSON on the logging path: orjson (a C extension) for plain values, the standard library for
 the rest, with the same content either way.
 
-Every log line is encoded once, and its Loki entry once more: with the standard library's
-encoder that was a third of the cost of an access line. orjson is about ten times faster, but
-it differs from ``json.dumps(default=str)`` on some values: it writes NaN as ``null``, dates in
-ISO form, enums by value and float subclasses through ``default``; it refuses lone surrogates
-and integers past 64 bits. So it only gets what it writes exactly as the standard library does
+Every log line is encoded once, and its Loki entry once more, so the encoder is orjson. It
+differs from ``json.dumps(default=str)`` on some values: it writes NaN as ``null``, dates in ISO
+form, enums by value and float subclasses through ``default``; it refuses lone surrogates and
+integers past 64 bits. So it only gets what it writes exactly as the standard library does
 (``str``, ``int``, ``bool``, ``None`` and finite ``float`` values in a flat dict; ASCII where the
 output must be ASCII) and everything else takes the standard library's path. Both write compact
 JSON (no spaces after ``,`` and ``:``), so a line's text does not depend on the path it took.

@@ -1,7 +1,8 @@
 """The records the library makes itself (the access line's, :mod:`correlation.log.access`): what
-``makeRecord`` would make, at a third of the cost.
+``makeRecord`` would make, cheaper.
 
-``LogRecord.__init__`` splits the file name and looks up the process on every record; here the
+Kept, not replaced by ``makeRecord``: ``LogRecord.__init__`` splits the file name and looks up the
+process on every record, the access line's largest cost when it goes through ``logging``; here the
 file name is split once per path. The result is the same record (same attributes, same values;
 a test holds the two to it). Whenever they could differ (a record factory or logger class of the
 application's, logging's ``logThreads``/``logProcesses``/``logMultiprocessing`` off, a Python

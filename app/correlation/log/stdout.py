@@ -1,10 +1,9 @@
 """``StdoutHandler``: JSON lines to standard output, written in batches.
 
 Per line, a write and a flush are system calls when stdout is unbuffered (as containers set it,
-``PYTHONUNBUFFERED=1``); they were the largest single cost of an access line. Lines are queued
-without the handler's lock (a deque's append is atomic): every request thread logs through this
-handler, and the lock that ``logging`` takes around ``emit`` made them queue up behind each
-other's formatting. Only the write itself holds it.
+``PYTHONUNBUFFERED=1``), so lines are written together. They are queued without the handler's
+lock (a deque's append is atomic, :class:`~correlation.log.handler.LineHandler`); only the write
+itself holds it.
 """
 
 from __future__ import annotations
@@ -18,12 +17,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from correlation._forks import rebuild_after_fork
-from correlation.log.access import line_handler
 from correlation.log.formatter import JsonFormatter
+from correlation.log.handler import LineHandler
 
 
-@line_handler
-class StdoutHandler(logging.StreamHandler):
+class StdoutHandler(LineHandler, logging.StreamHandler, made_lines=True):
     """A StreamHandler that writes lines in batches instead of one write and flush per record.
 
     Lines (JSON unless another formatter is set) are collected and written together when
@@ -50,23 +48,8 @@ class StdoutHandler(logging.StreamHandler):
         self._pending = threading.Event()
         threading.Thread(target=self._flusher, name="log-stdout-flush", daemon=True).start()
 
-    def handle(self, record: logging.LogRecord) -> bool:
-        """Filter and emit without the handler-wide lock (see the module's docstring)."""
-        if self.filter(record):
-            self.emit(record)
-            return True
-        return False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record)
-        except Exception:  # noqa: BLE001 - logging's rule: a bad record is reported (handleError), never raised
-            self.handleError(record)
-            return
-        self.emit_line(record.created, record.levelname, line, record.__dict__)
-
     def emit_line(self, created: float, levelname: str, line: str, fields: Mapping[str, Any]) -> None:  # noqa: ARG002
-        """Queue a line already made: a formatted record's, or the access line (:mod:`correlation.log.access`)."""
+        """Queue a line: a formatted record's, or the access line (:mod:`correlation.log.access`)."""
         self._lines.append(line)
         self._pending_chars += len(line)
         if self._pending_chars >= self.max_pending or time.monotonic() - self._last_flush >= self.flush_interval:

@@ -21,8 +21,9 @@ from prometheus_client.registry import CollectorRegistry
 
 from correlation import context, schema
 from correlation._forks import rebuild_after_fork
-from correlation.log.access import line_handler
-from correlation.log.formatter import JsonFormatter, stamp
+from correlation.log.entry import stamp
+from correlation.log.formatter import JsonFormatter
+from correlation.log.handler import LineHandler
 from correlation.loki import collector
 from correlation.loki.buffer import LineBuffer, PushEntry
 from correlation.loki.sender import Sender
@@ -78,8 +79,7 @@ def _ending_logging() -> bool:
     return in_shutdown
 
 
-@line_handler
-class LokiHandler(logging.Handler):
+class LokiHandler(LineHandler, made_lines=True):
     """Ship formatted records to Loki's push API under a fixed label set.
 
     ``labels`` default to this process's service (:func:`correlation.context.service`) and
@@ -126,18 +126,9 @@ class LokiHandler(logging.Handler):
         self.buffer = LineBuffer(self.settings.buffer_max_bytes)
         self.sender = Sender(self.settings, self.labels, self.buffer, self.stats)
 
-    def handle(self, record: logging.LogRecord) -> bool:
-        """Filter and emit without the handler-wide lock: the buffer has its own, held briefly.
-
-        Every request thread logs through this handler; the lock that ``logging`` takes around
-        ``emit`` would serialise them on formatting, for nothing.
-        """
-        if self.filter(record):
-            self.emit(record)
-            return True
-        return False
-
     def emit(self, record: logging.LogRecord) -> None:
+        """:meth:`LineHandler.emit`, but the sender's own records are not shipped, the context is
+        put on the record for the metadata whatever the formatter, and a failure is counted."""
         # The sender thread's own records (urllib3 warnings, ...) would feed themselves back.
         if threading.get_ident() == self.sender.thread_id:
             return
@@ -156,8 +147,7 @@ class LokiHandler(logging.Handler):
         access line from. The structured metadata is read from it (the context's values are
         strings, or None outside a request); ``level`` comes from ``levelname``.
 
-        One function on purpose: every request's access line takes this path, and each Python
-        call on it costs more than what it would separate.
+        One function on purpose: every request's access line takes this path.
         """
         metadata = {}
         for name in _METADATA_ATTRS:
