@@ -89,13 +89,24 @@ def run() -> None:
                 sum(r.errors for r in rs),
                 median(measured.cpu[name]),
                 " / ".join(f"{r.rps:,.0f}" for r in rs),
+                " / ".join(f"{x:.2f}" for x in measured.ratios(name, base)) if base else "-",
                 f"{fmt_ratio(vs(name, base))} ({base})" if base else "-",
             ]
         )
     tool = results["bare -w 2"][0].tool
     print_table(
         f"{TITLE} (GET /ping, gunicorn -w 2 vs -w 1, gthread x4, {os.cpu_count()} CPUs)",
-        ["app", "req/s", "p50 ms", "p99 ms", "errors", "CPU us/req", "req/s per round", "vs bare (same -w)"],
+        [
+            "app",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "CPU us/req",
+            "req/s per round",
+            "ratio per round",
+            "vs bare (same -w)",
+        ],
         rows,
         [
             f"{rounds} rounds of {seconds:g} s per app, order reversed every round, "
@@ -106,6 +117,7 @@ def run() -> None:
             "(metrics shared through files)",
             "prometheus_client mp: its request histogram + 5xx counter in multiprocess mode, metrics only (no ID, "
             "no logging)",
+            f"load average at the end {os.getloadavg()[0]:.1f} (the machine's other work moves every figure)",
             f"ours shipped {shipped['entries']:,} access lines to the sink in {shipped['pushes']:,} pushes "
             f"({shipped['violations']} refused)",
         ],
