@@ -1,7 +1,7 @@
 """P2 request overhead: bare Flask vs fully instrumented, same ``GET /ping`` under the same gunicorn.
 
-gunicorn: 1 worker, gthread, 4 threads, keep-alive 5 s (one worker with threads, as the README
-recommends: exemplars need a single process). Instrumented = ``setup_logging`` (JSON to stdout,
+gunicorn: 1 worker, gthread, 4 threads, keep-alive 5 s (bench/p2_workers.py runs the same with 2
+workers and the library's gunicorn hooks). Instrumented = ``setup_logging`` (JSON to stdout,
 here /dev/null, and to a loopback Loki sink) + ``Correlation(app, settings)`` (ID, access line,
 RED metrics with exemplars, propagation); "loki only" is the same with ``LOG_STDOUT=false``;
 "floor" is the yardstick of bench/floor.py (the guarantees by hand, without the library). The
@@ -21,6 +21,9 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 from bench import procstat
 from bench.load import LoadResult, have_wrk, run_load, wait_http
@@ -31,7 +34,7 @@ from tests.fakes import free_port
 NAME = "p2"
 TITLE = "P2 request overhead"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GUNICORN = ["-w", "1", "-k", "gthread", "--threads", "4", "--keep-alive", "5"]
+GUNICORN = ("-w", "1", "-k", "gthread", "--threads", "4", "--keep-alive", "5")
 CONNECTIONS = 16
 #: name -> (factory in bench/apps.py, environment)
 APPS = {
@@ -46,20 +49,25 @@ THROUGHPUT_TARGET = 0.90
 P99_TARGET = 1.20
 
 
-def start_app(factory: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_app(
+    factory: str, port: int, env: dict[str, str], gunicorn: Sequence[str] = GUNICORN
+) -> subprocess.Popen[bytes]:
+    """gunicorn serving ``bench.apps:<factory>()`` on 127.0.0.1:``port``; in ``env``, an empty value
+    removes the variable (prometheus_client reads an empty PROMETHEUS_MULTIPROC_DIR as set)."""
     command = [
         sys.executable,
         "-m",
         "gunicorn",
-        *GUNICORN,
+        *gunicorn,
         "-b",
         f"127.0.0.1:{port}",
         "--chdir",
         ROOT,
         f"bench.apps:{factory}()",
     ]
+    environment = {k: v for k, v in {**os.environ, **env}.items() if v}
     return subprocess.Popen(
-        command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
 
 
@@ -73,42 +81,89 @@ def stop_app(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _rounds() -> int:
+def configured_rounds() -> int:
     raw = os.environ.get("BENCH_P2_ROUNDS", "").strip()
     return int(raw) if raw else max(6, 2 * int(os.environ.get("BENCH_ROUNDS", "3")))
 
 
+@dataclass
+class App:
+    """One app of an interleaved run: its factory in bench/apps.py, environment and gunicorn options."""
+
+    factory: str
+    env: dict[str, str] = field(default_factory=dict)
+    gunicorn: Sequence[str] = GUNICORN
+    workers: int = 1
+
+
+@dataclass
+class Live:
+    """A running app: where it answers, and its workers' pids."""
+
+    url: str
+    workers: list[int]
+
+
+@contextmanager
+def running(apps: dict[str, App], env: dict[str, str]) -> Iterator[dict[str, Live]]:
+    """Start every app (``env`` under each one's own), wait until each answers, stop them at the end."""
+    ports = {name: free_port() for name in apps}
+    procs = {name: start_app(app.factory, ports[name], {**env, **app.env}, app.gunicorn) for name, app in apps.items()}
+    try:
+        live = {}
+        for name, proc in procs.items():
+            url = f"http://127.0.0.1:{ports[name]}/ping"
+            wait_http(url)
+            live[name] = Live(url, procstat.worker_pids(proc.pid, apps[name].workers))
+        yield live
+    finally:
+        for proc in procs.values():
+            stop_app(proc)
+
+
+@dataclass
+class Rounds:
+    """Each app's load results and worker CPU per request, round by round."""
+
+    results: dict[str, list[LoadResult]]
+    cpu: dict[str, list[float]]
+
+    def ratios(self, name: str, base: str, metric: str = "rps") -> list[float]:
+        """``name`` / ``base``, round by round (measured seconds apart)."""
+        pairs = zip(self.results[name], self.results[base], strict=True)
+        return [getattr(a, metric) / getattr(b, metric) for a, b in pairs]
+
+
+def interleave(live: dict[str, Live], rounds: int, seconds: float) -> Rounds:
+    """Warm every app up, then load each in turn for ``rounds`` rounds, the order reversed every round."""
+    names = list(live)
+    out = Rounds({name: [] for name in names}, {name: [] for name in names})
+    for app in live.values():
+        run_load(app.url, connections=CONNECTIONS, seconds=2)  # warm-up
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            before = {pid: procstat.threads(pid) for pid in live[name].workers}
+            result = run_load(live[name].url, connections=CONNECTIONS, seconds=seconds)
+            used = [procstat.per_request(before[pid], procstat.threads(pid), result.requests) for pid in before]
+            out.results[name].append(result)
+            out.cpu[name].append(sum(u.get("cpu", float("nan")) for u in used))
+    return out
+
+
 def run() -> None:
     seconds = float(os.environ.get("BENCH_P2_SECONDS", "5"))
-    rounds = _rounds()
+    rounds = configured_rounds()
     names = list(APPS)
-    results: dict[str, list[LoadResult]] = {name: [] for name in names}
-    cpu: dict[str, list[float]] = {name: [] for name in names}
     with SinkProcess(default="count") as sink:
-        ports = {name: free_port() for name in names}
         env = {"LOKI_URL": sink.url, "SERVICE_NAME": "bench", "DEPLOY_ENV": "bench", "PYTHONPATH": ROOT}
-        procs = {name: start_app(APPS[name][0], ports[name], {**env, **APPS[name][1]}) for name in names}
-        try:
-            urls = {name: f"http://127.0.0.1:{port}/ping" for name, port in ports.items()}
-            workers = {name: procstat.worker_pid(proc.pid) for name, proc in procs.items()}
-            for url in urls.values():
-                wait_http(url)
-                run_load(url, connections=CONNECTIONS, seconds=2)  # warm-up
-            for r in range(rounds):
-                for name in names if r % 2 == 0 else names[::-1]:
-                    before = procstat.threads(workers[name])
-                    result = run_load(urls[name], connections=CONNECTIONS, seconds=seconds)
-                    used = procstat.per_request(before, procstat.threads(workers[name]), result.requests)
-                    results[name].append(result)
-                    cpu[name].append(used.get("cpu", float("nan")))
-        finally:
-            for proc in procs.values():
-                stop_app(proc)
+        apps = {name: App(factory, extra) for name, (factory, extra) in APPS.items()}
+        with running(apps, env) as live:
+            measured = interleave(live, rounds, seconds)
         shipped = sink.stats()
+    results, cpu = measured.results, measured.cpu
 
-    def ratios(name: str, field: str) -> list[float]:
-        """This app / bare, round by round (measured seconds apart)."""
-        return [getattr(a, field) / getattr(b, field) for a, b in zip(results[name], results["bare"], strict=True)]
+    def ratios(name: str, metric: str) -> list[float]:
+        return measured.ratios(name, "bare", metric)
 
     rows = []
     for name in names:

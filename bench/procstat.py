@@ -17,14 +17,32 @@ Threads = dict[int, tuple[str, int, int, int]]
 
 def worker_pid(master: int, timeout: float = 20.0) -> int:
     """The pid of gunicorn's (single) worker under ``master``."""
+    return worker_pids(master, 1, timeout)[0]
+
+
+def worker_pids(master: int, count: int, timeout: float = 20.0) -> list[int]:
+    """The pids of gunicorn's ``count`` workers under ``master``, once all are forked."""
     from tests.fakes import wait_until
 
-    def child() -> int:
+    def children() -> list[int] | None:
         with open(f"/proc/{master}/task/{master}/children") as f:
-            pids = f.read().split()
-        return int(pids[0]) if pids else 0
+            pids = [int(pid) for pid in f.read().split()]
+        return pids if len(pids) >= count else None
 
-    return wait_until(child, timeout, "the gunicorn worker")
+    return wait_until(children, timeout, f"{count} gunicorn worker(s)")
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """``rss`` (resident, shared pages included) and ``pss`` (shared pages divided among the
+    processes that map them) of ``pid``, in KiB, from ``/proc/<pid>/smaps_rollup``."""
+    wanted = {"Rss:": "rss", "Pss:": "pss"}
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(" ")
+            if key in wanted:
+                out[wanted[key]] = int(rest.split()[0])
+    return out
 
 
 def threads(pid: int) -> Threads:

@@ -41,6 +41,12 @@ APP = textwrap.dedent("""
     def pid():
         import os
         return str(os.getpid())
+
+    @app.get("/slow")
+    def slow():
+        import time
+        time.sleep(30)  # past gunicorn's --timeout: the worker is killed
+        return "late"
 """)
 
 HOOKS = "from correlation.gunicorn import *  # noqa: F403\nlogconfig_dict = gunicorn_logconfig()\n"
@@ -49,11 +55,11 @@ NO_HOOKS = "from correlation.gunicorn import gunicorn_logconfig, worker_abort\nl
 CONF = textwrap.dedent("""
     workers = 3
     worker_class = {worker_class!r}
-    threads = 4
+    threads = {threads}
     max_requests = {max_requests}
     max_requests_jitter = 0
     preload_app = {preload}
-    timeout = 30
+    timeout = {timeout}
     accesslog = None
     control_socket_disable = True
 """)
@@ -100,10 +106,15 @@ def gunicorn(
     max_requests: int = 0,
     hooks: bool = True,
     preload: bool = False,
+    timeout: int = 30,
     env: dict | None = None,
 ) -> Iterator[Server]:
     (tmp_path / "workers_app.py").write_text(APP)
-    settings = CONF.format(worker_class=worker_class, max_requests=max_requests, preload=preload)
+    # Threads for gthread only: gunicorn runs gthread when told "sync" with threads > 1.
+    threads = 4 if worker_class == "gthread" else 1
+    settings = CONF.format(
+        worker_class=worker_class, threads=threads, max_requests=max_requests, preload=preload, timeout=timeout
+    )
     conf = (HOOKS if hooks else NO_HOOKS) + settings
     (tmp_path / "workers_conf.py").write_text(conf)
     directory = tmp_path / "shared"
@@ -210,6 +221,29 @@ def test_recycled_and_killed_workers_lose_no_count(tmp_path: Path) -> None:
         assert _ERRORS_EXEMPLAR.search(server.scrape()), "the error counter carries an exemplar"
     assert foreign.exists(), "a file the library did not write is left alone"
     assert not [p for p in server.directory.iterdir() if p.suffix == ".metrics"], "the library's files removed"
+
+
+def test_a_worker_killed_for_a_timeout_writes_its_500_and_its_counts_stay_summed(tmp_path: Path) -> None:
+    """worker_abort under several workers: the killed worker's in-flight request gets its 500 access
+    line, and what that worker counted (the 500 included) is still in every scrape once it is gone."""
+    with gunicorn(tmp_path, timeout=2) as server:
+        answered = sum(requests.get(f"{server.url}/ok", timeout=10).status_code == 200 for _ in range(30))
+        before = set(server.workers())
+        try:  # gunicorn may answer a bare 500 as the worker dies, or just close the connection
+            requests.get(f"{server.url}/slow", headers={"X-Correlation-ID": "doomed-1"}, timeout=20)
+        except requests.RequestException:
+            pass
+        wait_until(lambda: len(set(server.workers()) - before) == 1, 20, "the timed-out worker replaced")
+        (gone,) = before - set(server.workers())
+        for _ in range(6):  # whichever worker answers, and the arbiter has archived the dead one
+            text = server.scrape()
+            assert requests_counted(text, "/ok") == answered == 30
+            slow = [(labels, float(v)) for labels, v in _COUNT.findall(text) if 'route="/slow"' in labels]
+            assert [(('status="500"' in labels), count) for labels, count in slow] == [(True, 1.0)], slow
+    lines = [json.loads(line) for line in server.output.read_text(errors="replace").splitlines() if line[:1] == "{"]
+    aborted = [x for x in lines if x.get("correlation_id") == "doomed-1" and x["logger"] == "correlation.access"]
+    assert [(a["status"], "worker timeout" in a["message"]) for a in aborted] == [(500, True)]
+    assert f"WORKER TIMEOUT (pid:{gone})" in server.output.read_text(errors="replace")
 
 
 def test_a_server_without_the_hooks_says_so(tmp_path: Path) -> None:
