@@ -39,7 +39,7 @@ TARGET_MS = 150.0
 #: The trail page, served: Loki's lookup plus the page's own work.
 TRAIL_WEB_TARGET_MS = 250.0
 #: trail-web as docker-compose.yml runs it (service trail-web); the address comes from TRAIL_WEB_BIND.
-TRAIL_WEB_COMMAND = ("-m", "gunicorn", "--config", "python:trail.gunicorn_conf", "trail.web:create_app()")
+TRAIL_WEB_COMMAND = ("-m", "gunicorn", "--config", "python:trail.web.gunicorn_conf", "trail.web.app:create_app()")
 GZIP = True  # pushes gzip-compressed, as our shipper sends them
 
 

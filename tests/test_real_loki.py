@@ -82,7 +82,7 @@ def test_a_failed_checkout_is_found_and_followed_by_the_trail_cli(tmp_path, caps
     from demo.run_local import start_chain
     from demo.services import SERVICES
     from tests.fakes import free_port
-    from trail.cli import main
+    from trail.cli.main import main
 
     with (tmp_path / "chain.log").open("wb") as log:
         chain = start_chain(

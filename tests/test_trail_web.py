@@ -21,10 +21,10 @@ from correlation.ids import new_correlation_id
 from tests.fakes import FakeLoki, LoopbackServer, QuietHandler, closed_port_url
 from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line, push_all
 from tests.support.grafana import explore_exprs, parse_explore_url, provisioned_datasource_uids
-from trail import cli
+from trail.cli import main as cli
 from trail.links import trail_explore_url, window_ms
 from trail.lookup import DEFAULT_SINCE_SECONDS, MARGIN_SECONDS, WIDE_SECONDS, Window, trail_query
-from trail.web import TrailWebSettings, create_app
+from trail.web.app import TrailWebSettings, create_app
 
 S = 1_000_000_000
 MS = 1_000_000

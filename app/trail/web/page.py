@@ -5,7 +5,7 @@
 - each hop's log lines, in time order, error lines marked so the page shows them expanded.
 
 All text here is still raw: the template escapes every value (Jinja2 autoescape). Control
-characters are escaped too (:func:`trail.render.clean`), as the CLI does, so a hostile line cannot
+characters are escaped too (:func:`trail.cli.render.clean`), as the CLI does, so a hostile line cannot
 smuggle invisible text.
 """
 
@@ -15,10 +15,10 @@ import json
 from dataclasses import dataclass, field
 
 from correlation import schema
+from trail.cli.render import async_note, clean, format_time, line_cap_note, route_text, status_text, unreadable_note
 from trail.hops import UNKNOWN_HOP, Trail, TrailHop
 from trail.log_line import LogLine, text_rows
 from trail.lookup import TrailLookup
-from trail.render import async_note, clean, format_time, line_cap_note, route_text, status_text, unreadable_note
 from trail.root_cause import RootCause
 
 #: The narrowest bar drawn, in percent of the axis: a 0.1 ms hop must stay visible and clickable.

@@ -8,7 +8,7 @@ production server would add is done here, explicitly, and tested (tests/test_not
 - one deadline for reading a whole request, request line, headers and body
   (``NOTIFY_READ_SECONDS``): a client that sends slowly, or nothing, is cut off and counted;
 - at most ``max_connections`` requests served at once; more are closed unanswered and counted;
-- ``POST /alerts`` needs the configured credentials (:mod:`trail.notify_auth`),
+- ``POST /alerts`` needs the configured credentials (:mod:`trail.notify.auth`),
   ``Content-Type: application/json`` (so a browser's form or ``text/plain`` POST from any web page
   is refused: those need no CORS preflight), a ``Content-Length`` of at most 1 MiB, at most
   ``NOTIFY_MAX_ALERTS`` alerts, and JSON of sane depth; each refusal is answered with its reason;
@@ -35,11 +35,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from trail.notify_auth import NotifyAuth
-from trail.notify_payload import PayloadError, TooManyAlerts, read_webhook
+from trail.notify.auth import NotifyAuth
+from trail.notify.payload import PayloadError, TooManyAlerts, read_webhook
 
 if TYPE_CHECKING:
-    from trail.notify import Notifier
+    from trail.notify.notifier import Notifier
 
 #: Alertmanager's payloads are small (``max_alerts`` bounds them); refuse anything absurd unread.
 MAX_BODY_BYTES = 1024 * 1024

@@ -17,7 +17,7 @@ one trail, the page saying so when it cut: whoever can push to Loki can fill a w
 Settings (environment): ``LOKI_*`` as for the CLI (``LOKI_TIMEOUT_SECONDS`` also bounds a whole
 page: no page waits longer), ``GRAFANA_URL`` and ``TRAIL_WEB_URL``: the addresses a browser uses,
 ``TRAIL_MAX_WINDOW`` and ``TRAIL_MAX_LINES``: the limits above.
-Run under gunicorn (``--config python:trail.gunicorn_conf "trail.web:create_app()"``), or
+Run under gunicorn (``--config python:trail.web.gunicorn_conf "trail.web.app:create_app()"``), or
 ``trail serve --port 8090`` for local use.
 """
 
@@ -38,6 +38,7 @@ import flask
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from correlation.config import ConfigError, LokiSettings
+from trail.cli.render import clean, render_lookup_json
 from trail.links import (
     DEFAULT_GRAFANA_URL,
     DEFAULT_TRAIL_WEB_URL,
@@ -60,8 +61,7 @@ from trail.lookup import (
     parse_duration,
     parse_time,
 )
-from trail.page import UNKNOWN_TITLE, page_view
-from trail.render import clean, render_lookup_json
+from trail.web.page import UNKNOWN_TITLE, page_view
 from trail.window import MAX_WINDOW_ENV, max_window_from_env
 
 _BASE_URL = re.compile(r"https?://[^/\s?#]+(/[^\s?#]*)?")
@@ -172,7 +172,7 @@ def _loki_problem(exc: LokiQueryError, timeout_seconds: float) -> str:
 
 
 def create_app(settings: TrailWebSettings | None = None) -> flask.Flask:
-    """The WSGI app (gunicorn: ``"trail.web:create_app()"``); settings from the environment by default."""
+    """The WSGI app (gunicorn: ``"trail.web.app:create_app()"``); settings from the environment by default."""
     settings = settings or TrailWebSettings.from_env()
     app = flask.Flask(__name__)
     # Text from log lines the templates show outside page_view (the widening reasons) is escaped

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from correlation.config import ConfigError, LokiSettings
+from trail.cli.render import clean, format_time, line_cap_note, render_lookup_json, render_text
 from trail.last_error import last_error
 from trail.loki_query import DEFAULT_PAGE_SIZE, MAX_LIMIT, LokiQueryClient, LokiQueryError
 from trail.lookup import (
@@ -45,7 +46,6 @@ from trail.lookup import (
     parse_duration,
     parse_time,
 )
-from trail.render import clean, format_time, line_cap_note, render_lookup_json, render_text
 from trail.window import DEFAULT_MAX_WINDOW_SECONDS, MAX_WINDOW_ENV, format_duration, max_window_from_env
 
 EXIT_FOUND, EXIT_NOT_FOUND, EXIT_ERROR = 0, 1, 2
@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trail`` console script; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["serve"]:  # `trail serve`: the trail pages (an ID named "serve": `trail -- serve`)
-        from trail.web import serve_main
+        from trail.web.app import serve_main
 
         return serve_main(argv[1:])
     parser = build_parser()
