@@ -18,8 +18,8 @@ from correlation import context
 from correlation.config import LokiSettings
 from correlation.ids import new_correlation_id
 from correlation.loki import LokiHandler
+from trail.logql import trail_query
 from trail.loki_query import LokiQueryClient
-from trail.lookup import trail_query
 
 pytestmark = pytest.mark.skipif(not os.environ.get("LOKI_URL"), reason="needs a real Loki: set LOKI_URL")
 

@@ -27,7 +27,8 @@ from trail.cli import main as cli
 from trail.cli.main import main
 from trail.cli.render import RED
 from trail.last_error import LAST_ERROR_SCAN
-from trail.lookup import MARGIN_SECONDS, WIDE_SECONDS, last_error_query, trail_query
+from trail.logql import last_error_query, trail_query
+from trail.window import MARGIN_SECONDS, WIDE_SECONDS
 
 S = 1_000_000_000
 MS = 1_000_000

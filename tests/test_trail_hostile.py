@@ -23,11 +23,11 @@ from correlation.ids import new_correlation_id
 from tests.fakes import FakeLoki
 from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line, push_all
 from trail.cli.main import main
-from trail.cli.render import clean
 from trail.loki_query import LokiQueryClient
 from trail.notify.finding import FOUND, TrailReader
 from trail.notify.message import build_notification
 from trail.notify.payload import AlertEvent
+from trail.text import clean
 from trail.web.app import TrailWebSettings, create_app
 
 S = 1_000_000_000

@@ -33,22 +33,20 @@ from tests.fakes.trail_lines import (
 from trail import lookup as lookup_module
 from trail.hops import build_trail
 from trail.last_error import LAST_ERROR_SCAN, find_last_failure, last_error
+from trail.logql import error_lines_query, last_error_query, trail_query
 from trail.loki_query import LokiQueryClient, LokiQueryError
-from trail.lookup import (
+from trail.lookup import lookup_trail
+from trail.root_cause import root_cause
+from trail.window import (
     MARGIN_SECONDS,
     WIDE_SECONDS,
     Window,
-    error_lines_query,
     explicit_window,
     id_window,
-    last_error_query,
-    lookup_trail,
     parse_duration,
     parse_time,
-    trail_query,
     widened_window,
 )
-from trail.root_cause import root_cause
 
 S = 1_000_000_000
 MS = 1_000_000

@@ -23,8 +23,9 @@ from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checko
 from tests.support.grafana import explore_exprs, parse_explore_url, provisioned_datasource_uids
 from trail.cli import main as cli
 from trail.links import trail_explore_url, window_ms
-from trail.lookup import DEFAULT_SINCE_SECONDS, MARGIN_SECONDS, WIDE_SECONDS, Window, trail_query
+from trail.logql import trail_query
 from trail.web.app import TrailWebSettings, create_app
+from trail.window import DEFAULT_SINCE_SECONDS, MARGIN_SECONDS, WIDE_SECONDS, Window
 
 S = 1_000_000_000
 MS = 1_000_000

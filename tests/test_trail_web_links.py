@@ -24,7 +24,7 @@ from tests.fakes.trail_lines import checkout_lines, push_all
 from tests.support.grafana import explore_exprs, parse_explore_url, provisioned_datasource_uids
 from tests.support.stack import REPO, load_json, load_yaml
 from trail.links import DEFAULT_TRAIL_WEB_URL, go_path, trail_page_path
-from trail.lookup import trail_query
+from trail.logql import trail_query
 from trail.web.app import TrailWebSettings, create_app
 
 SAMPLE_ID = "0192f0c4e2a87abc8def0123456789ab"  # a UUIDv7 of ours: its time is in it

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from trail.last_error import LastError, last_error
-from trail.logql import PUBLISH_FAILURE_MESSAGE, check_reason
+from trail.logql import PUBLISH_FAILURE_MESSAGE, check_reason, check_task
 from trail.loki_query import LokiQueryClient, LokiQueryError
-from trail.lookup import check_task
 from trail.notify.lost_task import PUBLISH_FAILURE_ALERT, LostTask, find_lost_task
 from trail.notify.payload import AlertEvent
 from trail.window import DEFAULT_MAX_REQUEST_SECONDS, Window

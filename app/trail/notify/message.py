@@ -13,13 +13,13 @@ import urllib.parse
 from datetime import datetime
 from typing import Any
 
-from trail.cli.render import clean, format_time
 from trail.links import DEFAULT_TRAIL_WEB_URL, trail_explore_url, trail_page_path
 from trail.logql import MAX_TASK_NAME_CHARS
 from trail.notify.finding import FailedHop, TrailFinding
 from trail.notify.links import LinkBases
 from trail.notify.lost_task import LostTask
 from trail.notify.payload import AlertEvent
+from trail.text import clean, format_time
 
 #: Version of the notification object; bumped when a field changes meaning or disappears.
 NOTIFICATION_VERSION = 1

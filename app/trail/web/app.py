@@ -38,31 +38,30 @@ import flask
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from correlation.config import ConfigError, LokiSettings
-from trail.cli.render import clean, render_lookup_json
+from trail.document import render_lookup_json
 from trail.links import (
     DEFAULT_GRAFANA_URL,
     DEFAULT_TRAIL_WEB_URL,
     trail_dashboard_url,
     trail_explore_url,
 )
+from trail.logql import check_correlation_id
 from trail.loki_query import LokiQueryClient, LokiQueryError, display_url
-from trail.lookup import (
-    DEFAULT_MAX_LINES,
+from trail.lookup import DEFAULT_MAX_LINES, TrailLookup, lookup_trail, max_lines_from_env
+from trail.text import clean
+from trail.web.page import UNKNOWN_TITLE, page_view
+from trail.window import (
     DEFAULT_MAX_WINDOW_SECONDS,
     DEFAULT_SINCE_SECONDS,
-    TrailLookup,
+    MAX_WINDOW_ENV,
     Window,
     WindowTooLong,
-    check_correlation_id,
     explicit_window,
     id_window,
-    lookup_trail,
-    max_lines_from_env,
+    max_window_from_env,
     parse_duration,
     parse_time,
 )
-from trail.web.page import UNKNOWN_TITLE, page_view
-from trail.window import MAX_WINDOW_ENV, max_window_from_env
 
 _BASE_URL = re.compile(r"https?://[^/\s?#]+(/[^\s?#]*)?")
 #: Longest query parameter read: times and durations are short; anything longer is refused.

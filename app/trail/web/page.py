@@ -5,7 +5,7 @@
 - each hop's log lines, in time order, error lines marked so the page shows them expanded.
 
 All text here is still raw: the template escapes every value (Jinja2 autoescape). Control
-characters are escaped too (:func:`trail.cli.render.clean`), as the CLI does, so a hostile line cannot
+characters are escaped too (:func:`trail.text.clean`), as the CLI does, so a hostile line cannot
 smuggle invisible text.
 """
 
@@ -15,11 +15,12 @@ import json
 from dataclasses import dataclass, field
 
 from correlation import schema
-from trail.cli.render import async_note, clean, format_time, line_cap_note, route_text, status_text, unreadable_note
 from trail.hops import UNKNOWN_HOP, Trail, TrailHop
+from trail.labels import async_note, route_text, status_text, unreadable_note
 from trail.log_line import LogLine, text_rows
 from trail.lookup import TrailLookup
 from trail.root_cause import RootCause
+from trail.text import clean, format_time, line_cap_note
 
 #: The narrowest bar drawn, in percent of the axis: a 0.1 ms hop must stay visible and clickable.
 MIN_BAR_PERCENT = 0.6
@@ -199,7 +200,7 @@ def page_view(lookup: TrailLookup) -> PageView:
         unknown=tuple(line_view(line) for line in trail.unknown),
         root_cause=_root_cause_text(cause),
         problems=tuple(clean(problem) for problem in trail.problems()),
-        line_cap=line_cap_note(lookup) if lookup.lines_capped else None,
+        line_cap=line_cap_note(lookup.max_lines) if lookup.lines_capped else None,
     )
 
 
