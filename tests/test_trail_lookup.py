@@ -352,7 +352,7 @@ def test_no_failure_is_none(loki: FakeLoki) -> None:
 # -- root cause ---------------------------------------------------------------------------------------------
 def test_root_cause_is_the_deepest_failed_hop_with_its_exception(loki: FakeLoki) -> None:
     push_all(loki, checkout_lines(CID, T0))
-    cause = lookup_trail(client_for(loki), CID).root_cause()
+    cause = root_cause(lookup_trail(client_for(loki), CID).trail)
     assert cause is not None and cause.hop.request_id == PAYMENTS and cause.hop.service == "payments"
     assert (cause.exception_type, cause.message) == ("TimeoutError", "processor")
     assert cause.summary == "TimeoutError: processor" and cause.line is not None
@@ -380,7 +380,7 @@ def test_root_cause_from_a_failed_hop_that_is_the_deepest(loki: FakeLoki) -> Non
     push_all(loki, lines)
     found = last_error(client_for(loki), "payments")
     assert found is not None and found.failure.request_id == PAYMENTS
-    assert found.root_cause() == found.lookup.root_cause()
+    assert found.root_cause() == root_cause(found.lookup.trail)
 
 
 def test_no_failure_no_root_cause() -> None:

@@ -21,6 +21,7 @@ from correlation.ids import new_correlation_id
 from tests.fakes import FakeLoki, LoopbackServer, QuietHandler, closed_port_url
 from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line, push_all
 from tests.support.grafana import explore_exprs, parse_explore_url, provisioned_datasource_uids
+from trail.__main__ import main as trail_command
 from trail.cli import main as cli
 from trail.links import trail_explore_url, window_ms
 from trail.logql import trail_query
@@ -329,10 +330,10 @@ def test_trail_serve_is_a_subcommand_and_an_id_named_serve_still_works(
     loki: FakeLoki, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exited:
-        cli.main(["serve", "--help"])
+        trail_command(["serve", "--help"])
     assert exited.value.code == 0 and "usage: trail serve" in capsys.readouterr().out
     monkeypatch.setenv("LOKI_URL", loki.url)
-    assert cli.main(["--", "serve"]) == 1  # nothing found for the ID "serve"
+    assert trail_command(["--", "serve"]) == 1  # nothing found for the ID "serve"
     assert loki.queries[-1].query == trail_query("serve")
 
 

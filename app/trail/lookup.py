@@ -4,7 +4,7 @@ The ``trail`` CLI, bench, the alert notifier and the trail page all look up thro
 search the same windows (:mod:`trail.window`) with the same queries (:mod:`trail.logql`).
 
 - :func:`lookup_trail`: one ID's lines and trail (narrow window, widened once if incomplete);
-  :meth:`TrailLookup.root_cause` then names the deepest failed hop and its error.
+  :func:`trail.root_cause.root_cause` of its trail then names the deepest failed hop and its error.
 
 Which request failed last, and its trail, is :mod:`trail.last_error` (built on this lookup).
 
@@ -27,7 +27,6 @@ from trail.logql import (
     trail_query,
 )
 from trail.loki_query import DEFAULT_PAGE_SIZE, LokiQueryClient, QueriedEntry
-from trail.root_cause import RootCause, root_cause
 from trail.window import (
     DEFAULT_MAX_REQUEST_SECONDS,
     DEFAULT_SINCE_SECONDS,
@@ -106,10 +105,6 @@ class TrailLookup:
     @property
     def found(self) -> bool:
         return bool(self.entries)
-
-    def root_cause(self) -> RootCause | None:
-        """The deepest failed hop and its first error line (None: no hop answered >= 500)."""
-        return root_cause(self.trail)
 
 
 def deadline_after(budget_seconds: float | None) -> float | None:

@@ -254,14 +254,9 @@ def _show(lookup: TrailLookup, as_json: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``trail`` console script; returns the exit status."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["serve"]:  # `trail serve`: the trail pages (an ID named "serve": `trail -- serve`)
-        from trail.web.app import serve_main
-
-        return serve_main(argv[1:])
+    """The ``trail`` command but ``trail serve`` (:mod:`trail.__main__`); returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     now_ns = time.time_ns()
     try:
         _limits_from_env(args)

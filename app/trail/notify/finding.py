@@ -27,6 +27,7 @@ from trail.logql import PUBLISH_FAILURE_MESSAGE, check_reason, check_task
 from trail.loki_query import LokiQueryClient, LokiQueryError
 from trail.notify.lost_task import PUBLISH_FAILURE_ALERT, LostTask, find_lost_task
 from trail.notify.payload import AlertEvent
+from trail.root_cause import root_cause
 from trail.window import DEFAULT_MAX_REQUEST_SECONDS, Window
 
 FOUND, NOT_FOUND, UNAVAILABLE, SKIPPED = "found", "not_found", "unavailable", "skipped"
@@ -230,7 +231,7 @@ def _finding(found: LastError, caveat: str | None = None) -> TrailFinding:
             trail_window=window,
             caveat=caveat,
         )
-    cause = found.lookup.root_cause()
+    cause = root_cause(found.lookup.trail)
     if cause is None:
         # The failed access line was found but its trail shows no failed hop: lines still in flight.
         return TrailFinding(

@@ -169,6 +169,10 @@ class Notifier:
         with self._lock:
             return list(self.payloads), list(self.notifications)
 
+    def delivery_stats(self) -> dict[str, Any]:
+        """What the webhook delivery sent, retried, dropped and has queued."""
+        return self.delivery.stats()
+
     def intake_stats(self) -> dict[str, Any]:
         """What was refused and left out at the door, and the links dropped from notifications."""
         with self._lock:

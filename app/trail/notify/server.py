@@ -33,13 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from trail.notify.auth import NotifyAuth
-from trail.notify.payload import PayloadError, TooManyAlerts, read_webhook
-
-if TYPE_CHECKING:
-    from trail.notify.notifier import Notifier
+from trail.notify.payload import AlertEvent, PayloadError, TooManyAlerts, read_webhook
 
 #: Alertmanager's payloads are small (``max_alerts`` bounds them); refuse anything absurd unread.
 MAX_BODY_BYTES = 1024 * 1024
@@ -153,8 +150,20 @@ class NotifyServer(ThreadingHTTPServer):
             self._slots.release()
 
 
+class AlertReceiver(Protocol):
+    """What the HTTP side hands accepted alerts to and reads its answers from: the notifier."""
+
+    def accept(self, payload: Any, events: list[AlertEvent]) -> dict[str, int]: ...
+
+    def snapshot(self) -> tuple[list[Any], list[dict[str, Any]]]: ...
+
+    def intake_stats(self) -> dict[str, Any]: ...
+
+    def delivery_stats(self) -> dict[str, Any]: ...
+
+
 def make_handler(
-    notifier: Notifier, auth: NotifyAuth, limits: HttpLimits, intake: Intake, runbook_dir: str
+    notifier: AlertReceiver, auth: NotifyAuth, limits: HttpLimits, intake: Intake, runbook_dir: str
 ) -> type[BaseHTTPRequestHandler]:
     runbooks = Path(runbook_dir) if runbook_dir else None
 
@@ -176,7 +185,7 @@ def make_handler(
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             if self.path == "/healthz":
-                health = {"status": "ok", "delivery": notifier.delivery.stats(), "intake": notifier.intake_stats()}
+                health = {"status": "ok", "delivery": notifier.delivery_stats(), "intake": notifier.intake_stats()}
                 self._reply(200, health)
             elif self.path in ("/alerts", "/notifications"):
                 if self._authorized():

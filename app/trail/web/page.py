@@ -19,7 +19,7 @@ from trail.hops import UNKNOWN_HOP, Trail, TrailHop
 from trail.labels import async_note, route_text, status_text, unreadable_note
 from trail.log_line import LogLine, text_rows
 from trail.lookup import TrailLookup
-from trail.root_cause import RootCause
+from trail.root_cause import RootCause, root_cause
 from trail.text import clean, format_time, line_cap_note
 
 #: The narrowest bar drawn, in percent of the axis: a 0.1 ms hop must stay visible and clickable.
@@ -163,7 +163,7 @@ def page_view(lookup: TrailLookup) -> PageView:
     t0 = trail.start_ns or 0
     ends = [_hop_end(hop) for hop in hops] + [line.ts_ns for line in trail.unknown]
     span = max(max(ends, default=t0) - t0, 1_000_000)  # at least 1 ms, so bars have an axis
-    cause = lookup.root_cause()
+    cause = root_cause(lookup.trail)
     views = []
     for hop in hops:
         start, end = hop.start_ns - t0, _hop_end(hop) - t0
