@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 #: marks U+200E/U+200F/U+061C, zero-width U+200B-U+200D, U+2060, U+FEFF, soft hyphen, tags
 #: U+E0000-U+E007F), Zl/Zp (U+2028, U+2029: a new line in chat and many terminals) and Cs (lone
 #: surrogates, which cannot even be encoded). They either do something to the text around them or
-#: are invisible, so a line could fake a row, hide text or reorder what is read. Listed as ranges
-#: (a regex is fast on the hot path of a page); tests check it against ``unicodedata``.
+#: are invisible, so a line could fake a row, hide text or reorder what is read. Listed as ranges;
+#: the tests check them against ``unicodedata``.
 _CONTROL = re.compile(
     "[\x00-\x1f\x7f-\x9f\xad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"
     "\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ud800-\udfff\ufeff\ufff9-\ufffb"
