@@ -8,7 +8,7 @@ streams (labels service_name, env="bench-trail"), spread over the last 55 minute
 metadata correlation_id / request_id / level, through Loki's push API in 1 MiB batches (429 and
 5xx retried). Then times ``LokiQueryClient.query_all`` of one request's trail
 (``{service_name=~".+"} | correlation_id="ID"``) over the last hour, and over the window the
-trail lookup derives from the ID's own time (``trail.lookup.id_window``: MARGIN_SECONDS before,
+trail lookup derives from the ID's own time (``trail.window.id_window``: MARGIN_SECONDS before,
 the longest request plus the margin after). Loki indexes neither, so the time scales with the window.
 Next to them, the same lookup through trail-web (``GET /t/ID``, the HTML page and ``?format=json``),
 served by gunicorn as docker-compose.yml runs it: what a click on an exemplar or log field costs.
@@ -39,7 +39,7 @@ TARGET_MS = 150.0
 #: The trail page, served: Loki's lookup plus the page's own work.
 TRAIL_WEB_TARGET_MS = 250.0
 #: trail-web as docker-compose.yml runs it (service trail-web); the address comes from TRAIL_WEB_BIND.
-TRAIL_WEB_COMMAND = ("-m", "gunicorn", "--config", "python:trail.gunicorn_conf", "trail.web:create_app()")
+TRAIL_WEB_COMMAND = ("-m", "gunicorn", "--config", "python:trail.web.gunicorn_conf", "trail.web.app:create_app()")
 GZIP = True  # pushes gzip-compressed, as our shipper sends them
 
 
@@ -129,8 +129,8 @@ def target_request(requests: int, start_ns: int, end_ns: int, seed: int = 7) -> 
 
 
 def id_window(correlation_id: str) -> tuple[int, int]:
-    """The window the trail lookup queries first for one of our IDs (trail.lookup.id_window)."""
-    from trail.lookup import id_window as trail_id_window
+    """The window the trail lookup queries first for one of our IDs (trail.window.id_window)."""
+    from trail.window import id_window as trail_id_window
 
     window = trail_id_window(correlation_id)
     assert window is not None, f"{correlation_id} carries no time"
@@ -209,8 +209,10 @@ def run() -> None:
     import requests
 
     from correlation.settings import LokiSettings
+    from trail.logql import trail_query
     from trail.loki_query import LokiQueryClient
-    from trail.lookup import Window, lookup_trail, trail_query
+    from trail.lookup import lookup_trail
+    from trail.window import Window
 
     lines = int(os.environ.get("BENCH_TRAIL_LINES", "1000000"))
     repeats = int(os.environ.get("BENCH_TRAIL_REPEATS", "7"))

@@ -163,7 +163,7 @@ def trail_json(
     sink: FakeLoki, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *argv: str
 ) -> tuple[dict[str, Any], str]:
     """``trail ... --json`` against the sink: the document and what it said on stderr."""
-    from trail.cli import main as trail_main
+    from trail.cli.main import main as trail_main
 
     monkeypatch.setenv("LOKI_URL", sink.url)
     assert trail_main([*argv, "--json"]) == 0

@@ -22,9 +22,9 @@ from correlation.settings import ConfigError, LokiSettings
 from tests.fakes import FakeLoki, LoopbackServer, QuietHandler, closed_port_url, wait_until
 from tests.fakes.trail_lines import MS, ORDERS, PAYMENTS, checkout_lines, log_line, push_all, rfc3339
 from tests.support.stack import REPO, load_yaml
-from trail.notify import NotifySettings, build
-from trail.notify_delivery import DeliverySettings
-from trail.notify_message import FIELDS, LINK_FIELDS
+from trail.notify.delivery import DeliverySettings
+from trail.notify.message import FIELDS, LINK_FIELDS
+from trail.notify.notifier import NotifySettings, build
 
 GRAFANA = "http://grafana.notify.test:3000"
 TRAIL_WEB = "http://trail-web.notify.test"
@@ -755,7 +755,7 @@ def test_readme_documents_every_field_and_variable() -> None:
     section = section[: section.index("\n## ", 4)]
     for name in FIELDS:
         assert f"| `{name}` |" in section, name
-    source = "".join(path.read_text() for path in sorted((REPO / "app/trail").glob("notify*.py")))
+    source = "".join(path.read_text() for path in sorted((REPO / "app/trail/notify").glob("*.py")))
     for variable in sorted(set(re.findall(r'"(NOTIFY_[A-Z_]+)"', source))):
         assert f"`{variable}`" in section, variable
 

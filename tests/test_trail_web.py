@@ -21,10 +21,12 @@ from correlation.settings import ConfigError, LokiSettings
 from tests.fakes import FakeLoki, LoopbackServer, QuietHandler, closed_port_url
 from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line, push_all
 from tests.support.grafana import explore_exprs, parse_explore_url, provisioned_datasource_uids
-from trail import cli
+from trail.__main__ import main as trail_command
+from trail.cli import main as cli
 from trail.links import trail_explore_url, window_ms
-from trail.lookup import DEFAULT_SINCE_SECONDS, MARGIN_SECONDS, WIDE_SECONDS, Window, trail_query
-from trail.web import TrailWebSettings, create_app
+from trail.logql import trail_query
+from trail.web.app import TrailWebSettings, create_app
+from trail.window import DEFAULT_SINCE_SECONDS, MARGIN_SECONDS, WIDE_SECONDS, Window
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -328,10 +330,10 @@ def test_trail_serve_is_a_subcommand_and_an_id_named_serve_still_works(
     loki: FakeLoki, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exited:
-        cli.main(["serve", "--help"])
+        trail_command(["serve", "--help"])
     assert exited.value.code == 0 and "usage: trail serve" in capsys.readouterr().out
     monkeypatch.setenv("LOKI_URL", loki.url)
-    assert cli.main(["--", "serve"]) == 1  # nothing found for the ID "serve"
+    assert trail_command(["--", "serve"]) == 1  # nothing found for the ID "serve"
     assert loki.queries[-1].query == trail_query("serve")
 
 

@@ -4,7 +4,7 @@ same code as ``trail --last-error`` (:func:`trail.last_error.last_error`), and t
 explained by that task's newest failed run: a worker runs several tasks, and the service's newest
 failure may be another task's. Only when that task has none is the service's newest failure named,
 with a caveat saying so. A TaskPublishFailures alert fails no request: it is explained by the
-newest task the service could not queue (:mod:`trail.notify_lost_task`) and the request that
+newest task the service could not queue (:mod:`trail.notify.lost_task`) and the request that
 asked for it.
 
 A notification must not wait for Loki: every read has a deadline (the moment the alert arrived
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from trail.last_error import LastError, last_error
-from trail.logql import PUBLISH_FAILURE_MESSAGE, check_reason
+from trail.logql import PUBLISH_FAILURE_MESSAGE, check_reason, check_task
 from trail.loki_query import LokiQueryClient, LokiQueryError
-from trail.lookup import check_task
-from trail.notify_lost_task import PUBLISH_FAILURE_ALERT, LostTask, find_lost_task
-from trail.notify_payload import AlertEvent
+from trail.notify.lost_task import PUBLISH_FAILURE_ALERT, LostTask, find_lost_task
+from trail.notify.payload import AlertEvent
+from trail.root_cause import root_cause
 from trail.window import DEFAULT_MAX_REQUEST_SECONDS, Window
 
 FOUND, NOT_FOUND, UNAVAILABLE, SKIPPED = "found", "not_found", "unavailable", "skipped"
@@ -231,7 +231,7 @@ def _finding(found: LastError, caveat: str | None = None) -> TrailFinding:
             trail_window=window,
             caveat=caveat,
         )
-    cause = found.lookup.root_cause()
+    cause = root_cause(found.lookup.trail)
     if cause is None:
         # The failed access line was found but its trail shows no failed hop: lines still in flight.
         return TrailFinding(

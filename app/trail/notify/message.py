@@ -15,11 +15,11 @@ from typing import Any
 
 from trail.links import DEFAULT_TRAIL_WEB_URL, trail_explore_url, trail_page_path
 from trail.logql import MAX_TASK_NAME_CHARS
-from trail.notify_links import LinkBases
-from trail.notify_lost_task import LostTask
-from trail.notify_payload import AlertEvent
-from trail.notify_trail import FailedHop, TrailFinding
-from trail.render import clean, format_time
+from trail.notify.finding import FailedHop, TrailFinding
+from trail.notify.links import LinkBases
+from trail.notify.lost_task import LostTask
+from trail.notify.payload import AlertEvent
+from trail.text import clean, format_time
 
 #: Version of the notification object; bumped when a field changes meaning or disappears.
 NOTIFICATION_VERSION = 1
@@ -100,7 +100,7 @@ def build_notification(
     come from correlation_last_failed_request, which may name another one), on the Grafana and
     trail page the alert's external labels (grafana_url, trail_web_url) point at. Every link, and
     those labels, must lie under ``bases`` (default: the two default URLs); any other is dropped
-    and named in ``dropped_links`` (:mod:`trail.notify_links`)."""
+    and named in ``dropped_links`` (:mod:`trail.notify.links`)."""
     bases = bases or LinkBases(default_grafana_url, default_trail_web_url)
     dropped: list[str] = []
 

@@ -22,7 +22,7 @@ one trail, the page saying so when it cut: whoever can push to Loki can fill a w
 Settings (environment): ``LOKI_*`` as for the CLI (``LOKI_TIMEOUT_SECONDS`` also bounds a whole
 page: no page waits longer), ``GRAFANA_URL`` and ``TRAIL_WEB_URL``: the addresses a browser uses,
 ``TRAIL_MAX_WINDOW`` and ``TRAIL_MAX_LINES``: the limits above.
-Run under gunicorn (``--config python:trail.gunicorn_conf "trail.web:create_app()"``), or
+Run under gunicorn (``--config python:trail.web.gunicorn_conf "trail.web.app:create_app()"``), or
 ``trail serve --port 8090`` for local use.
 """
 
@@ -44,6 +44,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from correlation.settings import ConfigError, LokiSettings
 from trail.alert_requests import FoundRequest, newest_failed, newest_lost_task, slowest
+from trail.document import render_lookup_json
 from trail.links import (
     DEFAULT_GRAFANA_URL,
     DEFAULT_TRAIL_WEB_URL,
@@ -51,27 +52,31 @@ from trail.links import (
     trail_explore_url,
     trail_page_path,
 )
-from trail.logql import MAX_PEERS, check_peer, check_reason, check_route, check_service, check_task
+from trail.logql import (
+    MAX_PEERS,
+    check_correlation_id,
+    check_peer,
+    check_reason,
+    check_route,
+    check_service,
+    check_task,
+)
 from trail.loki_query import LokiQueryClient, LokiQueryError, display_url
-from trail.lookup import (
-    DEFAULT_MAX_LINES,
+from trail.lookup import DEFAULT_MAX_LINES, TrailLookup, deadline_after, lookup_trail, max_lines_from_env
+from trail.text import clean
+from trail.web.page import UNKNOWN_TITLE, page_view
+from trail.window import (
     DEFAULT_MAX_WINDOW_SECONDS,
     DEFAULT_SINCE_SECONDS,
-    TrailLookup,
+    MAX_WINDOW_ENV,
     Window,
     WindowTooLong,
-    check_correlation_id,
-    deadline_after,
     explicit_window,
     id_window,
-    lookup_trail,
-    max_lines_from_env,
+    max_window_from_env,
     parse_duration,
     parse_time,
 )
-from trail.page import UNKNOWN_TITLE, page_view
-from trail.render import clean, render_lookup_json
-from trail.window import MAX_WINDOW_ENV, max_window_from_env
 
 _BASE_URL = re.compile(r"https?://[^/\s?#]+(/[^\s?#]*)?")
 #: Longest query parameter read: times and durations are short; anything longer is refused.
@@ -181,7 +186,7 @@ def _loki_problem(exc: LokiQueryError, timeout_seconds: float) -> str:
 
 
 def create_app(settings: TrailWebSettings | None = None) -> flask.Flask:
-    """The WSGI app (gunicorn: ``"trail.web:create_app()"``); settings from the environment by default."""
+    """The WSGI app (gunicorn: ``"trail.web.app:create_app()"``); settings from the environment by default."""
     settings = settings or TrailWebSettings.from_env()
     app = flask.Flask(__name__)
     # Text from log lines the templates show outside page_view (the widening reasons) is escaped
