@@ -815,6 +815,15 @@ def test_runbooks_are_served_and_nothing_else() -> None:
         running.stop()
 
 
+def test_each_runbook_says_first_where_the_count_of_what_broke_is() -> None:
+    """A runbook is static text: its first paragraph points at the notification field that counts."""
+    for path in sorted((REPO / "alerts/runbooks").glob("*.md")):
+        first = path.read_text().split("\n\n")[1]
+        field = "lost_task" if path.stem == "TaskPublishFailures" else "failures"
+        assert first.startswith("**How much broke** is in the notification") and f"`{field}`" in first, path.name
+        assert field in FIELDS
+
+
 def test_settings_refuse_bad_values_naming_the_variable() -> None:
     assert NotifySettings.from_env({}) == NotifySettings()
     settings = NotifySettings.from_env(
