@@ -81,10 +81,10 @@ def test_counts_by_type_first_last_and_share_are_lokis_own() -> None:
     expected = [(INJECTED, 4), (OTHER, 2), (None, 1)]
     assert [(kind.error_type, kind.count) for kind in counts.by_type] == expected
     assert counts.share == pytest.approx(7 / 12)
-    for kind in counts.by_type:
-        times = [ts for _, ts, k in failed if k == kind.error_type]
-        assert kind.first_seen_ns - counts.step_seconds * NS < min(times) <= kind.first_seen_ns
-        assert kind.last_seen_ns - counts.step_seconds * NS < max(times) <= kind.last_seen_ns
+    for seen in counts.by_type:
+        times = [ts for _, ts, k in failed if k == seen.error_type]
+        assert seen.first_seen_ns - counts.step_seconds * NS < min(times) <= seen.first_seen_ns
+        assert seen.last_seen_ns - counts.step_seconds * NS < max(times) <= seen.last_seen_ns
     # The page's count: one type only, no total asked.
     only = count_failures(client, service, window, error_type=OTHER, with_requests=False)
     assert [(kind.error_type, kind.count) for kind in only.by_type] == [(OTHER, 2)] and only.requests is None
