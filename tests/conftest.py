@@ -81,6 +81,7 @@ TIER_OF_FILE = {
     "test_trail_lookup.py": "unit",
     "test_trail_properties.py": "unit",
     "test_trail_query.py": "unit",
+    "test_failures_real_loki.py": "real_loki",
     "test_trail_real_loki.py": "real_loki",
     "test_trail_web.py": "unit",
     "test_trail_web_browser.py": "process",
