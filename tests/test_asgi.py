@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -26,6 +27,7 @@ import requests
 from websockets.sync.client import connect
 
 from correlation import ids
+from correlation.integrations.requests import uninstrument_requests
 from tests.fakes import HeaderEcho, LoopbackServer, free_port, raw_request, serving, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,3 +255,34 @@ def test_importing_the_library_or_the_middleware_imports_no_framework() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.unit
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_the_docs_fastapi_example_runs(caplog: pytest.LogCaptureFixture) -> None:
+    from starlette.testclient import TestClient
+
+    from tests.support.frontends import doc_example
+
+    example = doc_example("FastAPI and ASGI")
+    assert len([line for line in example.splitlines() if line.strip()]) <= 12, "the example stays about ten lines"
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    namespace: dict[str, Any] = {}
+    try:
+        exec(compile(example, "docs/integrations.md", "exec"), namespace)  # noqa: S102 - our doc's example
+        with (
+            caplog.at_level(logging.INFO, "correlation.access"),
+            TestClient(namespace["app"], client=("127.0.0.1", 50000)) as client,
+        ):
+            response = client.get("/items/7", headers={"X-Correlation-ID": "cid-docs"})
+    finally:
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
+        uninstrument_requests()
+    assert response.json() == {"item": "7", "correlation_id": "cid-docs"}
+    assert response.headers["X-Correlation-ID"] == "cid-docs" and response.headers["X-Service-Name"] == "inventory"
+    (access,) = [record for record in caplog.records if record.name == "correlation.access"]
+    assert access.__dict__["route"] == "/items/{item_id}" and access.__dict__["correlation_id"] == "cid-docs"
