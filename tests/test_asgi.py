@@ -13,9 +13,11 @@ import asyncio
 import json
 import logging
 import re
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,3 +288,28 @@ def test_the_docs_fastapi_example_runs(caplog: pytest.LogCaptureFixture) -> None
     assert response.headers["X-Correlation-ID"] == "cid-docs" and response.headers["X-Service-Name"] == "inventory"
     (access,) = [record for record in caplog.records if record.name == "correlation.access"]
     assert access.__dict__["route"] == "/items/{item_id}" and access.__dict__["correlation_id"] == "cid-docs"
+
+
+def test_a_client_that_leaves_before_its_response_gets_a_499_line(service: Service) -> None:
+    host, port = service.url.removeprefix("http://").split(":")
+    cid = f"cid-left-{service.server}"
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(f"GET /linger HTTP/1.1\r\nHost: {host}\r\nX-Correlation-ID: {cid}\r\n\r\n".encode())
+        time.sleep(0.3)  # the request is in the app, waiting on its client
+    (line,) = service.wait_access(correlation_id=cid)
+    assert line["status"] == 499 and "client disconnected before any response" in line["message"], line
+    assert line["level"] == "INFO", "the client's doing, not a failure of this hop"
+
+
+def test_metrics_port_serves_metrics_apart_from_the_app(tmp_path: Path) -> None:
+    """Under uvicorn the middleware's own listener; under gunicorn the arbiter's (its when_ready hook)."""
+    port, metrics_port = free_port(), free_port()
+    command = [sys.executable, "-m", "uvicorn", "tests.support.asgi_app:app", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--no-access-log"]
+    env = {"PYTHONPATH": f"{ROOT}:{ROOT / 'app'}", "SERVICE_NAME": SERVICE, "LOKI_URL": ""}
+    env["METRICS_PORT"] = f"127.0.0.1:{metrics_port}"
+    with serving(command, f"http://127.0.0.1:{port}", "/healthz", env=env, log=tmp_path / "log", cwd=ROOT) as url:
+        requests.get(f"{url}/items/m", headers={"X-Correlation-ID": "cid-metrics-port"}, timeout=5)
+        assert requests.get(f"{url}/metrics", timeout=5).status_code == 404, "not on the application's port"
+        scrape = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", headers=OPENMETRICS, timeout=5).text
+    assert '# {correlation_id="cid-metrics-port"}' in scrape

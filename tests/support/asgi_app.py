@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import requests
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import StreamingResponse
 
 import correlation
@@ -79,6 +79,16 @@ async def stream() -> StreamingResponse:
             yield f"chunk {n}\n".encode()
 
     return StreamingResponse(chunks(), media_type="text/plain")
+
+
+@api.get("/linger")
+async def linger(request: Request) -> dict[str, Any]:
+    """A long poll: waits until its client goes away (or 10 s pass)."""
+    for _ in range(200):
+        if await request.is_disconnected():
+            break
+        await asyncio.sleep(0.05)
+    return {"waited": True}
 
 
 @api.get("/boom")

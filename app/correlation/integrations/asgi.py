@@ -187,13 +187,13 @@ class CorrelationMiddleware:
         app = self._serve_metrics if path == self.metrics_path else self.app
         status = 0  # no response started yet
         ended = 0.0  # when the response's last body message was sent
-        client_left = False
+        left = -1  # the status sent when the client went away (0: none yet); -1: it did not
 
         async def noting_receive() -> Message:
-            nonlocal client_left
+            nonlocal left
             message = await receive()
-            if message["type"] == "http.disconnect" and not ended:
-                client_left = True
+            if message["type"] == "http.disconnect" and not ended and left < 0:
+                left = status
             return message
 
         async def echoing_send(message: Message) -> None:
@@ -230,17 +230,18 @@ class CorrelationMiddleware:
         finally:
             if not quiet and OPEN_HOPS.pop(hop.request_id, None) is not None:
                 # Absent when a dying worker already wrote this hop's end (hops.end_open_hops).
-                if not ended:
-                    note, status = self._unfinished(status, client_left)
+                if (left >= 0 or not ended) and _ERROR_KEY not in scope:  # an exception's 500 says more
+                    note, status = self._unfinished(status, left)
                 self.report(scope, inbound, status, (ended or time.perf_counter()) - started, note=note)
             context.reset(token)
 
     @staticmethod
-    def _unfinished(status: int, client_left: bool) -> tuple[str, int]:
-        """The note and status of a response that never sent its last body message."""
-        if client_left:
-            if status:
-                return f" (client disconnected before the response ended; {status} was sent)", status
+    def _unfinished(status: int, left: int) -> tuple[str, int]:
+        """The note and status of a response the client did not get whole: it went away when
+        ``left`` had been sent (0: nothing; -1: it did not go, the application stopped short)."""
+        if left > 0:
+            return f" (client disconnected before the response ended; {left} was sent)", status
+        if left == 0:
             return " (client disconnected before any response)", CLIENT_CLOSED_REQUEST
         if status:
             return " (the application returned before its response ended)", status
