@@ -34,6 +34,7 @@ TIERS = ("unit", "process", "stack", "real_loki")
 TIER_OF_FILE = {
     "test_alert_links_stack.py": "stack",
     "test_alert_rules.py": "stack",
+    "test_asgi.py": "process",
     "test_bench_attribution.py": "process",
     "test_bench_floor.py": "unit",
     "test_chain.py": "process",
