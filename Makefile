@@ -10,6 +10,8 @@ STAMP  := $(VENV)/.installed-$(shell cksum < app/pyproject.toml | cut -d' ' -f1)
 DEBIAN_TOOLS    := prometheus promtool prometheus-alertmanager amtool docker-compose redis-server chromium nginx
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose redis-server chromium nginx-light
 PYTEST_ARGS ?=
+# Debian puts nginx in /usr/sbin, which a non-login PATH (CI, env -i) may lack.
+export PATH := $(PATH):/usr/sbin:/sbin
 # Linted and format-checked by `make lint` (settings: [tool.ruff] in app/pyproject.toml).
 LINTED := app tests bench README.md
 # The demo (app/demo) is not installed with the library: it runs from source.
