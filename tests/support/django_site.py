@@ -73,8 +73,8 @@ def ok(request: HttpRequest) -> HttpResponse:
 
 
 def order(request: HttpRequest, order_id: int) -> JsonResponse:
-    """The hop as the view sees it."""
-    return JsonResponse({"order_id": order_id, "correlation_id": context.correlation_id()})
+    """The hop as the view sees it, and which worker process answered."""
+    return JsonResponse({"order_id": order_id, "correlation_id": context.correlation_id(), "pid": os.getpid()})
 
 
 def calls(request: HttpRequest) -> JsonResponse:
