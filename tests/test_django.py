@@ -33,11 +33,17 @@ JSON = {"HTTP_ACCEPT": "application/json"}
 BROWSER = {"HTTP_ACCEPT": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
 
 
+def client() -> Client:
+    """Django's test client, as a single-process server: its default ``wsgi.multiprocess`` (True)
+    would make the edge warn that the metrics are not shared between workers."""
+    return Client(raise_request_exception=False, **{"wsgi.multiprocess": False})
+
+
 class Site:
     """Django's test client on the site, and the JSON lines logged while it ran."""
 
     def __init__(self) -> None:
-        self.client = Client(raise_request_exception=False)  # the middleware is loaded now
+        self.client = client()  # the middleware is loaded now
         self.stream = io.StringIO()
         self.handler = logging.StreamHandler(self.stream)
         self.handler.setFormatter(JsonFormatter())
@@ -101,8 +107,8 @@ def test_hostile_ids_are_replaced_logged_escaped_and_counted(site: Site) -> None
 
 def test_an_untrusted_peer_starts_a_fresh_trail_and_its_id_is_kept_for_search(site: Site) -> None:
     with override_settings(CORRELATION={"SERVICE_NAME": SERVICE, "CORRELATION_TRUST_INBOUND": "10.0.0.0/8"}):
-        client = Client()  # REMOTE_ADDR 127.0.0.1: outside 10/8
-        response = client.get("/orders/2", HTTP_X_CORRELATION_ID="client-said-this")
+        # The test client's REMOTE_ADDR is 127.0.0.1: outside 10/8.
+        response = client().get("/orders/2", HTTP_X_CORRELATION_ID="client-said-this")
     assert response[HEADER] != "client-said-this"
     (line,) = site.access()
     assert line["client_correlation_id"] == "client-said-this" and line["correlation_id"] == response[HEADER]
@@ -192,14 +198,14 @@ def test_the_projects_own_error_answers_win(site: Site) -> None:
     urlconf.urlpatterns = [path("ok", django_site.ok)]  # type: ignore[attr-defined]
     urlconf.handler404 = handler404  # type: ignore[attr-defined]
     with override_settings(ROOT_URLCONF=urlconf):
-        response = Client().get("/nope", HTTP_ACCEPT="application/json")
+        response = client().get("/nope", HTTP_ACCEPT="application/json")
     assert response.status_code == 404 and response.content == b"our own not found"
     assert ids.time_of(response[HEADER]) is not None, "the ID is still echoed"
 
 
 def test_error_bodies_can_be_turned_off(site: Site) -> None:
     with override_settings(CORRELATION={"SERVICE_NAME": SERVICE, "CORRELATION_ERROR_BODIES": False}):
-        response = Client().get("/nope", HTTP_ACCEPT="application/json")
+        response = client().get("/nope", HTTP_ACCEPT="application/json")
     assert response.status_code == 404 and b"correlation" not in response.content.lower()
     assert response["Content-Type"].startswith("text/html"), "Django's own page"
 
@@ -259,7 +265,7 @@ class Exploding:
 def test_a_middleware_after_ours_failing_still_names_its_exception(site: Site) -> None:
     middleware = ["correlation.integrations.django.CorrelationMiddleware", f"{__name__}.Exploding"]
     with override_settings(MIDDLEWARE=middleware):
-        response = Client(raise_request_exception=False).get("/ok", HTTP_X_CORRELATION_ID="mw-1")
+        response = client().get("/ok", HTTP_X_CORRELATION_ID="mw-1")
     assert response.status_code == 500 and response.json()["correlation_id"] == "mw-1"
     (line,) = site.access()
     assert line["error_type"] == "ConnectionResetError" and line["route"] == schema.UNMATCHED_ROUTE

@@ -128,7 +128,7 @@ def test_django_under_gunicorn_with_two_workers(tmp_path: Path, loki_sink: FakeL
         before = counted(site.scrape(), "/orders/<int:order_id>")
         # Concurrent batches until both workers have answered some (which one accepts a
         # connection is up to the kernel), at most 20 batches.
-        sent, pids = 0, set()
+        sent, pids = 0, set[int]()
         with ThreadPoolExecutor(8) as pool:
             while len(pids) < 2 and sent < 320:
                 batch = [f"order-{worker_class}-{sent + i}" for i in range(16)]

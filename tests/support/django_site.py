@@ -27,25 +27,11 @@ from django.urls import path
 from django.views.decorators.http import require_GET
 
 from correlation import context
-from tests.support.frontends import doc_example
+from tests.support.django_docs import example_settings, example_urlpatterns
 
 #: The service name of the docs' example (its CORRELATION and the Loki handler's labels).
 SERVICE = "orders"
 BARE = os.environ.get("DJANGO_SITE_BARE") == "1"
-
-
-def example_settings() -> dict[str, Any]:
-    """The names ``settings.py`` of the docs' Django example defines."""
-    names: dict[str, Any] = {}
-    exec(doc_example("Django", 0), names)  # noqa: S102 - the documentation's own example, run as written
-    return {name: value for name, value in names.items() if name.isupper()}
-
-
-def example_urlpatterns() -> list[Any]:
-    """``urlpatterns`` of the docs' example ``urls.py`` (the metrics view)."""
-    names: dict[str, Any] = {}
-    exec(doc_example("Django", 1), names)  # noqa: S102 - the documentation's own example, run as written
-    return list(names["urlpatterns"])
 
 
 def site_settings() -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 - :mod:`~correlation.integrations.flask`: the edge (:class:`Correlation`), and
   :mod:`~correlation.integrations.errors`, its error bodies;
+- :mod:`~correlation.integrations.django` (``pip install 'correlation-trail[django]'``): the Django edge,
+  a middleware over the same core;
 - :mod:`~correlation.integrations.requests` and :mod:`~correlation.integrations.httpx`
   (``pip install 'correlation-trail[httpx]'``): outgoing calls carry the hop;
 - :mod:`~correlation.integrations.celery` (``pip install 'correlation-trail[celery]'``): tasks as hops;

@@ -101,7 +101,7 @@ _DETAILS = {
     403: "You do not have the permission to access the requested resource.",
     404: "The requested resource was not found on this server.",
     405: "The method is not allowed for the requested URL.",
-    500: "The server encountered an internal error and was unable to complete your request.",
+    500: problem.INTERNAL_ERROR_DETAIL,
 }
 
 
@@ -304,14 +304,14 @@ def _with_id(request: HttpRequest, response: Any) -> None:
     """Replace ``response``'s body by one with the correlation ID, in the type the client prefers."""
     correlation_id = context.correlation_id()
     status = response.status_code
-    if request.get_preferred_type(problem.OFFERED) in problem.JSON_TYPES:
+    if not problem.wants_html(request.headers.get("Accept")):
         title = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else response.reason_phrase
         body = problem.problem(status, title, _DETAILS.get(status), correlation_id)
         response.content = json.dumps(body, separators=(",", ":")).encode()
         response["Content-Type"] = problem.PROBLEM_JSON
     else:
         page = response.content.decode(response.charset or "utf-8", "replace")
-        line = problem.html_id_line(correlation_id)
+        line = problem.id_line_html(correlation_id)
         at = page.rfind("</body>")
         page = page[:at] + line + page[at:] if at != -1 else page + line
         response.content = page.encode(response.charset or "utf-8")

@@ -23,7 +23,9 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from correlation import context
-from correlation.problem import JSON_TYPES, OFFERED, PROBLEM_JSON, html_id_line, problem
+from correlation.problem import JSON_TYPES, PROBLEM_JSON, id_line_html, problem
+
+__all__ = ["PROBLEM_JSON", "install"]
 
 
 def install(app: flask.Flask) -> None:
@@ -41,7 +43,7 @@ def _answer(error: HTTPException) -> Any:
     if error.response is not None or error.code is None or error.code < 400:
         return error  # abort(response), redirects: not ours to rewrite
     correlation_id = context.correlation_id()
-    best = flask.request.accept_mimetypes.best_match(OFFERED)
+    best = flask.request.accept_mimetypes.best_match([*JSON_TYPES, "text/html"])
     if best in JSON_TYPES:
         response: Response = flask.jsonify(problem(error.code, error.name, error.description, correlation_id))
         response.status_code = error.code
@@ -49,7 +51,7 @@ def _answer(error: HTTPException) -> Any:
     else:
         response = error.get_response()
         body = response.get_data(as_text=True)
-        response.set_data(body + html_id_line(correlation_id))
+        response.set_data(body + id_line_html(correlation_id))
     for name, value in error.get_headers():  # Allow on 405, WWW-Authenticate on 401, ...
         if name.lower() != "content-type":
             response.headers[name] = value
