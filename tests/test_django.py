@@ -22,6 +22,8 @@ from django.urls import path
 
 from correlation import context, ids, metrics, schema
 from correlation.integrations.django import load_options
+from correlation.integrations.httpx import uninstrument_httpx
+from correlation.integrations.requests import uninstrument_requests
 from correlation.log.formatter import JsonFormatter
 from tests.fakes import HeaderEcho, LoopbackServer
 from tests.support import django_site
@@ -59,6 +61,15 @@ class Site:
 
     def access(self) -> list[dict]:
         return [line for line in self.lines() if line["logger"] == schema.ACCESS_LOGGER]
+
+
+@pytest.fixture(autouse=True)
+def _patches_undone() -> Iterator[None]:
+    """The middleware patches ``requests`` and httpx when Django loads it (each client's first
+    request): undone after each test, so the calls of the tests after these are not measured."""
+    yield
+    uninstrument_requests()
+    uninstrument_httpx()
 
 
 @pytest.fixture

@@ -102,7 +102,7 @@ def django_under_gunicorn(tmp_path: Path, loki: FakeLoki, worker_class: str, tim
     command = [sys.executable, "-m", "gunicorn", "--config", "python:django_conf", "--bind", f"127.0.0.1:{port}"]
     with output.open("wb") as log:
         process = subprocess.Popen(
-            [*command, "tests.support.django_site:application"], env=env, stdout=log, stderr=subprocess.STDOUT
+            [*command, "tests.support.django_site:application()"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
     site = Site(f"http://127.0.0.1:{port}", output, loki)
 

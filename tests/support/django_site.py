@@ -2,11 +2,9 @@
 docs/integrations.md's Django example (executed, not copied), and this module as the URLconf.
 
 Imported by the unit tests (Django's test client, in the pytest process) and served by gunicorn
-(``tests.support.django_site:application``) in tests/test_django_gunicorn.py and bench/. Django's
+(``tests.support.django_site:application()``) in tests/test_django_gunicorn.py. Django's
 logging is the example's ``LOGGING`` only when ``DJANGO_SITE_LOGGING=docs``: in the pytest
 process ``dictConfig`` would close every handler the other tests set up.
-
-``DJANGO_SITE_BARE=1`` leaves the library out entirely: bare Django, the benchmark's baseline.
 """
 
 # Django views take the request whether they read it or not.
@@ -18,6 +16,7 @@ import json
 import os
 from typing import Any
 
+import django
 import httpx
 import requests
 from django.conf import settings
@@ -31,15 +30,11 @@ from tests.support.django_docs import example_settings, example_urlpatterns
 
 #: The service name of the docs' example (its CORRELATION and the Loki handler's labels).
 SERVICE = "orders"
-BARE = os.environ.get("DJANGO_SITE_BARE") == "1"
 
 
 def site_settings() -> dict[str, Any]:
     """What ``settings.configure`` gets: the docs' example, plus what a project tree would give."""
     values = example_settings()
-    if BARE:
-        values["MIDDLEWARE"] = [m for m in values["MIDDLEWARE"] if not m.startswith("correlation.")]
-        del values["CORRELATION"]
     if os.environ.get("DJANGO_SITE_LOGGING") != "docs":
         values["LOGGING_CONFIG"] = None
     return {
@@ -116,7 +111,7 @@ def slow(request: HttpRequest) -> HttpResponse:
 
 
 urlpatterns = [
-    *([] if BARE else example_urlpatterns()),
+    *example_urlpatterns(),
     path("ok", ok),
     path("orders/<int:order_id>", order),
     path("orders/<int:order_id>/missing", missing),
@@ -131,7 +126,12 @@ urlpatterns = [
 ]
 if not settings.configured:
     settings.configure(**site_settings())
+    django.setup()  # no middleware loaded yet: importing this module patches nothing
 
-from django.core.wsgi import get_wsgi_application  # noqa: E402 - after settings.configure
 
-application = get_wsgi_application()
+def application() -> Any:
+    """The WSGI application, for gunicorn (``tests.support.django_site:application()``): Django
+    loads the middleware now, as a project's ``wsgi.py`` does at import."""
+    from django.core.wsgi import get_wsgi_application
+
+    return get_wsgi_application()
