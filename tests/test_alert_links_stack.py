@@ -45,7 +45,7 @@ from tests.support.grafana import (
 )
 from tests.support.stack import http_get_json, load_json
 from trail.loki_query import LokiQueryClient
-from trail.web import TrailWebSettings, create_app
+from trail.web.app import TrailWebSettings, create_app
 
 ALERT_DEADLINE_SECONDS = 90.0
 LATENCY_MS = 1200

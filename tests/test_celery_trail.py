@@ -25,9 +25,9 @@ from tests.fakes.trail_lines import (
     push_all,
     rfc3339,
 )
-from trail.cli import main
+from trail.cli.main import main
+from trail.cli.render import render_text
 from trail.hops import Trail, build_trail
-from trail.render import render_text
 
 pytestmark = pytest.mark.unit
 

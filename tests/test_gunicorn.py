@@ -147,7 +147,7 @@ def test_a_worker_timeout_ends_the_trail_with_the_reason(
     )
     assert timeouts[0]["service"] == "slowpoke" and timeouts[0]["level"] == "CRITICAL"
     # ... and `trail --last-error` finds it.
-    from trail.cli import main as trail
+    from trail.cli.main import main as trail
 
     monkeypatch.setenv("LOKI_URL", loki_sink.url)
     capsys.readouterr()

@@ -60,7 +60,7 @@ from tests.support.stack import (
     require_tool,
     run,
 )
-from trail.cli import main as trail_main
+from trail.cli.main import main as trail_main
 from trail.loki_query import LokiQueryClient
 
 COMPOSE_FILES = ["-f", "docker-compose.yml", "-f", "docker-compose.ha.yml"]

@@ -1,4 +1,4 @@
-"""The notifier's door (trail.notify_http, trail.notify_auth, trail.notify_links): forged, oversized,
+"""The notifier's door (trail.notify.server, trail.notify.auth, trail.notify.links): forged, oversized,
 malformed and slow requests are refused with their reason and counted; nothing they carry is
 notified, and links point only where the notifier is configured to link."""
 
@@ -21,10 +21,10 @@ import requests
 from correlation.settings import ConfigError, LokiSettings
 from tests.fakes import LoopbackServer, wait_until
 from tests.test_notify import GRAFANA, TRAIL_WEB, alert, payload
-from trail.notify import NotifySettings, build, main
-from trail.notify_auth import NotifyAuth
-from trail.notify_http import HttpLimits
-from trail.notify_links import LinkBases
+from trail.notify.auth import NotifyAuth
+from trail.notify.links import LinkBases
+from trail.notify.notifier import NotifySettings, build, main
+from trail.notify.server import HttpLimits
 
 TOKEN = "s3cret-token-for-tests"
 JSON = {"Content-Type": "application/json"}

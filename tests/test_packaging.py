@@ -67,7 +67,7 @@ def test_the_wheel_holds_every_library_module_and_the_trail_command(wheel: Path)
                 path = source.relative_to(APP).as_posix()
                 assert path in names, f"{path} is missing from the wheel"
     assert "correlation/py.typed" in names, "type hints are shipped (PEP 561)"
-    templates = {t.relative_to(APP).as_posix() for t in (APP / "trail" / "templates").glob("*.html")}
+    templates = {t.relative_to(APP).as_posix() for t in (APP / "trail" / "web" / "templates").glob("*.html")}
     assert templates and templates <= names, "the trail page's templates are package data"
     scripts = tomllib.loads((APP / "pyproject.toml").read_text())["project"]["scripts"]
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()

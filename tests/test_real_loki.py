@@ -18,8 +18,8 @@ from correlation import context
 from correlation.ids import new_correlation_id
 from correlation.loki.handler import LokiHandler
 from correlation.settings import LokiSettings
+from trail.logql import trail_query
 from trail.loki_query import LokiQueryClient
-from trail.lookup import trail_query
 
 pytestmark = pytest.mark.skipif(not os.environ.get("LOKI_URL"), reason="needs a real Loki: set LOKI_URL")
 
@@ -82,7 +82,7 @@ def test_a_failed_checkout_is_found_and_followed_by_the_trail_cli(tmp_path, caps
     from demo.run_local import start_chain
     from demo.services import SERVICES
     from tests.fakes import free_port
-    from trail.cli import main
+    from trail.cli.main import main
 
     with (tmp_path / "chain.log").open("wb") as log:
         chain = start_chain(
@@ -157,7 +157,7 @@ def test_every_line_of_a_three_worker_service_reaches_loki_and_trail_finds_each_
     from concurrent.futures import ThreadPoolExecutor
 
     from tests.fakes import free_port, wait_until
-    from trail.cli import main
+    from trail.cli.main import main
 
     (tmp_path / "loki_workers.py").write_text(WORKERS_APP)
     (tmp_path / "loki_workers_conf.py").write_text(WORKERS_CONF)

@@ -21,7 +21,7 @@ from demo.stack_secrets import DEFAULT_PASSWORDS, PUBLIC_URL_VARIABLES
 from tests.fakes import free_port, serving
 from tests.support.replicas import nginx_config_for
 from tests.support.stack import REPO, TOOL_PACKAGES, load_yaml, require_tool, run
-from trail.notify_http import HttpLimits
+from trail.notify.server import HttpLimits
 
 DOWNSTREAM = {
     "gateway": {"ORDERS_URL": "http://orders:8081"},

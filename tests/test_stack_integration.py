@@ -57,7 +57,7 @@ from tests.support.grafana import (
 )
 from tests.support.stack import REPO, http_get_json, instant_query, load_yaml
 from trail.links import trail_page_path
-from trail.web import TrailWebSettings, create_app
+from trail.web.app import TrailWebSettings, create_app
 
 #: Deadlines: generous, other test sessions share this 2-core machine.
 ALERT_DEADLINE_SECONDS = 90.0

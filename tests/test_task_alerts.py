@@ -61,7 +61,7 @@ from tests.support.stack import (
     require_tool,
 )
 from trail.links import trail_page_path
-from trail.web import TrailWebSettings, create_app
+from trail.web.app import TrailWebSettings, create_app
 
 TASK = notifications.TASK_NAME
 #: Deadlines: generous, other test sessions share this 2-core machine.

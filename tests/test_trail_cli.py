@@ -23,11 +23,12 @@ from tests.fakes.trail_lines import (
     log_line,
     push_all,
 )
-from trail import cli
-from trail.cli import main
+from trail.cli import main as cli
+from trail.cli.main import main
+from trail.cli.render import RED
 from trail.last_error import LAST_ERROR_SCAN
-from trail.lookup import MARGIN_SECONDS, WIDE_SECONDS, last_error_query, trail_query
-from trail.render import RED
+from trail.logql import last_error_query, trail_query
+from trail.window import MARGIN_SECONDS, WIDE_SECONDS
 
 S = 1_000_000_000
 MS = 1_000_000

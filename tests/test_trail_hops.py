@@ -1,4 +1,4 @@
-"""trail.hops and trail.render: the hop tree rebuilt from log lines alone, and how it is shown."""
+"""trail.hops, trail.cli.render and trail.document: the hop tree rebuilt from log lines alone, and how it is shown."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from typing import Any
 from correlation.ids import new_correlation_id
 from correlation.schema import ACCESS_LOGGER
 from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line
+from trail.cli.render import RED, render_text
+from trail.document import JSON_SCHEMA_VERSION, render_json, trail_to_dict
 from trail.hops import UNKNOWN_HOP, Trail, build_trail
 from trail.log_line import parse_time_ns
-from trail.render import JSON_SCHEMA_VERSION, RED, render_json, render_text, trail_to_dict
 
 T0 = 1_750_000_000_000_000_000
 MS = 1_000_000

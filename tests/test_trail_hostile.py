@@ -22,13 +22,13 @@ from correlation.ids import new_correlation_id
 from correlation.settings import ConfigError, LokiSettings
 from tests.fakes import FakeLoki
 from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line, push_all
-from trail.cli import main
+from trail.cli.main import main
 from trail.loki_query import LokiQueryClient
-from trail.notify_message import build_notification
-from trail.notify_payload import AlertEvent
-from trail.notify_trail import FOUND, TrailReader
-from trail.render import clean
-from trail.web import TrailWebSettings, create_app
+from trail.notify.finding import FOUND, TrailReader
+from trail.notify.message import build_notification
+from trail.notify.payload import AlertEvent
+from trail.text import clean
+from trail.web.app import TrailWebSettings, create_app
 
 S = 1_000_000_000
 MS = 1_000_000

@@ -33,22 +33,20 @@ from tests.fakes.trail_lines import (
 from trail import lookup as lookup_module
 from trail.hops import build_trail
 from trail.last_error import LAST_ERROR_SCAN, find_last_failure, last_error
+from trail.logql import error_lines_query, last_error_query, trail_query
 from trail.loki_query import LokiQueryClient, LokiQueryError
-from trail.lookup import (
+from trail.lookup import lookup_trail
+from trail.root_cause import root_cause
+from trail.window import (
     MARGIN_SECONDS,
     WIDE_SECONDS,
     Window,
-    error_lines_query,
     explicit_window,
     id_window,
-    last_error_query,
-    lookup_trail,
     parse_duration,
     parse_time,
-    trail_query,
     widened_window,
 )
-from trail.root_cause import root_cause
 
 S = 1_000_000_000
 MS = 1_000_000
@@ -354,7 +352,7 @@ def test_no_failure_is_none(loki: FakeLoki) -> None:
 # -- root cause ---------------------------------------------------------------------------------------------
 def test_root_cause_is_the_deepest_failed_hop_with_its_exception(loki: FakeLoki) -> None:
     push_all(loki, checkout_lines(CID, T0))
-    cause = lookup_trail(client_for(loki), CID).root_cause()
+    cause = root_cause(lookup_trail(client_for(loki), CID).trail)
     assert cause is not None and cause.hop.request_id == PAYMENTS and cause.hop.service == "payments"
     assert (cause.exception_type, cause.message) == ("TimeoutError", "processor")
     assert cause.summary == "TimeoutError: processor" and cause.line is not None
@@ -382,7 +380,7 @@ def test_root_cause_from_a_failed_hop_that_is_the_deepest(loki: FakeLoki) -> Non
     push_all(loki, lines)
     found = last_error(client_for(loki), "payments")
     assert found is not None and found.failure.request_id == PAYMENTS
-    assert found.root_cause() == found.lookup.root_cause()
+    assert found.root_cause() == root_cause(found.lookup.trail)
 
 
 def test_no_failure_no_root_cause() -> None:

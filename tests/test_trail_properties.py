@@ -16,12 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from correlation import schema
+from trail.cli.render import render_text
+from trail.document import render_json
 from trail.hops import RawLine, build_trail
 from trail.log_line import MAX_DURATION_MS, MAX_TIME_NS, STATUS_RANGE, parse_line
-from trail.lookup import TrailLookup, Window
-from trail.page import page_view
-from trail.render import render_json, render_text
+from trail.lookup import TrailLookup
 from trail.root_cause import root_cause
+from trail.web.page import page_view
+from trail.window import Window
 
 CID = "01a2131f87d47bef86b795a8b15dfdba"
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from correlation.ids import new_correlation_id
 from correlation.settings import LokiSettings
 from tests.fakes import FakeLoki, closed_port_url
+from trail.logql import trail_query
 from trail.loki_query import (
     MAX_LIMIT,
     LokiQueryClient,
@@ -20,7 +21,6 @@ from trail.loki_query import (
     display_url,
     parse_response,
 )
-from trail.lookup import trail_query
 
 T0 = 1_750_000_000_000_000_000  # a fixed moment, in ns
 CID = new_correlation_id(now_ms=T0 // 1_000_000)

@@ -19,7 +19,7 @@ from correlation import schema
 from correlation.ids import new_correlation_id
 from correlation.settings import LokiSettings
 from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line
-from trail.cli import main
+from trail.cli.main import main
 
 pytestmark = pytest.mark.skipif(not os.environ.get("LOKI_URL"), reason="needs a real Loki: set LOKI_URL")
 

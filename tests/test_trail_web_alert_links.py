@@ -19,7 +19,7 @@ from tests.fakes import FakeLoki, closed_port_url
 from tests.fakes.loki_metric import MAX_QUERY_SERIES
 from tests.fakes.trail_lines import access_line, log_line
 from trail.links import trail_page_path
-from trail.web import TrailWebSettings, create_app
+from trail.web.app import TrailWebSettings, create_app
 
 MS = 1_000_000
 S = 1000 * MS

@@ -24,8 +24,8 @@ from tests.fakes.trail_lines import checkout_lines, push_all
 from tests.support.grafana import explore_exprs, parse_explore_url, provisioned_datasource_uids
 from tests.support.stack import REPO, load_json, load_yaml
 from trail.links import DEFAULT_TRAIL_WEB_URL, go_path, trail_page_path
-from trail.lookup import trail_query
-from trail.web import TrailWebSettings, create_app
+from trail.logql import trail_query
+from trail.web.app import TrailWebSettings, create_app
 
 SAMPLE_ID = "0192f0c4e2a87abc8def0123456789ab"  # a UUIDv7 of ours: its time is in it
 MS = 1_000_000
@@ -194,7 +194,7 @@ def test_every_trail_web_link_lands_on_a_window_of_minutes(
 def test_one_trail_web_address_for_every_user_of_it() -> None:
     compose = load_yaml("docker-compose.yml")["services"]
     web = compose["trail-web"]
-    assert web["command"] == ["gunicorn", "--config", "python:trail.gunicorn_conf", "trail.web:create_app()"]
+    assert web["command"] == ["gunicorn", "--config", "python:trail.web.gunicorn_conf", "trail.web.app:create_app()"]
     assert web["ports"] == ["127.0.0.1:8090:8090"] and web["environment"]["TRAIL_WEB_BIND"] == "0.0.0.0:8090"
     assert urlsplit(DEFAULT_TRAIL_WEB_URL).port == 8090
     assert web["environment"]["LOKI_URL"] == "http://loki:3100" and "LOKI_TIMEOUT_SECONDS" in web["environment"]
@@ -213,8 +213,8 @@ def test_the_templates_ship_with_the_package() -> None:
     import tomllib
 
     pyproject = tomllib.loads((REPO / "app/pyproject.toml").read_text())
-    assert pyproject["tool"]["setuptools"]["package-data"]["trail"] == ["templates/*.html"]
-    assert sorted(p.name for p in (REPO / "app/trail/templates").iterdir()) == [
+    assert pyproject["tool"]["setuptools"]["package-data"]["trail.web"] == ["templates/*.html"]
+    assert sorted(p.name for p in (REPO / "app/trail/web/templates").iterdir()) == [
         "_lines.html",
         "_window.html",
         "base.html",

@@ -67,7 +67,7 @@ class LastError:
         """Where the failure started: the deepest failed hop reached from the failed request's own
         hop by following failing children (the whole trail's when that hop is not in it)."""
         hop = self.trail.hops.get(self.failure.request_id or "")
-        return root_cause(self.trail, below=hop) if hop is not None else self.lookup.root_cause()
+        return root_cause(self.trail, below=hop) if hop is not None else root_cause(self.trail)
 
 
 def find_last_failure(

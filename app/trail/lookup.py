@@ -1,11 +1,10 @@
 """Find one request in Loki and build its trail: one lookup per request, the trail built once.
 
 The ``trail`` CLI, bench, the alert notifier and the trail page all look up through here, so they
-search the same windows (:mod:`trail.window`) with the same queries (:mod:`trail.logql`); both are
-re-exported, so ``from trail.lookup import ...`` is all a reader needs to look up an ID.
+search the same windows (:mod:`trail.window`) with the same queries (:mod:`trail.logql`).
 
 - :func:`lookup_trail`: one ID's lines and trail (narrow window, widened once if incomplete);
-  :meth:`TrailLookup.root_cause` then names the deepest failed hop and its error.
+  :func:`trail.root_cause.root_cause` of its trail then names the deepest failed hop and its error.
 
 Which request failed last, and its trail, is :mod:`trail.last_error` (built on this lookup).
 
@@ -24,28 +23,15 @@ from correlation import schema
 from correlation.settings import ConfigError
 from trail.hops import Trail, build_trail
 from trail.logql import (
-    ERROR_LEVEL,
     check_correlation_id,
-    check_service,
-    check_task,
-    error_lines_query,
-    last_error_query,
     trail_query,
 )
-from trail.loki_query import DEFAULT_PAGE_SIZE, LokiQueryClient, LokiQueryError, QueriedEntry
-from trail.root_cause import RootCause, root_cause
+from trail.loki_query import DEFAULT_PAGE_SIZE, LokiQueryClient, QueriedEntry
 from trail.window import (
     DEFAULT_MAX_REQUEST_SECONDS,
-    DEFAULT_MAX_WINDOW_SECONDS,
     DEFAULT_SINCE_SECONDS,
-    MARGIN_SECONDS,
-    WIDE_SECONDS,
     Window,
-    WindowTooLong,
-    explicit_window,
     id_window,
-    parse_duration,
-    parse_time,
     widened_window,
 )
 
@@ -56,42 +42,6 @@ DEFAULT_MAX_LINES = 2000
 MAX_LINES_ENV = "TRAIL_MAX_LINES"
 #: The largest cap that may be set: past it a page is too large for a browser anyway.
 MAX_LINES_LIMIT = 100_000
-
-__all__ = [
-    "DEFAULT_MAX_LINES",
-    "DEFAULT_MAX_REQUEST_SECONDS",
-    "DEFAULT_MAX_WINDOW_SECONDS",
-    "DEFAULT_PAGE_SIZE",
-    "DEFAULT_SINCE_SECONDS",
-    "ERROR_LEVEL",
-    "MARGIN_SECONDS",
-    "MAX_LINES_ENV",
-    "WIDE_SECONDS",
-    "LokiQueryClient",
-    "LokiQueryError",
-    "QueriedEntry",
-    "RootCause",
-    "TrailLookup",
-    "Window",
-    "WindowTooLong",
-    "check_correlation_id",
-    "check_max_lines",
-    "check_service",
-    "check_task",
-    "deadline_after",
-    "error_lines_query",
-    "explicit_window",
-    "id_window",
-    "last_error_query",
-    "lookup_trail",
-    "max_lines_from_env",
-    "lookup_trail_until",
-    "parse_duration",
-    "parse_time",
-    "trail_from_entries",
-    "trail_query",
-    "widened_window",
-]
 
 
 def check_max_lines(value: int) -> int:
@@ -155,10 +105,6 @@ class TrailLookup:
     @property
     def found(self) -> bool:
         return bool(self.entries)
-
-    def root_cause(self) -> RootCause | None:
-        """The deepest failed hop and its first error line (None: no hop answered >= 500)."""
-        return root_cause(self.trail)
 
 
 def deadline_after(budget_seconds: float | None) -> float | None:

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 
 from correlation.ids import time_ms_of
 from correlation.settings import ConfigError
-from trail.render import format_time
+from trail.text import format_time
 
 NS = 1_000_000_000
 #: The window searched when nothing better is known: the last hour.

@@ -38,10 +38,10 @@ from tests.support.stack import (
     local_alertmanager_config,
     prometheus_server,
 )
-from trail.notify import Notifier, NotifySettings, build
-from trail.notify_auth import NotifyAuth
-from trail.notify_delivery import DeliverySettings
-from trail.notify_payload import AlertEvent
+from trail.notify.auth import NotifyAuth
+from trail.notify.delivery import DeliverySettings
+from trail.notify.notifier import Notifier, NotifySettings, build
+from trail.notify.payload import AlertEvent
 
 #: Every rule's `for` is divided by this (HighErrorRatio 2m -> 5 s, DownstreamErrors 3m -> 7.5 s,
 #: ServiceDown 1m -> 2.5 s): the order the rules rely on is kept.

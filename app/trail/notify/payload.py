@@ -11,7 +11,7 @@ Anything else is refused with :class:`PayloadError`, whose message says what is 
 (``alerts[2].labels.service: expected a string``): the HTTP server answers it with a 400, so a
 sender that is not Alertmanager, or a proxy that mangled the body, learns why instead of being
 dropped silently. Values from the payload are untrusted; they are kept as given here and escaped
-where they are shown (:mod:`trail.notify_message`).
+where they are shown (:mod:`trail.notify.message`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 - each hop's log lines, in time order, error lines marked so the page shows them expanded.
 
 All text here is still raw: the template escapes every value (Jinja2 autoescape). Control
-characters are escaped too (:func:`trail.render.clean`), as the CLI does, so a hostile line cannot
+characters are escaped too (:func:`trail.text.clean`), as the CLI does, so a hostile line cannot
 smuggle invisible text.
 """
 
@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 from correlation import schema
 from trail.hops import UNKNOWN_HOP, Trail, TrailHop
+from trail.labels import async_note, route_text, status_text, unreadable_note
 from trail.log_line import LogLine, text_rows
 from trail.lookup import TrailLookup
-from trail.render import async_note, clean, format_time, line_cap_note, route_text, status_text, unreadable_note
-from trail.root_cause import RootCause
+from trail.root_cause import RootCause, root_cause
+from trail.text import clean, format_time, line_cap_note
 
 #: The narrowest bar drawn, in percent of the axis: a 0.1 ms hop must stay visible and clickable.
 MIN_BAR_PERCENT = 0.6
@@ -162,7 +163,7 @@ def page_view(lookup: TrailLookup) -> PageView:
     t0 = trail.start_ns or 0
     ends = [_hop_end(hop) for hop in hops] + [line.ts_ns for line in trail.unknown]
     span = max(max(ends, default=t0) - t0, 1_000_000)  # at least 1 ms, so bars have an axis
-    cause = lookup.root_cause()
+    cause = root_cause(lookup.trail)
     views = []
     for hop in hops:
         start, end = hop.start_ns - t0, _hop_end(hop) - t0
@@ -199,7 +200,7 @@ def page_view(lookup: TrailLookup) -> PageView:
         unknown=tuple(line_view(line) for line in trail.unknown),
         root_cause=_root_cause_text(cause),
         problems=tuple(clean(problem) for problem in trail.problems()),
-        line_cap=line_cap_note(lookup) if lookup.lines_capped else None,
+        line_cap=line_cap_note(lookup.max_lines) if lookup.lines_capped else None,
     )
 
 

@@ -8,7 +8,7 @@ alert's task and reason, when it has them) in the alert's window, a bounded numb
 the request whose task was lost, and how many were read says how big the loss is.
 
 Everything read here is log content: the ID is validated like any inbound ID before a link is
-built from it; the task, reason and error are shown escaped (:mod:`trail.notify_message`).
+built from it; the task, reason and error are shown escaped (:mod:`trail.notify.message`).
 """
 
 from __future__ import annotations

@@ -12,14 +12,14 @@ as resolved. Fields: README.md, "The notifier".
 - ``POST /alerts``: Alertmanager's webhook. Answered at once (the notifications go out in the
   background), 400 with a reason when the body is not a webhook payload. With credentials set
   (``NOTIFY_AUTH_*``) only requests carrying them are taken; the limits and the reasons for each
-  refusal are :mod:`trail.notify_http`'s.
+  refusal are :mod:`trail.notify.server`'s.
 - ``GET /alerts``: the last payloads received; ``GET /notifications``: the last notifications.
 - ``GET /alerts/runbooks/<Alert>.md``: the runbooks, from ``NOTIFY_RUNBOOK_DIR`` (the demo's
   default ``runbook_url`` base points here).
 - ``GET /healthz``: ``{"status": "ok", "delivery": {...counters}, "intake": {...counters}}``.
 
 A notification links only under the configured Grafana, trail page and runbook addresses
-(:mod:`trail.notify_links`).
+(:mod:`trail.notify.links`).
 
 Settings come from the environment (``NOTIFY_*``, and ``LOKI_*`` as for ``trail``); a bad value
 stops it at start with a message naming the variable.
@@ -43,13 +43,13 @@ from typing import Any, TypeVar
 from correlation.settings import ConfigError, LokiSettings
 from trail.links import DEFAULT_GRAFANA_URL, DEFAULT_TRAIL_WEB_URL
 from trail.loki_query import LokiQueryClient
-from trail.notify_auth import NotifyAuth
-from trail.notify_delivery import FORMATS, Delivery, DeliverySettings
-from trail.notify_http import HttpLimits, Intake, NotifyServer, make_handler
-from trail.notify_links import LinkBases
-from trail.notify_message import build_notification
-from trail.notify_payload import AlertEvent
-from trail.notify_trail import DEFAULT_BUDGET_SECONDS, DEFAULT_LOOKBACK_SECONDS, TrailReader
+from trail.notify.auth import NotifyAuth
+from trail.notify.delivery import FORMATS, Delivery, DeliverySettings
+from trail.notify.finding import DEFAULT_BUDGET_SECONDS, DEFAULT_LOOKBACK_SECONDS, TrailReader
+from trail.notify.links import LinkBases
+from trail.notify.message import build_notification
+from trail.notify.payload import AlertEvent
+from trail.notify.server import HttpLimits, Intake, NotifyServer, make_handler
 
 T = TypeVar("T")
 DEFAULT_PORT = 9095
@@ -169,6 +169,10 @@ class Notifier:
         with self._lock:
             return list(self.payloads), list(self.notifications)
 
+    def delivery_stats(self) -> dict[str, Any]:
+        """What the webhook delivery sent, retried, dropped and has queued."""
+        return self.delivery.stats()
+
     def intake_stats(self) -> dict[str, Any]:
         """What was refused and left out at the door, and the links dropped from notifications."""
         with self._lock:
@@ -268,7 +272,3 @@ def main(argv: list[str] | None = None) -> int:
         server.server_close()
         notifier.close()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

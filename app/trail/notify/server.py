@@ -8,7 +8,7 @@ production server would add is done here, explicitly, and tested (tests/test_not
 - one deadline for reading a whole request, request line, headers and body
   (``NOTIFY_READ_SECONDS``): a client that sends slowly, or nothing, is cut off and counted;
 - at most ``max_connections`` requests served at once; more are closed unanswered and counted;
-- ``POST /alerts`` needs the configured credentials (:mod:`trail.notify_auth`),
+- ``POST /alerts`` needs the configured credentials (:mod:`trail.notify.auth`),
   ``Content-Type: application/json`` (so a browser's form or ``text/plain`` POST from any web page
   is refused: those need no CORS preflight), a ``Content-Length`` of at most 1 MiB, at most
   ``NOTIFY_MAX_ALERTS`` alerts, and JSON of sane depth; each refusal is answered with its reason;
@@ -33,13 +33,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, Protocol, TextIO
 
-from trail.notify_auth import NotifyAuth
-from trail.notify_payload import PayloadError, TooManyAlerts, read_webhook
-
-if TYPE_CHECKING:
-    from trail.notify import Notifier
+from trail.notify.auth import NotifyAuth
+from trail.notify.payload import AlertEvent, PayloadError, TooManyAlerts, read_webhook
 
 #: Alertmanager's payloads are small (``max_alerts`` bounds them); refuse anything absurd unread.
 MAX_BODY_BYTES = 1024 * 1024
@@ -153,8 +150,20 @@ class NotifyServer(ThreadingHTTPServer):
             self._slots.release()
 
 
+class AlertReceiver(Protocol):
+    """What the HTTP side hands accepted alerts to and reads its answers from: the notifier."""
+
+    def accept(self, payload: Any, events: list[AlertEvent]) -> dict[str, int]: ...
+
+    def snapshot(self) -> tuple[list[Any], list[dict[str, Any]]]: ...
+
+    def intake_stats(self) -> dict[str, Any]: ...
+
+    def delivery_stats(self) -> dict[str, Any]: ...
+
+
 def make_handler(
-    notifier: Notifier, auth: NotifyAuth, limits: HttpLimits, intake: Intake, runbook_dir: str
+    notifier: AlertReceiver, auth: NotifyAuth, limits: HttpLimits, intake: Intake, runbook_dir: str
 ) -> type[BaseHTTPRequestHandler]:
     runbooks = Path(runbook_dir) if runbook_dir else None
 
@@ -176,7 +185,7 @@ def make_handler(
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             if self.path == "/healthz":
-                health = {"status": "ok", "delivery": notifier.delivery.stats(), "intake": notifier.intake_stats()}
+                health = {"status": "ok", "delivery": notifier.delivery_stats(), "intake": notifier.intake_stats()}
                 self._reply(200, health)
             elif self.path in ("/alerts", "/notifications"):
                 if self._authorized():

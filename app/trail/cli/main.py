@@ -24,29 +24,33 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from correlation.settings import ConfigError, LokiSettings
+from trail.cli.render import render_text
+from trail.document import render_lookup_json
 from trail.last_error import last_error
+from trail.logql import check_correlation_id, check_service, check_task, last_error_query
 from trail.loki_query import DEFAULT_PAGE_SIZE, MAX_LIMIT, LokiQueryClient, LokiQueryError
 from trail.lookup import (
     DEFAULT_MAX_LINES,
-    DEFAULT_MAX_REQUEST_SECONDS,
-    DEFAULT_SINCE_SECONDS,
     MAX_LINES_ENV,
     TrailLookup,
-    Window,
-    WindowTooLong,
-    check_correlation_id,
     check_max_lines,
-    check_service,
-    check_task,
-    explicit_window,
-    last_error_query,
     lookup_trail,
     max_lines_from_env,
+)
+from trail.text import clean, format_time, line_cap_note
+from trail.window import (
+    DEFAULT_MAX_REQUEST_SECONDS,
+    DEFAULT_MAX_WINDOW_SECONDS,
+    DEFAULT_SINCE_SECONDS,
+    MAX_WINDOW_ENV,
+    Window,
+    WindowTooLong,
+    explicit_window,
+    format_duration,
+    max_window_from_env,
     parse_duration,
     parse_time,
 )
-from trail.render import clean, format_time, line_cap_note, render_lookup_json, render_text
-from trail.window import DEFAULT_MAX_WINDOW_SECONDS, MAX_WINDOW_ENV, format_duration, max_window_from_env
 
 EXIT_FOUND, EXIT_NOT_FOUND, EXIT_ERROR = 0, 1, 2
 T = TypeVar("T")
@@ -237,7 +241,7 @@ def _show(lookup: TrailLookup, as_json: bool) -> int:
         windows = "\n".join(f"  window: {w}" for w in lookup.windows)
         _say(f"trail: no log lines for correlation ID {lookup.correlation_id}\n{windows}\n  query: {lookup.query}")
         return EXIT_NOT_FOUND
-    note = line_cap_note(lookup) if lookup.lines_capped else None
+    note = line_cap_note(lookup.max_lines) if lookup.lines_capped else None
     if note:
         _say(f"trail: {note}")
     if as_json:
@@ -250,14 +254,9 @@ def _show(lookup: TrailLookup, as_json: bool) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``trail`` console script; returns the exit status."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["serve"]:  # `trail serve`: the trail pages (an ID named "serve": `trail -- serve`)
-        from trail.web import serve_main
-
-        return serve_main(argv[1:])
+    """The ``trail`` command but ``trail serve`` (:mod:`trail.__main__`); returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     now_ns = time.time_ns()
     try:
         _limits_from_env(args)

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import requests
 
-from trail.notify_message import slack_message
+from trail.notify.message import slack_message
 
 FORMATS = ("json", "slack")
 DROP_REASONS = ("queue_full", "rejected", "retries_exhausted", "shutdown")

@@ -1,0 +1,1 @@
+"""The ``trail`` command: one request's trail in a terminal (:mod:`trail.cli.main`)."""
