@@ -32,64 +32,64 @@ if TYPE_CHECKING:
 TIERS = ("unit", "process", "stack", "real_loki")
 
 TIER_OF_FILE = {
-    "test_alert_links_stack.py": "stack",
-    "test_alert_rules.py": "stack",
-    "test_bench_attribution.py": "process",
-    "test_bench_floor.py": "unit",
-    "test_chain.py": "process",
-    "test_config.py": "unit",
-    "test_context.py": "unit",
-    "test_contract.py": "unit",
-    "test_demo.py": "unit",
-    "test_error_bodies.py": "unit",
+    "stack/test_alert_links.py": "stack",
+    "stack/test_alert_rules.py": "stack",
+    "bench/test_attribution.py": "process",
+    "bench/test_floor.py": "unit",
+    "demo/test_chain.py": "process",
+    "correlation/test_settings.py": "unit",
+    "correlation/test_context.py": "unit",
+    "correlation/test_contract.py": "unit",
+    "demo/test_demo.py": "unit",
+    "correlation/integrations/test_errors.py": "unit",
     "test_fakes.py": "unit",
-    "test_error_type.py": "process",
-    "test_flask.py": "unit",
-    "test_grafana_dashboards.py": "unit",
-    "test_gunicorn.py": "process",
-    "test_gunicorn_workers.py": "process",
-    "test_histogram.py": "unit",
-    "test_hot_path.py": "unit",
-    "test_httpx.py": "unit",
-    "test_ha.py": "stack",  # the trail test is marked process, the Loki cluster ones real_loki
-    "test_ids.py": "unit",
-    "test_loadgen.py": "process",
-    "test_logs.py": "unit",
-    "test_loki_buffer.py": "unit",
-    "test_loki_handler.py": "process",
-    "test_loki_push.py": "unit",
-    "test_loki_sender.py": "unit",
-    "test_loki_spool.py": "process",
-    "test_loguru_lines.py": "unit",
-    "test_metrics_shared.py": "unit",
-    "test_notify.py": "unit",
-    "test_notify_http.py": "unit",
+    "correlation/test_error_type.py": "process",
+    "correlation/integrations/test_flask.py": "unit",
+    "stack/test_grafana_dashboards.py": "unit",
+    "correlation/integrations/test_gunicorn.py": "process",
+    "correlation/integrations/test_gunicorn_workers.py": "process",
+    "correlation/metrics/test_histogram.py": "unit",
+    "correlation/test_hot_path.py": "unit",
+    "correlation/integrations/test_httpx.py": "unit",
+    "stack/test_ha.py": "stack",  # the trail test is marked process, the Loki cluster ones real_loki
+    "correlation/test_ids.py": "unit",
+    "demo/test_loadgen.py": "process",
+    "correlation/log/test_logs.py": "unit",
+    "correlation/loki/test_buffer.py": "unit",
+    "correlation/loki/test_handler.py": "process",
+    "correlation/loki/test_push.py": "unit",
+    "correlation/loki/test_sender.py": "unit",
+    "correlation/loki/test_spool.py": "process",
+    "correlation/integrations/test_loguru.py": "unit",
+    "correlation/metrics/test_shared.py": "unit",
+    "trail/notify/test_notifier.py": "unit",
+    "trail/notify/test_server.py": "unit",
     "test_packaging.py": "process",
-    "test_propagation.py": "unit",
-    "test_real_loki.py": "real_loki",
+    "correlation/integrations/test_requests.py": "unit",
+    "correlation/loki/test_real_loki.py": "real_loki",
     "test_root_cause_alerts.py": "stack",
-    "test_shipping_faults.py": "process",
-    "test_stack_config.py": "stack",
-    "test_stack_integration.py": "stack",
-    "test_structlog_lines.py": "unit",  # the import test says process
-    "test_task_alerts.py": "stack",
-    "test_traceparent.py": "unit",
-    "test_tracestate.py": "unit",
-    "test_trail_cli.py": "unit",
-    "test_trail_hops.py": "unit",
-    "test_trail_hostile.py": "unit",
-    "test_trail_lookup.py": "unit",
-    "test_trail_properties.py": "unit",
-    "test_trail_query.py": "unit",
-    "test_trail_real_loki.py": "real_loki",
-    "test_trail_web.py": "unit",
-    "test_trail_web_browser.py": "process",
-    "test_trail_web_alert_links.py": "unit",
-    "test_trail_web_links.py": "unit",
-    "test_trust.py": "unit",
+    "correlation/loki/test_shipping_faults.py": "process",
+    "stack/test_config.py": "stack",
+    "stack/test_alerting_path.py": "stack",
+    "correlation/integrations/test_structlog.py": "unit",  # the import test says process
+    "stack/test_task_alerts.py": "stack",
+    "correlation/test_traceparent.py": "unit",
+    "correlation/test_tracestate.py": "unit",
+    "trail/cli/test_main.py": "unit",
+    "trail/test_hops.py": "unit",
+    "trail/test_hostile.py": "unit",
+    "trail/test_lookup.py": "unit",
+    "trail/test_properties.py": "unit",
+    "trail/test_loki_query.py": "unit",
+    "trail/cli/test_real_loki.py": "real_loki",
+    "trail/web/test_page.py": "unit",
+    "trail/web/test_browser.py": "process",
+    "trail/web/test_alert_links.py": "unit",
+    "trail/web/test_links.py": "unit",
+    "correlation/test_trust.py": "unit",
     "test_typing.py": "process",
-    "test_w3c_neighbour.py": "process",  # the in-process tests say unit
-    "test_wire.py": "unit",
+    "correlation/test_w3c_neighbour.py": "process",  # the in-process tests say unit
+    "correlation/test_wire.py": "unit",
 }
 
 #: Fixtures that start something heavier than their test file's tier.
@@ -103,10 +103,11 @@ def _tier_of(item: pytest.Item) -> str:
         raise pytest.UsageError(f"{item.nodeid}: several tiers {sorted(own)}; a test has exactly one")
     if own:
         return own.pop()
-    tier = TIER_OF_FILE.get(item.path.name)
+    path = item.path.relative_to(item.config.rootpath).as_posix()
+    tier = TIER_OF_FILE.get(path)
     if tier is None:
         raise pytest.UsageError(
-            f"{item.path.name} has no test tier: add it to TIER_OF_FILE in tests/conftest.py "
+            f"{path} has no test tier: add it to TIER_OF_FILE in tests/conftest.py "
             f"(one of {', '.join(TIERS)}), or mark each of its tests"
         )
     implied = [TIER_OF_FIXTURE[name] for name in getattr(item, "fixturenames", ()) if name in TIER_OF_FIXTURE]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-APP = Path(__file__).resolve().parents[1] / "app"
+from tests.support import REPO
+
+APP = REPO / "app"
 
 # Run from app/, so mypy reads app/pyproject.toml's [tool.mypy]. Import roots: app/ for the
 # packages named here (correlation, trail, demo); for ../tests and ../bench mypy walks up their

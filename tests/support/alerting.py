@@ -30,8 +30,8 @@ import requests
 from correlation.settings import LokiSettings
 from demo.services import SERVICES
 from tests.fakes import LoopbackServer, QuietHandler, wait_until
+from tests.support import REPO
 from tests.support.stack import (
-    REPO,
     alertmanager_server,
     instant_query,
     load_yaml,

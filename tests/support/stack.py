@@ -19,8 +19,7 @@ from typing import Any
 import yaml
 
 from tests.fakes import free_port, serving
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
 
 #: Tools the stack tests run, with the Debian package that provides each (make test installs them).
 TOOL_PACKAGES = {

@@ -31,6 +31,7 @@ from correlation.ids import time_ms_of
 from correlation.settings import LokiSettings
 from demo.services import SERVICES
 from tests.fakes import FakeLoki, PushedEntry, wait_until
+from tests.support import REPO
 from tests.support.alerting import (
     FOR_SCALE,
     GRAFANA,
@@ -55,7 +56,7 @@ from tests.support.grafana import (
     provisioned_datasource_uids,
     substitute_grafana_vars,
 )
-from tests.support.stack import REPO, http_get_json, instant_query, load_yaml
+from tests.support.stack import http_get_json, instant_query, load_yaml
 from trail.links import trail_page_path
 from trail.web.app import TrailWebSettings, create_app
 

@@ -20,7 +20,7 @@ import requests
 
 from correlation.settings import ConfigError, LokiSettings
 from tests.fakes import LoopbackServer, wait_until
-from tests.test_notify import GRAFANA, TRAIL_WEB, alert, payload
+from tests.trail.notify.test_notifier import GRAFANA, TRAIL_WEB, alert, payload
 from trail.notify.auth import NotifyAuth
 from trail.notify.links import LinkBases
 from trail.notify.notifier import NotifySettings, build, main

@@ -40,6 +40,7 @@ from correlation.ids import new_correlation_id
 from correlation.settings import LokiSettings
 from demo.services import SERVICES
 from tests.fakes import FakeLoki, LoopbackServer, QuietHandler, free_port, wait_until
+from tests.support import REPO
 from tests.support.grafana import dashboard_promql_queries, substitute_grafana_vars
 from tests.support.replicas import (
     LokiCluster,
@@ -52,7 +53,6 @@ from tests.support.replicas import (
 )
 from tests.support.shipper import make_handler
 from tests.support.stack import (
-    REPO,
     http_get_json,
     instant_query,
     load_yaml,

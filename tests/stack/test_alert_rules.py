@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.fakes import LoopbackServer, QuietHandler, free_port, wait_until
+from tests.support import REPO
 from tests.support.grafana import (
     check_logql,
     explore_exprs,
@@ -26,7 +27,6 @@ from tests.support.grafana import (
     provisioned_datasource_uids,
 )
 from tests.support.stack import (
-    REPO,
     alertmanager_server,
     http_get_json,
     instant_query,

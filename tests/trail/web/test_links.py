@@ -21,8 +21,9 @@ from correlation.ids import time_ms_of
 from correlation.settings import LokiSettings
 from tests.fakes import FakeLoki
 from tests.fakes.trail_lines import checkout_lines, push_all
+from tests.support import REPO
 from tests.support.grafana import explore_exprs, parse_explore_url, provisioned_datasource_uids
-from tests.support.stack import REPO, load_json, load_yaml
+from tests.support.stack import load_json, load_yaml
 from trail.links import DEFAULT_TRAIL_WEB_URL, go_path, trail_page_path
 from trail.logql import trail_query
 from trail.web.app import TrailWebSettings, create_app

@@ -21,7 +21,8 @@ from correlation.ids import new_correlation_id
 from correlation.settings import ConfigError, LokiSettings
 from tests.fakes import FakeLoki, LoopbackServer, QuietHandler, closed_port_url, wait_until
 from tests.fakes.trail_lines import MS, ORDERS, PAYMENTS, checkout_lines, log_line, push_all, rfc3339
-from tests.support.stack import REPO, load_yaml
+from tests.support import REPO
+from tests.support.stack import load_yaml
 from trail.notify.delivery import DeliverySettings
 from trail.notify.message import FIELDS, LINK_FIELDS
 from trail.notify.notifier import NotifySettings, build

@@ -4,15 +4,15 @@ metrics are checked against ``correlation.schema`` and the live metric definitio
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
 from correlation import metrics, schema
 from correlation.loki.handler import LokiHandler
 from correlation.metrics.family import Family
+from tests.support import REPO
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = REPO / "README.md"
 
 
 def _table(heading: str) -> list[list[str]]:

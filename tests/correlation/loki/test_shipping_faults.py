@@ -19,6 +19,7 @@ import requests
 from correlation.schema import ACCESS_LOGGER
 from demo.run_local import start_service, wait_healthy
 from tests.fakes import FakeLoki, free_port, wait_until
+from tests.support import REPO
 
 
 @pytest.fixture
@@ -189,7 +190,7 @@ def test_with_loki_down_the_process_holds_about_the_buffer_bound_not_more() -> N
     (The same child as `make bench`'s memory benchmark, smaller. When each entry held orjson's
     4 KiB output buffer, this grew by 37 MiB.)"""
     bound = 4 * 1024 * 1024
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     child = subprocess.run(
         [sys.executable, "-m", "bench.memory", "--child", "ship", "60000", str(bound)],
         cwd=root, capture_output=True, text=True, timeout=120, check=True,

@@ -27,7 +27,7 @@ class PaymentDeclined(Exception):
 
 def test_the_name_is_the_one_a_traceback_prints() -> None:
     assert error_type(ValueError) == "ValueError"
-    assert error_type(PaymentDeclined) == "tests.test_error_type.PaymentDeclined"
+    assert error_type(PaymentDeclined) == "tests.correlation.test_error_type.PaymentDeclined"
     assert error_type(InternalServerError) == "werkzeug.exceptions.InternalServerError"
     # The last row of the traceback in the line's `exception` starts with the same name.
     row = traceback.format_exception_only(PaymentDeclined("card declined"))[-1]
@@ -41,7 +41,7 @@ def test_the_name_is_the_one_a_traceback_prints() -> None:
 
     assert (
         error_type(local())
-        == "tests.test_error_type.test_the_name_is_the_one_a_traceback_prints._locals_.local._locals_.Inner"
+        == "tests.correlation.test_error_type.test_the_name_is_the_one_a_traceback_prints._locals_.local._locals_.Inner"
     )
 
 
@@ -113,8 +113,8 @@ def test_a_failed_request_carries_its_exception_type_on_its_line_and_in_metadata
     entries = loki_sink.wait_for(lambda e: len(e) == 5)
     by_path = {e.json[schema.PATH]: e for e in entries}
     # Handled by the app's own error handler (its 502) or by no one (Flask's 500): the type either way.
-    assert by_path["/declined"].json[schema.ERROR_TYPE] == "tests.test_error_type.PaymentDeclined"
-    assert by_path["/declined"].metadata[schema.ERROR_TYPE] == "tests.test_error_type.PaymentDeclined"
+    assert by_path["/declined"].json[schema.ERROR_TYPE] == "tests.correlation.test_error_type.PaymentDeclined"
+    assert by_path["/declined"].metadata[schema.ERROR_TYPE] == "tests.correlation.test_error_type.PaymentDeclined"
     assert by_path["/boom"].json[schema.ERROR_TYPE] == "ZeroDivisionError"
     assert by_path["/boom"].metadata == {
         schema.CORRELATION_ID: by_path["/boom"].json[schema.CORRELATION_ID],

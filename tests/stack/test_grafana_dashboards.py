@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.support import REPO
 from tests.support.grafana import (
     check_logql,
     check_logql_metric,
@@ -20,7 +21,7 @@ from tests.support.grafana import (
     parse_explore_url,
     substitute_grafana_vars,
 )
-from tests.support.stack import REPO, instant_query, load_json, load_yaml, prometheus_server
+from tests.support.stack import instant_query, load_json, load_yaml, prometheus_server
 from trail.links import DEFAULT_TRAIL_WEB_URL
 
 DASHBOARDS = {

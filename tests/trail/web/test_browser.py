@@ -29,7 +29,8 @@ import requests
 
 from correlation import schema
 from tests.fakes import FakeLoki, free_port, serving, wait_until
-from tests.support.stack import REPO, load_yaml, require_tool
+from tests.support import REPO
+from tests.support.stack import load_yaml, require_tool
 
 HOSTILE_ID = "<script>alert(1)</script>"
 WINDOW = (1200, 900)

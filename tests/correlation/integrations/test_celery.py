@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ import correlation
 from correlation import context, ids, metrics, schema, traceparent, wire
 from correlation.integrations import celery as correlation_celery
 from correlation.task_headers import BAD_PUBLISHED_AT, publish_headers, read_headers
+from tests.support import REPO
 
 pytestmark = pytest.mark.unit
 
@@ -248,7 +248,7 @@ def test_an_eager_run_is_a_child_hop_with_its_access_line(installed: Lines, memo
 
 def _readme_table(heading: str, nth: int = 0) -> list[list[str]]:
     """The rows (without the header row) of the ``nth`` table under ``heading``."""
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    text = (REPO / "README.md").read_text()
     tables: list[list[list[str]]] = [[]]
     for line in text[text.index(heading) :].splitlines()[1:]:
         if line.startswith("#"):
