@@ -20,6 +20,8 @@ from trail.logql import error_lines_query, last_error_query
 from trail.loki_query import LokiQueryClient, LokiQueryError
 from trail.lookup import lookup_trail
 
+pytestmark = pytest.mark.unit
+
 S = 1_000_000_000
 T0 = 1_750_000_000 * S
 

@@ -16,6 +16,8 @@ import pytest
 
 from tests.support import REPO
 
+pytestmark = pytest.mark.process
+
 APP = REPO / "app"
 DOCKERFILE = (APP / "Dockerfile").read_text()
 #: Where the Dockerfile copies the sources it builds the wheel from (`COPY <name> /tmp/build/...`).

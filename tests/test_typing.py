@@ -6,7 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.support import REPO
+
+pytestmark = pytest.mark.process
 
 APP = REPO / "app"
 

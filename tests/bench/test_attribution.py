@@ -8,8 +8,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from bench.inprocess import VARIANTS
 from tests.support import REPO
+
+pytestmark = pytest.mark.process
 
 ROOT = REPO
 

@@ -14,6 +14,8 @@ from bench import floor
 from correlation import Correlation, Settings, ids, schema
 from correlation.log.formatter import JsonFormatter
 
+pytestmark = pytest.mark.unit
+
 _COMPARED = ("level", "logger", "route", "status", "service", "method", "path", "parent_request_id", "caller")
 
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 import correlation
 from correlation import context
+
+pytestmark = pytest.mark.unit
 
 
 def test_no_hop_outside_a_request() -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from correlation import metrics, schema
 from correlation.loki.handler import LokiHandler
 from correlation.metrics.family import Family
 from tests.support import REPO
+
+pytestmark = pytest.mark.unit
 
 README = REPO / "README.md"
 

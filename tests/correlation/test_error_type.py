@@ -18,6 +18,8 @@ from correlation.integrations.flask import Correlation as _Correlation
 from tests.fakes import FakeLoki
 from tests.support.shipper import make_handler
 
+pytestmark = pytest.mark.process
+
 _names = count()
 
 

@@ -37,6 +37,8 @@ from correlation.log.stdout import StdoutHandler
 from correlation.loki.handler import LokiHandler
 from tests.fakes import closed_port_url, wait_until
 
+pytestmark = pytest.mark.unit
+
 _stdlib = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":")).encode
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from correlation import ids
+
+pytestmark = pytest.mark.unit
 
 NOW_MS = int(time.time() * 1000)
 plausible_ms = st.integers(min_value=1_577_836_800_000, max_value=NOW_MS)

@@ -6,6 +6,8 @@ import pytest
 
 from correlation.settings import ConfigError, LokiSettings, Settings
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults() -> None:
     settings = Settings.from_env({})

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from correlation import tracestate
 from correlation.tracestate import BAD, MAX_LENGTH, TRUNCATED, TraceState
+
+pytestmark = pytest.mark.unit
 
 # A member the spec's grammar allows (https://www.w3.org/TR/trace-context-1/#tracestate-header).
 MEMBER = re.compile(

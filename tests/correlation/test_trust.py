@@ -16,6 +16,8 @@ from correlation import ConfigError, Correlation, Settings, ids
 from correlation.log.formatter import JsonFormatter
 from correlation.trust import TrustPolicy
 
+pytestmark = pytest.mark.unit
+
 ipv4 = st.integers(0, 2**32 - 1).map(lambda n: str(ipaddress.IPv4Address(n)))
 networks = st.lists(
     st.tuples(ipv4, st.integers(0, 32)).map(lambda t: ipaddress.ip_network(f"{t[0]}/{t[1]}", strict=False)),

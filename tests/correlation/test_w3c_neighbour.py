@@ -26,6 +26,8 @@ from correlation.trust import TrustPolicy
 from tests.fakes import free_port, serving
 from tests.support.otel_neighbour import RATIO_WOULD_DROP, RATIO_WOULD_SAMPLE, Neighbour
 
+pytestmark = pytest.mark.process  # the in-process tests say unit
+
 APP = textwrap.dedent("""
     import os, flask, requests, correlation
 

@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from correlation import context, ids, schema, traceparent, wire
 
+pytestmark = pytest.mark.unit
+
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 TP = f"00-{TRACE}-b7ad6b7169203331-01"
 UNSAMPLED = f"00-{TRACE}-b7ad6b7169203331-00"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 from correlation import ids
 from correlation.schema import ACCESS_LOGGER
 from demo.services import SERVICES
 from tests.fakes import FakeLoki, PushedEntry, raw_request
+
+pytestmark = pytest.mark.process
 
 # Through gunicorn: values its HTTP parser lets through reach our edge and are replaced; control
 # characters (CR, LF, ESC, NUL) and headers over 8 KB are refused by gunicorn itself (400/431)

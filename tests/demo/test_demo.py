@@ -20,6 +20,8 @@ from demo.faults import Faults, FaultSettings, InjectedFault
 from demo.run_local import DEMO_SOURCE_ROOT
 from demo.services import SERVICES, create_app
 
+pytestmark = pytest.mark.unit  # run_local's test says process
+
 
 def test_fault_settings_validate_and_keep_unset_keys() -> None:
     base = FaultSettings(0.2, 50)

@@ -13,6 +13,8 @@ import pytest
 from demo import loadgen, spike
 from tests.fakes import LoopbackServer, QuietHandler, free_port, wait_until
 
+pytestmark = pytest.mark.process
+
 
 class FakeGateway:
     """POST /checkout counts requests and fails every other one while error_rate > 0 (with an

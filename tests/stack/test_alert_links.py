@@ -47,6 +47,8 @@ from tests.support.stack import http_get_json, load_json
 from trail.loki_query import LokiQueryClient
 from trail.web.app import TrailWebSettings, create_app
 
+pytestmark = pytest.mark.stack
+
 ALERT_DEADLINE_SECONDS = 90.0
 LATENCY_MS = 1200
 

@@ -38,6 +38,8 @@ from tests.support.stack import (
 )
 from trail.links import trail_page_path
 
+pytestmark = pytest.mark.stack
+
 RULES = "alerts/correlation-demo.rules.yml"
 TEST_FILES = sorted(glob.glob(str(REPO / "alerts/tests/*.yml")))
 DEFAULT_GRAFANA = "http://localhost:3000"

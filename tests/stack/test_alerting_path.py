@@ -60,6 +60,8 @@ from tests.support.stack import http_get_json, instant_query, load_yaml
 from trail.links import trail_page_path
 from trail.web.app import TrailWebSettings, create_app
 
+pytestmark = pytest.mark.stack
+
 #: Deadlines: generous, other test sessions share this 2-core machine.
 ALERT_DEADLINE_SECONDS = 90.0
 ERROR_RATE = 0.5  # some checkouts fail, some succeed: "this ID failed" is then a real check

@@ -24,6 +24,8 @@ from tests.support.replicas import nginx_config_for
 from tests.support.stack import TOOL_PACKAGES, load_yaml, require_tool, run
 from trail.notify.server import HttpLimits
 
+pytestmark = pytest.mark.stack
+
 DOWNSTREAM = {
     "gateway": {"ORDERS_URL": "http://orders:8081"},
     "orders": {"PAYMENTS_URL": "http://payments:8082", "INVENTORY_URL": "http://inventory:8083"},

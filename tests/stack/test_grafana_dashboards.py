@@ -24,6 +24,8 @@ from tests.support.grafana import (
 from tests.support.stack import instant_query, load_json, load_yaml, prometheus_server
 from trail.links import DEFAULT_TRAIL_WEB_URL
 
+pytestmark = pytest.mark.unit  # the test running a real Prometheus says stack
+
 DASHBOARDS = {
     "service-overview": "grafana/dashboards/service-overview.json",
     "request-trail": "grafana/dashboards/request-trail.json",

@@ -63,6 +63,8 @@ from tests.support.stack import (
 from trail.cli.main import main as trail_main
 from trail.loki_query import LokiQueryClient
 
+pytestmark = pytest.mark.stack  # the trail test says process, the Loki cluster ones real_loki
+
 COMPOSE_FILES = ["-f", "docker-compose.yml", "-f", "docker-compose.ha.yml"]
 SHORT_FOR = "5s"
 #: Alertmanager waits peer_timeout x its position in the cluster before it notifies, so that a

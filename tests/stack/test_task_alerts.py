@@ -63,6 +63,8 @@ from tests.support.stack import (
 from trail.links import trail_page_path
 from trail.web.app import TrailWebSettings, create_app
 
+pytestmark = pytest.mark.stack
+
 TASK = notifications.TASK_NAME
 #: Deadlines: generous, other test sessions share this 2-core machine.
 PAGE_DEADLINE_SECONDS = 90.0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from correlation.ids import new_correlation_id
 from correlation.schema import ACCESS_LOGGER
 from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line
@@ -12,6 +14,8 @@ from trail.cli.render import RED, render_text
 from trail.document import JSON_SCHEMA_VERSION, render_json, trail_to_dict
 from trail.hops import UNKNOWN_HOP, Trail, build_trail
 from trail.log_line import parse_time_ns
+
+pytestmark = pytest.mark.unit
 
 T0 = 1_750_000_000_000_000_000
 MS = 1_000_000

@@ -30,6 +30,8 @@ from trail.notify.payload import AlertEvent
 from trail.text import clean
 from trail.web.app import TrailWebSettings, create_app
 
+pytestmark = pytest.mark.unit
+
 S = 1_000_000_000
 MS = 1_000_000
 T0 = 1_750_000_000_000 * MS  # the time inside CID

@@ -22,6 +22,8 @@ from trail.loki_query import (
     parse_response,
 )
 
+pytestmark = pytest.mark.unit
+
 T0 = 1_750_000_000_000_000_000  # a fixed moment, in ns
 CID = new_correlation_id(now_ms=T0 // 1_000_000)
 QUERY = trail_query(CID)

@@ -48,6 +48,8 @@ from trail.window import (
     widened_window,
 )
 
+pytestmark = pytest.mark.unit
+
 S = 1_000_000_000
 MS = 1_000_000
 T0 = 1_750_000_000_000 * MS  # the time inside CID

@@ -12,6 +12,7 @@ import unicodedata
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,8 @@ from trail.lookup import TrailLookup
 from trail.root_cause import root_cause
 from trail.web.page import page_view
 from trail.window import Window
+
+pytestmark = pytest.mark.unit
 
 CID = "01a2131f87d47bef86b795a8b15dfdba"
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})

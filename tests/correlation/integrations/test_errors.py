@@ -7,6 +7,8 @@ import pytest
 
 from correlation import Correlation, Settings
 
+pytestmark = pytest.mark.unit
+
 BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 
 

@@ -19,6 +19,8 @@ from correlation.log.formatter import JsonFormatter
 from correlation.schema import ACCESS_LOGGER
 from correlation.settings import Settings
 
+pytestmark = pytest.mark.unit
+
 _names = count()
 
 

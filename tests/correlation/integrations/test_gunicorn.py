@@ -16,6 +16,8 @@ import requests
 
 from tests.fakes import FakeLoki, free_port, wait_until
 
+pytestmark = pytest.mark.process
+
 APP = textwrap.dedent("""
     import time, flask, correlation
 

@@ -23,6 +23,8 @@ import requests
 
 from tests.fakes import free_port, wait_until
 
+pytestmark = pytest.mark.process  # the test with a real Prometheus says stack
+
 APP = textwrap.dedent("""
     import flask, correlation
 

@@ -13,6 +13,8 @@ from correlation.integrations.httpx import CorrelationTransport, instrument_http
 from correlation.metrics import CLIENT_DURATION
 from tests.fakes import HeaderEcho, LoopbackServer
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def echo() -> Iterator[str]:

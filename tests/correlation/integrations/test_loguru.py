@@ -20,6 +20,8 @@ from tests.fakes import FakeLoki
 from tests.support.frontends import SERVICE, doc_example, flask_app, library_logging, unique_keys
 from tests.support.shipper import make_handler
 
+pytestmark = pytest.mark.unit
+
 
 def _no_patcher(record: Any) -> None:
     """What the tests leave as loguru's global patcher: loguru can replace one, not unset it."""

@@ -12,6 +12,8 @@ from correlation.integrations.requests import instrument_requests, uninstrument_
 from correlation.metrics import CLIENT_DURATION
 from tests.fakes import HeaderEcho, LoopbackServer
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def echo_server() -> Iterator[str]:

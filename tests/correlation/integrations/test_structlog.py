@@ -18,6 +18,8 @@ from correlation.integrations.structlog import configure_structlog
 from tests.fakes import FakeLoki
 from tests.support.frontends import SERVICE, doc_example, flask_app, library_logging, unique_keys
 
+pytestmark = pytest.mark.unit  # the import test says process
+
 
 @pytest.fixture(autouse=True)
 def structlog_defaults() -> Iterator[None]:

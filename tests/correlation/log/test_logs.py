@@ -16,6 +16,8 @@ from correlation.loki.handler import LokiHandler
 from correlation.settings import ConfigError, LokiSettings, Settings
 from correlation.setup import setup_logging
 
+pytestmark = pytest.mark.unit
+
 
 def _format(record: logging.LogRecord, service: str = "svc") -> dict:
     context.set_service(service)

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from correlation.loki.buffer import ENTRY_OVERHEAD, LineBuffer, PushEntry
 from tests.fakes import wait_until
 
+pytestmark = pytest.mark.unit
+
 #: Long enough that a batch never becomes due by age unless a test wants it to.
 NEVER = 60.0
 

@@ -18,6 +18,8 @@ from correlation.settings import LokiSettings
 from tests.fakes import FakeLoki
 from tests.support.shipper import LABELS, make_handler
 
+pytestmark = pytest.mark.process
+
 
 def test_lines_arrive_with_fixed_labels_metadata_and_record_time(loki_sink: FakeLoki, logger: logging.Logger) -> None:
     handler = make_handler(loki_sink)

@@ -6,12 +6,15 @@ import gzip
 import json
 import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from correlation.loki.buffer import PushEntry
 from correlation.loki.push import push_body
 from tests.fakes import validate_push
+
+pytestmark = pytest.mark.unit
 
 LABELS = {"service_name": "svc", "env": "test"}
 metadata = st.dictionaries(st.sampled_from(["correlation_id", "request_id", "level"]), st.text(min_size=1, max_size=70))

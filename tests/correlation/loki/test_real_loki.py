@@ -21,7 +21,10 @@ from correlation.settings import LokiSettings
 from trail.logql import trail_query
 from trail.loki_query import LokiQueryClient
 
-pytestmark = pytest.mark.skipif(not os.environ.get("LOKI_URL"), reason="needs a real Loki: set LOKI_URL")
+pytestmark = [
+    pytest.mark.real_loki,
+    pytest.mark.skipif(not os.environ.get("LOKI_URL"), reason="needs a real Loki: set LOKI_URL"),
+]
 
 NS = 1_000_000_000
 

@@ -22,6 +22,8 @@ from correlation.settings import LokiSettings
 from tests.fakes import FakeLoki, wait_until
 from tests.support.shipper import LABELS
 
+pytestmark = pytest.mark.unit
+
 T0 = 1_750_000_000_000_000_000
 
 

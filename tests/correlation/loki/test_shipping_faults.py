@@ -21,6 +21,8 @@ from demo.run_local import start_service, wait_healthy
 from tests.fakes import FakeLoki, free_port, wait_until
 from tests.support import REPO
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture
 def start_payments(tmp_path: Path) -> Iterator:

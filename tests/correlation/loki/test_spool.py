@@ -29,6 +29,8 @@ from tests.fakes import FakeLoki
 from tests.support.shipper import LABELS
 from tests.support.shipper import make_handler as _make_handler
 
+pytestmark = pytest.mark.process
+
 T0 = 1_750_000_000_000_000_000
 
 

@@ -11,6 +11,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from correlation.metrics.histogram import ExemplarHistogram
 
+pytestmark = pytest.mark.unit
+
 BUCKETS = (0.005, 0.1, 1.0)
 # Exemplar and _created timestamps differ between the two: everything else must not.
 _TIMES = re.compile(rb"\d{10}\.\d+|\d\.\d+e\+09")

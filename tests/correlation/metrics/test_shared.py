@@ -23,6 +23,8 @@ from correlation.metrics.histogram import ExemplarHistogram
 from correlation.metrics.merge import read_directory
 from correlation.metrics.shared import MetricsFile
 
+pytestmark = pytest.mark.unit
+
 BUCKETS = (0.1, 1.0)
 _TIMES = re.compile(rb"\d{10}\.\d+|\d\.\d+e\+09")
 

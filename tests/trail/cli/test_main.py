@@ -30,6 +30,8 @@ from trail.last_error import LAST_ERROR_SCAN
 from trail.logql import last_error_query, trail_query
 from trail.window import MARGIN_SECONDS, WIDE_SECONDS
 
+pytestmark = pytest.mark.unit
+
 S = 1_000_000_000
 MS = 1_000_000
 T0 = 1_750_000_000_000 * MS  # the time inside CID

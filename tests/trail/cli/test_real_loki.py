@@ -21,7 +21,10 @@ from correlation.settings import LokiSettings
 from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line
 from trail.cli.main import main
 
-pytestmark = pytest.mark.skipif(not os.environ.get("LOKI_URL"), reason="needs a real Loki: set LOKI_URL")
+pytestmark = [
+    pytest.mark.real_loki,
+    pytest.mark.skipif(not os.environ.get("LOKI_URL"), reason="needs a real Loki: set LOKI_URL"),
+]
 
 MS = 1_000_000
 

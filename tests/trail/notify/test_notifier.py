@@ -27,6 +27,8 @@ from trail.notify.delivery import DeliverySettings
 from trail.notify.message import FIELDS, LINK_FIELDS
 from trail.notify.notifier import NotifySettings, build
 
+pytestmark = pytest.mark.unit  # the tests waiting on real time say process
+
 GRAFANA = "http://grafana.notify.test:3000"
 TRAIL_WEB = "http://trail-web.notify.test"
 RUNBOOK = "http://localhost:9095/alerts/runbooks/HighErrorRatio.md"

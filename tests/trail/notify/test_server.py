@@ -26,6 +26,8 @@ from trail.notify.links import LinkBases
 from trail.notify.notifier import NotifySettings, build, main
 from trail.notify.server import HttpLimits
 
+pytestmark = pytest.mark.unit  # the tests waiting on real time say process
+
 TOKEN = "s3cret-token-for-tests"
 JSON = {"Content-Type": "application/json"}
 BEARER = {**JSON, "Authorization": f"Bearer {TOKEN}"}

@@ -21,6 +21,8 @@ from tests.fakes.trail_lines import access_line, log_line
 from trail.links import trail_page_path
 from trail.web.app import TrailWebSettings, create_app
 
+pytestmark = pytest.mark.unit
+
 MS = 1_000_000
 S = 1000 * MS
 T0 = 1_750_000_000_000 * MS

@@ -32,6 +32,8 @@ from tests.fakes import FakeLoki, free_port, serving, wait_until
 from tests.support import REPO
 from tests.support.stack import load_yaml, require_tool
 
+pytestmark = pytest.mark.process
+
 HOSTILE_ID = "<script>alert(1)</script>"
 WINDOW = (1200, 900)
 CHROMIUM_SECONDS = 60

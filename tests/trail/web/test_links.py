@@ -28,6 +28,8 @@ from trail.links import DEFAULT_TRAIL_WEB_URL, go_path, trail_page_path
 from trail.logql import trail_query
 from trail.web.app import TrailWebSettings, create_app
 
+pytestmark = pytest.mark.unit
+
 SAMPLE_ID = "0192f0c4e2a87abc8def0123456789ab"  # a UUIDv7 of ours: its time is in it
 MS = 1_000_000
 #: Longest window a click may search (the ID's narrow window is 40 s; widened once, 30 min).

@@ -28,6 +28,8 @@ from trail.logql import trail_query
 from trail.web.app import TrailWebSettings, create_app
 from trail.window import DEFAULT_SINCE_SECONDS, MARGIN_SECONDS, WIDE_SECONDS, Window
 
+pytestmark = pytest.mark.unit
+
 S = 1_000_000_000
 MS = 1_000_000
 T0 = 1_750_000_000_000 * MS  # the time inside CID
