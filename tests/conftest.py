@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.fakes import FakeLoki
+from tests.support.fake_loki import fake_loki_fixture
 
 if TYPE_CHECKING:
     from demo.run_local import Chain
@@ -69,23 +70,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # -- the fake Loki ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def loki_sink() -> Iterator[FakeLoki]:
-    """A fake Loki for the shipper; the test fails if anything pushed breaks Loki's format."""
-    with FakeLoki() as fake:
-        yield fake
-    assert not fake.violations, f"pushes that break Loki's format: {fake.violations}"
-
-
-@pytest.fixture
-def loki(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLoki]:
-    """A fake Loki for ``trail``: ``LOKI_URL`` points at it and no other ``LOKI_*`` setting is set."""
-    for name in ("LOKI_TENANT", "LOKI_USERNAME", "LOKI_PASSWORD", "LOKI_BEARER_TOKEN", "LOKI_TLS_VERIFY", "NO_COLOR"):
-        monkeypatch.delenv(name, raising=False)
-    with FakeLoki() as fake:
-        monkeypatch.setenv("LOKI_URL", fake.url)
-        yield fake
-    assert not fake.violations, f"pushes that break Loki's format: {fake.violations}"
+#: A fake Loki for the shipper; the test fails if anything pushed breaks Loki's format.
+loki_sink = fake_loki_fixture()
+#: A fake Loki for ``trail``: ``LOKI_URL`` points at it and no other ``LOKI_*`` setting is set.
+loki = fake_loki_fixture(as_loki_url=True)
 
 
 # -- the shipper ---------------------------------------------------------------------------------
@@ -106,12 +94,8 @@ def logger() -> Iterator[logging.Logger]:
 # -- the demo chain ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def chain_sink() -> Iterator[FakeLoki]:
-    """The fake Loki the module's demo chain ships to."""
-    with FakeLoki() as fake:
-        yield fake
-    assert not fake.violations, f"pushes that break Loki's format: {fake.violations}"
+#: The fake Loki the module's demo chain ships to.
+chain_sink = fake_loki_fixture(scope="module")
 
 
 @pytest.fixture(scope="module")

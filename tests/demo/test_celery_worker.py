@@ -27,6 +27,7 @@ from demo.run_local import Chain, start_chain, wait_healthy
 from demo.services import SERVICES
 from tests.fakes import FakeLoki, LoopbackServer, PushedEntry, QuietHandler, free_port, wait_until
 from tests.support.broker import RETRY_ENV, Broker
+from tests.support.fake_loki import fake_loki_fixture
 from tests.support.stack import require_tool
 from trail.log_line import parse_time_ns
 
@@ -66,11 +67,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
         running.stop()
 
 
-@pytest.fixture(scope="module")
-def sink() -> Iterator[FakeLoki]:
-    with FakeLoki() as fake:
-        yield fake
-    assert not fake.violations, f"pushes that break Loki's format: {fake.violations}"
+sink = fake_loki_fixture(scope="module")
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@
 - ``loopback.py``: :class:`LoopbackServer` (any handler, in a thread), :class:`QuietHandler`,
   :func:`free_port`, :func:`closed_port_url`, :func:`raw_request`.
 - ``waiting.py``: :func:`wait_until`, the one poll-with-a-deadline.
+- ``webhook.py``: :class:`FakeWebhook`, the chat webhook the notifier posts to and the receiver
+  Alertmanager notifies.
 
 Helpers that are not fakes (real Prometheus, Grafana checks, the shipper wired for tests) live
 in ``tests/support/``. Fixtures built on these are in ``tests/conftest.py``.
@@ -16,9 +18,12 @@ from tests.fakes.loki import FakeLoki, RecordedRequest
 from tests.fakes.loki_push import Push, PushedEntry, validate_push
 from tests.fakes.loopback import HeaderEcho, LoopbackServer, QuietHandler, closed_port_url, free_port, raw_request
 from tests.fakes.waiting import serving, wait_until
+from tests.fakes.webhook import Delivery, FakeWebhook
 
 __all__ = [
+    "Delivery",
     "FakeLoki",
+    "FakeWebhook",
     "HeaderEcho",
     "LoopbackServer",
     "Push",

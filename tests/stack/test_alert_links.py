@@ -27,10 +27,9 @@ import pytest
 
 from correlation import schema
 from correlation.settings import LokiSettings
-from tests.fakes import FakeLoki, wait_until
+from tests.fakes import FakeLoki, FakeWebhook, wait_until
 from tests.support.alerting import (
     TRAIL_WEB,
-    ChatWebhook,
     Traffic,
     alerting_stack,
     running_notifier,
@@ -86,7 +85,7 @@ def wait_alert(alertmanager: str, prometheus: str, alertname: str, service: str)
 
 @pytest.fixture(scope="module")
 def fired(chain: Any, chain_sink: FakeLoki) -> Iterator[Fired]:
-    chat = ChatWebhook()
+    chat = FakeWebhook()
     traffic = Traffic(chain.urls["gateway"])
     with chat.server, running_notifier(chain_sink.url, chat.server.url) as run:
         try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import json
 import re
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fakes import LoopbackServer, QuietHandler, free_port, wait_until
+from tests.fakes import FakeWebhook, LoopbackServer, QuietHandler, free_port, wait_until
 from tests.support import REPO
 from tests.support.grafana import (
     check_logql,
@@ -405,27 +404,13 @@ def test_real_prometheus_renders_links_from_the_grafana_url_label(tmp_path: Path
 # --- a real Alertmanager: which pages get through --------------------------------------------------
 
 
-class WebhookCapture:
-    """A webhook target recording every alert Alertmanager notifies, as (alertname, service, cause)."""
-
-    def __init__(self) -> None:
-        self.notified: list[tuple[str, str, str]] = []
-        self.headers: list[tuple[str | None, str | None]] = []
-        self.lock = threading.Lock()
-        capture = self
-
-        class Handler(QuietHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                payload = json.loads(self.read_body())
-                with capture.lock:
-                    capture.headers.append((self.headers.get("Authorization"), self.headers.get("Content-Type")))
-                    capture.notified += [
-                        (a["labels"]["alertname"], a["labels"]["service"], a["labels"].get("cause_service", ""))
-                        for a in payload["alerts"]
-                    ]
-                self.reply(200, {"ok": True})
-
-        self.server = LoopbackServer(Handler)
+def notified(webhook: FakeWebhook) -> list[tuple[str, str, str]]:
+    """Every alert Alertmanager notified the webhook of, as (alertname, service, cause)."""
+    return [
+        (a["labels"]["alertname"], a["labels"]["service"], a["labels"].get("cause_service", ""))
+        for body in webhook.bodies
+        for a in body["alerts"]
+    ]
 
 
 def test_real_alertmanager_pages_once_per_cause(tmp_path: Path) -> None:
@@ -450,7 +435,7 @@ def test_real_alertmanager_pages_once_per_cause(tmp_path: Path) -> None:
         alert("TaskFailures", "notifications", "notifications", task="notifications.send_confirmation"),
         alert("TaskPublishFailures", "orders", "broker", task="notifications.send_confirmation"),
     ]
-    capture = WebhookCapture()
+    capture = FakeWebhook()
     token_file = tmp_path / "notify-token"
     token_file.write_text("the-notifier-token\n")
     config = local_alertmanager_config(capture.server.url + "/alerts", token_file)
@@ -464,7 +449,7 @@ def test_real_alertmanager_pages_once_per_cause(tmp_path: Path) -> None:
 
         def settled() -> list[dict[str, Any]]:
             alerts = http_get_json(am + "/api/v2/alerts")
-            return alerts if len(alerts) == len(sent) and len(capture.notified) >= 5 else []
+            return alerts if len(alerts) == len(sent) and len(notified(capture)) >= 5 else []
 
         states = wait_until(settled, 30, "Alertmanager to notify the pages that get through", interval=0.2)
     suppressed = {
@@ -478,7 +463,7 @@ def test_real_alertmanager_pages_once_per_cause(tmp_path: Path) -> None:
         ("DownstreamErrors", "orders", "inventory"),
         ("TaskFailures", "notifications", "notifications"),
     }
-    assert sorted(capture.notified) == [
+    assert sorted(notified(capture)) == [
         ("DownstreamErrors", "gateway", "billing-api"),
         ("HighErrorRatio", "payments", "payments"),
         ("ServiceDown", "inventory", "inventory"),
@@ -486,4 +471,5 @@ def test_real_alertmanager_pages_once_per_cause(tmp_path: Path) -> None:
         ("TaskPublishFailures", "orders", "broker"),
     ]
     # The notifier's token (a file, as compose mounts it), and Alertmanager's content type.
-    assert set(capture.headers) == {("Bearer the-notifier-token", "application/json")}
+    headers = {(delivery.authorization, delivery.content_type) for delivery in capture.deliveries}
+    assert headers == {("Bearer the-notifier-token", "application/json")}

@@ -30,7 +30,7 @@ import yaml
 from correlation.ids import time_ms_of
 from correlation.settings import LokiSettings
 from demo.services import SERVICES
-from tests.fakes import FakeLoki, PushedEntry, wait_until
+from tests.fakes import FakeLoki, FakeWebhook, PushedEntry, wait_until
 from tests.support import REPO
 from tests.support.alerting import (
     FOR_SCALE,
@@ -38,13 +38,13 @@ from tests.support.alerting import (
     INTERVAL_SECONDS,
     RUNBOOKS,
     TRAIL_WEB,
-    ChatWebhook,
     LokiGate,
     NotifierRun,
     Traffic,
     alerting_stack,
     critical_alerts,
     for_ms,
+    pages,
     running_notifier,
     set_faults,
 )
@@ -116,7 +116,7 @@ class Stack:
     prometheus: str
     alertmanager: str
     notifier: NotifierRun
-    chat: ChatWebhook
+    chat: FakeWebhook
     traffic: Traffic
     alert: dict[str, Any]  # HighErrorRatio for payments as Alertmanager sent it
     derived_rules: dict[str, str]  # rules file name -> derived text
@@ -145,11 +145,11 @@ def diagnostics(prometheus: str, alertmanager: str, run: NotifierRun, traffic: T
     return "\n".join(parts)
 
 
-def wait_for_page(chat: ChatWebhook, run: NotifierRun, service: str, since: float, what: str, explain: Any) -> Page:
+def wait_for_page(chat: FakeWebhook, run: NotifierRun, service: str, since: float, what: str, explain: Any) -> Page:
     """The first page naming ``service`` at the chat webhook; its timings."""
 
     def arrived() -> tuple[float, dict[str, Any]] | None:
-        return next(((at, body) for at, body in chat.pages() if body["service"] == service), None)
+        return next(((at, body) for at, body in pages(chat) if body["service"] == service), None)
 
     try:
         at, body = wait_until(arrived, ALERT_DEADLINE_SECONDS, what, interval=0.1)
@@ -177,7 +177,7 @@ def firing_alert(run: NotifierRun, alertname: str, service: str) -> dict[str, An
 
 @pytest.fixture(scope="module")
 def stack(chain: Any, chain_sink: FakeLoki) -> Iterator[Stack]:
-    chat = ChatWebhook()
+    chat = FakeWebhook()
     gate = LokiGate(chain_sink.url)
     traffic = Traffic(chain.urls["gateway"])
     with chat.server, gate.server, running_notifier(gate.server.url, chat.server.url) as run:
@@ -193,7 +193,7 @@ def stack(chain: Any, chain_sink: FakeLoki) -> Iterator[Stack]:
                 payments = wait_for_page(chat, run, "payments", spike, "payments fails", explain)
                 # Long enough for any echo of the same cause to page too, if the rules let it.
                 time.sleep(QUIET_AFTER_PAGE_SECONDS)  # a deliberate wait: asserting that nothing comes
-                after_quiet = [body["service"] for _, body in chat.pages()]
+                after_quiet = [body["service"] for _, body in pages(chat)]
                 alerts_after_quiet = critical_alerts(prom)
 
                 gate.stall()  # Loki stops answering the notifier
@@ -204,7 +204,7 @@ def stack(chain: Any, chain_sink: FakeLoki) -> Iterator[Stack]:
                 for name in ("payments", "inventory"):
                     set_faults(chain.urls[name], error_rate=0.0)
                 alert = firing_alert(run, "HighErrorRatio", "payments")
-                all_pages = [body["service"] for _, body in chat.pages()]
+                all_pages = [body["service"] for _, body in pages(chat)]
                 yield Stack(
                     prom,
                     am,
@@ -287,7 +287,7 @@ def test_with_loki_stopped_a_page_still_arrives_within_5_s_with_links_only(stack
 def test_orders_failing_on_its_own_pages_once_naming_orders(stack: Stack, chain: Any, chain_sink: FakeLoki) -> None:
     """A fresh Prometheus and Alertmanager (so payments' and inventory's failures are not in its
     rates): orders fails before calling anyone; gateway answers 502 for it."""
-    chat = ChatWebhook()
+    chat = FakeWebhook()
     traffic = Traffic(chain.urls["gateway"])
     with chat.server, running_notifier(chain_sink.url, chat.server.url) as run:
         try:
@@ -299,13 +299,13 @@ def test_orders_failing_on_its_own_pages_once_naming_orders(stack: Stack, chain:
                     chat, run, "orders", spike, "orders fails on its own", lambda: diagnostics(prom, am, run, traffic)
                 )
                 time.sleep(QUIET_AFTER_PAGE_SECONDS)  # a deliberate wait: asserting that nothing comes
-                pages = [body["service"] for _, body in chat.pages()]
+                paged = [body["service"] for _, body in pages(chat)]
                 alerts = critical_alerts(prom)
                 traffic.stop()
         finally:
             traffic.stop_event.set()
             set_faults(chain.urls["orders"], error_rate=0.0)
-    assert pages == ["orders"] and alerts == {("HighErrorRatio", "orders", "firing")}
+    assert paged == ["orders"] and alerts == {("HighErrorRatio", "orders", "firing")}
     body = page.body
     assert (body["alertname"], body["cause_service"], body["trail"]) == ("HighErrorRatio", "orders", "found")
     hop = body["root_cause"]

@@ -39,7 +39,7 @@ from correlation import schema
 from correlation.ids import new_correlation_id
 from correlation.settings import LokiSettings
 from demo.services import SERVICES
-from tests.fakes import FakeLoki, LoopbackServer, QuietHandler, free_port, wait_until
+from tests.fakes import FakeLoki, FakeWebhook, LoopbackServer, QuietHandler, free_port, wait_until
 from tests.support import REPO
 from tests.support.grafana import dashboard_promql_queries, substitute_grafana_vars
 from tests.support.replicas import (
@@ -228,16 +228,6 @@ def replica_metrics(service: str, failed_id: str) -> LoopbackServer:
     return LoopbackServer(Replica)
 
 
-class Webhook(QuietHandler):
-    """Records every notification an Alertmanager sends."""
-
-    received: list[dict[str, Any]] = []
-
-    def do_POST(self) -> None:  # noqa: N802
-        type(self).received.append(json.loads(self.read_body()))
-        self.reply(200)
-
-
 def ha_prometheus_config(
     targets: dict[str, list[str]], alertmanagers: list[str], rule_files: list[str]
 ) -> dict[str, Any]:
@@ -276,7 +266,7 @@ def query_result(base: str, expr: str) -> list[dict[str, Any]]:
 class AlertingPair:
     prometheus: list[str]
     alertmanagers: list[str]
-    notifications: list[dict[str, Any]]
+    webhook: FakeWebhook
 
 
 @pytest.fixture(scope="module")
@@ -287,11 +277,11 @@ def alerting_pair(servers: list[Server], tmp_path_factory: pytest.TempPathFactor
         replicas = [
             stack.enter_context(replica_metrics("payments", f"0192f0c4e2a87abc8def01234567890{i}")) for i in (1, 2)
         ]
-        webhook = stack.enter_context(LoopbackServer(Webhook))
-        Webhook.received = []
+        webhook = FakeWebhook()
+        stack.enter_context(webhook.server)
 
         (root / "notify-token").write_text("ha-token\n")
-        am_config = local_alertmanager_config(webhook.url + "/alerts", root / "notify-token")
+        am_config = local_alertmanager_config(webhook.server.url + "/alerts", root / "notify-token")
         (root / "alertmanager.yml").write_text(yaml.safe_dump(am_config))
         web, gossip = [free_port() for _ in range(2)], [free_port() for _ in range(2)]
         alertmanagers = []
@@ -344,7 +334,7 @@ def alerting_pair(servers: list[Server], tmp_path_factory: pytest.TempPathFactor
             prometheus.append(f"http://127.0.0.1:{port}")
         for server, base in zip(servers[started:], alertmanagers + prometheus, strict=True):
             server.wait_answering(base + "/-/ready", 30, "/-/ready")
-        yield AlertingPair(prometheus, alertmanagers, Webhook.received)
+        yield AlertingPair(prometheus, alertmanagers, webhook)
 
 
 def test_replicas_are_two_targets_of_one_service(alerting_pair: AlertingPair) -> None:
@@ -367,7 +357,7 @@ def test_both_prometheus_fire_and_alertmanager_notifies_once(alerting_pair: Aler
             f"HighErrorRatio firing in {base}",
             interval=0.5,
         )
-    first = wait_until(lambda: list(pair.notifications), 60, "a notification at the webhook", interval=0.2)
+    first = wait_until(lambda: list(pair.webhook.bodies), 60, "a notification at the webhook", interval=0.2)
     # Each Prometheus delivered its alerts to each Alertmanager.
     for base in pair.prometheus:
         for am in pair.alertmanagers:
@@ -392,9 +382,9 @@ def test_both_prometheus_fire_and_alertmanager_notifies_once(alerting_pair: Aler
             interval=0.2,
         )
     deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and len(pair.notifications) == 1:
+    while time.monotonic() < deadline and len(pair.webhook.bodies) == 1:
         time.sleep(0.1)  # a bounded quiet period: a duplicate would arrive within it
-    assert len(pair.notifications) == 1, json.dumps(pair.notifications, indent=1)[:3000]
+    assert len(pair.webhook.bodies) == 1, json.dumps(pair.webhook.bodies, indent=1)[:3000]
     (alert,) = first[0]["alerts"]
     assert alert["labels"]["alertname"] == "HighErrorRatio" and "replica" not in alert["labels"]
     assert alert["labels"]["grafana_url"] == "http://grafana.ha.test:3000"

@@ -29,22 +29,23 @@ from correlation.settings import LokiSettings
 from demo import local_worker, notifications
 from demo.run_local import Chain, start_chain, wait_healthy
 from demo.services import SERVICES
-from tests.fakes import FakeLoki, free_port, wait_until
+from tests.fakes import FakeLoki, FakeWebhook, free_port, wait_until
 from tests.support.alerting import (
     GRAFANA,
     RUNBOOKS,
     TRAIL_WEB,
-    ChatWebhook,
     NotifierRun,
     Traffic,
     critical_alerts,
     derived_alertmanager_config,
     derived_prometheus_config,
     derived_rules,
+    pages,
     running_notifier,
     set_faults,
 )
 from tests.support.broker import RETRY_ENV, Broker
+from tests.support.fake_loki import checked_fake_loki
 from tests.support.grafana import (
     dashboard_promql_queries,
     explore_exprs,
@@ -80,7 +81,7 @@ class TaskStack:
     prometheus: str
     alertmanager: str
     notifier: NotifierRun
-    chat: ChatWebhook
+    chat: FakeWebhook
 
 
 def scrape_config(chain: Chain, worker_url: str, alertmanager: str, rule_names: list[str]) -> dict[str, Any]:
@@ -104,7 +105,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskStack]:
     root = tmp_path_factory.mktemp("task-alerts")
     codes: dict[str, int | None] = {}
     with (
-        FakeLoki() as sink,
+        checked_fake_loki() as sink,
         (root / "redis.log").open("wb") as redis_log,
         (root / "services.log").open("wb") as chain_log,
         (root / "worker.log").open("wb") as worker_log,
@@ -129,7 +130,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskStack]:
         worker_url = f"http://127.0.0.1:{port}"
         wait_healthy(worker_url, worker, timeout=30)
         rules = derived_rules()
-        chat = ChatWebhook()
+        chat = FakeWebhook()
         run = started.enter_context(running_notifier(sink.url, started.enter_context(chat.server).url))
         am_config = derived_alertmanager_config(run.url + "/alerts", run.token_file)
         am = started.enter_context(alertmanager_server(am_config))
@@ -155,7 +156,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskStack]:
 
 def wait_for_page(stack: TaskStack, alertname: str, what: str) -> dict[str, Any]:
     def arrived() -> dict[str, Any]:
-        return next((body for _, body in stack.chat.pages() if body["alertname"] == alertname), {})
+        return next((body for _, body in pages(stack.chat) if body["alertname"] == alertname), {})
 
     try:
         page = wait_until(arrived, PAGE_DEADLINE_SECONDS, what, interval=0.2)

@@ -56,12 +56,6 @@ def unsafe_characters(text: str) -> set[str]:
     return {ch for ch in text if ch != "\n" and unicodedata.category(ch) in UNSAFE_CATEGORIES}
 
 
-@pytest.fixture
-def loki() -> Iterator[FakeLoki]:
-    with FakeLoki() as fake:
-        yield fake
-
-
 def web_for(loki: FakeLoki, **limits: Any) -> flask.testing.FlaskClient:
     settings = TrailWebSettings(LokiSettings(url=loki.url, timeout_seconds=5.0), grafana_url=GRAFANA, **limits)
     return create_app(settings).test_client()

@@ -19,7 +19,7 @@ import requests
 from correlation import schema
 from correlation.ids import new_correlation_id
 from correlation.settings import ConfigError, LokiSettings
-from tests.fakes import FakeLoki, LoopbackServer, QuietHandler, closed_port_url, wait_until
+from tests.fakes import FakeLoki, FakeWebhook, LoopbackServer, QuietHandler, closed_port_url, wait_until
 from tests.fakes.trail_lines import MS, ORDERS, PAYMENTS, checkout_lines, log_line, push_all, rfc3339
 from tests.support import REPO
 from tests.support.stack import load_yaml
@@ -78,27 +78,6 @@ def payload(*alerts: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class ChatWebhook:
-    """A fake chat webhook: records each body, answers from ``script`` (then 200)."""
-
-    def __init__(self) -> None:
-        self.bodies: list[Any] = []
-        self.script: list[int] = []
-        self.lock = threading.Lock()
-        chat = self
-
-        class Handler(QuietHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.read_body())
-                with chat.lock:
-                    status = chat.script.pop(0) if chat.script else 200
-                    if status == 200:
-                        chat.bodies.append(body)
-                self.reply(status, "ok" if status == 200 else "no")
-
-        self.server = LoopbackServer(Handler)
-
-
 class Running:
     """A notifier on loopback, its stdout captured."""
 
@@ -144,7 +123,7 @@ def notify_once(loki_url: str, firing: dict[str, Any], timeout: float = 10) -> d
     return note
 
 
-def notify_in_slack(loki_url: str, chat: ChatWebhook, firing: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+def notify_in_slack(loki_url: str, chat: FakeWebhook, firing: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """One alert through a notifier posting Slack's shape to ``chat``: its notification and the body
     the chat received."""
     running = Running(loki_url, webhook=chat.server.url, fmt="slack")
@@ -158,23 +137,22 @@ def notify_in_slack(loki_url: str, chat: ChatWebhook, firing: dict[str, Any]) ->
 
 
 @pytest.fixture
-def chat() -> Iterator[ChatWebhook]:
-    webhook = ChatWebhook()
+def chat() -> Iterator[FakeWebhook]:
+    webhook = FakeWebhook()
     with webhook.server:
         yield webhook
 
 
 @pytest.fixture
-def staged() -> Iterator[tuple[FakeLoki, str]]:
+def staged(loki_sink: FakeLoki) -> tuple[FakeLoki, str]:
     """A fake Loki holding one failed checkout (payments 500, TimeoutError) of a minute ago."""
     t0 = time.time_ns() - 60_000 * MS
     cid = new_correlation_id(t0 // MS)
-    with FakeLoki() as loki:
-        push_all(loki, checkout_lines(cid, t0))
-        yield loki, cid
+    push_all(loki_sink, checkout_lines(cid, t0))
+    return loki_sink, cid
 
 
-def test_firing_alert_names_the_failed_hop_and_its_error(staged: tuple[FakeLoki, str], chat: ChatWebhook) -> None:
+def test_firing_alert_names_the_failed_hop_and_its_error(staged: tuple[FakeLoki, str], chat: FakeWebhook) -> None:
     loki, cid = staged
     running = Running(loki.url, webhook=chat.server.url + "/hook")
     try:
@@ -295,7 +273,7 @@ def failed_task_lines(
     return sorted(lines, key=lambda pair: pair[0])
 
 
-def test_a_task_failure_alert_names_the_failed_run_and_its_exception(chat: ChatWebhook) -> None:
+def test_a_task_failure_alert_names_the_failed_run_and_its_exception(chat: FakeWebhook) -> None:
     """TaskFailures, with the labels the rule gives it (alerts/correlation-demo.rules.yml): the
     notification names the worker's last failed run (the task's name as route, status 500), the
     exception of that attempt (not of the retried ones), and the checkout that published it."""
@@ -448,7 +426,7 @@ def stage_lost_tasks(loki: FakeLoki) -> list[str]:
     return ids[:3]
 
 
-def test_a_publish_failure_alert_names_the_newest_lost_task_of_its_service_and_task(chat: ChatWebhook) -> None:
+def test_a_publish_failure_alert_names_the_newest_lost_task_of_its_service_and_task(chat: FakeWebhook) -> None:
     """TaskPublishFailures fails no request: the notification names the newest task orders could
     not queue of the alert's task (not RECEIPT's, not gateway's, not an app's look-alike line), how
     many it lost, and the checkout that asked for it, with that checkout's trail links."""
@@ -527,7 +505,7 @@ def test_a_publish_failure_alert_without_lost_task_lines_gives_links_only() -> N
     assert all(note[name] for name in LINK_FIELDS)
 
 
-def test_hostile_lost_task_text_is_searched_for_escaped_and_shown_escaped(chat: ChatWebhook) -> None:
+def test_hostile_lost_task_text_is_searched_for_escaped_and_shown_escaped(chat: FakeWebhook) -> None:
     """The task's name (the alert's label, and the line's) goes into LogQL escaped and still finds
     its line; the name and the error text are shown with control characters escaped, the error
     cut to 500 characters, and cannot ping a Slack channel."""
@@ -558,7 +536,7 @@ def test_hostile_lost_task_text_is_searched_for_escaped_and_shown_escaped(chat: 
 
 
 @pytest.mark.process
-def test_a_stalled_loki_gives_links_only_within_the_budget(chat: ChatWebhook) -> None:
+def test_a_stalled_loki_gives_links_only_within_the_budget(chat: FakeWebhook) -> None:
     """Loki accepts the connection and never answers: the Alertmanager webhook is answered at
     once, and the notification goes out when the budget is spent, saying why it has no trail."""
     release = threading.Event()
@@ -665,7 +643,7 @@ def test_a_malformed_payload_gets_400_with_the_reason(body: bytes, reason: str) 
     assert running.lines() == []
 
 
-def test_slack_format_escapes_and_bounds_what_comes_from_logs(chat: ChatWebhook) -> None:
+def test_slack_format_escapes_and_bounds_what_comes_from_logs(chat: FakeWebhook) -> None:
     """A hostile error message cannot ping the channel, fake a line or flood it."""
     t0 = time.time_ns() - 30_000 * MS
     cid = new_correlation_id(t0 // MS)
@@ -700,7 +678,7 @@ def test_slack_format_escapes_and_bounds_what_comes_from_logs(chat: ChatWebhook)
 
 
 @pytest.mark.process
-def test_the_webhook_is_retried_with_backoff_and_refusals_are_counted(chat: ChatWebhook) -> None:
+def test_the_webhook_is_retried_with_backoff_and_refusals_are_counted(chat: FakeWebhook) -> None:
     chat.script = [503, 503]
     running = Running(closed_port_url(), webhook=chat.server.url)
     try:

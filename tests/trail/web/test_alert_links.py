@@ -5,7 +5,6 @@ redirects to its trail page; bad input is a 400 naming the parameter, nothing fo
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -28,12 +27,6 @@ S = 1000 * MS
 T0 = 1_750_000_000_000 * MS
 #: The alert's window: [T0, T0 + 10 min).
 WINDOW = {"from": str(T0 // MS), "to": str((T0 + 600 * S) // MS)}
-
-
-@pytest.fixture
-def loki() -> Iterator[FakeLoki]:
-    with FakeLoki() as fake:
-        yield fake
 
 
 @pytest.fixture

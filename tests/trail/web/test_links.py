@@ -148,12 +148,11 @@ def test_alert_page_links_are_trail_pages_of_the_failed_request() -> None:
 
 # -- each link followed into the app --------------------------------------------------------------------
 @pytest.fixture
-def loki_with_the_sample() -> Iterator[FakeLoki]:
+def loki_with_the_sample(loki: FakeLoki) -> FakeLoki:
     ms = time_ms_of(SAMPLE_ID)
     assert ms is not None
-    with FakeLoki() as fake:
-        push_all(fake, checkout_lines(SAMPLE_ID, ms * MS))
-        yield fake
+    push_all(loki, checkout_lines(SAMPLE_ID, ms * MS))
+    return loki
 
 
 @pytest.fixture

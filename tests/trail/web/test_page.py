@@ -44,12 +44,6 @@ def client_for(loki_url: str, timeout: float = 5.0) -> flask.testing.FlaskClient
 
 
 @pytest.fixture
-def loki() -> Iterator[FakeLoki]:
-    with FakeLoki() as fake:
-        yield fake
-
-
-@pytest.fixture
 def web(loki: FakeLoki) -> flask.testing.FlaskClient:
     return client_for(loki.url)
 
