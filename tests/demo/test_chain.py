@@ -14,7 +14,7 @@ pytestmark = pytest.mark.process
 
 # Through gunicorn: values its HTTP parser lets through reach our edge and are replaced; control
 # characters (CR, LF, ESC, NUL) and headers over 8 KB are refused by gunicorn itself (400/431)
-# before any app code runs. test_flask.py sends all of them straight to the edge as well.
+# before any app code runs. tests/correlation/integrations/test_flask.py sends all of them straight to the edge as well.
 HOSTILE_IDS = [
     b"abc\rdef",
     b"abc\nX-Injected: 1",

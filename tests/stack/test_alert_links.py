@@ -9,7 +9,7 @@ link is then followed into the trail web app reading the same Loki.
   to the slowest inventory request of the window, checked against every duration sent;
 - inventory stops: ServiceDown links to a checkout whose call to inventory got no answer, and to
   the lines inventory wrote last.
-(TaskPublishFailures' link is followed in tests/test_task_alerts.py, where the broker stops.)
+(TaskPublishFailures' link is followed in tests/stack/test_task_alerts.py, where the broker stops.)
 Service overview's error-type panel, run on the same Loki, counts the failures sent by type.
 """
 

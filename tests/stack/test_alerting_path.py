@@ -68,7 +68,7 @@ ERROR_RATE = 0.5  # some checkouts fail, some succeed: "this ID failed" is then 
 #: The status each hop of a checkout answers when payments fails it.
 FAILED_TRAIL_STATUSES = {"gateway": 502, "orders": 502, "payments": 500, "inventory": 201}
 #: Dashboard queries on series that exist only after a drop, a retry or a rejected inbound ID; and
-#: the task row's, as this chain runs no broker or worker (tests/test_task_alerts.py checks them).
+#: the task row's, as this chain runs no broker or worker (tests/stack/test_task_alerts.py checks them).
 MAY_BE_EMPTY = (
     "loki_shipper_dropped_lines_total",
     "loki_shipper_retries_total",

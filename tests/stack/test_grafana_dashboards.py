@@ -118,7 +118,7 @@ def test_provisioning_escapes_dollars() -> None:
 
 def test_correlation_id_links_open_the_full_trail(datasources: dict[str, dict[str, Any]]) -> None:
     uids = set(datasources)
-    # The 6-hour fallbacks; the time-scoped links through trail-web: tests/test_trail_web_links.py.
+    # The 6-hour fallbacks; the time-scoped links through trail-web: tests/trail/web/test_links.py.
     exemplars = datasources["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]
     (exemplar,) = [d for d in exemplars if "/explore?" in d["url"]]
     (derived,) = [d for d in datasources["loki"]["jsonData"]["derivedFields"] if "/explore?" in d["url"]]
@@ -239,9 +239,9 @@ def test_every_dashboard_link_resolves(dashboards: dict[str, dict[str, Any]], da
             if "/explore?" in filled:
                 for expr in explore_exprs(parse_explore_url(filled, set(datasources))):
                     check_logql(expr)
-            elif filled.startswith(DEFAULT_TRAIL_WEB_URL + "/go/slowest?"):  # followed in test_trail_web_links.py
+            elif filled.startswith(DEFAULT_TRAIL_WEB_URL + "/go/slowest?"):  # followed in tests/trail/web/test_links.py
                 assert filled.endswith("?service=gateway&from=1764079200000&to=1764082800000"), url
-            elif filled.startswith(DEFAULT_TRAIL_WEB_URL + "/"):  # checked in tests/test_trail_web_links.py
+            elif filled.startswith(DEFAULT_TRAIL_WEB_URL + "/"):  # checked in tests/trail/web/test_links.py
                 assert filled.split("/")[-1] == SAMPLE_ID, url
             else:
                 match = re.match(r"/d/([^/?]+)/", filled)

@@ -1,4 +1,4 @@
-"""Several processes of one component on loopback, for tests/test_ha.py (docker-compose.ha.yml).
+"""Several processes of one component on loopback, for tests/stack/test_ha.py (docker-compose.ha.yml).
 
 - :class:`Server`: a server process that can be SIGKILLed and started again, its output in a log.
 - :func:`start_replica_chain`: the demo chain with two replicas of orders and of the gateway.

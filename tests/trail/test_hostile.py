@@ -3,7 +3,7 @@ items 3, 4 and 6): windows too long or not numbers at all, lines whose fields ca
 trails stuffed with lines, and text that would fake or reorder what is shown. Anyone who can push
 to Loki (``auth_enabled: false``) can write such lines under any ID; none of them may crash a
 page (500), the CLI (a traceback) or the notifier's finding. Property tests over arbitrary lines:
-test_trail_properties.py."""
+tests/trail/test_properties.py."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ root cause or any rendering raise, and nothing they show carries an invisible or
 character (issue 22, item 4). Lines are arbitrary JSON objects over the contract's keys (values
 of every JSON type, ``Infinity``, ``NaN``, huge integers, odd times and offsets, hop links that
 loop), arbitrary text, and brackets nested deeper than Python recurses. Example tests of the same:
-test_trail_hostile.py."""
+tests/trail/test_hostile.py."""
 
 from __future__ import annotations
 

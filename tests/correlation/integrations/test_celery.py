@@ -1,6 +1,6 @@
 """correlation.celery in one process: what a task message carries, how a worker reads it back, and
 the run's hop and access line, over Celery's in-memory broker and eager runs (the real worker
-over a real Redis: test_celery.py)."""
+over a real Redis: tests/demo/test_celery_worker.py)."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ class App:
 
         @self.app.get("/after-downstream-failed")
         def after_downstream_failed() -> str:
-            # What the requests patch does when a call answers 5xx (tests/test_propagation.py).
+            # What the requests patch does when a call answers 5xx (tests/correlation/integrations/test_requests.py).
             context.current().failed_calls.append("payments")  # type: ignore[union-attr]
             flask.abort(502)
 

@@ -3,7 +3,7 @@
 2xx delivers; 429, 5xx and resets are retried with a bounded, jittered backoff; other 4xx are
 never retried and counted as rejected; "larger than max" splits the batch; with a spool, a batch
 Loki cannot take goes to disk and is replayed from there. The handler in front of it is tested in
-test_loki_handler.py; here entries are put straight into the buffer.
+tests/correlation/loki/test_handler.py; here entries are put straight into the buffer.
 """
 
 from __future__ import annotations

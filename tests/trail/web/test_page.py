@@ -1,6 +1,6 @@
 """The trail page (``trail.web``) through Flask's test client, against the loopback Loki stand-in:
 the waterfall and lines of a staged checkout, the window it searches, escaping, the JSON document,
-and the answers to bad input and to Loki's trouble. The real browser: test_trail_web_browser.py."""
+and the answers to bad input and to Loki's trouble. The real browser: tests/trail/web/test_browser.py."""
 
 from __future__ import annotations
 
