@@ -11,7 +11,7 @@ DEBIAN_TOOLS    := prometheus promtool prometheus-alertmanager amtool docker-com
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose redis-server chromium nginx-light
 PYTEST_ARGS ?=
 # Linted and format-checked by `make lint` (settings: [tool.ruff] in app/pyproject.toml).
-LINTED := app tests bench README.md
+LINTED := app tests bench fakes README.md
 # The demo (app/demo) is not installed with the library: it runs from source.
 DEMO_ENV := PYTHONPATH=$(CURDIR)/app
 

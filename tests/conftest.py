@@ -3,7 +3,7 @@
 Every test has exactly one tier, a marker registered in pytest.ini:
 
 - ``unit``: in one process, milliseconds each: pure code, Flask's test client, in-thread loopback
-  fakes (``tests.fakes``). ``pytest tests -m unit`` runs in seconds.
+  fakes (``fakes/``). ``pytest tests -m unit`` runs in seconds.
 - ``process``: starts processes (gunicorn, mypy, pip) or waits on real time (retries, outages,
   shutdown bounds, load pacing): seconds each.
 - ``stack``: runs Debian's Prometheus, Alertmanager, promtool, amtool or docker-compose.
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.fakes import FakeLoki
+from fakes import FakeLoki
 from tests.support.fake_loki import fake_loki_fixture
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def chain(chain_sink: FakeLoki, tmp_path_factory: pytest.TempPathFactory) -> Ite
     """gateway -> orders -> (payments, inventory) under gunicorn on loopback, shipping to the sink."""
     from demo.run_local import start_chain
     from demo.services import SERVICES
-    from tests.fakes import free_port
+    from fakes import free_port
 
     log = (tmp_path_factory.mktemp("chain") / "services.log").open("wb")
     env = {"LOKI_URL": chain_sink.url, "LOKI_BATCH_MAX_WAIT_SECONDS": "0.2", "DEPLOY_ENV": "test"}

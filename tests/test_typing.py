@@ -15,10 +15,10 @@ pytestmark = pytest.mark.process
 APP = REPO / "app"
 
 # Run from app/, so mypy reads app/pyproject.toml's [tool.mypy]. Import roots: app/ for the
-# packages named here (correlation, trail, demo); for ../tests and ../bench mypy walks up their
-# __init__.py files and checks them as the packages `tests` and `bench` with the repository root
-# as their root, which is how they import each other (`from tests.fakes import ...`).
-CHECKED = ["correlation", "trail", "demo", "../tests", "../bench"]
+# packages named here (correlation, trail, demo); for ../tests, ../bench and ../fakes mypy walks up
+# their __init__.py files and checks them as the packages `tests`, `bench` and `fakes` with the
+# repository root as their root, which is how they import each other (`from fakes import ...`).
+CHECKED = ["correlation", "trail", "demo", "../tests", "../bench", "../fakes"]
 
 
 def test_mypy_finds_no_errors() -> None:

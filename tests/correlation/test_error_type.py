@@ -15,7 +15,7 @@ from werkzeug.exceptions import InternalServerError
 from correlation import Correlation, Settings, schema
 from correlation.error_type import MAX_ERROR_TYPE_CHARS, error_type
 from correlation.integrations.flask import Correlation as _Correlation
-from tests.fakes import FakeLoki
+from fakes import FakeLoki
 from tests.support.shipper import make_handler
 
 pytestmark = pytest.mark.process

@@ -35,7 +35,7 @@ from correlation.log import access, jsonline, records
 from correlation.log.formatter import LINE_ATTR, JsonFormatter
 from correlation.log.stdout import StdoutHandler
 from correlation.loki.handler import LokiHandler
-from tests.fakes import closed_port_url, wait_until
+from fakes import closed_port_url, wait_until
 
 pytestmark = pytest.mark.unit
 

@@ -23,7 +23,7 @@ from correlation import Correlation, Settings, schema, traceparent, wire
 from correlation.integrations import celery as correlation_celery
 from correlation.integrations.requests import instrument_requests, uninstrument_requests
 from correlation.trust import TrustPolicy
-from tests.fakes import free_port, serving
+from fakes import free_port, serving
 from tests.support.otel_neighbour import RATIO_WOULD_DROP, RATIO_WOULD_SAMPLE, Neighbour
 
 pytestmark = pytest.mark.process  # the in-process tests say unit

@@ -25,7 +25,7 @@ from correlation.integrations import celery as correlation_celery
 from demo import local_worker, notifications
 from demo.run_local import Chain, start_chain, wait_healthy
 from demo.services import SERVICES
-from tests.fakes import FakeLoki, LoopbackServer, PushedEntry, QuietHandler, free_port, wait_until
+from fakes import FakeLoki, LoopbackServer, PushedEntry, QuietHandler, free_port, wait_until
 from tests.support.broker import RETRY_ENV, Broker
 from tests.support.fake_loki import fake_loki_fixture
 from tests.support.stack import require_tool

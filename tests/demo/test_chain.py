@@ -8,7 +8,7 @@ import requests
 from correlation import ids
 from correlation.schema import ACCESS_LOGGER
 from demo.services import SERVICES
-from tests.fakes import FakeLoki, PushedEntry, raw_request
+from fakes import FakeLoki, PushedEntry, raw_request
 
 pytestmark = pytest.mark.process
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from demo import loadgen, spike
-from tests.fakes import LoopbackServer, QuietHandler, free_port, wait_until
+from fakes import LoopbackServer, QuietHandler, free_port, wait_until
 
 pytestmark = pytest.mark.process
 

@@ -27,7 +27,7 @@ import pytest
 
 from correlation import schema
 from correlation.settings import LokiSettings
-from tests.fakes import FakeLoki, FakeWebhook, wait_until
+from fakes import FakeLoki, FakeWebhook, wait_until
 from tests.support.alerting import (
     TRAIL_WEB,
     Traffic,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.fakes import FakeWebhook, LoopbackServer, QuietHandler, free_port, wait_until
+from fakes import FakeWebhook, LoopbackServer, QuietHandler, free_port, wait_until
 from tests.support import REPO
 from tests.support.grafana import (
     check_logql,

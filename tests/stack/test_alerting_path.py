@@ -30,7 +30,7 @@ import yaml
 from correlation.ids import time_ms_of
 from correlation.settings import LokiSettings
 from demo.services import SERVICES
-from tests.fakes import FakeLoki, FakeWebhook, PushedEntry, wait_until
+from fakes import FakeLoki, FakeWebhook, PushedEntry, wait_until
 from tests.support import REPO
 from tests.support.alerting import (
     FOR_SCALE,

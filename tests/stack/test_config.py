@@ -18,7 +18,7 @@ import yaml
 from demo import stack_secrets
 from demo.services import DEFAULT_PORTS as APP_SERVICES
 from demo.stack_secrets import DEFAULT_PASSWORDS, PUBLIC_URL_VARIABLES
-from tests.fakes import free_port, serving
+from fakes import free_port, serving
 from tests.support import REPO
 from tests.support.replicas import nginx_config_for
 from tests.support.stack import TOOL_PACKAGES, load_yaml, require_tool, run

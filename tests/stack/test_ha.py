@@ -39,7 +39,7 @@ from correlation import schema
 from correlation.ids import new_correlation_id
 from correlation.settings import LokiSettings
 from demo.services import SERVICES
-from tests.fakes import FakeLoki, FakeWebhook, LoopbackServer, QuietHandler, free_port, wait_until
+from fakes import FakeLoki, FakeWebhook, LoopbackServer, QuietHandler, free_port, wait_until
 from tests.support import REPO
 from tests.support.grafana import dashboard_promql_queries, substitute_grafana_vars
 from tests.support.replicas import (

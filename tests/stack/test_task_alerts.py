@@ -29,7 +29,7 @@ from correlation.settings import LokiSettings
 from demo import local_worker, notifications
 from demo.run_local import Chain, start_chain, wait_healthy
 from demo.services import SERVICES
-from tests.fakes import FakeLoki, FakeWebhook, free_port, wait_until
+from fakes import FakeLoki, FakeWebhook, free_port, wait_until
 from tests.support.alerting import (
     GRAFANA,
     RUNBOOKS,

@@ -28,7 +28,7 @@ import requests
 
 from correlation.settings import LokiSettings
 from demo.services import SERVICES
-from tests.fakes import FakeWebhook, LoopbackServer, QuietHandler, wait_until
+from fakes import FakeWebhook, LoopbackServer, QuietHandler, wait_until
 from tests.support import REPO
 from tests.support.stack import (
     alertmanager_server,

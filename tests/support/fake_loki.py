@@ -1,4 +1,4 @@
-"""The one way the tests run a :class:`~tests.fakes.FakeLoki` for a fixture: for the fixture's
+"""The one way the tests run a :class:`~fakes.FakeLoki` for a fixture: for the fixture's
 scope, and failing the test if anything pushed to it broke Loki's format."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import pytest
 
-from tests.fakes import FakeLoki
+from fakes import FakeLoki
 
 #: What ``trail`` reads besides ``LOKI_URL``: unset, so that the machine running the tests cannot
 #: change what the tests see.

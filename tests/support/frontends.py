@@ -20,7 +20,7 @@ from correlation.integrations.flask import Correlation
 from correlation.log.stdout import StdoutHandler
 from correlation.settings import LokiSettings, Settings
 from correlation.setup import setup_logging
-from tests.fakes import FakeLoki, PushedEntry
+from fakes import FakeLoki, PushedEntry
 from tests.support import REPO
 
 SERVICE = "shop"

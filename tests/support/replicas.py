@@ -24,7 +24,7 @@ import requests
 from correlation import schema
 from correlation.ids import new_correlation_id
 from demo.run_local import start_service, wait_healthy
-from tests.fakes import free_port, wait_until
+from fakes import free_port, wait_until
 from tests.support import REPO
 
 #: How long a Loki replica may take to start and join the ring (WAL replay included).

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tests.fakes import free_port, serving
+from fakes import free_port, serving
 from tests.support import REPO
 
 #: Tools the stack tests run, with the Debian package that provides each (make test installs them).

@@ -9,7 +9,7 @@ import pytest
 
 from correlation.ids import new_correlation_id
 from correlation.schema import ACCESS_LOGGER
-from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line
+from fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line
 from trail.cli.render import RED, render_text
 from trail.document import JSON_SCHEMA_VERSION, render_json, trail_to_dict
 from trail.hops import UNKNOWN_HOP, Trail, build_trail

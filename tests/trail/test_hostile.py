@@ -20,8 +20,8 @@ import pytest
 from correlation import schema
 from correlation.ids import new_correlation_id
 from correlation.settings import ConfigError, LokiSettings
-from tests.fakes import FakeLoki
-from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line, push_all
+from fakes import FakeLoki
+from fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line, push_all
 from trail.cli.main import main
 from trail.loki_query import LokiQueryClient
 from trail.notify.finding import FOUND, TrailReader

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from correlation.ids import new_correlation_id
 from correlation.settings import LokiSettings
-from tests.fakes import FakeLoki, closed_port_url
+from fakes import FakeLoki, closed_port_url
 from trail.logql import trail_query
 from trail.loki_query import (
     MAX_LIMIT,

@@ -18,9 +18,9 @@ from correlation import schema
 from correlation.ids import new_correlation_id
 from correlation.schema import ACCESS_LOGGER
 from correlation.settings import LokiSettings
-from tests.fakes import FakeLoki
-from tests.fakes.loki_query import JsonStage, LabelFilter, parse_query
-from tests.fakes.trail_lines import (
+from fakes import FakeLoki
+from fakes.loki_query import JsonStage, LabelFilter, parse_query
+from fakes.trail_lines import (
     GATEWAY,
     INVENTORY,
     ORDERS,

@@ -12,8 +12,8 @@ import pytest
 
 from correlation import schema
 from correlation.ids import new_correlation_id
-from tests.fakes import FakeLoki
-from tests.fakes.trail_lines import (
+from fakes import FakeLoki
+from fakes.trail_lines import (
     GATEWAY,
     INVENTORY,
     MS,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.fakes import FakeLoki, free_port, wait_until
+from fakes import FakeLoki, free_port, wait_until
 
 pytestmark = pytest.mark.process
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.fakes import free_port, wait_until
+from fakes import free_port, wait_until
 
 pytestmark = pytest.mark.process  # the test with a real Prometheus says stack
 

@@ -11,7 +11,7 @@ import pytest
 from correlation import context, traceparent
 from correlation.integrations.httpx import CorrelationTransport, instrument_httpx, uninstrument_httpx
 from correlation.metrics import CLIENT_DURATION
-from tests.fakes import HeaderEcho, LoopbackServer
+from fakes import HeaderEcho, LoopbackServer
 
 pytestmark = pytest.mark.unit
 

@@ -16,7 +16,7 @@ from loguru import logger
 
 from correlation import context, schema
 from correlation.integrations.loguru import LoggingSink, add_correlation
-from tests.fakes import FakeLoki
+from fakes import FakeLoki
 from tests.support.frontends import SERVICE, doc_example, flask_app, library_logging, unique_keys
 from tests.support.shipper import make_handler
 

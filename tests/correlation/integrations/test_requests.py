@@ -10,7 +10,7 @@ import requests
 from correlation import context, outgoing, traceparent
 from correlation.integrations.requests import instrument_requests, uninstrument_requests
 from correlation.metrics import CLIENT_DURATION
-from tests.fakes import HeaderEcho, LoopbackServer
+from fakes import HeaderEcho, LoopbackServer
 
 pytestmark = pytest.mark.unit
 

@@ -15,7 +15,7 @@ import structlog
 
 from correlation import context, schema
 from correlation.integrations.structlog import configure_structlog
-from tests.fakes import FakeLoki
+from fakes import FakeLoki
 from tests.support.frontends import SERVICE, doc_example, flask_app, library_logging, unique_keys
 
 pytestmark = pytest.mark.unit  # the import test says process

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from correlation.loki.buffer import ENTRY_OVERHEAD, LineBuffer, PushEntry
-from tests.fakes import wait_until
+from fakes import wait_until
 
 pytestmark = pytest.mark.unit
 

@@ -15,7 +15,7 @@ from correlation import context
 from correlation.loki.handler import TRUNCATION_MARK, LokiHandler
 from correlation.loki.sender import Sender
 from correlation.settings import LokiSettings
-from tests.fakes import FakeLoki
+from fakes import FakeLoki
 from tests.support.shipper import LABELS, make_handler
 
 pytestmark = pytest.mark.process

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from correlation.loki.buffer import PushEntry
 from correlation.loki.push import push_body
-from tests.fakes import validate_push
+from fakes import validate_push
 
 pytestmark = pytest.mark.unit
 

@@ -84,7 +84,7 @@ def test_a_failed_checkout_is_found_and_followed_by_the_trail_cli(tmp_path, caps
 
     from demo.run_local import start_chain
     from demo.services import SERVICES
-    from tests.fakes import free_port
+    from fakes import free_port
     from trail.cli.main import main
 
     with (tmp_path / "chain.log").open("wb") as log:
@@ -159,7 +159,7 @@ def test_every_line_of_a_three_worker_service_reaches_loki_and_trail_finds_each_
     import uuid
     from concurrent.futures import ThreadPoolExecutor
 
-    from tests.fakes import free_port, wait_until
+    from fakes import free_port, wait_until
     from trail.cli.main import main
 
     (tmp_path / "loki_workers.py").write_text(WORKERS_APP)

@@ -19,7 +19,7 @@ from correlation.loki.buffer import LineBuffer, PushEntry
 from correlation.loki.sender import Sender
 from correlation.loki.stats import ShipperStats
 from correlation.settings import LokiSettings
-from tests.fakes import FakeLoki, wait_until
+from fakes import FakeLoki, wait_until
 from tests.support.shipper import LABELS
 
 pytestmark = pytest.mark.unit

@@ -18,7 +18,7 @@ import requests
 
 from correlation.schema import ACCESS_LOGGER
 from demo.run_local import start_service, wait_healthy
-from tests.fakes import FakeLoki, free_port, wait_until
+from fakes import FakeLoki, free_port, wait_until
 from tests.support import REPO
 
 pytestmark = pytest.mark.process

@@ -25,7 +25,7 @@ from correlation.loki.handler import LokiHandler
 from correlation.loki.push import push_body
 from correlation.loki.sender import Sender
 from correlation.loki.spool import QUARANTINE, Spool
-from tests.fakes import FakeLoki
+from fakes import FakeLoki
 from tests.support.shipper import LABELS
 from tests.support.shipper import make_handler as _make_handler
 

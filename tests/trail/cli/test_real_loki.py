@@ -18,7 +18,7 @@ import requests
 from correlation import schema
 from correlation.ids import new_correlation_id
 from correlation.settings import LokiSettings
-from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line
+from fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line
 from trail.cli.main import main
 
 pytestmark = [

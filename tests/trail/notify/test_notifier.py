@@ -19,8 +19,8 @@ import requests
 from correlation import schema
 from correlation.ids import new_correlation_id
 from correlation.settings import ConfigError, LokiSettings
-from tests.fakes import FakeLoki, FakeWebhook, LoopbackServer, QuietHandler, closed_port_url, wait_until
-from tests.fakes.trail_lines import MS, ORDERS, PAYMENTS, checkout_lines, log_line, push_all, rfc3339
+from fakes import FakeLoki, FakeWebhook, LoopbackServer, QuietHandler, closed_port_url, wait_until
+from fakes.trail_lines import MS, ORDERS, PAYMENTS, checkout_lines, log_line, push_all, rfc3339
 from tests.support import REPO
 from tests.support.stack import load_yaml
 from trail.notify.delivery import DeliverySettings

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from correlation.settings import ConfigError, LokiSettings
-from tests.fakes import LoopbackServer, wait_until
+from fakes import LoopbackServer, wait_until
 from tests.trail.notify.test_notifier import GRAFANA, TRAIL_WEB, alert, payload
 from trail.notify.auth import NotifyAuth
 from trail.notify.links import LinkBases

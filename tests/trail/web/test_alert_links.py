@@ -14,9 +14,9 @@ import pytest
 from correlation import schema
 from correlation.ids import new_correlation_id
 from correlation.settings import LokiSettings
-from tests.fakes import FakeLoki, closed_port_url
-from tests.fakes.loki_metric import MAX_QUERY_SERIES
-from tests.fakes.trail_lines import access_line, log_line
+from fakes import FakeLoki, closed_port_url
+from fakes.loki_metric import MAX_QUERY_SERIES
+from fakes.trail_lines import access_line, log_line
 from trail.links import trail_page_path
 from trail.web.app import TrailWebSettings, create_app
 

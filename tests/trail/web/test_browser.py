@@ -28,7 +28,7 @@ import pytest
 import requests
 
 from correlation import schema
-from tests.fakes import free_port, serving, wait_until
+from fakes import free_port, serving, wait_until
 from tests.support import REPO
 from tests.support.fake_loki import checked_fake_loki
 from tests.support.stack import load_yaml, require_tool

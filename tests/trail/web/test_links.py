@@ -19,8 +19,8 @@ import yaml
 
 from correlation.ids import time_ms_of
 from correlation.settings import LokiSettings
-from tests.fakes import FakeLoki
-from tests.fakes.trail_lines import checkout_lines, push_all
+from fakes import FakeLoki
+from fakes.trail_lines import checkout_lines, push_all
 from tests.support import REPO
 from tests.support.grafana import explore_exprs, parse_explore_url, provisioned_datasource_uids
 from tests.support.stack import load_json, load_yaml

@@ -18,8 +18,8 @@ import pytest
 from correlation import schema
 from correlation.ids import new_correlation_id
 from correlation.settings import ConfigError, LokiSettings
-from tests.fakes import FakeLoki, LoopbackServer, QuietHandler, closed_port_url
-from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line, push_all
+from fakes import FakeLoki, LoopbackServer, QuietHandler, closed_port_url
+from fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line, push_all
 from tests.support.grafana import explore_exprs, parse_explore_url, provisioned_datasource_uids
 from trail.__main__ import main as trail_command
 from trail.cli import main as cli

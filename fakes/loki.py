@@ -5,15 +5,15 @@ Loki. Lines can also be stored directly with :meth:`FakeLoki.push` (the way our 
 have pushed them) to stage a trail.
 
 Push (``POST /loki/api/v1/push``): every push is checked against Loki's format
-(:mod:`tests.fakes.loki_push`); a malformed one is answered 400 and recorded in ``violations``,
+(:mod:`fakes.loki_push`); a malformed one is answered 400 and recorded in ``violations``,
 and the fixtures fail a test that leaves any. For fault tests it answers a scripted sequence:
 ``script`` holds one answer per push, then ``default`` answers: a status (204/200 accept; 429,
 5xx, 400, ... refuse), ``(status, body text)``, ``"stall"`` (hold the request until
 :meth:`release_stalled` or 60 s, then 503) or ``"reset"`` (drop the connection).
 
 Query (``GET /loki/api/v1/query_range``): a LogQL subset evaluated over the stored entries
-(:mod:`tests.fakes.loki_query`); instant metric queries (``GET /loki/api/v1/query``): a smaller
-subset (:mod:`tests.fakes.loki_metric`); ``fail_with`` makes every query answer an error instead.
+(:mod:`fakes.loki_query`); instant metric queries (``GET /loki/api/v1/query``): a smaller
+subset (:mod:`fakes.loki_metric`); ``fail_with`` makes every query answer an error instead.
 
 Every request, push or query, is recorded in ``requests`` in arrival order.
 """
@@ -31,10 +31,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from correlation import schema
-from tests.fakes.loki_metric import instant_result, instant_time, parse_metric_query
-from tests.fakes.loki_push import Push, PushedEntry, decode_push
-from tests.fakes.loki_query import QueryError, parse_query, query_range_result
-from tests.fakes.loopback import LoopbackServer, QuietHandler
+from fakes.loki_metric import instant_result, instant_time, parse_metric_query
+from fakes.loki_push import Push, PushedEntry, decode_push
+from fakes.loki_query import QueryError, parse_query, query_range_result
+from fakes.loopback import LoopbackServer, QuietHandler
 
 PUSH_PATH = "/loki/api/v1/push"
 QUERY_RANGE_PATH = "/loki/api/v1/query_range"

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from tests.fakes.loopback import LoopbackServer, QuietHandler
+from fakes.loopback import LoopbackServer, QuietHandler
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from correlation import schema
-from tests.fakes.loki import FakeLoki
+from fakes.loki import FakeLoki
 
 MS = 1_000_000
 

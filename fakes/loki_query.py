@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from correlation import schema
-from tests.fakes.loki_push import PushedEntry
+from fakes.loki_push import PushedEntry
 
 ERROR_LABEL = "__error__"
 _TOKEN = re.compile(

@@ -2,7 +2,7 @@
 
 What the trail web app and the dashboards send, evaluated the way Loki does:
 
-- a range aggregation over a log query (:mod:`tests.fakes.loki_query`'s subset):
+- a range aggregation over a log query (:mod:`fakes.loki_query`'s subset):
   ``count_over_time(<log query> [<n>s|m|h])``, or ``max_over_time(<log query> | unwrap <label>
   [| __error__=""] [<range>])`` (a value that is not a number: the sample is dropped with
   ``__error__=""``, else the query fails as Loki's does), optionally ``by (<labels>)`` after it;
@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tests.fakes.loki_push import PushedEntry
-from tests.fakes.loki_query import ERROR_LABEL, LogQuery, QueryError, parse_query
+from fakes.loki_push import PushedEntry
+from fakes.loki_query import ERROR_LABEL, LogQuery, QueryError, parse_query
 
 MAX_QUERY_SERIES = 500
 _UNIT_NS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}

@@ -1,8 +1,12 @@
 """Stand-ins for what the tests and benchmarks talk to over loopback, and the plumbing to run them.
 
+A package of its own at the repository root, imported by ``tests/`` and ``bench/`` alike, so that
+the benchmarks do not depend on the test suite. Not part of the library's wheel: a fake Loki with
+scripted faults and a LogQL imitation is the project's tooling, not an API the library's users need.
+
 - :class:`FakeLoki` (``loki.py``): Loki's push API (format checked, faults scripted) and its
   ``query_range`` API (a LogQL subset, ``loki_query.py``) over one store.
-- ``loki_push.py``: Loki's push format, as Loki checks it (also used by bench/).
+- ``loki_push.py``: Loki's push format, as Loki checks it.
 - ``trail_lines.py``: sample lines of one checkout, for staging trails.
 - ``loopback.py``: :class:`LoopbackServer` (any handler, in a thread), :class:`QuietHandler`,
   :func:`free_port`, :func:`closed_port_url`, :func:`raw_request`.
@@ -14,11 +18,11 @@ Helpers that are not fakes (real Prometheus, Grafana checks, the shipper wired f
 in ``tests/support/``. Fixtures built on these are in ``tests/conftest.py``.
 """
 
-from tests.fakes.loki import FakeLoki, RecordedRequest
-from tests.fakes.loki_push import Push, PushedEntry, validate_push
-from tests.fakes.loopback import HeaderEcho, LoopbackServer, QuietHandler, closed_port_url, free_port, raw_request
-from tests.fakes.waiting import serving, wait_until
-from tests.fakes.webhook import Delivery, FakeWebhook
+from fakes.loki import FakeLoki, RecordedRequest
+from fakes.loki_push import Push, PushedEntry, validate_push
+from fakes.loopback import HeaderEcho, LoopbackServer, QuietHandler, closed_port_url, free_port, raw_request
+from fakes.waiting import serving, wait_until
+from fakes.webhook import Delivery, FakeWebhook
 
 __all__ = [
     "Delivery",
