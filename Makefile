@@ -5,8 +5,8 @@ STAMP  := $(VENV)/.installed-$(shell cksum < app/pyproject.toml | cut -d' ' -f1)
 # Debian packages the tests run for real: Prometheus + promtool, Alertmanager + amtool,
 # docker-compose (1.29, validates the compose file without a Docker engine) and redis-server (the
 # Celery broker of the notifications worker; `make run-local` uses it too when present), and
-# chromium (headless, loads the trail page in tests/test_trail_web_browser.py), and nginx (the HA
-# stack's config is loaded and its refusals checked by a real nginx in tests/test_stack_config.py).
+# chromium (headless, loads the trail page in tests/trail/web/test_browser.py), and nginx (the HA
+# stack's config is loaded and its refusals checked by a real nginx in tests/stack/test_config.py).
 DEBIAN_TOOLS    := prometheus promtool prometheus-alertmanager amtool docker-compose redis-server chromium nginx
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose redis-server chromium nginx-light
 PYTEST_ARGS ?=

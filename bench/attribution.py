@@ -43,7 +43,7 @@ from bench.load import run_load, wait_http
 from bench.p2_request import GUNICORN, ROOT, start_app, stop_app
 from bench.sinkproc import SinkProcess
 from bench.table import median, print_table
-from tests.fakes import free_port
+from fakes import free_port
 
 NAME = "attribution"
 TITLE = "Request-path attribution"

@@ -151,7 +151,7 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
     """Wait until ``url`` answers 200 (RuntimeError after ``timeout`` seconds)."""
     import urllib.request
 
-    from tests.fakes import wait_until
+    from fakes import wait_until
 
     def answers() -> bool:
         with urllib.request.urlopen(url, timeout=1) as response:

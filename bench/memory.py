@@ -47,7 +47,7 @@ def _child(mode: str, lines: int, bound: int) -> dict[str, Any]:
         result["hwm_kib"] = _status_kib("VmHWM")
         return result
 
-    # A port nobody listens on, so every push is refused. Not tests.fakes.closed_port_url: the
+    # A port nobody listens on, so every push is refused. Not fakes.closed_port_url: the
     # measured child imports nothing but the library, or the baseline would not compare.
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

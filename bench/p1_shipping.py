@@ -90,7 +90,7 @@ def _report(
         ])  # fmt: skip
     notes = [f"median of {rounds} interleaved rounds; delivered = acknowledged (2xx), the worst round shown"]
     if not real:
-        notes.append("Loki pushes to tests.fakes.FakeLoki (it checks Loki's format), OTLP to a counting sink")
+        notes.append("Loki pushes to fakes.FakeLoki (it checks Loki's format), OTLP to a counting sink")
         notes.append("loki-logger-handler's streams carry extra keys Loki ignores: the sink ran lenient for it")
         big = max(r["max_push_mb"] for r in results["llh"])
         if big > 4.0:

@@ -25,7 +25,7 @@ from bench.load import have_wrk, run_load, wait_http
 from bench.p2_request import CONNECTIONS, P99_TARGET, THROUGHPUT_TARGET, Rounds, configured_rounds
 from bench.sinkproc import SinkProcess
 from bench.table import fmt_ratio, median, print_table, targets_table
-from tests.fakes import free_port
+from fakes import free_port
 
 NAME = "p2asgi"
 TITLE = "ASGI P2 request overhead"

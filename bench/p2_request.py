@@ -29,7 +29,7 @@ from bench import procstat
 from bench.load import LoadResult, have_wrk, run_load, wait_http
 from bench.sinkproc import SinkProcess
 from bench.table import fmt_ratio, median, print_table, targets_table
-from tests.fakes import free_port
+from fakes import free_port
 
 NAME = "p2"
 TITLE = "P2 request overhead"

@@ -18,7 +18,7 @@ from typing import Any
 from bench.load import LoadResult, have_wrk, run_load
 from bench.sinkproc import SinkProcess
 from bench.table import median, print_table, targets_table
-from tests.fakes import free_port
+from fakes import free_port
 
 NAME = "p3"
 TITLE = "P3 stalled Loki"

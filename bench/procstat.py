@@ -22,7 +22,7 @@ def worker_pid(master: int, timeout: float = 20.0) -> int:
 
 def worker_pids(master: int, count: int, timeout: float = 20.0) -> list[int]:
     """The pids of gunicorn's ``count`` workers under ``master``, once all are forked."""
-    from tests.fakes import wait_until
+    from fakes import wait_until
 
     def children() -> list[int] | None:
         with open(f"/proc/{master}/task/{master}/children") as f:

@@ -1,4 +1,4 @@
-"""The tests' fake Loki (``tests.fakes.FakeLoki``), run in its own process as a push sink.
+"""The tests' fake Loki (``fakes.FakeLoki``), run in its own process as a push sink.
 
 In its own process the sink's JSON decoding and validation do not compete for the GIL with the
 code being measured (on a real deployment Loki runs elsewhere too). The parent talks to it over a
@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-#: The repository root: ``python -m bench`` runs from there, so ``tests.fakes`` imports as a package.
+#: The repository root: ``python -m bench`` runs from there, so ``fakes`` imports as a package.
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -48,7 +48,7 @@ def _otlp_records(body: bytes) -> int:
 def _serve_counting(send: Any) -> None:
     """The child, counting only: every push answered 204 after counting its entries. What a
     benchmark of the sender's side wants (P2): the sink's own CPU is the machine's too."""
-    from tests.fakes import LoopbackServer, QuietHandler
+    from fakes import LoopbackServer, QuietHandler
 
     lock = threading.Lock()
     totals = {"entries": 0, "pushes": 0, "max_push_entries": 0, "max_push_bytes": 0}
@@ -88,7 +88,7 @@ def _serve_counting(send: Any) -> None:
 
 def _serve(default: Any, lenient: bool) -> None:
     """The child: start the sink, print its URL, answer one JSON line per command line on stdin."""
-    from tests.fakes import FakeLoki
+    from fakes import FakeLoki
 
     out = sys.stdout
     # Clients that give up on a stalled push make the server print BrokenPipe tracebacks: not news.

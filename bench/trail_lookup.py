@@ -182,7 +182,7 @@ def _push(session: Any, settings: Any, body: dict[str, Any]) -> int:
 
 def self_check() -> str:
     """Helpers on a small sample: bodies pass the sink's validation, the ID window covers the lines."""
-    from tests.fakes import validate_push
+    from fakes import validate_push
 
     now = time.time_ns()
     start, end = now - 3300 * NS, now - 60 * NS
@@ -205,7 +205,7 @@ def self_check() -> str:
 @contextmanager
 def trail_web() -> Iterator[str]:
     """trail-web under gunicorn on a free loopback port, reading the same Loki (LOKI_*); its base URL."""
-    from tests.fakes import free_port, serving
+    from fakes import free_port, serving
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"

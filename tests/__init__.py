@@ -1,2 +1,3 @@
-"""The test suite. A package, so that its fakes import as ``tests.fakes`` from the repository
-root: in pytest (which puts the root on ``sys.path`` for a package) and in ``python -m bench``."""
+"""The test suite, in folders that mirror the source (``correlation/``, ``trail/``, ``demo/``) plus
+``stack/`` and ``bench/``. A package, so that pytest puts the repository root on ``sys.path``: the
+helpers import as ``tests.support`` and the fakes shared with bench as ``fakes``."""

@@ -13,12 +13,14 @@ import pytest
 from correlation import context, schema
 from correlation.ids import new_correlation_id
 from correlation.settings import LokiSettings
-from tests.fakes import FakeLoki
-from tests.fakes.trail_lines import access_line, checkout_lines, log_line, push_all
+from fakes import FakeLoki
+from fakes.trail_lines import access_line, checkout_lines, log_line, push_all
 from tests.support.shipper import make_handler
 from trail.logql import error_lines_query, last_error_query
 from trail.loki_query import LokiQueryClient, LokiQueryError
 from trail.lookup import lookup_trail
+
+pytestmark = pytest.mark.unit
 
 S = 1_000_000_000
 T0 = 1_750_000_000 * S

@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
-APP = Path(__file__).resolve().parents[1] / "app"
+from tests.support import REPO
+
+pytestmark = pytest.mark.process
+
+APP = REPO / "app"
 DOCKERFILE = (APP / "Dockerfile").read_text()
 #: Where the Dockerfile copies the sources it builds the wheel from (`COPY <name> /tmp/build/...`).
 BUILD_COPY = re.compile(r"^COPY (\S+) /tmp/build/", re.M)

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-APP = Path(__file__).resolve().parents[1] / "app"
+import pytest
+
+from tests.support import REPO
+
+pytestmark = pytest.mark.process
+
+APP = REPO / "app"
 
 # Run from app/, so mypy reads app/pyproject.toml's [tool.mypy]. Import roots: app/ for the
-# packages named here (correlation, trail, demo); for ../tests and ../bench mypy walks up their
-# __init__.py files and checks them as the packages `tests` and `bench` with the repository root
-# as their root, which is how they import each other (`from tests.fakes import ...`).
-CHECKED = ["correlation", "trail", "demo", "../tests", "../bench"]
+# packages named here (correlation, trail, demo, fakes); for ../tests and ../bench mypy walks up
+# their __init__.py files and checks them as the packages `tests` and `bench` with the repository
+# root as their root (both import the fakes as `from fakes import ...`, with app/ on the path).
+CHECKED = ["correlation", "trail", "demo", "fakes", "../tests", "../bench"]
 
 
 def test_mypy_finds_no_errors() -> None:

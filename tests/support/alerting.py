@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import re
 import secrets
 import tempfile
@@ -29,9 +28,9 @@ import requests
 
 from correlation.settings import LokiSettings
 from demo.services import SERVICES
-from tests.fakes import LoopbackServer, QuietHandler, wait_until
+from fakes import FakeWebhook, LoopbackServer, QuietHandler, wait_until
+from tests.support import REPO
 from tests.support.stack import (
-    REPO,
     alertmanager_server,
     instant_query,
     load_yaml,
@@ -177,26 +176,9 @@ def set_faults(base: str, **values: Any) -> dict[str, Any]:
 # --- the notifier's surroundings -----------------------------------------------------------------
 
 
-class ChatWebhook:
-    """A fake chat webhook: every body it receives, with the monotonic time it arrived."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[float, dict[str, Any]]] = []
-        self.lock = threading.Lock()
-        chat = self
-
-        class Handler(QuietHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = json.loads(self.read_body())
-                with chat.lock:
-                    chat.received.append((time.monotonic(), body))
-                self.reply(200, "ok")
-
-        self.server = LoopbackServer(Handler)
-
-    def pages(self) -> list[tuple[float, dict[str, Any]]]:
-        with self.lock:
-            return [(at, body) for at, body in self.received if body["page"]]
+def pages(chat: FakeWebhook) -> list[tuple[float, dict[str, Any]]]:
+    """The notifications that page, with the monotonic time each reached the chat webhook."""
+    return [(delivery.at, delivery.body) for delivery in chat.deliveries if delivery.body["page"]]
 
 
 class LokiGate:

@@ -1,7 +1,7 @@
 """A FastAPI service behind the ASGI edge, for tests/test_asgi.py: run by real uvicorn and by
 gunicorn with uvicorn workers (``tests.support.asgi_app:app``).
 
-``DOWNSTREAM_URL`` is a header-echo server (tests.fakes.HeaderEcho): ``/call/httpx`` calls it
+``DOWNSTREAM_URL`` is a header-echo server (fakes.HeaderEcho): ``/call/httpx`` calls it
 with httpx's AsyncClient, ``/call/requests`` with ``requests`` from Starlette's threadpool.
 """
 

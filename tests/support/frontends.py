@@ -11,7 +11,6 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import flask
@@ -21,10 +20,11 @@ from correlation.integrations.flask import Correlation
 from correlation.log.stdout import StdoutHandler
 from correlation.settings import LokiSettings, Settings
 from correlation.setup import setup_logging
-from tests.fakes import FakeLoki, PushedEntry
+from fakes import FakeLoki, PushedEntry
+from tests.support import REPO
 
 SERVICE = "shop"
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "integrations.md"
+DOCS = REPO / "docs" / "integrations.md"
 
 
 @dataclass

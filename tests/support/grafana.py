@@ -10,7 +10,8 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-from tests.support.stack import REPO, load_yaml
+from tests.support import REPO
+from tests.support.stack import load_yaml
 from trail import links
 
 # --- Grafana Explore URLs ---------------------------------------------------------------------

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from tests.fakes import LoopbackServer, QuietHandler
+from fakes import LoopbackServer, QuietHandler
 
 #: With ratio 0.5 the neighbour's own sampler keeps a trace when the trace-id's low 64 bits are
 #: below 2**63 (TraceIdRatioBased): these two trace-ids get the opposite of what their flag says,

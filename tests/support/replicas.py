@@ -1,4 +1,4 @@
-"""Several processes of one component on loopback, for tests/test_ha.py (docker-compose.ha.yml).
+"""Several processes of one component on loopback, for tests/stack/test_ha.py (docker-compose.ha.yml).
 
 - :class:`Server`: a server process that can be SIGKILLed and started again, its output in a log.
 - :func:`start_replica_chain`: the demo chain with two replicas of orders and of the gateway.
@@ -24,8 +24,8 @@ import requests
 from correlation import schema
 from correlation.ids import new_correlation_id
 from demo.run_local import start_service, wait_healthy
-from tests.fakes import free_port, wait_until
-from tests.support.stack import REPO
+from fakes import free_port, wait_until
+from tests.support import REPO
 
 #: How long a Loki replica may take to start and join the ring (WAL replay included).
 LOKI_READY_SECONDS = 120.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from correlation import schema
 from correlation.loki.handler import LokiHandler
 from correlation.settings import LokiSettings
-from tests.fakes import FakeLoki
+from fakes import FakeLoki
 
 LABELS = {schema.SERVICE_LABEL: "svc", schema.ENV_LABEL: "test"}
 

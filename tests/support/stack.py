@@ -18,9 +18,8 @@ from typing import Any
 
 import yaml
 
-from tests.fakes import free_port, serving
-
-REPO = Path(__file__).resolve().parents[2]
+from fakes import free_port, serving
+from tests.support import REPO
 
 #: Tools the stack tests run, with the Debian package that provides each (make test installs them).
 TOOL_PACKAGES = {

@@ -7,7 +7,7 @@ tenth of what the library adds to a request. Here the bucket is found by bisecti
 and exemplar are updated under one lock, and the exemplar's one label (a correlation ID, at most
 64 characters: well inside OpenMetrics' 128) is checked once, by the ID's own validation. The
 exposition is prometheus_client's own (``_bucket`` with ``le``, ``_count``, ``_sum``, ``_created``;
-exemplars in OpenMetrics); tests/test_histogram.py holds the two to the same output.
+exemplars in OpenMetrics); tests/correlation/metrics/test_histogram.py holds the two to the same output.
 
 With a shared directory each observation is also written to the worker's file: the bucket's count,
 the sum, and the exemplar slot (:mod:`correlation.metrics.shared`).

@@ -3,7 +3,7 @@
 Why not Flask under gunicorn, like the trail page: the notifier is one process whose state must
 not be split between workers (the repeat filter, the delivery queue and its order, the payloads
 kept for ``GET /alerts``), it has five routes, and its answers are JSON it writes itself. What a
-production server would add is done here, explicitly, and tested (tests/test_notify_http.py):
+production server would add is done here, explicitly, and tested (tests/trail/notify/test_server.py):
 
 - one deadline for reading a whole request, request line, headers and body
   (``NOTIFY_READ_SECONDS``): a client that sends slowly, or nothing, is cut off and counted;

@@ -1,0 +1,1 @@
+"""Tests of the library, app/correlation: one folder per subpackage, the core modules here."""

@@ -1,0 +1,1 @@
+"""Tests of correlation.integrations: Flask, requests, httpx, Celery, gunicorn, loguru, structlog."""

@@ -1,0 +1,1 @@
+"""Tests of correlation.log: the formatter, the access line, stdout."""

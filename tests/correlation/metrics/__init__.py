@@ -1,0 +1,1 @@
+"""Tests of correlation.metrics: the histogram and the files shared by workers."""

@@ -1,0 +1,1 @@
+"""Tests of the provisioned stack: Prometheus, Alertmanager, Grafana, compose and the HA files."""
