@@ -10,8 +10,9 @@ STAMP  := $(VENV)/.installed-$(shell cksum < app/pyproject.toml | cut -d' ' -f1)
 DEBIAN_TOOLS    := prometheus promtool prometheus-alertmanager amtool docker-compose redis-server chromium nginx
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose redis-server chromium nginx-light
 PYTEST_ARGS ?=
-# Linted and format-checked by `make lint` (settings: [tool.ruff] in app/pyproject.toml).
-LINTED := app tests bench README.md
+# Linted and format-checked by `make lint` (settings: [tool.ruff] in app/pyproject.toml); in README.md
+# and docs/*.md, ruff format checks the Python examples.
+LINTED := app tests bench README.md docs
 # The demo (app/demo) is not installed with the library: it runs from source.
 DEMO_ENV := PYTHONPATH=$(CURDIR)/app
 

@@ -40,6 +40,7 @@ TIER_OF_FILE = {
     "test_config.py": "unit",
     "test_context.py": "unit",
     "test_contract.py": "unit",
+    "test_doc_links.py": "unit",
     "test_demo.py": "unit",
     "test_error_bodies.py": "unit",
     "test_fakes.py": "unit",
