@@ -49,16 +49,26 @@ def seeded_correlation_id(ms: int, rng: random.Random) -> str:
     return f"{value:032x}"
 
 
-def request_lines(
-    _index: int, ts_ns: int, rng: random.Random
-) -> tuple[str, list[tuple[str, int, str, dict[str, str]]]]:
-    """One checkout's 5 lines as (service, ts_ns, line, metadata); the ID carries ``ts_ns``."""
+#: One checkout in this many fails at payments (its access line answers 500 with an ``error_type``,
+#: two types taking turns): what the notifier's failure count finds.
+FAIL_EVERY = 100
+ERROR_TYPES = ("demo.faults.InjectedFault", "builtins.ValueError")
+
+
+def request_lines(index: int, ts_ns: int, rng: random.Random) -> tuple[str, list[tuple[str, int, str, dict[str, str]]]]:
+    """One checkout's 5 lines as (service, ts_ns, line, metadata); the ID carries ``ts_ns``. Every
+    :data:`FAIL_EVERY`-th (from the 37th) fails at payments."""
     cid = seeded_correlation_id(ts_ns // MS, rng)
     rids = {s: f"{rng.getrandbits(64):016x}" for s in SERVICES}
     parents = {"gateway": None, "orders": rids["gateway"], "payments": rids["orders"], "inventory": rids["orders"]}
+    failing = index % FAIL_EVERY == 37
 
     def access(method: str, route: str, ms: float, caller: str | None) -> dict[str, Any]:
-        return {"method": method, "route": route, "path": route, "status": 201, "duration_ms": ms, "caller": caller}
+        fields = {"method": method, "route": route, "path": route, "status": 201, "duration_ms": ms, "caller": caller}
+        if failing and route == "/payments":
+            kind = ERROR_TYPES[index // FAIL_EVERY % len(ERROR_TYPES)]
+            fields.update(status=500, origin="self", error_type=kind)
+        return fields
 
     # One line of the app and one access line per hop, as the demo writes them: the trail the CLI
     # rebuilds from these is complete, so it stays in the narrow window (no widening).
@@ -89,9 +99,11 @@ def request_lines(
             "parent_request_id": parents[service],
             **extra,
         }
-        out.append(
-            (service, t, json.dumps(line), {"correlation_id": cid, "request_id": rids[service], "level": "info"})
-        )
+        metadata = {"correlation_id": cid, "request_id": rids[service], "level": "info"}
+        if line.get("status") == 500:
+            line["level"] = "ERROR"
+            metadata.update(level="error", error_type=line["error_type"])
+        out.append((service, t, json.dumps(line), metadata))
     return cid, out
 
 
@@ -250,10 +262,14 @@ def run() -> None:
                 answer = session.get(f"{base}/t/{cid}{suffix}", timeout=30)
                 times[name].append((time.perf_counter() - t) * 1000)
                 found[name] = _served(answer, suffix)
+    counted = _time_failure_counts(client, repeats)
     rows = [
         [name, found[name][1], median(times[name]), min(times[name]), found[name][0], "yes" if found[name][2] else "NO"]
         for name in [*lookups, *pages]
     ]
+    expected_failed = len(range(37, reqs, FAIL_EVERY))
+    for name, (count_times, failed) in counted.items():
+        rows.append([name, 2, median(count_times), min(count_times), failed, "-"])
     print_table(
         f"{TITLE} ({pushed:,} lines pushed in {push_s:.0f} s, {retries} retried pushes)",
         ["window", "queries", "median ms", "min ms", "lines found", "complete trail"],
@@ -263,6 +279,9 @@ def run() -> None:
             f"median of {repeats} interleaved runs of trail.lookup.lookup_trail (what `trail ID` runs) and "
             "of GET /t/ID on trail-web (gunicorn, as in compose); expected 5 lines "
             "(the first query may include Loki warming up)",
+            "failure count: trail.failures.count_failures at payments (what each notification adds, beside the "
+            f"trail; one range query by error_type + one instant count), {repeats} runs; 'lines found' = failed "
+            f"requests counted (pushed over the hour: {expected_failed})",
         ],
     )
     narrow, wide = median(times["ID-derived"]), median(times["last 1 h"])
@@ -280,6 +299,13 @@ def run() -> None:
                 narrow < TARGET_MS and ok,
             ),
             (
+                "notifier's failure count over 1 h, ms (vs trail lookup 1 h)",
+                median(counted[COUNT_HOUR][0]),
+                wide,
+                f"< {COUNT_TARGET_MS:.0f} ms (notifier's Loki budget), all counted",
+                median(counted[COUNT_HOUR][0]) < COUNT_TARGET_MS and counted[COUNT_HOUR][1] >= expected_failed,
+            ),
+            (
                 "trail-web page served, ms (vs CLI lookup)",
                 page,
                 narrow,
@@ -288,6 +314,28 @@ def run() -> None:
             ),
         ],
     )
+
+
+COUNT_HOUR = "failure count (notifier), last 1 h"
+#: The notifier's Loki budget (trail.notify.finding.DEFAULT_BUDGET_SECONDS): the count must fit in it.
+COUNT_TARGET_MS = 3000.0
+
+
+def _time_failure_counts(client: Any, repeats: int) -> dict[str, tuple[list[float], int]]:
+    """Times of the notifier's failure count at payments over its default window (15 min before
+    the alert) and over the whole hour, and the failed requests each counted."""
+    from trail.failures import count_failures
+    from trail.window import Window
+
+    out: dict[str, tuple[list[float], int]] = {}
+    for name, seconds in (("failure count (notifier), last 15 min", 900), (COUNT_HOUR, 3600)):
+        times, failed = [], 0
+        for _ in range(repeats):
+            t = time.perf_counter()
+            failed = count_failures(client, "payments", Window.last(seconds)).failed
+            times.append((time.perf_counter() - t) * 1000)
+        out[name] = (times, failed)
+    return out
 
 
 def _served(answer: Any, suffix: str) -> tuple[int, int, bool]:

@@ -34,6 +34,7 @@ TIERS = ("unit", "process", "stack", "real_loki")
 TIER_OF_FILE = {
     "test_alert_links_stack.py": "stack",
     "test_alert_rules.py": "stack",
+    "test_asgi.py": "process",
     "test_bench_attribution.py": "process",
     "test_bench_floor.py": "unit",
     "test_chain.py": "process",
@@ -82,6 +83,7 @@ TIER_OF_FILE = {
     "test_trail_lookup.py": "unit",
     "test_trail_properties.py": "unit",
     "test_trail_query.py": "unit",
+    "test_failures_real_loki.py": "real_loki",
     "test_trail_real_loki.py": "real_loki",
     "test_trail_web.py": "unit",
     "test_trail_web_browser.py": "process",

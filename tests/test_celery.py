@@ -176,7 +176,7 @@ def test_checkout_reaches_the_worker_with_the_right_parent(
 ) -> None:
     cid = stack.checkout()
     (run,) = wait_runs(sink, 1, {schema.CORRELATION_ID: cid})
-    lookup = "/reservations/<reservation_id>"
+    lookup = "/reservations/{reservation_id}"  # inventory is FastAPI: its template syntax
     sink.wait_for(
         lambda es: any(e.json.get(schema.ROUTE) == lookup for e in es if e.json.get(schema.CORRELATION_ID) == cid)
     )

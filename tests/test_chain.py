@@ -162,3 +162,37 @@ def test_every_response_echoes_the_id(chain) -> None:
     ]:
         response = requests.request(method, gateway + path, headers={"X-Correlation-ID": "echo-me"}, timeout=5)
         assert response.headers.get("X-Correlation-ID") == "echo-me", (method, path, response.status_code)
+
+
+def test_inventory_is_a_fastapi_hop_like_any_other(chain, chain_sink: FakeLoki) -> None:
+    """The mixed chain: inventory is FastAPI under gunicorn's uvicorn workers; its fault switch
+    reaches both workers, and its failure reads in the trail as a Flask hop's does."""
+    inventory = chain.urls["inventory"]
+    assert requests.get(f"{inventory}/healthz", timeout=5).headers["server"] == "uvicorn"
+    assert requests.post(f"{inventory}/admin/faults", json={"error_rate": 1.0}, timeout=5).status_code == 200
+    try:
+        response = requests.post(f"{chain.urls['gateway']}/checkout", timeout=10)
+        close = {"Connection": "close", "Accept": "application/json"}  # new connections: either worker
+        direct = [requests.post(f"{inventory}/reservations", json={}, headers=close, timeout=5) for _ in range(6)]
+    finally:
+        requests.post(f"{inventory}/admin/faults", json={"error_rate": 0.0}, timeout=5)
+    assert response.status_code == 502
+    for answer in direct:
+        assert answer.status_code == 500 and answer.headers["Content-Type"] == "application/problem+json"
+        assert answer.json()["correlation_id"] == answer.headers["X-Correlation-ID"]
+    cid = response.headers["X-Correlation-ID"]
+    trail = _trail(chain_sink, cid)
+    access = {e.labels["service_name"]: e.json for e in trail if e.json.get("logger") == ACCESS_LOGGER}
+    origins = {name: (line.get("origin"), line.get("failed_downstream")) for name, line in access.items()}
+    assert origins == {
+        "inventory": ("self", None),
+        "orders": ("downstream", "inventory"),
+        "gateway": ("downstream", "orders"),
+        "payments": (None, None),
+    }
+    assert access["inventory"]["error_type"] == "demo.faults.InjectedFault"
+    assert (access["inventory"]["route"], access["inventory"]["status"]) == ("/reservations", 500)
+    assert access["inventory"]["parent_request_id"] == access["orders"]["request_id"]
+    inventory_lines = [e for e in trail if e.labels["service_name"] == "inventory"]
+    raised = [e for e in inventory_lines if "InjectedFault" in e.json.get("exception", "")]
+    assert len(raised) == 1 and raised[0].metadata["level"] == "error", "its traceback, once, with the ID"

@@ -162,3 +162,34 @@ def test_run_local_starts_the_chain_and_stops_cleanly_on_sigterm(tmp_path) -> No
     assert "stopped: {" in output and "'gateway': 0" in output
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{base}/healthz", timeout=2)
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_inventory_is_fastapi_with_the_same_fault_switch_rules(restore_process_state: None, tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    app = create_app("inventory", env={})
+    assert "fastapi" in type(app).__module__
+    for peer, status in (("203.0.113.9", 403), ("::ffff:10.0.0.1", 403), ("127.0.0.1", 200), ("::1", 200)):
+        with TestClient(app, client=(peer, 50000)) as client:
+            assert client.get("/admin/faults").status_code == status, peer
+            assert client.post("/admin/faults", json={"error_rate": 0}).status_code == status, peer
+    with TestClient(app, client=("127.0.0.1", 50000), raise_server_exceptions=False) as client:
+        assert client.post("/admin/faults", json={"error_rate": 3}).json()["error"].endswith("is outside [0, 1]")
+        assert client.post("/admin/faults", content=b"nope").status_code == 400
+        assert client.post("/admin/faults", json={"error_rate": 1.0}).json() == {"error_rate": 1.0, "latency_ms": 0}
+        failed = client.post("/reservations", json={}, headers={"X-Correlation-ID": "cid-inv"})
+        assert failed.status_code == 500 and failed.json()["correlation_id"] == "cid-inv"
+        client.post("/admin/faults", json={"error_rate": 0})
+        assert client.post("/reservations", json={"items": [1]}).status_code == 201
+        assert client.get("/reservations/r1").json() == {"reservation_id": "r1", "status": "held"}
+
+    token_file = tmp_path / "token"
+    with TestClient(create_app("inventory", env={"FAULT_TOKEN_FILE": str(token_file)})) as client:
+        assert client.get("/admin/faults").status_code == 503, "no token written yet: closed, and says why"
+        token_file.write_text("t0k3n\n")
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            answer = client.post("/admin/faults", json={"error_rate": 1}, headers=headers)
+            assert answer.status_code == 401 and answer.headers["WWW-Authenticate"] == "Bearer", headers
+        good = {"Authorization": "Bearer t0k3n"}
+        assert client.post("/admin/faults", json={"error_rate": 1}, headers=good).json()["error_rate"] == 1.0

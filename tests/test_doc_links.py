@@ -12,10 +12,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: The pages checked: the front page, the manual, the benchmarks' page and the runbooks.
+#: The pages checked: the front page, the changelog, the manual, the benchmarks' page and the runbooks.
 PAGES = sorted(
     [
         REPO / "README.md",
+        REPO / "CHANGELOG.md",
         REPO / "bench" / "README.md",
         *(REPO / "docs").glob("*.md"),
         *(REPO / "alerts" / "runbooks").glob("*.md"),

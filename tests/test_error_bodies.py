@@ -80,3 +80,20 @@ def test_the_apps_own_handlers_win() -> None:
     registered_first.get("/gone")(lambda: flask.abort(410))
     Correlation(registered_first, Settings(service="errs"), propagate_requests=False)
     assert registered_first.test_client().get("/gone").status_code == 599
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [None, "", "*/*", BROWSER, "application/json", "text/html", "text/*", "application/json;q=0.5, text/html",
+     "text/html;q=0.4, */*;q=0.5", "text/html;q=0, */*", "image/png", "text/html;q=bad, application/json;q=0.1"],
+)  # fmt: skip
+def test_the_framework_free_choice_of_error_body_agrees_with_werkzeug(accept: str | None) -> None:
+    """The ASGI edge negotiates without Werkzeug (correlation.problem): it must answer as Flask's does."""
+    from werkzeug.datastructures import MIMEAccept
+    from werkzeug.http import parse_accept_header
+
+    from correlation import problem
+
+    best = parse_accept_header(accept or "", MIMEAccept).best_match([*problem.JSON_TYPES, "text/html"])
+    werkzeug_html = best == "text/html" if accept else False
+    assert problem.wants_html(accept) == werkzeug_html

@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from correlation import schema
 from correlation.ids import new_correlation_id
 from correlation.settings import ConfigError, LokiSettings
 from tests.fakes import FakeLoki, LoopbackServer, QuietHandler, closed_port_url, wait_until
-from tests.fakes.trail_lines import MS, ORDERS, PAYMENTS, checkout_lines, log_line, push_all, rfc3339
+from tests.fakes.trail_lines import MS, ORDERS, PAYMENTS, access_line, checkout_lines, log_line, push_all, rfc3339
 from tests.support.stack import REPO, load_yaml
 from trail.notify.delivery import DeliverySettings
 from trail.notify.message import FIELDS, LINK_FIELDS
@@ -216,6 +217,11 @@ def test_firing_alert_names_the_failed_hop_and_its_error(staged: tuple[FakeLoki,
     queries = [q.query for q in loki.queries]
     assert queries[0].startswith('{service_name="payments"} |= "correlation.access"')
     assert queries[1] == f'{{service_name=~".+"}} | correlation_id="{cid}"'
+    # How much broke: the one failed request, which raised nothing the access line names.
+    failures = note["failures"]
+    assert (failures["state"], failures["failed"], failures["requests"], failures["share"]) == ("counted", 1, 1, 1.0)
+    assert [(kind["error_type"], kind["count"]) for kind in failures["by_type"]] == [(None, 1)]
+    assert failures["first_failure"] is None and failures["last_failure"] is None, "only when it resolves"
 
 
 TASK = "notifications.send_confirmation"
@@ -583,6 +589,10 @@ def test_a_stalled_loki_gives_links_only_within_the_budget(chat: ChatWebhook) ->
     assert note["trail_note"] == "the trail could not be read: Loki did not answer within 1 s"
     assert note["trail_url"] == alert()["annotations"]["trail_url"], "the alert's own link stays"
     assert "Links only: the trail could not be read: Loki did not answer within 1 s." in note["text"]
+    # The count waited no longer than the trail, and gives no number.
+    why = "the failed requests could not be counted: Loki did not answer within 1 s"
+    assert note["failures"] == {"state": "unavailable", "note": why}
+    assert f"Failed requests: count unavailable ({why})" in note["text"]
 
 
 @pytest.mark.parametrize("firing", [alert(), publish_alert()], ids=["failed-request", "lost-task"])
@@ -591,6 +601,10 @@ def test_a_loki_that_is_down_gives_links_only_at_once(firing: dict[str, Any]) ->
     assert note["trail"] == "unavailable" and "cannot reach Loki" in note["trail_note"]
     assert note["root_cause"] is None and note["lost_task"] is None
     assert all(note[name] for name in LINK_FIELDS)
+    if firing["labels"]["alertname"] == "HighErrorRatio":
+        assert note["failures"]["state"] == "unavailable" and "cannot reach Loki" in note["failures"]["note"]
+    else:
+        assert note["failures"]["state"] == "skipped", "lost tasks are counted in lost_task"
 
 
 def test_no_failure_in_the_window_says_so() -> None:
@@ -600,17 +614,91 @@ def test_no_failure_in_the_window_says_so() -> None:
     assert re.fullmatch(r"no request failed \(status >= 500\) at inventory in \S+ \.\. \S+", note["trail_note"])
 
 
-def test_resolved_alerts_are_reported_as_resolved_without_reading_loki(staged: tuple[FakeLoki, str]) -> None:
-    loki, _ = staged
-    running = Running(loki.url)
-    try:
-        running.post(payload(alert("resolved")))
-        (note,) = running.wait_lines(1)
-    finally:
-        running.stop()
+#: The two exception types the failures below raise (the demo's fault switch injects the first).
+INJECTED_TYPE, OTHER_TYPE = "demo.faults.InjectedFault", "builtins.ValueError"
+
+
+def stage_failures(loki: FakeLoki, t0: int, plan: list[str | None]) -> list[tuple[str, int, str | None]]:
+    """One payments request a second from ``t0``: each failed with the planned ``error_type`` (or
+    answered 201 for None, or failed raising nothing for ``""``). The failures: (ID, time, type)."""
+    failed = []
+    for i, kind in enumerate(plan):
+        start = t0 + i * 1000 * MS
+        cid = new_correlation_id(start // MS)
+        status = 201 if kind is None else 500
+        ts, line = access_line(cid, f"{i:016x}", None, "payments", start, 3.0, "POST", "/payments", status)
+        if kind:
+            line[schema.ERROR_TYPE] = kind
+        loki.push(ts, line)
+        if kind is not None:
+            failed.append((cid, ts, kind or None))
+    return failed
+
+
+def test_the_counts_equal_the_failures_sent_by_type() -> None:
+    """Two exception types and a failure that raised nothing, among successes: the notification
+    counts each type, says when it was first and last seen, and the share of all requests."""
+    plan = [INJECTED_TYPE, None, OTHER_TYPE, INJECTED_TYPE, None, None, "", INJECTED_TYPE, OTHER_TYPE, None]
+    t0 = time.time_ns() - 120_000 * MS
+    with FakeLoki() as loki:
+        failed = stage_failures(loki, t0, plan)
+        note = notify_once(loki.url, alert())
+        metric = [q.query for q in loki.metric_queries]
+    failures = note["failures"]
+    assert (failures["failed"], failures["requests"], failures["share"]) == (6, 10, 0.6)
+    step = failures["step_seconds"]
+    expected = []
+    for kind in (INJECTED_TYPE, OTHER_TYPE, None):
+        times = [ts for _, ts, k in failed if k == kind]
+        expected.append((kind, len(times), min(times), max(times)))
+    assert [(k["error_type"], k["count"]) for k in failures["by_type"]] == [(k, n) for k, n, _, _ in expected]
+    for kind, (_, _, first, last) in zip(failures["by_type"], expected, strict=True):
+        # Seen in the step that ends at first_seen / last_seen.
+        for shown_at, sent in ((kind["first_seen"], first), (kind["last_seen"], last)):
+            seen = parse_rfc3339_ns(shown_at)
+            assert seen - step * 1_000_000_000 < sent <= seen, (kind, shown_at, rfc3339(sent))
+    assert f"Failed requests: 6 of 10 (60.0%) at payments in {failures['window']['start']}" in note["text"]
+    assert f"  {INJECTED_TYPE}: 3, first seen " in note["text"] and "  no exception: 1, first seen " in note["text"]
+    # One range query grouped by error type, one instant count of all requests: never a line read.
+    assert len(metric) == 2 and metric[0].startswith("sum by (error_type) (count_over_time(")
+
+
+def parse_rfc3339_ns(text: str) -> int:
+    """The ns of a ``format_time`` string (``...:SS.ffffffZ``)."""
+    whole, fraction = text.rstrip("Z").split(".")
+    moment = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    return int(moment.timestamp()) * 1_000_000_000 + int(fraction) * 1000
+
+
+def test_a_resolved_notification_closes_the_story() -> None:
+    """How long it lasted, how many requests failed by type, the trail of the first and last failure;
+    no trail of the newest failure is read (it is over)."""
+    plan = [None, INJECTED_TYPE, OTHER_TYPE, None, INJECTED_TYPE, None]
+    t0 = time.time_ns() - 200_000 * MS
+    started = time.gmtime(t0 // 1_000_000_000 - 60)
+    with FakeLoki() as loki:
+        failed = stage_failures(loki, t0, plan)
+        resolved = alert("resolved")
+        resolved["startsAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", started)
+        resolved["endsAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0 // 1_000_000_000 + 540))
+        note = notify_once(loki.url, resolved)
     assert note["status"] == "resolved" and note["page"] is False and note["trail"] == "skipped"
-    assert note["ends_at"] is not None and note["text"].startswith("[RESOLVED] HighErrorRatio")
-    assert not loki.queries
+    assert note["duration_seconds"] == 600.0 and note["correlation_id"] is None
+    failures = note["failures"]
+    assert [(k["error_type"], k["count"]) for k in failures["by_type"]] == [(INJECTED_TYPE, 2), (OTHER_TYPE, 1)]
+    assert (failures["failed"], failures["requests"]) == (3, 6)
+    (first_id, first_ts, _), (last_id, last_ts, _) = failed[0], failed[-1]
+    assert failures["first_failure"]["correlation_id"] == first_id and failures["first_failure"]["time"] == rfc3339(
+        first_ts
+    )
+    assert failures["last_failure"]["correlation_id"] == last_id
+    assert failures["last_failure"]["trail_page_url"] == f"{TRAIL_WEB}/t/{last_id}"
+    assert f"correlation_id%3D%5C%22{first_id}" in failures["first_failure"]["trail_url"]
+    lines = note["text"].splitlines()
+    assert lines[0] == "[RESOLVED] HighErrorRatio (critical, no page): payments"
+    assert lines[2].startswith("Lasted 10m (") and lines[3].startswith("Failed requests: 3 of 6 (50.0%) at payments")
+    assert f"First failure: {rfc3339(first_ts)} {TRAIL_WEB}/t/{first_id}" in lines
+    assert f"Last failure: {rfc3339(last_ts)} {TRAIL_WEB}/t/{last_id}" in lines
 
 
 def test_a_repeated_alert_is_notified_once(staged: tuple[FakeLoki, str]) -> None:
@@ -725,6 +813,15 @@ def test_runbooks_are_served_and_nothing_else() -> None:
             assert requests.get(running.url + path, timeout=5).status_code == 404, path
     finally:
         running.stop()
+
+
+def test_each_runbook_says_first_where_the_count_of_what_broke_is() -> None:
+    """A runbook is static text: its first paragraph points at the notification field that counts."""
+    for path in sorted((REPO / "alerts/runbooks").glob("*.md")):
+        first = path.read_text().split("\n\n")[1]
+        field = "lost_task" if path.stem == "TaskPublishFailures" else "failures"
+        assert first.startswith("**How much broke** is in the notification") and f"`{field}`" in first, path.name
+        assert field in FIELDS
 
 
 def test_settings_refuse_bad_values_naming_the_variable() -> None:

@@ -19,7 +19,16 @@ from correlation import schema
 from correlation.ids import new_correlation_id
 from correlation.settings import ConfigError, LokiSettings
 from tests.fakes import FakeLoki, LoopbackServer, QuietHandler, closed_port_url
-from tests.fakes.trail_lines import GATEWAY, INVENTORY, ORDERS, PAYMENTS, checkout_lines, log_line, push_all
+from tests.fakes.trail_lines import (
+    GATEWAY,
+    INVENTORY,
+    ORDERS,
+    PAYMENTS,
+    access_line,
+    checkout_lines,
+    log_line,
+    push_all,
+)
 from tests.support.grafana import explore_exprs, parse_explore_url, provisioned_datasource_uids
 from trail.__main__ import main as trail_command
 from trail.cli import main as cli
@@ -99,6 +108,7 @@ def test_page_shows_every_hop_as_a_bar_indented_by_parent_and_coloured_by_status
     # The root cause is the deepest failed hop, named with its error.
     assert re.search(r'id="root-cause">.*payments \[c000000000000003\] answered 500: TimeoutError: processor', html)
     assert html.count('<span class="badge root">') == 2  # its bar and its section
+    assert 'id="same-error"' not in html, "its access line names no error type: nothing to count"
 
 
 def test_each_hop_lists_its_lines_with_error_lines_expanded(loki: FakeLoki, web: flask.testing.FlaskClient) -> None:
@@ -371,3 +381,48 @@ def test_a_task_run_is_drawn_from_its_publish_with_its_queue_wait(
     assert re.search(r'<div class="queued" style="width: 75.0%"', row[:1500])  # 30 of its 40 ms
     assert "task notifications.send" in row and '<span class="status">retry</span>' in row
     assert "async: queued 30.0 ms" in html
+
+
+def test_a_failed_request_says_how_many_failed_with_its_error_in_the_last_15_minutes(loki: FakeLoki) -> None:
+    """ "This error, last 15 min: N requests": the root cause's error_type at its service, counted by
+    Loki (the request itself, three more like it; not another type, another service or older), and
+    linked to Explore on exactly those."""
+    injected, now = "demo.faults.InjectedFault", time.time_ns()
+    cid = new_correlation_id((now - 60 * S) // MS)
+    lines = checkout_lines(cid, now - 60 * S)
+    for _, line in lines:
+        if line[schema.LOGGER] == schema.ACCESS_LOGGER and line[schema.SERVICE] == "payments":
+            line[schema.ERROR_TYPE] = injected
+    push_all(loki, lines)
+    for i, (service, kind, ago_s) in enumerate(
+        [
+            ("payments", injected, 30),
+            ("payments", injected, 300),
+            ("payments", injected, 840),
+            ("payments", injected, 1000),  # older than 15 minutes
+            ("payments", "builtins.ValueError", 120),
+            ("orders", injected, 120),
+        ]
+    ):
+        ts, line = access_line(
+            new_correlation_id((now - ago_s * S) // MS),
+            f"{i:016x}",
+            None,
+            service,
+            now - ago_s * S,
+            2.0,
+            "POST",
+            "/x",
+            500,
+        )
+        line[schema.ERROR_TYPE] = kind
+        loki.push(ts, line)
+    html = client_for(loki.url).get(f"/t/{cid}").get_data(as_text=True)
+    found = must_find(
+        r'id="same-error"><strong>This error, last 15 min:</strong>\s*<a href="([^"]+)">(\d+) requests</a>', html
+    )
+    assert found.group(2) == "4"
+    assert f"failed at payments with <code>{injected}</code>" in html
+    panes = parse_explore_url(found.group(1).replace("&amp;", "&"), provisioned_datasource_uids())
+    (expr,) = explore_exprs(panes)
+    assert expr.startswith(f'{{service_name="payments"}} | error_type="{injected}" |= "correlation.access"')

@@ -166,9 +166,17 @@ def environ_key(header: str) -> str:
 
 @lru_cache(maxsize=16)
 def environ_keys_read(header: str) -> tuple[str, ...]:
-    """The environ keys of every header :func:`read` looks at."""
+    """The environ keys of every header :func:`read` looks at (``tracestate`` aside: it is read
+    only beside a ``traceparent``)."""
     names = (*_id_headers(header), schema.PARENT_HEADER, schema.TRACEPARENT_HEADER, schema.CALLER_HEADER)
     return tuple(environ_key(name) for name in names)
+
+
+@lru_cache(maxsize=16)
+def names_read(header: str) -> tuple[str, ...]:
+    """Every header :func:`read` may look at, lower-cased (as ASGI servers hand them over)."""
+    names = (*_id_headers(header), schema.PARENT_HEADER, schema.TRACEPARENT_HEADER, schema.TRACESTATE_HEADER)
+    return tuple(dict.fromkeys(name.lower() for name in (*names, schema.CALLER_HEADER)))
 
 
 @lru_cache(maxsize=16)

@@ -10,6 +10,8 @@ import requests
 
 SERVICES = ("gateway", "orders", "payments", "inventory")
 DEFAULT_PORTS = {"gateway": 8080, "orders": 8081, "payments": 8082, "inventory": 8083}
+#: The services that are ASGI apps (FastAPI), run by gunicorn's uvicorn workers; the rest are Flask.
+ASGI_SERVICES = frozenset({"inventory"})
 #: The Celery worker's service name (demo.notifications). Here, not there: what starts the worker
 #: (demo.local_worker) must import without Celery, to say that Celery is missing.
 WORKER_SERVICE = "notifications"

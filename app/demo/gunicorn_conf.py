@@ -1,8 +1,9 @@
 """gunicorn settings shared by every demo service (``--config python:demo.gunicorn_conf``).
 
-Two workers with threads each (``GUNICORN_WORKERS``, ``GUNICORN_THREADS``): the library's hooks
-(on_starting, child_exit, on_exit) share every worker's metrics, so any worker's ``/metrics``
-answers the service's sums with the newest correlation-ID exemplars.
+Two workers (``GUNICORN_WORKERS``): gthread workers with threads each (``GUNICORN_THREADS``) for
+the Flask services, uvicorn workers for the ASGI one (inventory, ``demo.calls.ASGI_SERVICES``).
+The library's hooks (on_starting, child_exit, on_exit) share every worker's metrics, either kind,
+so any worker's ``/metrics`` answers the service's sums with the newest correlation-ID exemplars.
 """
 
 import logging
@@ -12,11 +13,15 @@ import os
 from correlation.integrations import gunicorn as correlation_gunicorn
 from correlation.integrations.gunicorn import child_exit, gunicorn_logconfig, when_ready, worker_abort  # noqa: F401 - hooks
 from demo import faults
+from demo.calls import ASGI_SERVICES
 
 bind = f"{os.environ.get('BIND_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("GUNICORN_WORKERS", "2"))
-worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "8"))
+if os.environ.get("SERVICE_NAME", "").strip() in ASGI_SERVICES:
+    worker_class = "uvicorn_worker.UvicornWorker"  # one event loop a worker; sync endpoints in its threadpool
+else:
+    worker_class = "gthread"
+    threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 timeout = 30
 graceful_timeout = 30
 keepalive = 5

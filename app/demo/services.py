@@ -2,9 +2,12 @@
 
 ``POST /checkout`` on the gateway places an order; orders charges the payment and reserves the
 stock (both at once, in two threads, to show the context following work into threads). Each
-service is the same Flask app factory, chosen by ``SERVICE_NAME``, run under gunicorn:
+service is built by the same app factory, chosen by ``SERVICE_NAME``, and run under gunicorn:
 
     SERVICE_NAME=orders PORT=8081 gunicorn --config python:demo.gunicorn_conf "demo.services:create_app()"
+
+gateway, orders and payments are Flask apps (gthread workers); inventory is a FastAPI app
+(:mod:`demo.inventory`, uvicorn workers): one checkout's trail crosses both kinds of edge.
 
 The services use only the public API of :mod:`correlation`; nothing here is special-cased by it.
 """
@@ -23,11 +26,11 @@ import requests
 
 import correlation
 from correlation.settings import ConfigError
-from demo.calls import DEFAULT_PORTS, SERVICES, DownstreamError, downstream_url
+from demo.calls import ASGI_SERVICES, DEFAULT_PORTS, SERVICES, DownstreamError, downstream_url
 from demo.calls import call as _call
 from demo.faults import SHARED_FILE_ENV, FaultAccess, Faults, FaultSettings, admin_blueprint
 
-__all__ = ["DEFAULT_PORTS", "SERVICES", "create_app"]
+__all__ = ["ASGI_SERVICES", "DEFAULT_PORTS", "SERVICES", "create_app"]
 
 log = logging.getLogger("demo")
 
@@ -91,36 +94,27 @@ def _payments(bp: flask.Blueprint, _session: requests.Session, _env: Mapping[str
         return {"payment_id": uuid.uuid4().hex[:12]}, 201
 
 
-def _inventory(bp: flask.Blueprint, _session: requests.Session, _env: Mapping[str, str]) -> None:
-    @bp.post("/reservations")
-    def reserve() -> Any:
-        body = flask.request.get_json(silent=True) or {}
-        log.info("reserving %d item(s) for order %s", len(body.get("items", [])), body.get("order_id"))
-        return {"reservation_id": uuid.uuid4().hex[:12]}, 201
-
-    @bp.get("/reservations/<reservation_id>")
-    def reservation(reservation_id: str) -> Any:
-        log.info("looking up reservation %s", reservation_id)  # for the notifications worker
-        return {"reservation_id": reservation_id, "status": "held"}
-
-
 _ROUTES: dict[str, Callable[[flask.Blueprint, requests.Session, Mapping[str, str]], None]] = {
     "gateway": _gateway,
     "orders": _orders,
     "payments": _payments,
-    "inventory": _inventory,
 }
 
 
-def create_app(service: str | None = None, env: Mapping[str, str] | None = None) -> flask.Flask:
-    """Build the Flask app of one demo service (``SERVICE_NAME`` when ``service`` is None)."""
+def create_app(service: str | None = None, env: Mapping[str, str] | None = None) -> Any:
+    """Build the app of one demo service (``SERVICE_NAME`` when ``service`` is None): a Flask app,
+    or for the services in :data:`ASGI_SERVICES` (inventory) a FastAPI one."""
     env = os.environ if env is None else env
     service = service or env.get("SERVICE_NAME", "").strip()
-    if service not in _ROUTES:
+    if service not in SERVICES:
         raise ConfigError(f"SERVICE_NAME={service!r} is not valid: expected one of {', '.join(SERVICES)}")
     settings = correlation.Settings.from_env(env, service=service)
     faults = Faults(FaultSettings.from_env(env), env.get(SHARED_FILE_ENV))
     access = FaultAccess.from_env(env)
+    if service in ASGI_SERVICES:
+        from demo.inventory import create_inventory_app  # imports FastAPI: only where it runs
+
+        return create_inventory_app(settings, faults, access)
 
     app = flask.Flask(service)
     correlation.setup_logging(settings)

@@ -223,3 +223,48 @@ def requests_at_least_query(service: str, route: str | None, duration_ms: float)
     if not math.isfinite(duration_ms) or not 0 <= duration_ms < 1e15:
         raise ValueError(f"duration_ms {duration_ms!r} is not a duration in milliseconds")
     return _access_lines(service, route, (f"{schema.DURATION_MS} >= {duration_ms!r}", '__error__=""'))
+
+
+#: An ``error_type`` as the library writes it (correlation.error_type): searched for only when it is one.
+_ERROR_TYPE = re.compile(r"[A-Za-z0-9_.]{1,128}")
+
+
+def check_error_type(value: str) -> str:
+    """``value`` when it can be an ``error_type`` (1-128 characters of ``[A-Za-z0-9_.]``); ValueError otherwise."""
+    if not _ERROR_TYPE.fullmatch(value):
+        raise ValueError(f"error type {printable(value)!r}: expected 1-128 characters from [A-Za-z0-9_.]")
+    return value
+
+
+def failed_requests_query(service: str, error_type: str | None = None) -> str:
+    """A service's failed requests (:func:`last_error_query`'s definition: access lines with status
+    >= 500), of one ``error_type`` when given (structured metadata: filtered before the parser)."""
+    query = last_error_query(service)
+    if error_type is None:
+        return query
+    selector, _, rest = query.partition("} ")
+    return f'{selector}}} | {schema.ERROR_TYPE}="{check_error_type(error_type)}" {rest}'
+
+
+def failures_by_type_query(service: str, range_seconds: int, error_type: str | None = None) -> str:
+    """How many requests of a service failed in the ``range_seconds`` before the query's time, one
+    series per ``error_type`` (none for failures that raised nothing). ``keep`` drops every other
+    label first: structured metadata would otherwise make a series per request."""
+    if range_seconds <= 0:
+        raise ValueError("the range must be at least a second")
+    failed = failed_requests_query(service, error_type)
+    kind = schema.ERROR_TYPE
+    return f"sum by ({kind}) (count_over_time({failed} | keep {kind} [{range_seconds}s]))"
+
+
+def requests_count_query(service: str, range_seconds: int) -> str:
+    """How many requests (HTTP and task runs: access lines) a service answered in the
+    ``range_seconds`` before the query's time: one sample."""
+    if range_seconds <= 0:
+        raise ValueError("the range must be at least a second")
+    logger, label = schema.LOGGER, schema.SERVICE_LABEL
+    lines = (
+        f'{_selector(service)} |= "{schema.ACCESS_LOGGER}" | json {logger}="{logger}" '
+        f'| {logger}="{schema.ACCESS_LOGGER}" | __error__="" | keep {label}'
+    )
+    return f"sum by ({label}) (count_over_time({lines} [{range_seconds}s]))"

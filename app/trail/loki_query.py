@@ -161,6 +161,14 @@ class LokiQueryClient:
         url = self.url.removesuffix(QUERY_RANGE_PATH) + QUERY_PATH
         return self._get(url, {"query": query, "time": str(time_ns)}, deadline, parse_vector)
 
+    def query_matrix(
+        self, query: str, start_ns: int, end_ns: int, step_seconds: int, *, deadline: float | None = None
+    ) -> list[Series]:
+        """A metric query over a range (``query_range`` with ``step``): each series' points, at
+        ``start_ns``, ``start_ns + step``, ... up to ``end_ns``. Waits like :meth:`query_range`."""
+        params = {"query": query, "start": str(start_ns), "end": str(end_ns), "step": str(step_seconds)}
+        return self._get(self.url, params, deadline, parse_matrix)
+
     def _get(self, url: str, params: dict[str, str], deadline: float | None, parse: Callable[[Any], T]) -> T:
         shown = display_url(url)
         timeout = self.settings.timeout_seconds
@@ -252,6 +260,39 @@ def parse_vector(payload: Any) -> list[Sample]:
             raise ValueError(f"sample value {value!r} is not a finite number")
         samples.append(Sample(labels, value))
     return samples
+
+
+@dataclass(frozen=True)
+class Series:
+    """One series of a metric range query: its labels and its points as (Unix ns, value)."""
+
+    labels: dict[str, str]
+    points: tuple[tuple[int, float], ...]
+
+
+def parse_matrix(payload: Any) -> list[Series]:
+    """The series of a metric ``query_range``'s ``matrix`` answer; ValueError for any other answer,
+    or a point that is not a time and a finite number."""
+    if not isinstance(payload, dict) or payload.get("status") != "success":
+        raise ValueError(f"unexpected answer: {str(payload)[:200]}")
+    data = payload.get("data") or {}
+    if data.get("resultType") != "matrix":
+        raise ValueError(f"expected resultType 'matrix', got {data.get('resultType')!r}")
+    series = []
+    for result in data.get("result") or []:
+        labels = {str(k): str(v) for k, v in (result.get("metric") or {}).items()}
+        points = []
+        for point in result.get("values") or []:
+            try:
+                # Loki writes the time in seconds with up to 3 decimals: round to whole ms.
+                at, value = round(float(point[0]) * 1000) * 1_000_000, float(point[1])
+            except (IndexError, TypeError, ValueError):
+                raise ValueError(f"a point that is not [time, value]: {str(point)[:200]}") from None
+            if not math.isfinite(value):
+                raise ValueError(f"point value {value!r} is not a finite number")
+            points.append((at, value))
+        series.append(Series(labels, tuple(points)))
+    return series
 
 
 def _keys_at(entries: list[QueriedEntry], ts_ns: int) -> Counter[tuple[Any, ...]]:

@@ -13,7 +13,8 @@ and the fixtures fail a test that leaves any. For fault tests it answers a scrip
 
 Query (``GET /loki/api/v1/query_range``): a LogQL subset evaluated over the stored entries
 (:mod:`tests.fakes.loki_query`); instant metric queries (``GET /loki/api/v1/query``): a smaller
-subset (:mod:`tests.fakes.loki_metric`); ``fail_with`` makes every query answer an error instead.
+subset (:mod:`tests.fakes.loki_metric`), also over ``query_range`` as a matrix; ``fail_with``
+makes every query answer an error instead.
 
 Every request, push or query, is recorded in ``requests`` in arrival order.
 """
@@ -31,7 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from correlation import schema
-from tests.fakes.loki_metric import instant_result, instant_time, parse_metric_query
+from tests.fakes.loki_metric import instant_result, instant_time, matrix_result, parse_metric_query
 from tests.fakes.loki_push import Push, PushedEntry, decode_push
 from tests.fakes.loki_query import QueryError, parse_query, query_range_result
 from tests.fakes.loopback import LoopbackServer, QuietHandler
@@ -160,9 +161,19 @@ class FakeLoki:
 
     @property
     def queries(self) -> list[RecordedRequest]:
-        """The ``query_range`` requests received, in order."""
+        """The ``query_range`` requests for log lines received, in order (metric ones: :attr:`metric_queries`)."""
         with self._lock:
-            return [r for r in self.requests if r.path == QUERY_RANGE_PATH]
+            return [r for r in self.requests if r.path == QUERY_RANGE_PATH and r.query.lstrip().startswith("{")]
+
+    @property
+    def metric_queries(self) -> list[RecordedRequest]:
+        """The metric queries received (instant and over a range), in order."""
+        with self._lock:
+            return [
+                r
+                for r in self.requests
+                if r.path == QUERY_PATH or (r.path == QUERY_RANGE_PATH and not r.query.lstrip().startswith("{"))
+            ]
 
     def wait_for(self, predicate: Callable[[list[PushedEntry]], bool], timeout: float = 10.0) -> list[PushedEntry]:
         """Wait until ``predicate(entries)`` holds and return the entries; AssertionError on timeout.
@@ -255,6 +266,12 @@ class FakeLoki:
         if parts.path == QUERY_PATH:
             try:
                 answer = instant_result(self.entries, parse_metric_query(recorded.query), instant_time(params))
+            except QueryError as exc:
+                return request.reply(400, f"{exc}\n")
+            return request.reply(200, json.dumps(answer), "application/json; charset=UTF-8")
+        if not recorded.query.lstrip().startswith("{"):  # a metric query over a range: a matrix
+            try:
+                answer = matrix_result(self.entries, parse_metric_query(recorded.query), params)
             except QueryError as exc:
                 return request.reply(400, f"{exc}\n")
             return request.reply(200, json.dumps(answer), "application/json; charset=UTF-8")

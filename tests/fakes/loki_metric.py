@@ -6,7 +6,12 @@ What the trail web app and the dashboards send, evaluated the way Loki does:
   ``count_over_time(<log query> [<n>s|m|h])``, or ``max_over_time(<log query> | unwrap <label>
   [| __error__=""] [<range>])`` (a value that is not a number: the sample is dropped with
   ``__error__=""``, else the query fails as Loki's does), optionally ``by (<labels>)`` after it;
-- optionally inside one vector aggregation ``sum by (<labels>) (...)`` or ``max by (...) (...)``.
+- optionally inside one vector aggregation ``sum by (<labels>) (...)`` or ``max by (...) (...)``;
+- a ``| keep <labels>`` stage last in the log query: only those labels stay on each series (Loki
+  3's way to count without a series per structured-metadata value such as ``correlation_id``).
+
+Over ``query_range`` (:func:`matrix_result`) the same query is evaluated at every ``step`` from
+``start`` to ``end`` (both inclusive), a ``matrix`` of the series' non-empty points, as Loki's.
 
 The range is Loki's: entries with ``time - range < ts <= time``. A series' labels are the entry's
 stream labels, structured metadata and extracted labels (without ``__error__``), or only the
@@ -36,6 +41,7 @@ _VECTOR_AGGREGATION = re.compile(
     r"\s*(?P<op>sum|max)\s+by" + _GROUPING.format("outer_by") + r"\s*\((?P<body>.*)\)\s*", re.DOTALL
 )
 _UNWRAP = re.compile(r"\|\s*unwrap\s+(?P<label>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<errors>\|\s*__error__\s*=\s*\"\"\s*)?$")
+_KEEP = re.compile(r"\|\s*keep\s+(?P<labels>[A-Za-z_][A-Za-z0-9_]*(?:\s*,\s*[A-Za-z_][A-Za-z0-9_]*)*)\s*$")
 _FUNCTIONS: dict[str, Callable[[list[float]], float]] = {"count_over_time": len, "max_over_time": max}
 _VECTOR_OPS: dict[str, Callable[[list[float]], float]] = {"sum": sum, "max": max}
 
@@ -50,6 +56,7 @@ class MetricQuery:
     by: tuple[str, ...] | None = None
     outer: str | None = None
     outer_by: tuple[str, ...] = ()
+    keep: tuple[str, ...] | None = None
 
 
 def _names(text: str | None) -> tuple[str, ...]:
@@ -67,7 +74,10 @@ def parse_metric_query(text: str) -> MetricQuery:
     found = _RANGE_AGGREGATION.fullmatch(text)
     if not found:
         raise QueryError(f"fake Loki: not a metric query it evaluates: {text!r}")
-    inner, unwrap, drop = found["inner"].strip(), None, False
+    inner, unwrap, drop, keep = found["inner"].strip(), None, False, None
+    kept = _KEEP.search(inner)
+    if kept:
+        keep, inner = _names(kept["labels"]), inner[: kept.start()].strip()
     unwrapped = _UNWRAP.search(inner)
     if found["fn"] == "max_over_time":
         if not unwrapped:
@@ -79,7 +89,7 @@ def parse_metric_query(text: str) -> MetricQuery:
         raise QueryError("parse error: grouping not allowed for count_over_time aggregation")
     by = _names(found["by"]) if found["by"] is not None else None
     range_ns = int(found["n"]) * _UNIT_NS[found["unit"]]
-    return MetricQuery(found["fn"], parse_query(inner), range_ns, unwrap, drop, by, outer, outer_by)
+    return MetricQuery(found["fn"], parse_query(inner), range_ns, unwrap, drop, by, outer, outer_by, keep)
 
 
 def _format(value: float) -> str:
@@ -109,6 +119,8 @@ def instant_result(entries: list[PushedEntry], query: MetricQuery, time_ns: int)
         if labels.get(ERROR_LABEL):
             continue  # Loki's own errors (a line that is not JSON): dropped unless asked for
         labels.pop(ERROR_LABEL, None)
+        if query.keep is not None:
+            labels = {name: labels[name] for name in query.keep if labels.get(name)}
         if query.by is not None:
             labels = {name: labels[name] for name in query.by if labels.get(name)}
         series.setdefault(tuple(sorted(labels.items())), []).append(value)
@@ -123,6 +135,24 @@ def instant_result(entries: list[PushedEntry], query: MetricQuery, time_ns: int)
         values = {key: _VECTOR_OPS[query.outer](samples) for key, samples in grouped.items()}
     result = [{"metric": dict(key), "value": [time_ns / 1e9, _format(value)]} for key, value in values.items()]
     return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+
+def matrix_result(entries: list[PushedEntry], query: MetricQuery, params: Mapping[str, str]) -> dict[str, Any]:
+    """The body of a successful ``query_range`` answer to a metric query: ``instant_result`` at
+    ``start``, ``start + step``, ... up to ``end`` (Unix ns; ``step`` in seconds)."""
+    start, end = int(params.get("start", "0")), int(params.get("end", "0"))
+    try:
+        step_ns = int(float(params.get("step", "")) * 1e9)
+    except ValueError:
+        raise QueryError("fake Loki: give the metric range query a step in seconds") from None
+    if step_ns <= 0 or end < start or (end - start) // step_ns > 11_000:
+        raise QueryError("fake Loki: bad start, end or step (at most 11,000 points, as Loki)")
+    series: dict[tuple[tuple[str, str], ...], list[list[Any]]] = {}
+    for t in range(start, end + 1, step_ns):
+        for sample in instant_result(entries, query, t)["data"]["result"]:
+            series.setdefault(tuple(sorted(sample["metric"].items())), []).append(sample["value"])
+    result = [{"metric": dict(key), "values": values} for key, values in series.items()]
+    return {"status": "success", "data": {"resultType": "matrix", "result": result}}
 
 
 def instant_time(params: Mapping[str, str]) -> int:

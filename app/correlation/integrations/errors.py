@@ -19,14 +19,13 @@ from __future__ import annotations
 from typing import Any
 
 import flask
-from markupsafe import escape
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from correlation import context
+from correlation.problem import JSON_TYPES, PROBLEM_JSON, id_line_html, problem
 
-PROBLEM_JSON = "application/problem+json"
-_JSON_TYPES = (PROBLEM_JSON, "application/json")
+__all__ = ["PROBLEM_JSON", "install"]
 
 
 def install(app: flask.Flask) -> None:
@@ -44,22 +43,15 @@ def _answer(error: HTTPException) -> Any:
     if error.response is not None or error.code is None or error.code < 400:
         return error  # abort(response), redirects: not ours to rewrite
     correlation_id = context.correlation_id()
-    best = flask.request.accept_mimetypes.best_match([*_JSON_TYPES, "text/html"])
-    if best in _JSON_TYPES:
-        problem = {
-            "type": "about:blank",
-            "title": error.name,
-            "status": error.code,
-            "detail": error.description,
-            "correlation_id": correlation_id,
-        }
-        response: Response = flask.jsonify(problem)
+    best = flask.request.accept_mimetypes.best_match([*JSON_TYPES, "text/html"])
+    if best in JSON_TYPES:
+        response: Response = flask.jsonify(problem(error.code, error.name, error.description, correlation_id))
         response.status_code = error.code
         response.mimetype = PROBLEM_JSON
     else:
         response = error.get_response()
         body = response.get_data(as_text=True)
-        response.set_data(f"{body}<p>Correlation ID: <code>{escape(correlation_id or '-')}</code></p>\n")
+        response.set_data(body + id_line_html(correlation_id))
     for name, value in error.get_headers():  # Allow on 405, WWW-Authenticate on 401, ...
         if name.lower() != "content-type":
             response.headers[name] = value

@@ -12,16 +12,23 @@ plus the budget), enforced twice. Each request to Loki is bounded by what is lef
 (``budget_seconds``), and the caller stops waiting at the deadline whatever Loki does (a Loki that
 trickles bytes keeps a socket read alive forever); the read then ends in the background by its
 own timeouts. What could not be read is said in :attr:`TrailFinding.note`, never hidden.
+
+How much broke (:class:`FailureReport`, :mod:`trail.failures`) is counted beside the trail, in
+parallel and by the same deadline, for firing and resolved alerts alike: when Loki does not answer
+in time the report says the count is unavailable and why, never a number Loki did not give.
 """
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TypeVar
 
+from trail.failures import FailedRequestAt, FailureCounts, count_failures, first_and_last_failure
 from trail.last_error import LastError, last_error
 from trail.logql import PUBLISH_FAILURE_MESSAGE, check_reason, check_task
 from trail.loki_query import LokiQueryClient, LokiQueryError
@@ -31,6 +38,7 @@ from trail.root_cause import root_cause
 from trail.window import DEFAULT_MAX_REQUEST_SECONDS, Window
 
 FOUND, NOT_FOUND, UNAVAILABLE, SKIPPED = "found", "not_found", "unavailable", "skipped"
+T = TypeVar("T")
 NS = 1_000_000_000
 #: How far before the alert's start the newest failure is looked for: the rules' 5-minute rate
 #: window plus their longest `for`, with room to spare.
@@ -72,6 +80,20 @@ class TrailFinding:
     caveat: str | None = None
     #: For a TaskPublishFailures alert: the newest task the service could not queue.
     lost_task: LostTask | None = None
+    #: How much broke in the alert's window (None: not asked).
+    failures: FailureReport | None = None
+
+
+@dataclass(frozen=True)
+class FailureReport:
+    """The alert's failed requests: ``state`` found (counted), unavailable (``note`` says why: never
+    a number Loki did not give) or skipped. For a resolved alert also the first and the last failure."""
+
+    state: str
+    note: str | None = None
+    counts: FailureCounts | None = None
+    first: FailedRequestAt | None = None
+    last: FailedRequestAt | None = None
 
 
 class TrailReader:
@@ -93,7 +115,15 @@ class TrailReader:
         self._executor = executor or ThreadPoolExecutor(max_workers=8, thread_name_prefix="notify-loki")
 
     def read(self, event: AlertEvent, deadline: float, now_ns: int | None = None) -> TrailFinding:
-        """The finding for ``event``, returned by ``deadline`` (``time.monotonic()``) at the latest."""
+        """The finding for ``event``, returned by ``deadline`` (``time.monotonic()``) at the latest.
+        How much broke (:attr:`TrailFinding.failures`) is counted beside the trail, in parallel,
+        within the same deadline."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        counting = self._submit_count(event, deadline, now_ns)
+        finding = self._read_trail(event, deadline, now_ns)
+        return replace(finding, failures=self._wait_for_count(counting, deadline))
+
+    def _read_trail(self, event: AlertEvent, deadline: float, now_ns: int) -> TrailFinding:
         if not event.firing:
             return TrailFinding(SKIPPED, "resolved: the trail is read for firing alerts only")
         service = event.service
@@ -104,30 +134,64 @@ class TrailReader:
         left = deadline - time.monotonic()
         if left <= 0:
             return TrailFinding(UNAVAILABLE, "the trail could not be read: no time was left for Loki")
-        window = self.search_window(event.starts_at, time.time_ns() if now_ns is None else now_ns)
+        window = self.search_window(event.starts_at, now_ns)
         client = self.client
         if event.alertname == PUBLISH_FAILURE_ALERT:
             future = self._executor.submit(self._lost_task, client, service, event.task, event.reason, window, deadline)
         else:
             future = self._executor.submit(self._failed_request, client, service, event.task, window, deadline)
+        return self._result(future, deadline, "the trail could not be read", TrailFinding)
+
+    def _result(self, future: Future[T], deadline: float, what: str, failed: Callable[[str, str], T]) -> T:
+        """``future``'s result by ``deadline``; else ``failed(UNAVAILABLE, why)``."""
         try:
-            return future.result(timeout=left)
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
             future.cancel()
-            return self._out_of_time()
+            return failed(UNAVAILABLE, self._out_of_time(what))
         except LokiQueryError as exc:
             # Each request's own timeout ends at the deadline too: on a busy machine it may fire
             # before this thread wakes up, and it is the same budget running out.
             if time.monotonic() >= deadline - _DEADLINE_SLACK_SECONDS:
-                return self._out_of_time()
-            return TrailFinding(UNAVAILABLE, f"the trail could not be read: {exc}")
+                return failed(UNAVAILABLE, self._out_of_time(what))
+            return failed(UNAVAILABLE, f"{what}: {exc}")
         except Exception as exc:  # noqa: BLE001 - the boundary: a bad line or a bug must not stop the page
-            return TrailFinding(UNAVAILABLE, f"the trail could not be read: {type(exc).__name__}: {exc}")
+            return failed(UNAVAILABLE, f"{what}: {type(exc).__name__}: {exc}")
 
-    def _out_of_time(self) -> TrailFinding:
-        return TrailFinding(
-            UNAVAILABLE, f"the trail could not be read: Loki did not answer within {self.budget_seconds:g} s"
-        )
+    def _submit_count(self, event: AlertEvent, deadline: float, now_ns: int) -> Future[FailureReport] | FailureReport:
+        """The count of the alert's failed requests, started (or why it is not counted)."""
+        service = event.service
+        if service is None:
+            return FailureReport(SKIPPED, "the alert names no service")
+        if self.client is None:
+            return FailureReport(SKIPPED, "LOKI_URL is not set: nothing was counted")
+        if event.alertname == PUBLISH_FAILURE_ALERT:
+            return FailureReport(SKIPPED, "the alert is about tasks not queued, counted in lost_task")
+        if deadline - time.monotonic() <= 0:
+            return FailureReport(UNAVAILABLE, "no time was left for Loki")
+        end_ns = now_ns
+        if not event.firing and event.ends_at is not None:
+            end_ns = min(now_ns, int(event.ends_at.timestamp() * NS))
+        window = self.search_window(event.starts_at, end_ns)
+        return self._executor.submit(self._count, self.client, service, window, not event.firing, deadline)
+
+    def _wait_for_count(self, counting: Future[FailureReport] | FailureReport, deadline: float) -> FailureReport:
+        if isinstance(counting, FailureReport):
+            return counting
+        return self._result(counting, deadline, "the failed requests could not be counted", FailureReport)
+
+    @staticmethod
+    def _count(
+        client: LokiQueryClient, service: str, window: Window, with_ends: bool, deadline: float
+    ) -> FailureReport:
+        counts = count_failures(client, service, window, deadline=deadline)
+        first = last = None
+        if with_ends and counts.failed:
+            first, last = first_and_last_failure(client, service, counts.window, deadline=deadline)
+        return FailureReport(FOUND, counts=counts, first=first, last=last)
+
+    def _out_of_time(self, what: str) -> str:
+        return f"{what}: Loki did not answer within {self.budget_seconds:g} s"
 
     def _failed_request(
         self, client: LokiQueryClient, service: str, task: str | None, window: Window, deadline: float

@@ -13,13 +13,15 @@ import urllib.parse
 from datetime import datetime
 from typing import Any
 
+from trail.failures import FailedRequestAt, FailureCounts
 from trail.links import DEFAULT_TRAIL_WEB_URL, trail_explore_url, trail_page_path
 from trail.logql import MAX_TASK_NAME_CHARS
-from trail.notify.finding import FailedHop, TrailFinding
+from trail.notify.finding import FOUND, FailedHop, FailureReport, TrailFinding
 from trail.notify.links import LinkBases
 from trail.notify.lost_task import LostTask
 from trail.notify.payload import AlertEvent
 from trail.text import clean, format_time
+from trail.window import Window, format_duration, id_window
 
 #: Version of the notification object; bumped when a field changes meaning or disappears.
 NOTIFICATION_VERSION = 1
@@ -37,6 +39,7 @@ FIELDS = (
     "summary",
     "starts_at",
     "ends_at",
+    "duration_seconds",
     "trail",
     "trail_note",
     "trail_caveat",
@@ -45,6 +48,7 @@ FIELDS = (
     "root_cause",
     "error",
     "lost_task",
+    "failures",
     *LINK_FIELDS,
     "dropped_links",
     "text",
@@ -53,6 +57,8 @@ MAX_LABEL_CHARS = 128
 MAX_ERROR_TYPE_CHARS = 200
 MAX_MESSAGE_CHARS = 500
 MAX_URL_CHARS = 3000  # Slack refuses longer button URLs; a longer link is surely not ours
+#: Error types listed one by one; the rest are summed into ``other_types``.
+MAX_ERROR_TYPES = 5
 ELLIPSIS = "…"
 #: How each link is labelled for people.
 _LINK_NAMES = {
@@ -111,9 +117,14 @@ def build_notification(
         return url
 
     links = {name: allowed(name, _link(event.annotations.get(name))) for name in LINK_FIELDS}
-    if finding.correlation_id and finding.trail_window is not None:
+    report = finding.failures
+    # The alert's Grafana and trail page, checked only when a link is built on them.
+    if (finding.correlation_id and finding.trail_window is not None) or (report and (report.first or report.last)):
         grafana = allowed("grafana_url", _link(event.labels.get("grafana_url"))) or default_grafana_url
         trail_web = allowed("trail_web_url", _link(event.labels.get("trail_web_url"))) or default_trail_web_url
+    else:
+        grafana, trail_web = default_grafana_url, default_trail_web_url
+    if finding.correlation_id and finding.trail_window is not None:
         links["trail_url"] = trail_explore_url(grafana, finding.correlation_id, finding.trail_window)
         links["trail_page_url"] = trail_web.rstrip("/") + trail_page_path(finding.correlation_id)
     hop = finding.root_cause
@@ -129,6 +140,11 @@ def build_notification(
         "summary": shown(event.annotations.get("summary"), MAX_MESSAGE_CHARS),
         "starts_at": _time(event.starts_at),
         "ends_at": _time(event.ends_at),
+        "duration_seconds": (
+            round((event.ends_at - event.starts_at).total_seconds(), 3)
+            if not event.firing and event.ends_at and event.starts_at and event.ends_at >= event.starts_at
+            else None
+        ),
         "trail": finding.state,
         "trail_note": shown(finding.note, MAX_MESSAGE_CHARS),
         "trail_caveat": shown(finding.caveat, MAX_MESSAGE_CHARS),
@@ -144,6 +160,7 @@ def build_notification(
             else None
         ),
         "lost_task": _lost_task(finding.lost_task) if finding.lost_task else None,
+        "failures": _failures(report, grafana, trail_web) if report else None,
         **links,
         "dropped_links": dropped or None,
     }
@@ -172,6 +189,49 @@ def _lost_task(lost: LostTask) -> dict[str, Any]:
         "count": lost.count,
         "count_capped": lost.count_capped,
         "window": {"start": format_time(lost.window.start_ns), "end": format_time(lost.window.end_ns)},
+    }
+
+
+def _failures(report: FailureReport, grafana: str, trail_web: str) -> dict[str, Any]:
+    counts = report.counts
+    if report.state != FOUND or counts is None:
+        return {"state": report.state, "note": shown(report.note, MAX_MESSAGE_CHARS)}
+    listed, rest = counts.by_type[:MAX_ERROR_TYPES], counts.by_type[MAX_ERROR_TYPES:]
+    return {
+        "state": "counted",
+        "note": None,
+        "service": shown(counts.service, MAX_LABEL_CHARS),
+        "window": {"start": format_time(counts.window.start_ns), "end": format_time(counts.window.end_ns)},
+        "step_seconds": counts.step_seconds,
+        "failed": counts.failed,
+        "requests": counts.requests,
+        "share": round(counts.share, 4) if counts.share is not None else None,
+        "by_type": [
+            {
+                "error_type": shown(kind.error_type, MAX_ERROR_TYPE_CHARS),
+                "count": kind.count,
+                "first_seen": format_time(kind.first_seen_ns),
+                "last_seen": format_time(kind.last_seen_ns),
+            }
+            for kind in listed
+        ],
+        "other_types": {"types": len(rest), "count": sum(kind.count for kind in rest)} if rest else None,
+        "first_failure": _failed_request(report.first, counts, grafana, trail_web),
+        "last_failure": _failed_request(report.last, counts, grafana, trail_web),
+    }
+
+
+def _failed_request(
+    found: FailedRequestAt | None, counts: FailureCounts, grafana: str, trail_web: str
+) -> dict[str, Any] | None:
+    if found is None:
+        return None
+    window: Window = id_window(found.correlation_id) or counts.window
+    return {
+        "correlation_id": found.correlation_id,
+        "time": format_time(found.ts_ns),
+        "trail_url": trail_explore_url(grafana, found.correlation_id, window),
+        "trail_page_url": trail_web.rstrip("/") + trail_page_path(found.correlation_id),
     }
 
 
@@ -206,6 +266,35 @@ def _lost_task_lines(note: dict[str, Any]) -> list[str]:
     ]
 
 
+def _failures_lines(note: dict[str, Any]) -> list[str]:
+    """How much broke: the count by error type (or why there is none), and for a resolved alert
+    how long it lasted and the first and last failure."""
+    lines = []
+    if note["duration_seconds"] is not None:
+        lines.append(f"Lasted {format_duration(note['duration_seconds'])} ({note['starts_at']} .. {note['ends_at']})")
+    failures = note["failures"]
+    if not failures or failures["state"] == "skipped":
+        return lines
+    if failures["state"] != "counted":
+        return [*lines, f"Failed requests: count unavailable ({failures['note']})"]
+    share = f" ({failures['share']:.1%})" if failures["share"] is not None else ""
+    of = f" of {failures['requests']}" if failures["requests"] is not None else ""
+    where = f"{failures['window']['start']} .. {failures['window']['end']}"
+    lines.append(f"Failed requests: {failures['failed']}{of}{share} at {failures['service']} in {where}")
+    for kind in failures["by_type"]:
+        lines.append(
+            f"  {kind['error_type'] or 'no exception'}: {kind['count']}, first seen {kind['first_seen']}, "
+            f"last seen {kind['last_seen']} (within {failures['step_seconds']} s)"
+        )
+    if failures["other_types"]:
+        other = failures["other_types"]
+        lines.append(f"  {other['types']} more error types: {other['count']}")
+    for name, label in (("first_failure", "First failure"), ("last_failure", "Last failure")):
+        if failures[name]:
+            lines.append(f"{label}: {failures[name]['time']} {failures[name]['trail_page_url']}")
+    return lines
+
+
 def render_text(note: dict[str, Any]) -> str:
     """The notification as plain text, one fact a line."""
     lines = [_headline(note)]
@@ -223,6 +312,7 @@ def render_text(note: dict[str, Any]) -> str:
             lines.append(f"Correlation ID: {note['correlation_id']}  ->  {note['trail_command']}")
         if note["trail_note"]:
             lines.append(f"Links only: {note['trail_note']}.")
+    lines += _failures_lines(note)
     lines += [f"{_LINK_NAMES[name]}: {note[name]}" for name in LINK_FIELDS if note[name]]
     if note["dropped_links"]:
         lines.append(f"Links dropped (not under the configured addresses): {', '.join(note['dropped_links'])}")
@@ -261,6 +351,7 @@ def slack_message(note: dict[str, Any]) -> dict[str, Any]:
             facts.append(f"*Correlation ID:* {_code(note['correlation_id'])}: {_code(note['trail_command'])}")
         if note["trail_note"]:
             facts.append(f"*Links only:* {_mrkdwn(note['trail_note'])}.")
+    facts += [_mrkdwn(line) for line in _failures_lines(note)]
     if note["dropped_links"]:
         facts.append(f"*Links dropped* (not under the configured addresses): {', '.join(note['dropped_links'])}")
     blocks: list[dict[str, Any]] = [

@@ -1,6 +1,8 @@
 """``trail serve``: one request's trail as a web page, and time-scoped links into Grafana.
 
-    GET /t/<id>               the page: waterfall of hops, each hop's lines, the window searched
+    GET /t/<id>               the page: waterfall of hops, each hop's lines, the window searched,
+                              and "this error, last 15 min: N requests" (its root cause's
+                              error_type at its service), linking to them in Explore
     GET /t/<id>?format=json   the ``trail --json`` document
     GET /go/<id>              302 to Grafana Explore on the request's lines over its own window
     GET /go/last-failed       302 to the page of the newest failed request (?service=&task=&peer=)
@@ -42,27 +44,34 @@ from urllib.parse import urlencode
 import flask
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from correlation import schema
 from correlation.settings import ConfigError, LokiSettings
 from trail.alert_requests import FoundRequest, newest_failed, newest_lost_task, slowest
 from trail.document import render_lookup_json
+from trail.failures import count_failures
 from trail.links import (
     DEFAULT_GRAFANA_URL,
     DEFAULT_TRAIL_WEB_URL,
+    explore_url,
     trail_dashboard_url,
     trail_explore_url,
     trail_page_path,
+    window_ms,
 )
 from trail.logql import (
     MAX_PEERS,
     check_correlation_id,
+    check_error_type,
     check_peer,
     check_reason,
     check_route,
     check_service,
     check_task,
+    failed_requests_query,
 )
 from trail.loki_query import LokiQueryClient, LokiQueryError, display_url
 from trail.lookup import DEFAULT_MAX_LINES, TrailLookup, deadline_after, lookup_trail, max_lines_from_env
+from trail.root_cause import root_cause
 from trail.text import clean
 from trail.web.page import UNKNOWN_TITLE, page_view
 from trail.window import (
@@ -262,6 +271,7 @@ def create_app(settings: TrailWebSettings | None = None) -> flask.Flask:
         correlation_id = _checked_id(correlation_id)
         explicit = _explicit_window(settings.max_window_seconds)
         timeout = settings.loki.timeout_seconds
+        deadline = deadline_after(timeout)  # the page's whole budget: the trail, then the count
         try:
             lookup = lookup_trail(
                 client(), correlation_id, explicit, budget_seconds=timeout, max_lines=settings.max_lines
@@ -273,6 +283,7 @@ def create_app(settings: TrailWebSettings | None = None) -> flask.Flask:
         if as_json:
             # Exactly what `trail ID --json` prints (trail/cli.py).
             return flask.Response(render_lookup_json(lookup), 200, content_type="application/json")
+        same_error = _same_error(client(), settings, lookup, deadline)
         json_url = _page_url(correlation_id, {**_window_args(), "format": "json"})
         # The address to share: where browsers reach this app (TRAIL_WEB_URL), not this request's Host.
         share_url = settings.trail_web_url + _page_url(correlation_id, _window_args())
@@ -283,6 +294,7 @@ def create_app(settings: TrailWebSettings | None = None) -> flask.Flask:
             view=page_view(lookup),
             json_url=json_url,
             share_url=share_url,
+            same_error=same_error,
             **_links(lookup),
         )
 
@@ -300,6 +312,41 @@ def create_app(settings: TrailWebSettings | None = None) -> flask.Flask:
 
     _add_alert_routes(app, settings, client, failure)
     return app
+
+
+#: How far back the page counts the requests that failed like this one.
+SAME_ERROR_SECONDS = 15 * 60
+
+
+def _same_error(
+    client: LokiQueryClient, settings: TrailWebSettings, lookup: TrailLookup, deadline: float | None
+) -> dict[str, Any] | None:
+    """ "This error, last 15 min: N requests": the failures of the root-cause hop's service with its
+    access line's ``error_type``, and Explore on them. None when the trail names no such type; a
+    count Loki could not give says why instead of a number."""
+    cause = root_cause(lookup.trail)
+    access = cause.hop.access if cause is not None else None
+    kind = access.get(schema.ERROR_TYPE) if access is not None else None
+    service = cause.hop.service if cause is not None else None
+    if not isinstance(kind, str) or not isinstance(service, str):
+        return None
+    try:
+        query = failed_requests_query(check_service(service), check_error_type(kind))
+    except ValueError:
+        return None  # from a log line: not a name the library writes, so not searched for
+    window = Window.last(SAME_ERROR_SECONDS)
+    view: dict[str, Any] = {
+        "service": service,
+        "error_type": kind,
+        "explore_url": explore_url(settings.grafana_url, "failures", query, *window_ms(window)),
+    }
+    try:
+        counts = count_failures(client, service, window, error_type=kind, with_requests=False, deadline=deadline)
+    except LokiQueryError as exc:
+        view["unavailable"] = _loki_problem(exc, settings.loki.timeout_seconds)
+    else:
+        view["count"] = counts.failed
+    return view
 
 
 # -- /go/last-failed, /go/lost-task, /go/slowest: the request behind an alert (trail.alert_requests)

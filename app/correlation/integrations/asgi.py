@@ -1,0 +1,372 @@
+"""The edge for ASGI applications (Starlette, FastAPI, Litestar, Quart, plain ASGI 3): the same
+hop as the Flask edge's, read, bound, echoed and reported by the same core.
+
+``pip install 'correlation-trail[asgi]'`` (the pinned Starlette, FastAPI and uvicorn; the
+middleware itself needs none of them)::
+
+    app = FastAPI()
+    app.add_middleware(CorrelationMiddleware, settings=settings)
+    # or, outermost, so that Starlette's own 500 (or an Exception handler) gets the ID header:
+    app = CorrelationMiddleware(app, settings)
+
+For every ``http`` and ``websocket`` connection (``lifespan`` passes through untouched):
+
+1. the hop the caller asks for is read from the headers (:func:`correlation.wire.read`); the
+   peer judged by ``CORRELATION_TRUST_INBOUND`` is the socket's (``scope["client"]``); refused
+   values are logged escaped, counted, and replaced by a fresh ID;
+2. the hop is bound to the context of the connection's own task: concurrent requests on one
+   event loop never share it, and tasks and threads started from the request
+   (``asyncio.create_task``, Starlette's ``run_in_threadpool``) copy it;
+3. the response carries the correlation ID and this service's name, whatever its status;
+4. at the end, one access line (:func:`correlation.log.access.report_hop`) and the RED metrics
+   with the ID as exemplar. A streaming response is timed to its last body message
+   (``more_body`` false), not to its first. A websocket's line is written when it closes (status
+   101 once accepted, its duration the connection's); it stays out of the request-duration
+   histogram, whose quantiles a connection's lifetime would distort.
+
+An exception the application lets through is logged once, with its traceback and the hop's IDs,
+and answered with a 500 carrying the ID (RFC 9457 problem+json, or an HTML page for a browser:
+:mod:`correlation.problem`; plain text with ``CORRELATION_ERROR_BODIES=false``). Its class is
+the access line's ``error_type``. If the response had already started, the client's response is
+cut and the line says so. A client that goes away before its response ends gets a line too:
+status 499 (nginx's "client closed request") when nothing was sent yet.
+
+The route label is the template of the route Starlette matched (``scope["route"]``, FastAPI's and
+Starlette's routers set it); otherwise ``route_of(scope)`` when given, else ``unmatched``: never
+the raw path, which would make the metric's series unbounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+import orjson
+
+from correlation import context, metrics, problem, schema, wire
+from correlation.context import Hop
+from correlation.error_type import error_type
+from correlation.hops import OPEN_HOPS, OpenHop, failure_origin, log_refused
+from correlation.integrations.requests import instrument_requests
+from correlation.log.access import report_hop
+from correlation.metrics import listener, unshared
+from correlation.schema import CALLER, CLIENT_CORRELATION_ID, DURATION_MS, ERROR_TYPE, METHOD, PATH, ROUTE, STATUS
+from correlation.settings import Settings
+
+__all__ = ["CLIENT_CLOSED_REQUEST", "CorrelationMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: The access line's status of a request whose client left before any response was sent.
+CLIENT_CLOSED_REQUEST = 499
+
+_log = logging.getLogger(schema.EDGE_LOGGER)
+#: The class of the exception the application let through, for the access line's ``error_type``.
+_ERROR_KEY = "correlation.error"
+# The method is the client's to choose: as a metric label anything else would be unbounded.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+_new_tuple = tuple.__new__  # see bench/README.md, "Why the hot path's code looks as it does"
+
+
+def _in_flight_counter(service: str) -> Callable[[], int]:
+    """How many HTTP requests ``service`` is handling now (websockets are connections, not requests)."""
+
+    def count() -> int:
+        return sum(
+            1
+            for item in tuple(OPEN_HOPS.values())
+            if item.reporter.service == service and item.environ.get("type") == "http"
+        )
+
+    return count
+
+
+class CorrelationMiddleware:
+    """ASGI middleware: ``CorrelationMiddleware(app, settings)`` or Starlette's
+    ``app.add_middleware(CorrelationMiddleware, settings=...)``.
+
+    ``settings`` defaults to :meth:`Settings.from_env`. ``metrics_path`` serves Prometheus metrics
+    (None: do not; with ``METRICS_PORT`` set they are served there instead). Requests to
+    ``quiet_paths`` keep their correlation ID but write no access line and no metrics.
+    ``propagate_requests`` makes outgoing ``requests`` (and, when installed, ``httpx``) calls carry
+    the hop. ``route_of`` names the route of a request no Starlette router matched (None:
+    ``unmatched``); it must return a bounded set of names.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Settings | None = None,
+        *,
+        metrics_path: str | None = "/metrics",
+        quiet_paths: Iterable[str] = ("/metrics", "/healthz"),
+        propagate_requests: bool = True,
+        route_of: Callable[[Scope], str | None] | None = None,
+    ) -> None:
+        self.app = app
+        settings = settings or Settings.from_env()
+        self.settings = settings
+        self.service = settings.service
+        self.header = settings.header
+        self.trust = settings.trust_inbound
+        self.quiet_paths = frozenset(quiet_paths)
+        self.route_of = route_of
+        self.error_bodies = settings.error_bodies
+        self._wanted = frozenset(name.encode("latin-1") for name in wire.names_read(settings.header))
+        self._header_name = settings.header.lower().encode("latin-1")
+        self._service_header = (schema.SERVICE_HEADER.lower().encode("latin-1"), settings.service.encode("latin-1"))
+        self._replaced = frozenset({self._header_name, self._service_header[0]})
+        context.set_service(settings.service)
+        metrics.count_in_flight(settings.service, _in_flight_counter(settings.service))
+        self.metrics_path: str | None = None
+        if settings.metrics_port:
+            # Not on the application's port: the exemplars are other users' correlation IDs.
+            # Under gunicorn the arbiter serves it (correlation.integrations.gunicorn.when_ready).
+            if not unshared.under_gunicorn():
+                listener.serve(settings.metrics_port)
+        else:
+            self.metrics_path = metrics_path
+        if propagate_requests:
+            instrument_requests(settings.header)
+            try:  # httpx is optional: propagate through it too when it is installed
+                from correlation.integrations.httpx import instrument_httpx
+            except ImportError:
+                pass
+            else:
+                instrument_httpx()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        else:  # lifespan, and any extension: not ours
+            await self.app(scope, receive, send)
+
+    def inbound(self, scope: Scope) -> wire.Inbound:
+        """The hop a connection asks for (a fresh one when it sends none of the headers read)."""
+        wanted = self._wanted
+        found: dict[str, str] | None = None
+        for name, value in scope["headers"]:
+            if name in wanted:
+                if found is None:
+                    found = {}
+                key, text = name.decode("latin-1"), value.decode("latin-1")
+                # Repeated, they are joined as a WSGI server joins them: a list is no valid ID.
+                found[key] = f"{found[key]},{text}" if key in found else text
+        if found is None:
+            return _new_tuple(wire.Inbound, (Hop.start(), None, (), None))
+        client = scope.get("client")
+        trusted = self.trust.trusts(client[0] if client else None)
+        return wire.read(lambda header: found.get(header.lower()), self.header, trusted=trusted)
+
+    def _echo(self, headers: Iterable[tuple[bytes, bytes]], correlation_id: str) -> list[tuple[bytes, bytes]]:
+        """``headers`` with ours added (the application's own ID or service header gives way)."""
+        replaced = self._replaced
+        kept = [item for item in headers if item[0].lower() not in replaced]
+        kept.append((self._header_name, correlation_id.encode("latin-1")))
+        kept.append(self._service_header)
+        return kept
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        inbound = self.inbound(scope)
+        hop = inbound.hop
+        token = context.bind(hop)
+        if inbound.rejections:
+            log_refused(_log, self.service, inbound.rejections, hop, before="inbound ")
+        path = scope.get("path", "")
+        quiet = path in self.quiet_paths
+        app = self._serve_metrics if path == self.metrics_path else self.app
+        status = 0  # no response started yet
+        ended = 0.0  # when the response's last body message was sent
+        left = -1  # the status sent when the client went away (0: none yet); -1: it did not
+
+        async def noting_receive() -> Message:
+            nonlocal left
+            message = await receive()
+            if message["type"] == "http.disconnect" and not ended and left < 0:
+                left = status
+            return message
+
+        async def echoing_send(message: Message) -> None:
+            nonlocal status, ended
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": self._echo(message.get("headers", ()), hop.correlation_id)}
+                await send(message)
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                await send(message)
+                ended = time.perf_counter()
+            elif kind == "http.response.pathsend":  # the whole file in one message (ASGI extension)
+                await send(message)
+                ended = time.perf_counter()
+            else:
+                await send(message)
+
+        if not quiet:
+            OPEN_HOPS[hop.request_id] = _new_tuple(OpenHop, (self, inbound, scope, started))
+        note = ""
+        try:
+            await app(scope, noting_receive, echoing_send)
+        except Exception as exc:  # noqa: BLE001 - the edge is where an unhandled exception is answered
+            scope[_ERROR_KEY] = type(exc)
+            _log.error("unhandled %s in %s %s", error_type(type(exc)), scope.get("method"), path, exc_info=exc)
+            if ended:
+                note = f" (raised after its {status} response was sent)"
+            elif status:
+                note = f" (raised after its response started with {status}: the response was cut)"
+            else:
+                await self._answer_error(scope, send, hop.correlation_id)
+            status, ended = 500, ended or time.perf_counter()
+        finally:
+            if not quiet and OPEN_HOPS.pop(hop.request_id, None) is not None:
+                # Absent when a dying worker already wrote this hop's end (hops.end_open_hops).
+                if (left >= 0 or not ended) and _ERROR_KEY not in scope:  # an exception's 500 says more
+                    note, status = self._unfinished(status, left)
+                self.report(scope, inbound, status, (ended or time.perf_counter()) - started, note=note)
+            context.reset(token)
+
+    @staticmethod
+    def _unfinished(status: int, left: int) -> tuple[str, int]:
+        """The note and status of a response the client did not get whole: it went away when
+        ``left`` had been sent (0: nothing; -1: it did not go, the application stopped short)."""
+        if left > 0:
+            return f" (client disconnected before the response ended; {left} was sent)", status
+        if left == 0:
+            return " (client disconnected before any response)", CLIENT_CLOSED_REQUEST
+        if status:
+            return " (the application returned before its response ended)", status
+        return " (the application returned no response)", 500
+
+    async def _answer_error(self, scope: Scope, send: Send, correlation_id: str) -> None:
+        """Answer a 500 with the ID; a connection already gone is left alone."""
+        accept = None
+        for name, value in scope["headers"]:
+            if name == b"accept":
+                accept = value.decode("latin-1")
+                break
+        title, detail = problem.INTERNAL_ERROR_TITLE, problem.INTERNAL_ERROR_DETAIL
+        if not self.error_bodies:
+            content_type, body = b"text/plain; charset=utf-8", title.encode()
+        elif problem.wants_html(accept):
+            content_type = b"text/html; charset=utf-8"
+            body = problem.error_page_html(500, title, detail, correlation_id).encode()
+        else:
+            content_type = problem.PROBLEM_JSON.encode()
+            body = orjson.dumps(problem.problem(500, title, detail, correlation_id))
+        headers = self._echo([(b"content-type", content_type), (b"content-length", b"%d" % len(body))], correlation_id)
+        try:
+            await send({"type": "http.response.start", "status": 500, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        except Exception:  # noqa: BLE001 - the client is gone: the access line still says 500
+            pass
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        inbound = self.inbound(scope)
+        hop = inbound.hop
+        token = context.bind(hop)
+        if inbound.rejections:
+            log_refused(_log, self.service, inbound.rejections, hop, before="inbound ")
+        status = 0
+
+        async def echoing_send(message: Message) -> None:
+            nonlocal status
+            kind = message["type"]
+            if kind == "websocket.accept":
+                status = 101
+                message = {**message, "headers": self._echo(message.get("headers", ()), hop.correlation_id)}
+            elif kind == "websocket.http.response.start":  # a denial with a body (ASGI extension)
+                status = message["status"]
+                message = {**message, "headers": self._echo(message.get("headers", ()), hop.correlation_id)}
+            elif kind == "websocket.close" and not status:
+                status = 403  # closed before the handshake: the server refuses it with a 403
+            await send(message)
+
+        quiet = scope.get("path", "") in self.quiet_paths
+        if not quiet:
+            OPEN_HOPS[hop.request_id] = _new_tuple(OpenHop, (self, inbound, scope, started))
+        note = ""
+        try:
+            await self.app(scope, receive, echoing_send)
+        except Exception as exc:  # noqa: BLE001 - the edge is where an unhandled exception is answered
+            scope[_ERROR_KEY] = type(exc)
+            _log.error("unhandled %s in websocket %s", error_type(type(exc)), scope.get("path"), exc_info=exc)
+            note = f" (raised after the handshake, status {status})" if status else ""
+            try:  # 1011: the server met an unexpected condition (RFC 6455); before accept, a 403
+                await send({"type": "websocket.close", "code": 1011})
+            except Exception:  # noqa: BLE001 - the connection is gone already
+                pass
+            status = 500
+        finally:
+            if not quiet and OPEN_HOPS.pop(hop.request_id, None) is not None:
+                self.report(scope, inbound, status or 403, time.perf_counter() - started, note=note)
+            context.reset(token)
+
+    def route(self, scope: Scope) -> str:
+        """The route template of a request: Starlette's matched route, ``route_of``, or ``unmatched``."""
+        matched = scope.get("route")
+        if matched is not None:
+            template = getattr(matched, "path_format", None)  # Starlette's Route, WebSocketRoute, Mount
+            if isinstance(template, str) and template:
+                return template
+        if self.route_of is not None:
+            try:
+                named = self.route_of(scope)
+            except Exception:  # noqa: BLE001 - a broken route_of must not lose the line
+                named = None
+            if named:
+                return named
+        return schema.UNMATCHED_ROUTE
+
+    def report(
+        self, environ: MutableMapping[str, Any], inbound: wire.Inbound, status: int, seconds: float, *, note: str = ""
+    ) -> None:
+        """The hop's end: RED metrics (HTTP only) and the access line (``note`` is appended to its
+        message). ``environ`` is the connection's ASGI scope (the name is the open-hop registry's)."""
+        scope = environ
+        hop = inbound.hop
+        route = self.route(scope)
+        method = scope.get("method", "GET")  # a websocket's handshake is a GET
+        origin = None if status < 500 else failure_origin(hop)
+        if scope.get("type") == "http":
+            metric_method = method if method in _METHODS else "other"
+            metrics.observe_request(self.service, route, metric_method, status, seconds, hop.correlation_id, origin)
+        path = scope.get("path", "")
+        duration_ms = round(seconds * 1000, 3)
+        fields = {
+            METHOD: method,
+            ROUTE: route,
+            PATH: path,
+            STATUS: status,
+            DURATION_MS: duration_ms,
+            CALLER: inbound.caller,
+        }
+        if inbound.client_correlation_id is not None:
+            fields[CLIENT_CORRELATION_ID] = inbound.client_correlation_id
+        if origin is not None:
+            raised = scope.get(_ERROR_KEY)
+            if raised is not None:
+                fields[ERROR_TYPE] = error_type(raised)
+        level = logging.INFO if origin is None else logging.ERROR
+        report_hop(level, __file__, "%s %s %d %.1fms%s", (method, path, status, duration_ms, note), hop, origin, fields)
+
+    async def _serve_metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        accept = None
+        for name, value in scope["headers"]:
+            if name == b"accept":
+                accept = value.decode("latin-1")
+                break
+        body, content_type = metrics.render(accept)
+        headers = [(b"content-type", content_type.encode("latin-1")), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
