@@ -10,6 +10,8 @@ STAMP  := $(VENV)/.installed-$(shell cksum < app/pyproject.toml | cut -d' ' -f1)
 DEBIAN_TOOLS    := prometheus promtool prometheus-alertmanager amtool docker-compose redis-server chromium nginx
 DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose redis-server chromium nginx-light
 PYTEST_ARGS ?=
+# Debian puts nginx in /usr/sbin, which a non-login PATH (CI, env -i) may lack.
+export PATH := $(PATH):/usr/sbin:/sbin
 # Linted and format-checked by `make lint` (settings: [tool.ruff] in app/pyproject.toml); in README.md
 # and docs/*.md, ruff format checks the Python examples.
 LINTED := app tests bench README.md docs

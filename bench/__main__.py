@@ -1,4 +1,5 @@
-"""``python -m bench [p1 p2 p2asgi p2w p3 memory trail workers attribution]``: the default ones, or those named."""
+"""``python -m bench [p1 p2 p2asgi p2w p2django p3 memory trail workers attribution]``: the default ones, or those
+named."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ BENCHMARKS = {
     "p2": "bench.p2_request",
     "p2asgi": "bench.p2_asgi",
     "p2w": "bench.p2_workers",
+    "p2django": "bench.p2_django",
     "p3": "bench.p3_stalled",
     "memory": "bench.memory",
     "trail": "bench.trail_lookup",
@@ -23,7 +25,7 @@ BENCHMARKS = {
     "frontends": "bench.frontends",
 }
 #: What ``python -m bench`` runs when no name is given (the attribution and frontends are run by name).
-DEFAULT = ["p1", "p2", "p2asgi", "p2w", "p3", "memory", "trail", "workers"]
+DEFAULT = ["p1", "p2", "p2asgi", "p2w", "p2django", "p3", "memory", "trail", "workers"]
 
 
 def main(argv: list[str]) -> int:

@@ -12,6 +12,7 @@ the bench side, ``BENCH_THREAD_NAMES=1`` names the OS threads (see bench/switche
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import flask
 
@@ -88,3 +89,17 @@ def prometheus_multiprocess() -> flask.Flask:
 def floor() -> flask.Flask:
     """The same route with the guarantees written by hand at their least (bench/floor.py)."""
     return floor_app.install(_ping_app("floor"))
+
+
+def django_bare() -> Any:
+    """Django alone (bench/django_apps.py, for bench/p2_django.py)."""
+    from bench import django_apps
+
+    return django_apps.application(instrumented=False)
+
+
+def django_instrumented() -> Any:
+    """Django with the library as docs/integrations.md sets it up (bench/django_apps.py)."""
+    from bench import django_apps
+
+    return django_apps.application(instrumented=True)

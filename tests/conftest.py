@@ -43,6 +43,8 @@ TIER_OF_FILE = {
     "test_contract.py": "unit",
     "test_doc_links.py": "unit",
     "test_demo.py": "unit",
+    "test_django.py": "unit",  # the import test says process
+    "test_django_gunicorn.py": "process",
     "test_error_bodies.py": "unit",
     "test_fakes.py": "unit",
     "test_error_type.py": "process",

@@ -5,7 +5,7 @@ and the requests a dying gunicorn worker abandons (:mod:`correlation.integration
 - :func:`log_refused`: the inbound values refused at a hop's start, counted and logged escaped;
 - :func:`failure_origin`: whose failure a failed hop is, ``self`` or ``downstream``;
 - :data:`OPEN_HOPS`: the requests this process is handling now, which :func:`end_open_hops` ends
-  when the process is about to be killed.
+  when the process is about to be killed, and :func:`in_flight_counter` counts for a scrape.
 
 A hop's end is its access line: :func:`correlation.log.access.report_hop`.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple, Protocol
 
 from correlation import context, ids, metrics, wire
@@ -45,6 +45,15 @@ class OpenHop(NamedTuple):
 #: The requests this process is handling now, by hop request ID. The edge adds each request when
 #: it starts and takes it out when it reports the end; :func:`end_open_hops` takes what is left.
 OPEN_HOPS: dict[str, OpenHop] = {}
+
+
+def in_flight_counter(service: str) -> Callable[[], int]:
+    """How many requests ``service`` is handling now: read at scrape time from :data:`OPEN_HOPS`."""
+
+    def count() -> int:
+        return sum(1 for item in tuple(OPEN_HOPS.values()) if item.reporter.service == service)
+
+    return count
 
 
 def end_open_hops(status: int, note: str) -> None:

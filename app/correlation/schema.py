@@ -67,6 +67,9 @@ ACCESS_KEYS = (
 )
 #: The route of a request that matched no URL rule.
 UNMATCHED_ROUTE = "unmatched"
+#: The methods a request's ``method`` metric label takes as they are; any other is ``other``: the
+#: method is the client's to choose, as a label anything else would be unbounded.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
 
 # A task run (``correlation.celery``) is a hop too, with its own access line (same logger): it
 # carries ``status`` (200 success, 202 retry, 500 failure), ``duration_ms`` (the run), ``caller``

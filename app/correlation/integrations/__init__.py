@@ -4,6 +4,8 @@
   :mod:`~correlation.integrations.errors`, its error bodies;
 - :mod:`~correlation.integrations.asgi` (``pip install 'correlation-trail[asgi]'``): the same edge
   for FastAPI, Starlette and any ASGI 3 app (:class:`CorrelationMiddleware`);
+- :mod:`~correlation.integrations.django` (``pip install 'correlation-trail[django]'``): the Django edge,
+  a middleware over the same core;
 - :mod:`~correlation.integrations.requests` and :mod:`~correlation.integrations.httpx`
   (``pip install 'correlation-trail[httpx]'``): outgoing calls carry the hop;
 - :mod:`~correlation.integrations.celery` (``pip install 'correlation-trail[celery]'``): tasks as hops;

@@ -69,8 +69,7 @@ CLIENT_CLOSED_REQUEST = 499
 _log = logging.getLogger(schema.EDGE_LOGGER)
 #: The class of the exception the application let through, for the access line's ``error_type``.
 _ERROR_KEY = "correlation.error"
-# The method is the client's to choose: as a metric label anything else would be unbounded.
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+_METHODS = schema.HTTP_METHODS
 _new_tuple = tuple.__new__  # see bench/README.md, "Why the hot path's code looks as it does"
 
 

@@ -27,7 +27,7 @@ from flask.globals import _cv_request
 from correlation import context, metrics, schema, wire
 from correlation.context import Hop
 from correlation.error_type import error_type
-from correlation.hops import OPEN_HOPS, OpenHop, failure_origin, log_refused
+from correlation.hops import OPEN_HOPS, OpenHop, failure_origin, in_flight_counter, log_refused
 from correlation.integrations import errors
 from correlation.integrations.requests import instrument_requests
 from correlation.log.access import report_hop
@@ -40,21 +40,11 @@ _ROUTE_KEY = "correlation.route"
 #: The class of the exception the request raised last (handled by the app or not): its
 #: ``error_type`` when the request fails. Set only when something raised.
 _ERROR_KEY = "correlation.error"
-# The method is the client's to choose: as a metric label anything else would be unbounded.
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"})
+_METHODS = schema.HTTP_METHODS
 
 StartResponse = Callable[..., Any]
 _header_name = itemgetter(0)
 _new_tuple = tuple.__new__  # see bench/README.md, "Why the hot path's code looks as it does"
-
-
-def _in_flight_counter(service: str) -> Callable[[], int]:
-    """How many requests ``service`` is handling now: read at scrape time from :data:`OPEN_HOPS`."""
-
-    def count() -> int:
-        return sum(1 for item in tuple(OPEN_HOPS.values()) if item.reporter.service == service)
-
-    return count
 
 
 class _Edge:
@@ -80,7 +70,7 @@ class _Edge:
             frozenset({settings.header.lower(), schema.SERVICE_HEADER.lower()}),
         )
         self._inbound_keys = wire.environ_keys_read(settings.header)
-        metrics.count_in_flight(settings.service, _in_flight_counter(settings.service))
+        metrics.count_in_flight(settings.service, in_flight_counter(settings.service))
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         started = time.perf_counter()
