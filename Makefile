@@ -12,8 +12,9 @@ DEBIAN_PACKAGES := prometheus prometheus-alertmanager docker-compose redis-serve
 PYTEST_ARGS ?=
 # Debian puts nginx in /usr/sbin, which a non-login PATH (CI, env -i) may lack.
 export PATH := $(PATH):/usr/sbin:/sbin
-# Linted and format-checked by `make lint` (settings: [tool.ruff] in app/pyproject.toml).
-LINTED := app tests bench README.md
+# Linted and format-checked by `make lint` (settings: [tool.ruff] in app/pyproject.toml); in README.md
+# and docs/*.md, ruff format checks the Python examples.
+LINTED := app tests bench README.md docs
 # The demo (app/demo) is not installed with the library: it runs from source.
 DEMO_ENV := PYTHONPATH=$(CURDIR)/app
 

@@ -2,8 +2,8 @@
 with the tools that read them (``trail``, the notifier, the dashboards, the alert rules).
 
 Change a name here and every user follows: the library writes with these constants, ``trail``
-reads with them, the tests' fakes match with them, and a test checks the README's reference
-tables against them. Nothing here imports anything: it is the bottom of the library.
+reads with them, the tests' fakes match with them, and a test checks the reference
+tables (docs/reference.md) against them. Nothing here imports anything: it is the bottom of the library.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The README's reference tables say what the code does: keys, labels, metadata, headers and
+"""The reference tables (docs/reference.md) say what the code does: keys, labels, metadata, headers and
 metrics are checked against ``correlation.schema`` and the live metric definitions."""
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from tests.support import REPO
 
 pytestmark = pytest.mark.unit
 
-README = REPO / "README.md"
+REFERENCE = REPO / "docs" / "reference.md"
 
 
 def _table(heading: str) -> list[list[str]]:
     """The rows of the first table under ``heading`` (cells without their backquotes)."""
-    text = README.read_text()
+    text = REFERENCE.read_text()
     start = text.index(heading)
     rows = []
     for line in text[start:].splitlines()[1:]:
@@ -33,20 +33,20 @@ def _table(heading: str) -> list[list[str]]:
 
 
 def test_line_keys_are_the_schemas() -> None:
-    keys = [row[0] for row in _table("### Log lines")]
+    keys = [row[0] for row in _table("## Log lines")]
     assert keys == [*schema.LINE_KEYS, schema.STACK, *schema.ACCESS_KEYS]
-    assert f"logger `{schema.ACCESS_LOGGER}`" in README.read_text()
+    assert f"logger `{schema.ACCESS_LOGGER}`" in REFERENCE.read_text()
 
 
 def test_stream_labels_and_metadata_are_the_schemas() -> None:
-    rows = _table("### Loki streams")
+    rows = _table("## Loki streams")
     assert [name for name, kind, _ in rows if kind == "label"] == list(schema.STREAM_LABELS)
     metadata = [name for name, kind, _ in rows if kind == "structured metadata"]
     assert metadata == [*schema.METADATA_FIELDS, *schema.OPTIONAL_METADATA_FIELDS]
 
 
 def test_headers_are_the_schemas() -> None:
-    headers = [row[0] for row in _table("### HTTP headers")]
+    headers = [row[0] for row in _table("## HTTP headers")]
     assert headers == [
         schema.CORRELATION_HEADER,
         schema.REQUEST_ID_HEADER,
@@ -86,7 +86,7 @@ def _exposed() -> dict[str, tuple[str, list[str]]]:
 
 
 def test_the_metrics_table_matches_the_code() -> None:
-    table = {row[0]: (row[1], [label.strip() for label in row[2].split(",")]) for row in _table("### Metrics")}
+    table = {row[0]: (row[1], [label.strip() for label in row[2].split(",")]) for row in _table("## Metrics")}
     exposed = _exposed()
     library = {name: value for name, value in table.items() if not re.match(r"celery_|task_", name)}
     assert set(library) == set(exposed), "every metric the library exposes is in the table, and only those"

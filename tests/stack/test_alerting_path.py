@@ -10,7 +10,7 @@ One page per root cause, with the hop that broke:
 - then Loki stops answering and inventory fails too: one more page, naming inventory, with the
   links only, within 5 s of the notifier getting the alert;
 - orders fails on its own (fresh Prometheus and Alertmanager): exactly one page, naming orders.
-Each scenario prints its spike-to-notification time (README.md, "The notifier").
+Each scenario prints its spike-to-notification time (docs/notifier.md, "How fast").
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ INJECTED_FAULT = "demo.faults.InjectedFault"
 #: How long after a page no second page may follow: past DownstreamErrors' (shortened) `for`
 #: and Alertmanager's group_wait, counted from the page.
 QUIET_AFTER_PAGE_SECONDS = 6.0
-#: README's goal for spike to page: `for` + 2 evaluation intervals + 5 s.
+#: docs/notifier.md's goal for spike to page: `for` + 2 evaluation intervals + 5 s.
 HER_FOR_SECONDS = for_ms("2m") / FOR_SCALE / 1000
 GOAL_SECONDS = HER_FOR_SECONDS + 2 * INTERVAL_SECONDS + 5
 
@@ -269,7 +269,7 @@ def test_payments_failing_pages_once_naming_payments_and_the_injected_fault(stac
     assert page["runbook_url"] == f"{RUNBOOKS}/alerts/runbooks/HighErrorRatio.md"
     assert page["logs_url"] == stack.alert["annotations"]["logs_url"]
     assert page["dashboard_url"] == stack.alert["annotations"]["dashboard_url"]
-    assert stack.payments_page.spike_to_page < GOAL_SECONDS * 2, "far from the README's figure"
+    assert stack.payments_page.spike_to_page < GOAL_SECONDS * 2, "far from docs/notifier.md's figure"
 
 
 def test_with_loki_stopped_a_page_still_arrives_within_5_s_with_links_only(stack: Stack) -> None:
@@ -332,7 +332,7 @@ def test_alert_trail_url_leads_to_a_failed_request_whose_every_hop_reached_loki(
     (expr,) = explore_exprs(panes)
     check_logql(expr)
     match = re.fullmatch(r'\{service_name=~"\.\+"\} \| correlation_id="([^"]+)"', expr)
-    assert match, f"not the trail query of README.md, Reference: {expr}"
+    assert match, f"not the trail query of docs/reference.md: {expr}"
     cid = match.group(1)
 
     assert not stack.traffic.problems, stack.traffic.problems[:5]

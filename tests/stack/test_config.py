@@ -1,6 +1,6 @@
 """The compose file, Prometheus, Loki and Alertmanager configs: validated by the real tools where
 they exist here (docker-compose 1.29, promtool 2.42, amtool 0.25) and checked against
-README.md, Reference where no tool can (Loki, image contents)."""
+docs/reference.md where no tool can (Loki, image contents)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """More than one process per component (docker-compose.ha.yml), tested with real processes.
 
-- The merged compose files validate, and say what README.md, "When one machine is not enough" says.
+- The merged compose files validate, and say what docs/deployment-ha.md says.
 - Two Debian Prometheus (distinct `replica` external labels) and two clustered Debian Alertmanagers
   on loopback, with the project's rules (only `for:` shortened) and routing (only the receiver
   URL changed): a firing alert that BOTH Prometheus send to BOTH Alertmanagers is notified once,

@@ -1,4 +1,4 @@
-"""Gauges, each with its mode across workers (documented in the README):
+"""Gauges, each with its mode across workers (documented in docs/library.md, "Several workers"):
 
 - :class:`Gauge`: set, moved, or read from a function at scrape time; across workers the sum over
   the live ones (a dead worker's in-flight requests are not in flight any more).

@@ -35,7 +35,7 @@ def check_server(environ: dict[str, Any], service: str) -> None:
     sys.stderr.write(
         f"correlation: {service}: this server runs several worker processes, and their metrics are not "
         "shared: each scrape of /metrics answers one worker's counts, which Prometheus reads as counter "
-        "resets. Add the hooks of correlation.gunicorn to the gunicorn config (see the README, "
+        "resets. Add the hooks of correlation.gunicorn to the gunicorn config (see docs/library.md, "
         "'Several workers'), or set PROMETHEUS_MULTIPROC_DIR.\n"
     )
     sys.stderr.flush()

@@ -44,7 +44,7 @@ NS = 1_000_000_000
 #: window plus their longest `for`, with room to spare.
 DEFAULT_LOOKBACK_SECONDS = 15 * 60.0
 #: The time a notification may wait for Loki; with Alertmanager's group_wait it stays in the 5 s
-#: the README promises.
+#: docs/testing.md promises.
 DEFAULT_BUDGET_SECONDS = 3.0
 #: A Loki error this close to the deadline is the deadline (socket timeouts may fire a hair early).
 _DEADLINE_SLACK_SECONDS = 0.05

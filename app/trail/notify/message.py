@@ -1,4 +1,4 @@
-"""The notification: one JSON object per alert (a contract, README.md "The notifier"), the text a
+"""The notification: one JSON object per alert (a contract, docs/notifier.md), the text a
 person reads, and Slack's incoming-webhook shape.
 
 Everything that comes from an alert or a log line is untrusted: control characters are escaped
@@ -27,7 +27,7 @@ from trail.window import Window, format_duration, id_window
 NOTIFICATION_VERSION = 1
 #: The links a notification carries, in the order people need them.
 LINK_FIELDS = ("trail_url", "trail_page_url", "logs_url", "dashboard_url", "runbook_url")
-#: Every field of the notification object, in order (README.md documents each).
+#: Every field of the notification object, in order (docs/notifier.md documents each).
 FIELDS = (
     "version",
     "status",

@@ -7,7 +7,7 @@ hop, and sends one notification: alertname, severity, service, the failed hop (s
 status, duration), that hop's first error line, the correlation ID with its ``trail`` command and
 the alert's links. A TaskPublishFailures alert, which fails no request, names the newest task the
 service could not queue and the request that asked for it instead. Resolved alerts are reported
-as resolved. Fields: README.md, "The notifier".
+as resolved. Fields: docs/notifier.md.
 
 - ``POST /alerts``: Alertmanager's webhook. Answered at once (the notifications go out in the
   background), 400 with a reason when the body is not a webhook payload. With credentials set

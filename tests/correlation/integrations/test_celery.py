@@ -243,12 +243,12 @@ def test_an_eager_run_is_a_child_hop_with_its_access_line(installed: Lines, memo
     assert failure.levelno == logging.ERROR and failure.correlation_id == hop.correlation_id
 
 
-# -- the README's reference says what the code does ------------------------------------------------
+# -- the reference (docs/reference.md) says what the code does -------------------------------------
 
 
-def _readme_table(heading: str, nth: int = 0) -> list[list[str]]:
+def _reference_table(heading: str, nth: int = 0) -> list[list[str]]:
     """The rows (without the header row) of the ``nth`` table under ``heading``."""
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "reference.md").read_text()
     tables: list[list[list[str]]] = [[]]
     for line in text[text.index(heading) :].splitlines()[1:]:
         if line.startswith("#"):
@@ -261,9 +261,9 @@ def _readme_table(heading: str, nth: int = 0) -> list[list[str]]:
     return tables[nth][1:]
 
 
-def test_the_readme_documents_the_task_keys_headers_and_metrics() -> None:
-    assert [row[0] for row in _readme_table("### Task runs")] == list(schema.TASK_ACCESS_KEYS)
-    assert [row[0] for row in _readme_table("### Task runs", 1)] == [
+def test_the_reference_documents_the_task_keys_headers_and_metrics() -> None:
+    assert [row[0] for row in _reference_table("## Task runs")] == list(schema.TASK_ACCESS_KEYS)
+    assert [row[0] for row in _reference_table("## Task runs", 1)] == [
         schema.CORRELATION_HEADER,
         schema.PARENT_HEADER,
         schema.CALLER_HEADER,
@@ -272,7 +272,7 @@ def test_the_readme_documents_the_task_keys_headers_and_metrics() -> None:
         schema.PUBLISHED_AT_HEADER,
     ]
     documented = {
-        row[0]: (row[1], sorted(x.strip() for x in row[2].split(","))) for row in _readme_table("### Metrics")
+        row[0]: (row[1], sorted(x.strip() for x in row[2].split(","))) for row in _reference_table("## Metrics")
     }
     for metric in (
         metrics.TASK_DURATION,

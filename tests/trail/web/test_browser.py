@@ -7,7 +7,7 @@ and logs (escaped for a terminal, not for a browser): the page must show that ``
 
 Chromium is driven from its command line (``--dump-dom``, ``--screenshot``): no browser download,
 no driver. The screenshot lands in the test's temp dir; with TRAIL_PAGE_SCREENSHOT=<path> it is
-also copied there (how docs/trail-page.png is made, see README.md).
+also copied there (how docs/trail-page.png is made, see docs/testing.md).
 """
 
 from __future__ import annotations

@@ -226,11 +226,11 @@ def test_the_templates_ship_with_the_package() -> None:
     ]
 
 
-def test_readme_states_every_click_path() -> None:
-    """README.md, "Every click path and the window it searches", names each link by its label."""
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### Every click path and the window it searches") :]
-    section = section[: section.index("\n## ")]
+def test_the_trail_page_doc_states_every_click_path() -> None:
+    """docs/trail.md, "Every click path and the window it searches", names each link by its label."""
+    page = (REPO / "docs" / "trail.md").read_text()
+    section = page[page.index("\n## Every click path and the window it searches\n") :]
+    section = section[: (section + "\n## ").index("\n## ", 1)]
     labels = [label for _, label, _ in datasource_links()] + [title for _, title, _ in dashboard_links()]
     for label in labels:
         assert label.split(" (")[0] in section, label
