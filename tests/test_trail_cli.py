@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -450,6 +452,23 @@ def test_basic_auth_from_env(
 
 def test_console_script_is_main() -> None:
     assert cli.main is main
+
+
+#: What a lookup in a terminal never needs: the page's and the notifier's frameworks, the metrics
+#: client, the fast JSON encoder of the shipper, and a whole HTTP library for one GET.
+HEAVY_FOR_A_LOOKUP = ("flask", "werkzeug", "jinja2", "prometheus_client", "orjson", "gunicorn", "requests")
+
+
+@pytest.mark.process
+def test_the_cli_imports_only_what_a_lookup_needs() -> None:
+    """``trail <id>`` pays every import before its one query: the console script's import path
+    (and the lookup, the renderers, the JSON document) must leave the heavy modules out."""
+    probe = (
+        "import sys, trail.__main__, trail.cli.main, trail.lookup, trail.document, trail.last_error\n"
+        f"print(sorted(m for m in {HEAVY_FOR_A_LOOKUP!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 # -- lines written by the real demo chain ---------------------------------------------------------------------
