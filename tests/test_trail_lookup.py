@@ -262,6 +262,22 @@ def test_a_long_requests_later_lines_are_found_in_the_rest_of_the_narrow_window(
     assert [e.ts_ns for e in found.entries] == sorted(e.ts_ns for e in found.entries)
 
 
+def test_a_trail_with_a_task_run_reads_the_rest_of_the_narrow_window(loki: FakeLoki) -> None:
+    """A task run is asynchronous: its retry (a run of its own, 10 s later) leaves no mark in the
+    complete trail of the request's own seconds, so a trail holding a task run reads on."""
+
+    def task_run(rid: str, start_ns: int, state: str) -> tuple[int, dict[str, Any]]:
+        ts, line = access_line(CID, rid, ORDERS, "worker", start_ns, 4.0, "TASK", "mail.confirm", 200)
+        return ts, {**line, schema.KIND: schema.KIND_TASK, schema.TASK: "mail.confirm", schema.STATE: state}
+
+    lines = [*checkout_lines(CID, T0), task_run("f000000000000001", T0 + 30 * MS, "retry")]
+    lines.append(task_run("f000000000000002", T0 + 10 * S, "success"))
+    push_all(loki, sorted(lines, key=lambda pair: pair[0]))
+    found = lookup_trail(client_for(loki), CID)
+    assert not found.widened and found.windows == (id_window(CID),) and len(found.queried) == 3
+    assert {"f000000000000001", "f000000000000002"} <= set(found.trail.hops)
+
+
 def test_the_first_window_is_the_ids_own_seconds_inside_the_narrow_one() -> None:
     assert first_window(CID) == Window(T0 - 1 * S, T0 + 2 * S)
     assert first_window(CID, max_request_seconds=0.5) == Window(T0 - 1 * S, T0 + 2 * S)  # still inside: 5.5 s after

@@ -210,7 +210,10 @@ def lookup_trail_until(
     # within them costs a few seconds of lines, not the longest request's.
     entries, capped = search(first)
     trail = trail_from_entries(correlation_id, entries)
-    if not incomplete(entries, trail) or capped:  # a wider window only holds more lines than the cap already cut
+    # A task run in the trail is asynchronous work that may go on (a retry, a task it queued)
+    # after the request's own seconds, and nothing in the parent's lines says so: read on then.
+    has_tasks = any(hop.is_task for hop in trail.hops.values())
+    if capped or not (has_tasks or incomplete(entries, trail)):  # more lines than the cap: a wider window adds none
         return done((first,), entries, capped, trail)
     # Then the rest of the narrow window: the same lines a search of all of it finds, the first
     # seconds not read twice.
