@@ -218,7 +218,7 @@ def print_work(density: int, work: dict[str, dict[str, float]]) -> None:
 
 
 def print_summary(summary: dict[int, dict[str, float]]) -> None:
-    checks = []
+    checks: list[tuple[str, float, float | None, str, bool | None]] = []
     for density, what, limit in GOALS:
         if density not in summary:
             continue

@@ -237,8 +237,9 @@ def test_incomplete_trail_widens_once_and_says_why(loki: FakeLoki) -> None:
     assert found.widened and found.windows == (id_window(CID), widened_window(CID))
     assert found.widened_because == (f"inventory [{INVENTORY}] has no access line (open)",)
     assert found.trail.complete and found.trail.hops[INVENTORY].duration_ms == 120_000.0
-    first = first_window(CID)
-    assert first is not None and found.queried == (first, *rest_of(id_window(CID), first), widened_window(CID))
+    narrow, first = id_window(CID), first_window(CID)
+    assert narrow is not None and first is not None
+    assert found.queried == (first, *rest_of(narrow, first), widened_window(CID))
     assert [(r.start, r.end) for r in loki.requests] == [(w.start_ns, w.end_ns) for w in found.queried]
 
 
