@@ -20,12 +20,13 @@ BENCHMARKS = {
     "p3": "bench.p3_stalled",
     "memory": "bench.memory",
     "trail": "bench.trail_lookup",
+    "p5scale": "bench.p5_scale",
     "attribution": "bench.attribution",
     "workers": "bench.workers",
     "frontends": "bench.frontends",
 }
 #: What ``python -m bench`` runs when no name is given (the attribution and frontends are run by name).
-DEFAULT = ["p1", "p2", "p2asgi", "p2w", "p2django", "p3", "memory", "trail", "workers"]
+DEFAULT = ["p1", "p2", "p2asgi", "p2w", "p2django", "p3", "memory", "trail", "p5scale", "workers"]
 
 
 def main(argv: list[str]) -> int:

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
-
 from correlation.settings import LokiSettings
+from trail.loki_http import Answer, LokiGetter, TransportError, proxy_in_environment
 
 QUERY_RANGE_PATH = "/loki/api/v1/query_range"
 #: Instant queries (metric queries at one time).
@@ -111,23 +110,16 @@ def parse_response(payload: Any) -> list[QueriedEntry]:
 class LokiQueryClient:
     """Runs LogQL log queries against one Loki, with the shipper's tenant, auth and TLS settings."""
 
-    def __init__(
-        self,
-        settings: LokiSettings,
-        *,
-        categorize_labels: bool = False,
-        session: requests.Session | None = None,
-    ) -> None:
+    def __init__(self, settings: LokiSettings, *, categorize_labels: bool = False) -> None:
         if not settings.url:
             raise ValueError("LOKI_URL is not set")
         self.settings = settings
         self.url = settings.url.rstrip("/") + QUERY_RANGE_PATH
-        self.session = session or requests.Session()
-        self.session.headers.update(settings.auth_headers())
-        if categorize_labels:
-            self.session.headers.update(CATEGORIZE_HEADER)
-        self.session.auth = settings.basic_auth
-        self.session.verify = settings.tls_verify
+        headers = {**settings.auth_headers(), **(CATEGORIZE_HEADER if categorize_labels else {})}
+        # A proxy in the environment: requests, for its proxy rules; else the lighter http.client.
+        self._get_answer = (
+            _requests_getter(settings, headers) if proxy_in_environment() else _plain_getter(settings, headers)
+        )
 
     def query_range(
         self,
@@ -177,15 +169,15 @@ class LokiQueryClient:
             if timeout <= 0:
                 raise LokiQueryError(shown, "gave up: the lookup's time budget is spent")
         try:
-            response = self.session.get(url, params=params, timeout=timeout)
-        except requests.RequestException as exc:
+            answer = self._get_answer(url, params, timeout)
+        except TransportError as exc:
             raise LokiQueryError(shown, f"cannot reach Loki: {exc}") from None
-        if response.status_code != 200:
-            raise LokiQueryError(shown, _error_message(response), response.status_code)
+        if answer.status != 200:
+            raise LokiQueryError(shown, _error_message(answer), answer.status)
         try:
-            return parse(response.json())
+            return parse(json.loads(answer.text))
         except ValueError as exc:  # includes JSONDecodeError
-            raise LokiQueryError(shown, f"unreadable answer: {exc}", response.status_code) from None
+            raise LokiQueryError(shown, f"unreadable answer: {exc}", answer.status) from None
 
     def query_all(
         self,
@@ -305,15 +297,42 @@ def _keys_at(entries: list[QueriedEntry], ts_ns: int) -> Counter[tuple[Any, ...]
     return keys
 
 
-def _error_message(response: requests.Response) -> str:
+def _error_message(answer: Answer) -> str:
     """Loki's own words: its error bodies are plain text, some proxies answer JSON."""
-    text = response.text.strip()
+    text = answer.text.strip()
     try:
         body = json.loads(text)
     except ValueError:
-        return text[:500] or response.reason or "no message"
+        return text[:500] or answer.reason or "no message"
     if isinstance(body, dict):
         for key in ("error", "message"):
             if isinstance(body.get(key), str):
                 return body[key][:500]
     return text[:500]
+
+
+Getter = Callable[[str, dict[str, str], float], Answer]
+
+
+def _plain_getter(settings: LokiSettings, headers: dict[str, str]) -> Getter:
+    getter = LokiGetter(settings, headers)
+    return lambda url, params, timeout: getter.get(urlsplit(url).path, params, timeout)
+
+
+def _requests_getter(settings: LokiSettings, headers: dict[str, str]) -> Getter:
+    """GETs through requests, which honours HTTP(S)_PROXY, ALL_PROXY and NO_PROXY."""
+    import requests
+
+    session = requests.Session()
+    session.headers.update(headers)
+    session.auth = settings.basic_auth
+    session.verify = settings.tls_verify
+
+    def get(url: str, params: dict[str, str], timeout: float) -> Answer:
+        try:
+            response = session.get(url, params=params, timeout=timeout)
+        except requests.RequestException as exc:
+            raise TransportError(str(exc)) from None
+        return Answer(response.status_code, response.reason or "", response.text)
+
+    return get

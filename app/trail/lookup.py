@@ -3,7 +3,8 @@
 The ``trail`` CLI, bench, the alert notifier and the trail page all look up through here, so they
 search the same windows (:mod:`trail.window`) with the same queries (:mod:`trail.logql`).
 
-- :func:`lookup_trail`: one ID's lines and trail (narrow window, widened once if incomplete);
+- :func:`lookup_trail`: one ID's lines and trail (the ID's own seconds, the rest of the narrow
+  window if the trail there is incomplete, widened once if it still is);
   :func:`trail.root_cause.root_cause` of its trail then names the deepest failed hop and its error.
 
 Which request failed last, and its trail, is :mod:`trail.last_error` (built on this lookup).
@@ -31,7 +32,9 @@ from trail.window import (
     DEFAULT_MAX_REQUEST_SECONDS,
     DEFAULT_SINCE_SECONDS,
     Window,
+    first_window,
     id_window,
+    rest_of,
     widened_window,
 )
 
@@ -84,7 +87,8 @@ class TrailLookup:
 
     correlation_id: str
     query: str
-    #: The windows searched, in order; the trail comes from the last one's entries.
+    #: The windows searched, in order; the trail comes from the last one's entries. The first is
+    #: the ID's own seconds when the trail was complete there, else the whole narrow window.
     windows: tuple[Window, ...]
     entries: tuple[QueriedEntry, ...]
     trail: Trail
@@ -93,6 +97,8 @@ class TrailLookup:
     #: The most lines read for the trail, and whether the window held more (the trail is cut).
     max_lines: int = DEFAULT_MAX_LINES
     lines_capped: bool = False
+    #: Every window queried, in order (the narrow window in parts: its first seconds, the rest).
+    queried: tuple[Window, ...] = field(default=())
 
     @property
     def window(self) -> Window:
@@ -158,11 +164,25 @@ def lookup_trail_until(
     query = trail_query(correlation_id)
     check_max_lines(max_lines)
 
-    def search(searched: Window) -> tuple[tuple[QueriedEntry, ...], bool]:
-        # One more than the cap: tells "exactly the cap" from "more than the cap".
-        found = client.query_all(
-            query, searched.start_ns, searched.end_ns, page_size=page_size, deadline=deadline, max_entries=max_lines + 1
-        )
+    queried: list[Window] = []
+
+    def search(*windows: Window) -> tuple[tuple[QueriedEntry, ...], bool]:
+        """The oldest ``max_lines`` entries of these windows (disjoint, oldest first), and whether
+        they held more."""
+        found: list[QueriedEntry] = []
+        for searched in windows:
+            # One more than the cap: tells "exactly the cap" from "more than the cap".
+            found += client.query_all(
+                query,
+                searched.start_ns,
+                searched.end_ns,
+                page_size=page_size,
+                deadline=deadline,
+                max_entries=max_lines + 1 - len(found),
+            )
+            queried.append(searched)
+            if len(found) > max_lines:
+                break
         return tuple(found[:max_lines]), len(found) > max_lines
 
     def done(
@@ -173,17 +193,40 @@ def lookup_trail_until(
         widened_because: tuple[str, ...] = (),
     ) -> TrailLookup:
         built = trail_from_entries(correlation_id, entries) if trail is None else trail
-        return TrailLookup(correlation_id, query, windows, entries, built, widened_because, max_lines, capped)
+        return TrailLookup(
+            correlation_id, query, windows, entries, built, widened_because, max_lines, capped, tuple(queried)
+        )
+
+    def incomplete(entries: tuple[QueriedEntry, ...], trail: Trail) -> list[str]:
+        return trail.problems() if entries else ["no lines"]
 
     narrow = id_window(correlation_id, max_request_seconds)
+    first = first_window(correlation_id, max_request_seconds)
     wide = widened_window(correlation_id, max_request_seconds)
-    if window is not None or narrow is None or wide is None:
-        first = window or Window.last(DEFAULT_SINCE_SECONDS, now_ns)
-        return done((first,), *search(first))
-    entries, capped = search(narrow)
+    if window is not None or narrow is None or first is None or wide is None:
+        searched = window or Window.last(DEFAULT_SINCE_SECONDS, now_ns)
+        return done((searched,), *search(searched))
+    # The ID's own seconds first: Loki scans every line in a window, so a request that ended
+    # within them costs a few seconds of lines, not the longest request's.
+    entries, capped = search(first)
     trail = trail_from_entries(correlation_id, entries)
-    problems = trail.problems() if entries else ["no lines"]
-    if not problems or capped:  # a wider window only holds more lines than the cap already cut
+    # A task run in the trail is asynchronous work that may go on (a retry, a task it queued)
+    # after the request's own seconds, and nothing in the parent's lines says so: read on then.
+    has_tasks = any(hop.is_task for hop in trail.hops.values())
+    if capped or not (has_tasks or incomplete(entries, trail)):  # more lines than the cap: a wider window adds none
+        return done((first,), entries, capped, trail)
+    # Then the rest of the narrow window: the same lines a search of all of it finds, the first
+    # seconds not read twice.
+    rest = rest_of(narrow, first)
+    older, older_capped = search(*(part for part in rest if part.end_ns <= first.start_ns))
+    newer, newer_capped = (
+        ((), True) if older_capped else search(*(part for part in rest if part.start_ns >= first.end_ns))
+    )
+    combined = older + entries + newer
+    entries, capped = combined[:max_lines], older_capped or newer_capped or len(combined) > max_lines
+    trail = trail_from_entries(correlation_id, entries)
+    problems = incomplete(entries, trail)
+    if not problems or capped:
         return done((narrow,), entries, capped, trail)
     entries, capped = search(wide)
     return done((narrow, wide), entries, capped, widened_because=tuple(problems))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import gzip
+import json
 from collections import Counter
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +15,7 @@ from hypothesis import strategies as st
 from correlation.ids import new_correlation_id
 from correlation.settings import LokiSettings
 from fakes import FakeLoki, closed_port_url
+from fakes.loopback import LoopbackServer, QuietHandler
 from trail.logql import trail_query
 from trail.loki_query import (
     MAX_LIMIT,
@@ -258,3 +262,67 @@ def test_basic_auth_is_sent(loki: FakeLoki) -> None:
 def test_empty_url_is_refused() -> None:
     with pytest.raises(ValueError, match="LOKI_URL"):
         LokiQueryClient(LokiSettings(url=""))
+
+
+# -- the transport (trail.loki_http): what requests did for the lookups before ---------------------------
+EMPTY_STREAMS = {"status": "success", "data": {"resultType": "streams", "result": []}}
+
+
+class GzipThenHangUp(QuietHandler):
+    """Answers every query gzip-compressed over HTTP/1.1, then closes the connection without
+    saying so (no ``Connection: close``): what a proxy or Loki does to an idle keep-alive."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        type(self).seen.append(self.headers.get("Authorization", ""))
+        self.reply(
+            200, gzip.compress(json.dumps(EMPTY_STREAMS).encode()), "application/json", {"Content-Encoding": "gzip"}
+        )
+        self.close_connection = True
+
+
+def test_gzip_answers_and_a_silently_closed_keep_alive_are_read() -> None:
+    GzipThenHangUp.seen = []
+    with LoopbackServer(GzipThenHangUp) as server:
+        client = LokiQueryClient(LokiSettings(url=server.url.replace("://", "://reader:s%40cret@"), timeout_seconds=5))
+        assert client.query_range(QUERY, T0, T0 + 1, limit=10) == []
+        assert client.query_range(QUERY, T0, T0 + 1, limit=10) == []  # the kept connection was closed
+    # user:password in LOKI_URL is basic auth, as requests read it
+    assert GzipThenHangUp.seen == ["Basic " + base64.b64encode(b"reader:s@cret").decode()] * 2
+
+
+@pytest.mark.parametrize("verify, found", [("ca", True), (False, True), (True, False)], ids=["ca", "off", "system"])
+def test_tls_verification_follows_the_setting(tmp_path: Any, verify: bool | str, found: bool) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    if verify == "ca":
+        verify = str(tmp_path / "ca.pem")
+        ca.cert_pem.write_to_path(verify)
+    with FakeLoki(tls=context) as loki:
+        push_numbered(loki, [T0])
+        client = LokiQueryClient(LokiSettings(url=loki.url, tls_verify=verify, timeout_seconds=5))
+        if found:
+            assert [e.line for e in client.query_all(QUERY, T0, T0 + 1)] == ["line 0"]
+        else:  # our test CA is not among the system's
+            with pytest.raises(LokiQueryError, match="cannot reach Loki.*CERTIFICATE_VERIFY_FAILED"):
+                client.query_all(QUERY, T0, T0 + 1)
+
+
+def test_a_proxy_in_the_environment_is_used(loki: FakeLoki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY routes the lookup through the proxy (here a closed port: it fails there), and
+    NO_PROXY exempts Loki's host again, as requests has always read them."""
+    push_numbered(loki, [T0])
+    monkeypatch.setenv("HTTP_PROXY", closed_port_url())
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with pytest.raises(LokiQueryError, match="cannot reach Loki.*(?i:proxy)"):
+        client_for(loki, timeout_seconds=2).query_all(QUERY, T0, T0 + 1)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert [e.line for e in client_for(loki).query_all(QUERY, T0, T0 + 1)] == ["line 0"]

@@ -29,6 +29,7 @@ from fakes.trail_lines import (
     checkout_lines,
     log_line,
     push_all,
+    rfc3339,
 )
 from trail import lookup as lookup_module
 from trail.hops import build_trail
@@ -42,9 +43,11 @@ from trail.window import (
     WIDE_SECONDS,
     Window,
     explicit_window,
+    first_window,
     id_window,
     parse_duration,
     parse_time,
+    rest_of,
     widened_window,
 )
 
@@ -202,7 +205,7 @@ def test_last_error_of_one_task_skips_the_newer_failure_of_another(loki: FakeLok
 
 
 # -- lookup_trail --------------------------------------------------------------------------------------
-def test_complete_trail_is_one_query_in_the_narrow_window_built_once(
+def test_complete_trail_is_one_query_in_the_ids_own_seconds_built_once(
     loki: FakeLoki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     push_all(loki, checkout_lines(CID, T0))
@@ -215,7 +218,8 @@ def test_complete_trail_is_one_query_in_the_narrow_window_built_once(
     monkeypatch.setattr(lookup_module, "build_trail", counting_build)
     found = lookup_trail(client_for(loki), CID)
     assert builds == [CID]
-    assert found.found and not found.widened and found.windows == (id_window(CID),) and found.window == id_window(CID)
+    first = first_window(CID)
+    assert found.found and not found.widened and found.windows == (first,) == found.queried and found.window == first
     assert found.query == trail_query(CID) and len(found.entries) == 11
     assert [hop.request_id for hop in found.trail.walk()] == [GATEWAY, ORDERS, PAYMENTS, INVENTORY]
     (request,) = loki.requests
@@ -235,13 +239,60 @@ def test_incomplete_trail_widens_once_and_says_why(loki: FakeLoki) -> None:
     assert found.widened and found.windows == (id_window(CID), widened_window(CID))
     assert found.widened_because == (f"inventory [{INVENTORY}] has no access line (open)",)
     assert found.trail.complete and found.trail.hops[INVENTORY].duration_ms == 120_000.0
-    assert [(r.start, r.end) for r in loki.requests] == [(w.start_ns, w.end_ns) for w in found.windows]
+    narrow, first = id_window(CID), first_window(CID)
+    assert narrow is not None and first is not None
+    assert found.queried == (first, *rest_of(narrow, first), widened_window(CID))
+    assert [(r.start, r.end) for r in loki.requests] == [(w.start_ns, w.end_ns) for w in found.queried]
+
+
+def test_a_long_requests_later_lines_are_found_in_the_rest_of_the_narrow_window(loki: FakeLoki) -> None:
+    """The gateway answered after 20 s (its access line comes last) and a callee's clock runs 3 s
+    behind: the ID's own seconds hold an open root hop, so the rest of the narrow window is read,
+    and the trail is complete there without widening, every line once."""
+    lines = [(ts, line) for ts, line in checkout_lines(CID, T0) if line["request_id"] not in (GATEWAY, PAYMENTS)]
+    lines += [
+        (ts - 3 * S, {**line, "time": rfc3339(ts - 3 * S)})
+        for ts, line in checkout_lines(CID, T0)
+        if line["request_id"] == PAYMENTS
+    ]
+    lines += [(ts + 20 * S, line) for ts, line in checkout_lines(CID, T0) if line["request_id"] == GATEWAY]
+    push_all(loki, sorted(lines, key=lambda pair: pair[0]))
+    found = lookup_trail(client_for(loki), CID)
+    narrow, first = id_window(CID), first_window(CID)
+    assert narrow is not None and first is not None
+    assert not found.widened and found.windows == (narrow,) and found.queried == (first, *rest_of(narrow, first))
+    assert found.trail.complete and len(found.entries) == len(lines) == 11
+    assert [e.ts_ns for e in found.entries] == sorted(e.ts_ns for e in found.entries)
+
+
+def test_a_trail_with_a_task_run_reads_the_rest_of_the_narrow_window(loki: FakeLoki) -> None:
+    """A task run is asynchronous: its retry (a run of its own, 10 s later) leaves no mark in the
+    complete trail of the request's own seconds, so a trail holding a task run reads on."""
+
+    def task_run(rid: str, start_ns: int, state: str) -> tuple[int, dict[str, Any]]:
+        ts, line = access_line(CID, rid, ORDERS, "worker", start_ns, 4.0, "TASK", "mail.confirm", 200)
+        return ts, {**line, schema.KIND: schema.KIND_TASK, schema.TASK: "mail.confirm", schema.STATE: state}
+
+    lines = [*checkout_lines(CID, T0), task_run("f000000000000001", T0 + 30 * MS, "retry")]
+    lines.append(task_run("f000000000000002", T0 + 10 * S, "success"))
+    push_all(loki, sorted(lines, key=lambda pair: pair[0]))
+    found = lookup_trail(client_for(loki), CID)
+    assert not found.widened and found.windows == (id_window(CID),) and len(found.queried) == 3
+    assert {"f000000000000001", "f000000000000002"} <= set(found.trail.hops)
+
+
+def test_the_first_window_is_the_ids_own_seconds_inside_the_narrow_one() -> None:
+    assert first_window(CID) == Window(T0 - 1 * S, T0 + 2 * S)
+    assert first_window(CID, max_request_seconds=0.5) == Window(T0 - 1 * S, T0 + 2 * S)  # still inside: 5.5 s after
+    assert first_window("lb-7f3a9c.2") is None
+    assert rest_of(Window(0, 10), Window(2, 5)) == (Window(0, 2), Window(5, 10))
+    assert rest_of(Window(0, 10), Window(0, 10)) == ()
 
 
 def test_nothing_found_searches_both_windows(loki: FakeLoki) -> None:
     found = lookup_trail(client_for(loki), CID)
     assert not found.found and found.widened and found.widened_because == ("no lines",)
-    assert found.trail.hops == {} and len(loki.requests) == 2
+    assert found.trail.hops == {} and len(loki.requests) == 4  # the narrow window in 3 parts, the wide one
 
 
 def test_an_explicit_window_is_searched_as_given_and_never_widened(loki: FakeLoki) -> None:
@@ -308,7 +359,7 @@ def test_last_error_finds_the_newest_failure_and_its_trail(loki: FakeLoki) -> No
     # The newest failed access line is the gateway's (it ends last); the trail is looked up by its ID's time.
     assert found.failure.service == "gateway" and found.failure.query == last_error_query()
     assert (follow.start, follow.end) == (found.lookup.window.start_ns, found.lookup.window.end_ns)
-    assert found.lookup.window == id_window(newer) and len(found.trail.hops) == 4
+    assert found.lookup.window == first_window(newer) and len(found.trail.hops) == 4
 
 
 def test_last_failure_of_one_service_in_a_window(loki: FakeLoki) -> None:

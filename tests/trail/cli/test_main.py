@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -28,7 +30,7 @@ from trail.cli.main import main
 from trail.cli.render import RED
 from trail.last_error import LAST_ERROR_SCAN
 from trail.logql import last_error_query, trail_query
-from trail.window import MARGIN_SECONDS, WIDE_SECONDS
+from trail.window import FIRST_AFTER_SECONDS, FIRST_BEFORE_SECONDS, MARGIN_SECONDS, WIDE_SECONDS
 
 pytestmark = pytest.mark.unit
 
@@ -73,20 +75,22 @@ def test_found_prints_the_tree_and_lines_exit_0(loki: FakeLoki, capsys: pytest.C
     assert "\x1b[" not in out  # captured output is not a terminal
 
 
-def test_complete_trail_in_the_narrow_window_is_one_query(loki: FakeLoki, capsys: pytest.CaptureFixture[str]) -> None:
+def test_complete_trail_in_the_ids_own_seconds_is_one_query(loki: FakeLoki, capsys: pytest.CaptureFixture[str]) -> None:
     push_all(loki, checkout_lines(CID, T0))
     run(capsys, CID)
     (request,) = loki.requests
-    assert (request.start, request.end) == (T0 - int(MARGIN_SECONDS * S), T0 + int((30 + MARGIN_SECONDS) * S))
+    assert (request.start, request.end) == (T0 - int(FIRST_BEFORE_SECONDS * S), T0 + int(FIRST_AFTER_SECONDS * S))
     assert request.direction == "forward"
 
 
 def test_max_request_seconds_stretches_the_window_after_the_id(
     loki: FakeLoki, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    push_all(loki, checkout_lines(CID, T0))
+    push_all(loki, [pair for pair in checkout_lines(CID, T0) if pair[1]["request_id"] != GATEWAY])  # incomplete
     run(capsys, CID, "--max-request-seconds", "60")
-    assert loki.requests[0].end == T0 + int((60 + MARGIN_SECONDS) * S)
+    first, _older, newer, _wide = loki.requests
+    assert first.end == T0 + int(FIRST_AFTER_SECONDS * S) == newer.start
+    assert newer.end == T0 + int((60 + MARGIN_SECONDS) * S)
 
 
 def test_a_large_trail_is_paged_completely(loki: FakeLoki, capsys: pytest.CaptureFixture[str]) -> None:
@@ -110,7 +114,7 @@ def test_nothing_found_exits_1_with_windows_and_query(loki: FakeLoki, capsys: py
     assert f"query: {trail_query(CID)}" in err
     assert "window: 2025-06-15T15:06:35.000000Z .. 2025-06-15T15:07:15.000000Z" in err  # narrow
     assert "window: 2025-06-15T14:51:40.000000Z .. 2025-06-15T15:21:40.000000Z" in err  # widened once
-    assert len(loki.requests) == 2
+    assert len(loki.requests) == 4  # the narrow window in its parts: the ID's own seconds, before, after
 
 
 def test_loki_unreachable_exits_2_with_url(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
@@ -222,8 +226,9 @@ def test_incomplete_trail_widens_the_window_once(loki: FakeLoki, capsys: pytest.
     push_all(loki, lines)
     code, out, err = run(capsys, CID)
     assert code == 0
-    narrow, wide = loki.requests
-    assert (narrow.start, narrow.end) == (T0 - 5 * S, T0 + 35 * S)
+    first, older, newer, wide = loki.requests
+    assert (first.start, first.end) == (T0 - 1 * S, T0 + 2 * S)
+    assert (older.start, older.end, newer.start, newer.end) == (T0 - 5 * S, T0 - 1 * S, T0 + 2 * S, T0 + 35 * S)
     assert (wide.start, wide.end) == (T0 - int(WIDE_SECONDS * S), T0 + int(WIDE_SECONDS * S))
     assert f"inventory [{INVENTORY}] has no access line (open)" in err and "widened the window once" in err
     assert "open" not in tree_rows(out)[3] and "120000.0 ms" in tree_rows(out)[3]
@@ -234,7 +239,7 @@ def test_still_incomplete_after_widening_is_shown_with_notes(
 ) -> None:
     push_all(loki, [pair for pair in checkout_lines(CID, T0) if pair[1]["request_id"] != GATEWAY])
     code, out, err = run(capsys, CID)
-    assert code == 0 and len(loki.requests) == 2 and "widened" in err
+    assert code == 0 and len(loki.requests) == 4 and "widened" in err
     assert "orphan: parent" in tree_rows(out)[0]
 
 
@@ -280,10 +285,10 @@ def test_json_output(loki: FakeLoki, capsys: pytest.CaptureFixture[str]) -> None
     document: dict[str, Any] = json.loads(out)
     assert document["correlation_id"] == CID and document["query"] == trail_query(CID)
     assert document["window"] == {
-        "start": "2025-06-15T15:06:35.000000Z",
-        "end": "2025-06-15T15:07:15.000000Z",
-        "start_ns": T0 - 5 * S,
-        "end_ns": T0 + 35 * S,
+        "start": "2025-06-15T15:06:39.000000Z",
+        "end": "2025-06-15T15:06:42.000000Z",
+        "start_ns": T0 - 1 * S,
+        "end_ns": T0 + 2 * S,
     }
     assert document["widened"] is False and document["complete"] is True
     assert [(h["service"], h["depth"], h["status"]) for h in document["hops"]] == [
@@ -434,8 +439,8 @@ def test_tenant_and_bearer_from_env_on_every_request(
 ) -> None:
     monkeypatch.setenv("LOKI_TENANT", "team-a")
     monkeypatch.setenv("LOKI_BEARER_TOKEN", "s3cret")
-    run(capsys, CID)  # nothing found: two requests (narrow, widened)
-    assert len(loki.requests) == 2
+    run(capsys, CID)  # nothing found: four requests (the narrow window in three parts, widened)
+    assert len(loki.requests) == 4
     for request in loki.requests:
         assert request.headers["x-scope-orgid"] == "team-a"
         assert request.headers["authorization"] == "Bearer s3cret"
@@ -452,6 +457,23 @@ def test_basic_auth_from_env(
 
 def test_console_script_is_main() -> None:
     assert cli.main is main
+
+
+#: What a lookup in a terminal never needs: the page's and the notifier's frameworks, the metrics
+#: client, the fast JSON encoder of the shipper, and a whole HTTP library for one GET.
+HEAVY_FOR_A_LOOKUP = ("flask", "werkzeug", "jinja2", "prometheus_client", "orjson", "gunicorn", "requests")
+
+
+@pytest.mark.process
+def test_the_cli_imports_only_what_a_lookup_needs() -> None:
+    """``trail <id>`` pays every import before its one query: the console script's import path
+    (and the lookup, the renderers, the JSON document) must leave the heavy modules out."""
+    probe = (
+        "import sys, trail.__main__, trail.cli.main, trail.lookup, trail.document, trail.last_error\n"
+        f"print(sorted(m for m in {HEAVY_FOR_A_LOOKUP!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 # -- lines written by the real demo chain ---------------------------------------------------------------------

@@ -26,7 +26,14 @@ from trail.cli import main as cli
 from trail.links import trail_explore_url, window_ms
 from trail.logql import trail_query
 from trail.web.app import TrailWebSettings, create_app
-from trail.window import DEFAULT_SINCE_SECONDS, MARGIN_SECONDS, WIDE_SECONDS, Window
+from trail.window import (
+    DEFAULT_SINCE_SECONDS,
+    FIRST_AFTER_SECONDS,
+    FIRST_BEFORE_SECONDS,
+    MARGIN_SECONDS,
+    WIDE_SECONDS,
+    Window,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -155,10 +162,10 @@ def test_window_is_the_ids_own_and_explore_opens_the_same_query_over_it(
     push_all(loki, checkout_lines(CID, T0))
     html = web.get(f"/t/{CID}").get_data(as_text=True)
     (query,) = loki.queries
-    narrow = Window(T0 - int(MARGIN_SECONDS * S), T0 + int((30 + MARGIN_SECONDS) * S))
+    narrow = Window(T0 - int(FIRST_BEFORE_SECONDS * S), T0 + int(FIRST_AFTER_SECONDS * S))  # the ID's own seconds
     assert (query.start, query.end) == (narrow.start_ns, narrow.end_ns)
     assert f'data-start-ns="{narrow.start_ns}" data-end-ns="{narrow.end_ns}">{narrow}</span>' in html
-    assert "(40 s)" in html
+    assert "(3 s)" in html
     explore = must_find(r'id="explore-link" href="([^"]+)"', html).group(1).replace("&amp;", "&")
     assert explore == trail_explore_url(GRAFANA, CID, narrow)
     panes = parse_explore_url(explore, provisioned_datasource_uids())
@@ -179,7 +186,7 @@ def test_an_incomplete_trail_widens_once_as_the_cli_does(loki: FakeLoki, web: fl
     # Only payments' lines: its parent (orders) is missing, so the narrow window looks incomplete.
     push_all(loki, [pair for pair in checkout_lines(CID, T0) if pair[1]["service"] == "payments"])
     html = web.get(f"/t/{CID}").get_data(as_text=True)
-    assert [(q.start, q.end) for q in loki.queries][1] == (T0 - int(WIDE_SECONDS * S), T0 + int(WIDE_SECONDS * S))
+    assert [(q.start, q.end) for q in loki.queries][-1] == (T0 - int(WIDE_SECONDS * S), T0 + int(WIDE_SECONDS * S))
     assert "so the window was widened once" in html and f"has no parent {ORDERS} in the logs" in html
     assert "(1800 s)" in html
 
@@ -249,7 +256,7 @@ def test_bad_input_gets_a_400_page_saying_why_and_no_query(
 def test_nothing_found_is_a_404_naming_the_windows_and_query(loki: FakeLoki, web: flask.testing.FlaskClient) -> None:
     response = web.get(f"/t/{CID}")
     html = response.get_data(as_text=True)
-    assert response.status_code == 404 and len(loki.queries) == 2  # narrow, then widened once
+    assert response.status_code == 404 and len(loki.queries) == 4  # narrow (in 3 parts), then widened once
     assert f"No log lines for correlation ID {CID}" in html and html.count("data-start-ns=") == 2
     assert 'id="explore-link"' in html
     document = web.get(f"/t/{CID}?format=json").get_json()
