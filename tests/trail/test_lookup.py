@@ -138,7 +138,7 @@ def test_bad_times_are_value_errors(text: str) -> None:
 
 # -- LogQL -------------------------------------------------------------------------------------------
 def test_queries() -> None:
-    assert trail_query(CID) == f'{{service_name=~".+"}} | correlation_id="{CID}"'
+    assert trail_query(CID) == f'{{service_name=~".+", shard=~"{CID[-1]}|"}} | correlation_id="{CID}"'
     assert error_lines_query("payments") == '{service_name="payments"} | level="error"'
     assert last_error_query().startswith('{service_name=~".+"} |= "correlation.access"')
 
