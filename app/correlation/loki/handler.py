@@ -21,9 +21,9 @@ from prometheus_client.registry import CollectorRegistry
 
 from correlation import context, schema
 from correlation._forks import rebuild_after_fork
+from correlation.ids import shard_of
 from correlation.log.entry import stamp
 from correlation.log.formatter import JsonFormatter
-from correlation.ids import shard_of
 from correlation.log.handler import LineHandler
 from correlation.loki import collector
 from correlation.loki.buffer import LineBuffer, PushEntry
