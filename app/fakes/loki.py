@@ -133,14 +133,39 @@ class FakeLoki:
         service: str | None = None,
         correlation_id: str | None = None,
         env: str = "test",
-        sharded: bool = True,
         **metadata: str,
     ) -> None:
         """Store one line the way our shipper pushes it: labels from ``schema.STREAM_LABELS``,
         metadata from ``schema.METADATA_FIELDS`` (and the optional ones the line has). A dict line
         gives its own service, ID, request ID and level (lowercased, as the shipper sends it)
-        unless they are passed. A line with an ID is in its shard's stream, as the shipper puts it;
-        ``sharded=False``: in the stream without the label, as shippers before it wrote it."""
+        unless they are passed. A line with an ID is in its shard's stream, as the shipper puts it
+        (:meth:`push_unsharded`: as shippers before the shard label wrote it)."""
+        self._stage(ts_ns, line, service, correlation_id, env, metadata, sharded=True)
+
+    def push_unsharded(
+        self,
+        ts_ns: int,
+        line: str | dict[str, Any],
+        *,
+        service: str | None = None,
+        correlation_id: str | None = None,
+        env: str = "test",
+        **metadata: str,
+    ) -> None:
+        """:meth:`push`, in the stream without a ``shard`` label: a line shipped before it existed."""
+        self._stage(ts_ns, line, service, correlation_id, env, metadata, sharded=False)
+
+    def _stage(
+        self,
+        ts_ns: int,
+        line: str | dict[str, Any],
+        service: str | None,
+        correlation_id: str | None,
+        env: str,
+        metadata: dict[str, str],
+        *,
+        sharded: bool,
+    ) -> None:
         if isinstance(line, dict):
             service = service or line.get(schema.SERVICE)
             correlation_id = correlation_id or line.get(schema.CORRELATION_ID)

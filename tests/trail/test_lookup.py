@@ -497,7 +497,7 @@ def test_a_trail_is_found_whether_its_lines_carry_the_shard_label_or_not(loki: F
     spans the change: every line is found, and a line in another shard's stream is not read."""
     lines = checkout_lines(CID, T0)
     for n, (ts, line) in enumerate(lines):
-        loki.push(ts, line, sharded=n in sharded_hops)
+        (loki.push if n in sharded_hops else loki.push_unsharded)(ts, line)
     other = next(v for v in "0123456789abcdef" if v != CID[-1])
     decoy = {**lines[0][1], "message": "in another shard's stream"}
     labels = {"service_name": "gateway", "env": "test", "shard": other}
@@ -512,7 +512,7 @@ def test_a_foreign_ids_trail_is_found_in_its_hashed_shard(loki: FakeLoki) -> Non
     foreign = "order-4711"
     lines = checkout_lines(foreign, T0)
     for n, (ts, line) in enumerate(lines):
-        loki.push(ts, line, sharded=n % 2 == 0)
+        (loki.push if n % 2 == 0 else loki.push_unsharded)(ts, line)
     assert {e.labels.get("shard") for e in loki.entries} == {None, shard_of(foreign)}
     found = lookup_trail(client_for(loki), foreign, window=Window(T0 - 60 * S, T0 + 60 * S))
     assert len(found.entries) == 11 and f'shard=~"{shard_of(foreign)}|"' in found.query
