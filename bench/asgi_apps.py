@@ -3,6 +3,7 @@ by a factory for ``uvicorn --factory``.
 
 uvicorn --factory bench.asgi_apps:bare
 LOKI_URL=http://127.0.0.1:3100 uvicorn --factory bench.asgi_apps:instrumented
+uvicorn --factory bench.asgi_apps:opentelemetry
 """
 
 from __future__ import annotations
@@ -45,4 +46,18 @@ def asgi_correlation_id() -> FastAPI:
 
     app = _ping_app()
     app.add_middleware(CorrelationIdMiddleware)
+    return app
+
+
+def opentelemetry() -> FastAPI:
+    """OpenTelemetry's ASGI instrumentation as its docs set it up: ``OpenTelemetryMiddleware`` around
+    the app (a server span per request, plus an ``http send`` span per message sent, W3C context
+    read and written), with an SDK ``TracerProvider`` that has no span processor: every span is
+    sampled, recorded and ended, then goes nowhere (no exporter, no batching thread). Its metrics go
+    to the default no-op meter. So it costs what tracing costs in process, without export or logs."""
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from opentelemetry.sdk.trace import TracerProvider
+
+    app = _ping_app()
+    app.add_middleware(OpenTelemetryMiddleware, tracer_provider=TracerProvider())
     return app

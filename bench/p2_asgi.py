@@ -1,10 +1,11 @@
 """ASGI P2 request overhead: bare FastAPI vs ours (``CorrelationMiddleware`` + ``setup_logging``)
-vs the peer asgi-correlation-id, the same ``GET /ping`` under the same uvicorn (one process,
-asyncio loop, h11), measured side by side in one run.
+vs the peer asgi-correlation-id vs OpenTelemetry's ASGI instrumentation, the same ``GET /ping``
+under the same uvicorn (one process, asyncio loop, h11), measured side by side in one run.
 
 The peer does less (no access line, no metrics, no Loki shipping): it is a yardstick of what a
-bare ID middleware costs, not a target. OpenTelemetry's ASGI instrumentation, the issue's other
-baseline, is not measured here (not pinned in the ``bench`` extra).
+bare ID middleware costs, not a target. OpenTelemetry's ``OpenTelemetryMiddleware`` records a
+server span (and its ``http send`` spans) per request into an SDK tracer provider with no span
+processor: the cost of tracing in process, without export (bench/asgi_apps.py ``opentelemetry``).
 
 Built as bench/p2_request.py is: every app runs for the whole benchmark, the same load generator
 (wrk) drives them in turns, round after round, the order reversed each round; each round's ratio
@@ -31,7 +32,12 @@ NAME = "p2asgi"
 TITLE = "ASGI P2 request overhead"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: name -> factory in bench/asgi_apps.py
-APPS = {"bare": "bare", "ours": "instrumented", "asgi-correlation-id": "asgi_correlation_id"}
+APPS = {
+    "bare": "bare",
+    "ours": "instrumented",
+    "asgi-correlation-id": "asgi_correlation_id",
+    "opentelemetry-asgi": "opentelemetry",
+}
 TARGETED = ("ours",)
 
 
@@ -123,6 +129,8 @@ def run() -> None:
         "worker CPU = all of the uvicorn process's threads (event loop, threadpool, Loki sender) per request",
         "asgi-correlation-id: its middleware only (ID read or made, bound, echoed); no access line, metrics or "
         "shipping: a yardstick, no target",
+        "opentelemetry-asgi: OpenTelemetryMiddleware, SDK TracerProvider with no span processor (spans recorded, "
+        "never exported), no-op meter: a yardstick, no target",
         f"ours shipped {shipped['entries']:,} access lines to the sink in {shipped['pushes']:,} pushes "
         f"({shipped['violations']} refused)",
     ]

@@ -5,7 +5,8 @@ and the requests a dying gunicorn worker abandons (:mod:`correlation.integration
 - :func:`log_refused`: the inbound values refused at a hop's start, counted and logged escaped;
 - :func:`failure_origin`: whose failure a failed hop is, ``self`` or ``downstream``;
 - :data:`OPEN_HOPS`: the requests this process is handling now, which :func:`end_open_hops` ends
-  when the process is about to be killed, and :func:`in_flight_counter` counts for a scrape.
+  when the process is about to be killed, and :func:`in_flight_counter` counts for a scrape;
+- :func:`end_http_hop`: an HTTP request's end, the same for every web edge (Flask, Django, ASGI).
 
 A hop's end is its access line: :func:`correlation.log.access.report_hop`.
 """
@@ -19,7 +20,21 @@ from typing import Any, NamedTuple, Protocol
 
 from correlation import context, ids, metrics, wire
 from correlation.context import Hop
-from correlation.schema import ORIGIN_DOWNSTREAM, ORIGIN_SELF
+from correlation.error_type import error_type
+from correlation.log.access import report_hop
+from correlation.schema import (
+    CALLER,
+    CLIENT_CORRELATION_ID,
+    DURATION_MS,
+    ERROR_TYPE,
+    HTTP_METHODS,
+    METHOD,
+    ORIGIN_DOWNSTREAM,
+    ORIGIN_SELF,
+    PATH,
+    ROUTE,
+    STATUS,
+)
 
 
 class Reporter(Protocol):
@@ -95,3 +110,43 @@ def failure_origin(hop: Hop) -> str:
     """Whose failure a failed hop is (a 5xx, a failed task run): ``downstream`` when one of its
     outgoing calls failed first (:attr:`Hop.failed_calls`), else ``self``."""
     return ORIGIN_DOWNSTREAM if hop.failed_calls else ORIGIN_SELF
+
+
+def end_http_hop(
+    service: str,
+    inbound: wire.Inbound,
+    method: str,
+    route: str,
+    path: str,
+    status: int,
+    seconds: float,
+    raised: type[BaseException] | None,
+    pathname: str,
+    *,
+    note: str = "",
+    metered: bool = True,
+) -> None:
+    """An HTTP request's end, for every web edge: RED metrics with the correlation ID as exemplar
+    (``metered=False``: a websocket, whose lifetime would distort the request histogram), then its
+    access line from ``pathname``, ``note`` appended to the message. ``raised``: the class of the
+    exception behind a 5xx, written as its ``error_type``."""
+    hop = inbound.hop
+    origin = None if status < 500 else failure_origin(hop)
+    if metered:
+        metric_method = method if method in HTTP_METHODS else "other"  # the client's to choose: bounded
+        metrics.observe_request(service, route, metric_method, status, seconds, hop.correlation_id, origin)
+    duration_ms = round(seconds * 1000, 3)
+    fields = {
+        METHOD: method,
+        ROUTE: route,
+        PATH: path,
+        STATUS: status,
+        DURATION_MS: duration_ms,
+        CALLER: inbound.caller,
+    }
+    if inbound.client_correlation_id is not None:
+        fields[CLIENT_CORRELATION_ID] = inbound.client_correlation_id
+    if origin is not None and raised is not None:
+        fields[ERROR_TYPE] = error_type(raised)
+    level = logging.INFO if origin is None else logging.ERROR
+    report_hop(level, pathname, "%s %s %d %.1fms%s", (method, path, status, duration_ms, note), hop, origin, fields)

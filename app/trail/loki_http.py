@@ -17,6 +17,7 @@ import base64
 import http.client
 import os
 import socket
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -52,9 +53,10 @@ def proxy_in_environment(env: os._Environ[str] | dict[str, str] | None = None) -
 
 
 class LokiGetter:
-    """GETs to one Loki (scheme, host and port of ``settings.url``) on one kept connection, with
-    the settings' tenant, bearer or basic credentials and TLS verification. Not thread-safe: one
-    per thread, as the trail page keeps its clients."""
+    """GETs to one Loki (scheme, host and port of ``settings.url``) on a kept connection, with
+    the settings' tenant, bearer or basic credentials and TLS verification. Each thread has its
+    own connection (``http.client`` connections are not thread-safe, and the notifier reads a
+    trail and counts failures at once through one client)."""
 
     def __init__(self, settings: LokiSettings, headers: dict[str, str]) -> None:
         parts = urlsplit(settings.url)
@@ -71,7 +73,16 @@ class LokiGetter:
             token = base64.b64encode(f"{credentials[0]}:{credentials[1]}".encode()).decode("ascii")
             self.headers["Authorization"] = f"Basic {token}"
         self.tls = _tls_context(settings.tls_verify) if self.https else None
-        self.connection: http.client.HTTPConnection | None = None
+        self._local = threading.local()
+
+    @property
+    def connection(self) -> http.client.HTTPConnection | None:
+        """This thread's kept connection, if any."""
+        return getattr(self._local, "connection", None)
+
+    @connection.setter
+    def connection(self, value: http.client.HTTPConnection | None) -> None:
+        self._local.connection = value
 
     def get(self, path: str, params: dict[str, str], timeout: float) -> Answer:
         """One GET of ``path`` (the URL's path, from its first ``/``) with ``params``; a kept

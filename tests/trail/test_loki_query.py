@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -114,6 +116,23 @@ def test_client_reads_both_shapes_from_the_standin(loki: FakeLoki) -> None:
     assert "correlation_id" in plain[0].labels
     assert "correlation_id" not in categorized[0].labels and categorized[0].label("correlation_id") == CID
     assert loki.requests[-1].headers["x-loki-response-encoding-flags"] == "categorize-labels"
+
+
+def test_one_client_shared_by_threads_answers_every_query(loki: FakeLoki) -> None:
+    """The notifier reads a trail and counts failures at once through one client: each thread
+    keeps its own connection (a shared ``http.client`` connection refuses a second request while
+    one is in flight: ``CannotSendRequest``)."""
+    push_numbered(loki, [T0, T0 + 1])
+    client = client_for(loki)
+    barrier = threading.Barrier(8)
+
+    def lookups() -> list[list[str]]:
+        barrier.wait()
+        return [[e.line for e in client.query_all(QUERY, T0, T0 + 10)] for _ in range(15)]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = [answer for lines in pool.map(lambda _: lookups(), range(8)) for answer in lines]
+    assert answers == [["line 0", "line 1"]] * 120
 
 
 # -- paging ----------------------------------------------------------------------------------------

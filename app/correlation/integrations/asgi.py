@@ -48,11 +48,9 @@ import orjson
 from correlation import context, metrics, problem, schema, wire
 from correlation.context import Hop
 from correlation.error_type import error_type
-from correlation.hops import OPEN_HOPS, OpenHop, failure_origin, log_refused
+from correlation.hops import OPEN_HOPS, OpenHop, end_http_hop, log_refused
 from correlation.integrations.requests import instrument_requests
-from correlation.log.access import report_hop
 from correlation.metrics import listener, unshared
-from correlation.schema import CALLER, CLIENT_CORRELATION_ID, DURATION_MS, ERROR_TYPE, METHOD, PATH, ROUTE, STATUS
 from correlation.settings import Settings
 
 __all__ = ["CLIENT_CLOSED_REQUEST", "CorrelationMiddleware"]
@@ -69,7 +67,6 @@ CLIENT_CLOSED_REQUEST = 499
 _log = logging.getLogger(schema.EDGE_LOGGER)
 #: The class of the exception the application let through, for the access line's ``error_type``.
 _ERROR_KEY = "correlation.error"
-_METHODS = schema.HTTP_METHODS
 _new_tuple = tuple.__new__  # see bench/README.md, "Why the hot path's code looks as it does"
 
 
@@ -333,31 +330,11 @@ class CorrelationMiddleware:
         """The hop's end: RED metrics (HTTP only) and the access line (``note`` is appended to its
         message). ``environ`` is the connection's ASGI scope (the name is the open-hop registry's)."""
         scope = environ
-        hop = inbound.hop
-        route = self.route(scope)
         method = scope.get("method", "GET")  # a websocket's handshake is a GET
-        origin = None if status < 500 else failure_origin(hop)
-        if scope.get("type") == "http":
-            metric_method = method if method in _METHODS else "other"
-            metrics.observe_request(self.service, route, metric_method, status, seconds, hop.correlation_id, origin)
-        path = scope.get("path", "")
-        duration_ms = round(seconds * 1000, 3)
-        fields = {
-            METHOD: method,
-            ROUTE: route,
-            PATH: path,
-            STATUS: status,
-            DURATION_MS: duration_ms,
-            CALLER: inbound.caller,
-        }
-        if inbound.client_correlation_id is not None:
-            fields[CLIENT_CORRELATION_ID] = inbound.client_correlation_id
-        if origin is not None:
-            raised = scope.get(_ERROR_KEY)
-            if raised is not None:
-                fields[ERROR_TYPE] = error_type(raised)
-        level = logging.INFO if origin is None else logging.ERROR
-        report_hop(level, __file__, "%s %s %d %.1fms%s", (method, path, status, duration_ms, note), hop, origin, fields)
+        end_http_hop(
+            self.service, inbound, method, self.route(scope), scope.get("path", ""), status, seconds,
+            scope.get(_ERROR_KEY), __file__, note=note, metered=scope.get("type") == "http",
+        )  # fmt: skip
 
     async def _serve_metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         accept = None

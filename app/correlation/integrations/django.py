@@ -58,12 +58,9 @@ from django.views import defaults
 
 from correlation import context, metrics, problem, schema, wire
 from correlation.context import Hop
-from correlation.error_type import error_type
-from correlation.hops import OPEN_HOPS, OpenHop, failure_origin, in_flight_counter, log_refused
+from correlation.hops import OPEN_HOPS, OpenHop, end_http_hop, in_flight_counter, log_refused
 from correlation.integrations.requests import instrument_requests
-from correlation.log.access import report_hop
 from correlation.metrics import listener, unshared
-from correlation.schema import CALLER, CLIENT_CORRELATION_ID, DURATION_MS, ERROR_TYPE, METHOD, PATH, ROUTE, STATUS
 from correlation.settings import ConfigError, Settings
 
 __all__ = ["CorrelationMiddleware", "DjangoOptions", "load_options", "metrics_view"]
@@ -73,7 +70,6 @@ _log = logging.getLogger(schema.EDGE_LOGGER)
 _ROUTE_KEY = "correlation.route"
 #: The exception behind the response (a view's, or an uncaught one anywhere after this middleware).
 _ERROR_KEY = "correlation.error"
-_METHODS = schema.HTTP_METHODS
 _new_tuple = tuple.__new__  # see bench/README.md, "Why the hot path's code looks as it does"
 
 #: The keys of ``settings.CORRELATION`` read as the environment variable of the same name (a value
@@ -253,25 +249,11 @@ class CorrelationMiddleware:
         self, environ: dict[str, Any], inbound: wire.Inbound, status: int, seconds: float, *, note: str = ""
     ) -> None:
         """The hop's end: RED metrics and the access line (``note`` is appended to its message)."""
-        hop = inbound.hop
         route = environ.get(_ROUTE_KEY) or self.route_of(environ)
-        method = environ.get("REQUEST_METHOD", "GET")
-        origin = None if status < 500 else failure_origin(hop)
-        metric_method = method if method in _METHODS else "other"
-        metrics.observe_request(self.service, route, metric_method, status, seconds, hop.correlation_id, origin)
-        path = environ.get("PATH_INFO", "")
-        duration_ms = round(seconds * 1000, 3)
-        caller = inbound.caller
-        fields = {METHOD: method, ROUTE: route, PATH: path, STATUS: status, DURATION_MS: duration_ms, CALLER: caller}
-        if inbound.client_correlation_id is not None:
-            fields[CLIENT_CORRELATION_ID] = inbound.client_correlation_id
-        if origin is not None:
-            raised = environ.get(_ERROR_KEY)
-            if raised is not None:
-                fields[ERROR_TYPE] = error_type(type(raised))
-        level = logging.INFO if origin is None else logging.ERROR
-        args = (method, path, status, duration_ms, note)
-        report_hop(level, __file__, "%s %s %d %.1fms%s", args, hop, origin, fields)
+        method, path = environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "")
+        raised = environ.get(_ERROR_KEY)
+        raised_type = None if raised is None else type(raised)
+        end_http_hop(self.service, inbound, method, route, path, status, seconds, raised_type, __file__, note=note)
 
 
 def _note_uncaught(sender: Any, request: HttpRequest | None = None, **_: Any) -> None:  # noqa: ARG001 - Django's signal
