@@ -25,6 +25,7 @@ import os
 import random
 import re
 import time
+import zlib
 from datetime import UTC, datetime
 
 #: Inbound IDs must match this: at most 64 characters of letters, digits, ``.``, ``_``, ``-``.
@@ -105,6 +106,24 @@ def time_ms_of(correlation_id: str) -> int | None:
     if ms < _EARLIEST_PLAUSIBLE_MS or ms > time.time() * 1000 + _MAX_CLOCK_SKEW_MS:
         return None
     return ms
+
+
+#: The values of a line's shard (:func:`shard_of`): one hex digit, 16 in all.
+SHARD_VALUES = "0123456789abcdef"
+_HEX_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def shard_of(correlation_id: str) -> str:
+    """The shard of a correlation ID: one of 16 values (:data:`SHARD_VALUES`), the stream label
+    that lets a lookup read 1/16 of the streams (docs/loki-facts.md).
+
+    An ID of 32 lowercase hex digits (ours, a UUIDv7, or a W3C trace-id) ends in a random digit:
+    that digit. Any other ID: its CRC-32, modulo 16, so a foreign ID has one shard too, the same
+    for the shipper and every reader. Sixteen values are not the ID: the label stays bounded.
+    """
+    if len(correlation_id) == 32 and _HEX_ID.fullmatch(correlation_id):
+        return correlation_id[31]
+    return SHARD_VALUES[zlib.crc32(correlation_id.encode()) & 15]
 
 
 def printable(value: str, limit: int = 80) -> str:

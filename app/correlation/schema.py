@@ -99,7 +99,11 @@ STANDARD_KEYS = frozenset((*LINE_KEYS, STACK, *ACCESS_KEYS, *TASK_ACCESS_KEYS))
 #: would wreck Loki's index); it travels in structured metadata.
 SERVICE_LABEL = "service_name"
 ENV_LABEL = "env"
-STREAM_LABELS = (SERVICE_LABEL, ENV_LABEL)
+#: One of 16 values derived from the correlation ID (``correlation.ids.shard_of``): a lookup of
+#: one ID selects ``shard=~"<n>|"``, 1/16 of the streams, and the lines written without the
+#: label (older ones, lines outside a request) besides. Never the ID itself.
+SHARD_LABEL = "shard"
+STREAM_LABELS = (SERVICE_LABEL, ENV_LABEL, SHARD_LABEL)
 #: Structured metadata of every entry: queryable with no parser, indexed by nothing.
 #: ``level`` is lowercase here (``error``), as Grafana's log-level detection expects.
 METADATA_FIELDS = (CORRELATION_ID, REQUEST_ID, LEVEL)

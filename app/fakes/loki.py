@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from correlation import schema
+from correlation.ids import shard_of
 from fakes.loki_metric import instant_result, instant_time, matrix_result, parse_metric_query
 from fakes.loki_push import Push, PushedEntry, decode_push
 from fakes.loki_query import QueryError, parse_query, query_range_result
@@ -137,7 +138,34 @@ class FakeLoki:
         """Store one line the way our shipper pushes it: labels from ``schema.STREAM_LABELS``,
         metadata from ``schema.METADATA_FIELDS`` (and the optional ones the line has). A dict line
         gives its own service, ID, request ID and level (lowercased, as the shipper sends it)
-        unless they are passed."""
+        unless they are passed. A line with an ID is in its shard's stream, as the shipper puts it
+        (:meth:`push_unsharded`: as shippers before the shard label wrote it)."""
+        self._stage(ts_ns, line, service, correlation_id, env, metadata, sharded=True)
+
+    def push_unsharded(
+        self,
+        ts_ns: int,
+        line: str | dict[str, Any],
+        *,
+        service: str | None = None,
+        correlation_id: str | None = None,
+        env: str = "test",
+        **metadata: str,
+    ) -> None:
+        """:meth:`push`, in the stream without a ``shard`` label: a line shipped before it existed."""
+        self._stage(ts_ns, line, service, correlation_id, env, metadata, sharded=False)
+
+    def _stage(
+        self,
+        ts_ns: int,
+        line: str | dict[str, Any],
+        service: str | None,
+        correlation_id: str | None,
+        env: str,
+        metadata: dict[str, str],
+        *,
+        sharded: bool,
+    ) -> None:
         if isinstance(line, dict):
             service = service or line.get(schema.SERVICE)
             correlation_id = correlation_id or line.get(schema.CORRELATION_ID)
@@ -149,6 +177,8 @@ class FakeLoki:
         if correlation_id:
             metadata[schema.CORRELATION_ID] = correlation_id
         labels = {schema.SERVICE_LABEL: service or "unknown_service", schema.ENV_LABEL: env}
+        if correlation_id and sharded:
+            labels[schema.SHARD_LABEL] = shard_of(correlation_id)
         with self._lock:
             self.pushes.append(Push({}, [PushedEntry(labels, ts_ns, line, dict(metadata))]))
             self._lock.notify_all()

@@ -12,7 +12,7 @@ import math
 import re
 
 from correlation import schema
-from correlation.ids import MAX_ID_LENGTH, is_valid_id, printable, rejection_reason
+from correlation.ids import MAX_ID_LENGTH, is_valid_id, printable, rejection_reason, shard_of
 
 #: The metadata ``level`` of error lines (lowercase in metadata, as Grafana's level detection expects).
 ERROR_LEVEL = "error"
@@ -112,8 +112,14 @@ def _selector(service: str | None) -> str:
 
 
 def trail_query(correlation_id: str) -> str:
-    """All lines of one request, across services: structured metadata needs no parser."""
-    return f'{_selector(None)} | {schema.CORRELATION_ID}="{check_correlation_id(correlation_id)}"'
+    """All lines of one request, across services: structured metadata needs no parser.
+
+    Only the streams of the ID's shard are read (1/16 of them), and the streams without a shard
+    label: ``shard=~"7|"`` matches a missing label too, so lines written before the shipper set
+    it (or by another shipper) are still found."""
+    cid = check_correlation_id(correlation_id)
+    selector = f'{{{schema.SERVICE_LABEL}=~".+", {schema.SHARD_LABEL}=~"{shard_of(cid)}|"}}'
+    return f'{selector} | {schema.CORRELATION_ID}="{cid}"'
 
 
 def error_lines_query(service: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import zlib
 
 import pytest
 from hypothesis import given, settings
@@ -124,3 +125,22 @@ def test_forked_processes_draw_different_ids() -> None:
     child = os.read(read, 64).decode()
     mine = ids.new_correlation_id(now_ms=NOW_MS) + ids.new_request_id()
     assert len(child) == 48 and child != mine
+
+
+def test_the_shard_of_our_id_is_its_last_random_digit_and_spreads_over_16_values() -> None:
+    drawn = [ids.new_correlation_id() for _ in range(4000)]
+    assert all(ids.shard_of(cid) == cid[-1] for cid in drawn)
+    counts = {value: sum(ids.shard_of(c) == value for c in drawn) for value in ids.SHARD_VALUES}
+    assert min(counts.values()) > 150, counts  # 250 expected each: no value starved
+
+
+@given(st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True))
+def test_every_acceptable_id_has_one_stable_shard_of_16(cid: str) -> None:
+    shard = ids.shard_of(cid)
+    assert shard in ids.SHARD_VALUES and len(shard) == 1 and ids.shard_of(cid) == shard
+
+
+def test_a_foreign_id_is_sharded_by_its_crc32() -> None:
+    assert ids.shard_of("order-4711") == f"{zlib.crc32(b'order-4711') & 15:x}"
+    upper = "0192F0C4E2A87ABC8DEF0123456789AB"  # not our lowercase layout: hashed, not its last digit
+    assert ids.shard_of(upper) == f"{zlib.crc32(upper.encode()) & 15:x}"

@@ -62,8 +62,8 @@ def test_checkout_leaves_a_trail_from_every_hop(chain, chain_sink: FakeLoki) -> 
     assert {line["service"] for line in lines} == set(SERVICES)
     assert all(line["correlation_id"] == cid for line in lines)
     for entry in trail:
-        assert set(entry.labels) == {"service_name", "env"}, "the ID is never a label"
-        assert entry.labels == {"service_name": entry.json["service"], "env": "test"}
+        assert set(entry.labels) == {"service_name", "env", "shard"}, "the ID is never a label, its shard is"
+        assert entry.labels == {"service_name": entry.json["service"], "env": "test", "shard": ids.shard_of(cid)}
         assert entry.metadata["request_id"] == entry.json["request_id"]
 
     # The call tree, rebuilt from the access lines alone.

@@ -7,6 +7,7 @@ the loopback query stand-in, without the command line.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -15,10 +16,11 @@ from typing import Any
 import pytest
 
 from correlation import schema
-from correlation.ids import new_correlation_id
+from correlation.ids import new_correlation_id, shard_of
 from correlation.schema import ACCESS_LOGGER
 from correlation.settings import LokiSettings
 from fakes import FakeLoki
+from fakes.loki_push import Push, PushedEntry
 from fakes.loki_query import JsonStage, LabelFilter, parse_query
 from fakes.trail_lines import (
     GATEWAY,
@@ -138,7 +140,7 @@ def test_bad_times_are_value_errors(text: str) -> None:
 
 # -- LogQL -------------------------------------------------------------------------------------------
 def test_queries() -> None:
-    assert trail_query(CID) == f'{{service_name=~".+"}} | correlation_id="{CID}"'
+    assert trail_query(CID) == f'{{service_name=~".+", shard=~"{CID[-1]}|"}} | correlation_id="{CID}"'
     assert error_lines_query("payments") == '{service_name="payments"} | level="error"'
     assert last_error_query().startswith('{service_name=~".+"} |= "correlation.access"')
 
@@ -484,3 +486,33 @@ def test_prefer_own_skips_failures_the_service_only_passed_on(loki: FakeLoki) ->
     assert last_error_query("orders", own_only=True) in [r.query for r in loki.queries]
     only_passed = last_error(client, "orders", Window(t_passed - S, time.time_ns()), prefer_own=True)
     assert only_passed is not None and only_passed.correlation_id == passed_id, "no own failure: any failure"
+
+
+# -- the shard label: lines with it and lines written before it -----------------------------------
+
+
+@pytest.mark.parametrize("sharded_hops", [range(11), range(0), range(0, 11, 2)], ids=["all", "none", "mixed"])
+def test_a_trail_is_found_whether_its_lines_carry_the_shard_label_or_not(loki: FakeLoki, sharded_hops: range) -> None:
+    """Lines shipped with the shard label, lines shipped before it (no label), and a trail that
+    spans the change: every line is found, and a line in another shard's stream is not read."""
+    lines = checkout_lines(CID, T0)
+    for n, (ts, line) in enumerate(lines):
+        (loki.push if n in sharded_hops else loki.push_unsharded)(ts, line)
+    other = next(v for v in "0123456789abcdef" if v != CID[-1])
+    decoy = {**lines[0][1], "message": "in another shard's stream"}
+    labels = {"service_name": "gateway", "env": "test", "shard": other}
+    loki.pushes.append(Push({}, [PushedEntry(labels, T0, json.dumps(decoy), {"correlation_id": CID})]))
+    found = lookup_trail(client_for(loki), CID)
+    assert len(found.entries) == 11 and "in another shard's stream" not in {e.line for e in found.entries}
+    assert f'shard=~"{CID[-1]}|"' in found.query
+    assert [hop.request_id for hop in found.trail.walk()] == [GATEWAY, ORDERS, PAYMENTS, INVENTORY]
+
+
+def test_a_foreign_ids_trail_is_found_in_its_hashed_shard(loki: FakeLoki) -> None:
+    foreign = "order-4711"
+    lines = checkout_lines(foreign, T0)
+    for n, (ts, line) in enumerate(lines):
+        (loki.push if n % 2 == 0 else loki.push_unsharded)(ts, line)
+    assert {e.labels.get("shard") for e in loki.entries} == {None, shard_of(foreign)}
+    found = lookup_trail(client_for(loki), foreign, window=Window(T0 - 60 * S, T0 + 60 * S))
+    assert len(found.entries) == 11 and f'shard=~"{shard_of(foreign)}|"' in found.query

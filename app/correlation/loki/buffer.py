@@ -20,8 +20,9 @@ from typing import NamedTuple
 from correlation.log import jsonline
 
 #: Memory an entry takes besides its fragment's bytes: the tuple, the int, the bytes object's
-#: header and the deque slot. With it the byte bound is the memory really held, not a guess.
-ENTRY_OVERHEAD = 136
+#: header and the deque slot (the shard is a one-character string CPython shares). With it the
+#: byte bound is the memory really held, not a guess.
+ENTRY_OVERHEAD = 144
 
 
 _new_tuple = tuple.__new__  # one PushEntry a line: see bench/README.md, "Why the hot path's code looks as it does"
@@ -32,15 +33,20 @@ class PushEntry(NamedTuple):
 
     ``fragment`` is the JSON of ``["<unix ns>", "<line>", {structured metadata}]``: encoded once,
     on the logging thread, held compactly, and joined into the body by the sender as it is.
+    ``shard``: the value of the stream's ``shard`` label (``correlation.ids.shard_of`` of the
+    line's correlation ID), or "" for a line that goes to the stream without it.
     """
 
     timestamp_ns: int
     fragment: bytes
+    shard: str = ""
 
     @classmethod
-    def encode(cls, timestamp_ns: int, line: str, metadata: Mapping[str, str] | None = None) -> PushEntry:
+    def encode(
+        cls, timestamp_ns: int, line: str, metadata: Mapping[str, str] | None = None, shard: str = ""
+    ) -> PushEntry:
         # ASCII JSON: any str, lone surrogates included, is safe in the push body.
-        return _new_tuple(cls, (timestamp_ns, jsonline.ascii_entry(str(timestamp_ns), line, metadata)))
+        return _new_tuple(cls, (timestamp_ns, jsonline.ascii_entry(str(timestamp_ns), line, metadata), shard))
 
     def decode(self) -> tuple[str, dict[str, str]]:
         """(line, metadata): for tests and for reading the spool back."""

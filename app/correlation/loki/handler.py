@@ -21,6 +21,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from correlation import context, schema
 from correlation._forks import rebuild_after_fork
+from correlation.ids import shard_of
 from correlation.log.entry import stamp
 from correlation.log.formatter import JsonFormatter
 from correlation.log.handler import LineHandler
@@ -43,6 +44,7 @@ _ERROR_METADATA_ATTRS = (schema.ERROR_TYPE,)
 #: Structured metadata ``level`` of the standard level names (others: lowercased each time).
 _LEVEL_LABELS = {name: name.lower() for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
 _ERROR_LEVEL = _LEVEL_LABELS["ERROR"]
+_CORRELATION_ID = schema.CORRELATION_ID
 #: Loki's default ``max_line_size`` is 256 KB; longer lines are rejected, so we cut them first.
 DEFAULT_MAX_LINE_BYTES = 256 * 1024
 TRUNCATION_MARK = " ...[truncated by loki shipper]"
@@ -109,6 +111,11 @@ class LokiHandler(LineHandler, made_lines=True):
             raise ConfigError("LokiHandler needs url= (or LOKI_URL): where should the lines go?")
         self.settings = settings
         self.labels = dict(labels) if labels is not None else default_labels()
+        if schema.SHARD_LABEL in self.labels:
+            raise ConfigError(
+                f"LokiHandler labels: {schema.SHARD_LABEL!r} is set per line from its correlation ID "
+                "(every trail lookup selects by it); give your label another name"
+            )
         self.max_line_bytes = max_line_bytes
         self.setFormatter(JsonFormatter())
         self._new_pipeline()
@@ -162,7 +169,9 @@ class LokiHandler(LineHandler, made_lines=True):
                     metadata[name] = value
         if len(line) * 4 > self.max_line_bytes:  # cheap pre-check: 4 bytes per char at most
             line = self._fit(line)
-        if not self.buffer.put(PushEntry.encode(int(created * 1e9), line, metadata)):
+        cid = metadata.get(_CORRELATION_ID)
+        shard = shard_of(cid) if cid else ""
+        if not self.buffer.put(PushEntry.encode(int(created * 1e9), line, metadata, shard)):
             self.stats.drop("shutdown" if self.buffer.closed else "buffer_full")
             return
         if self.sender.thread is None:

@@ -1,5 +1,9 @@
 """A spool segment: one push body on disk (gzip JSON, labels included), and reading it back.
 
+The body is what :func:`correlation.loki.push.push_body` makes: one stream per shard, the same
+labels but for ``shard``. A segment of an earlier version holds one stream without ``shard``; it
+reads back the same way, and its entries are replayed as they were written (no shard).
+
 A segment is named ``<seq>-<lines>.json.gz``: twelve digits of sequence, then how many lines it
 holds, so a spool can count what it holds without reading it. It is written under a partial name,
 ``.<name>.tmp``, and renamed when whole.
@@ -15,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeGuard
 
+from correlation.ids import SHARD_VALUES
 from correlation.loki.buffer import PushEntry
+from correlation.schema import SHARD_LABEL
 
 SEGMENT_NAME = re.compile(r"(\d{12})-(\d+)\.json\.gz")
 PARTIAL_NAME = re.compile(r"\.\d{12}-\d+\.json\.gz\.tmp")
@@ -32,7 +38,7 @@ def partial_name(name: str) -> str:
 
 class UnreadableSegment(ValueError):
     """A segment that cannot be read back: the disk refuses it, or its bytes are not a push body
-    of one stream (torn, corrupt, or not written by a spool)."""
+    (torn, corrupt, or not written by a spool)."""
 
 
 @dataclass(frozen=True)
@@ -53,27 +59,39 @@ class Segment:
 
 
 def parse_push_body(body: object) -> tuple[dict[str, str], list[PushEntry]]:
-    """The labels and entries of a push body of one stream; ValueError if it has another shape."""
+    """The labels (``shard`` aside) and entries of a push body whose streams differ only by their
+    ``shard`` (each entry keeps its stream's); ValueError if it has another shape."""
     streams = body.get("streams") if isinstance(body, dict) else None
-    if not (isinstance(streams, list) and len(streams) == 1 and isinstance(streams[0], dict)):
-        raise ValueError('not {"streams": [one stream]}')
-    labels, values = streams[0].get("stream"), streams[0].get("values")
-    if not _strings(labels) or not isinstance(values, list) or not values:
-        raise ValueError("the stream has no labels or no values")
+    if not (isinstance(streams, list) and streams and all(isinstance(s, dict) for s in streams)):
+        raise ValueError('not {"streams": [stream, ...]}')
+    common: dict[str, str] | None = None
     entries = []
-    for n, value in enumerate(values):
-        if not (
-            isinstance(value, list)
-            and len(value) in (2, 3)
-            and isinstance(value[0], str)
-            and value[0].isascii()
-            and value[0].isdigit()
-            and isinstance(value[1], str)
-            and (len(value) == 2 or _strings(value[2]))
-        ):
-            raise ValueError(f'value {n} is not ["<unix ns>", "<line>", {{metadata}}]')
-        entries.append(PushEntry.encode(int(value[0]), value[1], value[2] if len(value) == 3 else None))
-    return labels, entries
+    for stream in streams:
+        labels, values = stream.get("stream"), stream.get("values")
+        if not _strings(labels) or not isinstance(values, list) or not values:
+            raise ValueError("a stream has no labels or no values")
+        labels = dict(labels)
+        shard = labels.pop(SHARD_LABEL, "")
+        if shard and (len(shard) != 1 or shard not in SHARD_VALUES):
+            raise ValueError(f"shard {shard[:20]!r} is not one of {SHARD_VALUES!r}")
+        if common is None:
+            common = labels
+        elif labels != common:
+            raise ValueError("the streams' labels differ by more than their shard")
+        for n, value in enumerate(values):
+            if not (
+                isinstance(value, list)
+                and len(value) in (2, 3)
+                and isinstance(value[0], str)
+                and value[0].isascii()
+                and value[0].isdigit()
+                and isinstance(value[1], str)
+                and (len(value) == 2 or _strings(value[2]))
+            ):
+                raise ValueError(f'value {n} is not ["<unix ns>", "<line>", {{metadata}}]')
+            entries.append(PushEntry.encode(int(value[0]), value[1], value[2] if len(value) == 3 else None, shard))
+    assert common is not None
+    return common, entries
 
 
 def _strings(value: object) -> TypeGuard[dict[str, str]]:

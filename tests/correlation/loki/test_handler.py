@@ -12,6 +12,7 @@ import time
 import pytest
 
 from correlation import context
+from correlation.ids import shard_of
 from correlation.loki.handler import TRUNCATION_MARK, LokiHandler
 from correlation.loki.sender import Sender
 from correlation.settings import LokiSettings
@@ -32,7 +33,8 @@ def test_lines_arrive_with_fixed_labels_metadata_and_record_time(loki_sink: Fake
     logger.handle(old)
     entries = loki_sink.wait_for(lambda e: len(e) == 2)
     first, second = sorted(entries, key=lambda e: e.line)[::-1]
-    assert first.labels == LABELS and second.labels == LABELS
+    assert first.labels == {**LABELS, "shard": shard_of(hop.correlation_id)}, "a line of a request: its shard"
+    assert second.labels == LABELS, "a line outside a request: no shard label"
     assert first.metadata == {"correlation_id": hop.correlation_id, "request_id": hop.request_id, "level": "warning"}
     assert first.json["message"] == "hello world"
     assert second.metadata == {"level": "info"}, "no empty metadata values outside a request"

@@ -15,8 +15,10 @@ import pytest
 import requests
 
 from correlation import context
-from correlation.ids import new_correlation_id
+from correlation.ids import new_correlation_id, shard_of
+from correlation.loki.buffer import PushEntry
 from correlation.loki.handler import LokiHandler
+from correlation.loki.push import CONTENT_HEADERS, push_body
 from correlation.settings import LokiSettings
 from trail.logql import trail_query
 from trail.loki_query import LokiQueryClient
@@ -213,3 +215,40 @@ def test_every_line_of_a_three_worker_service_reaches_loki_and_trail_finds_each_
         [hop] = document["hops"]
         assert (hop["service"], hop["status"]) == (service, 200)
         assert any(f"served by worker {pid}" in line["message"] for line in hop["lines"]), hop
+
+
+def test_a_trail_spanning_the_shard_label_is_found_whole() -> None:
+    """Lines pushed as before the shard label (one stream, no ``shard``) and lines shipped now
+    (the ID's shard's stream): Loki answers the trail query with both."""
+    settings = LokiSettings.from_env()
+    service = f"real-loki-shard-{os.getpid()}"
+    labels = {"service_name": service, "env": "test"}
+    hop = context.Hop.start(new_correlation_id())
+    start = time.time_ns() - NS
+    old = PushEntry.encode(start, json.dumps({"message": "before the label"}), {"correlation_id": hop.correlation_id})
+    pushed = requests.post(
+        settings.push_url,
+        data=push_body([old], labels),
+        headers={**CONTENT_HEADERS, **settings.auth_headers()},
+        auth=settings.basic_auth,
+        verify=settings.tls_verify,
+        timeout=10,
+    )
+    assert pushed.status_code == 204, pushed.text
+    handler = LokiHandler(LokiSettings(**{**settings.__dict__, "batch_max_wait_seconds": 0.1}), labels)
+    logger = logging.getLogger("test.real_loki.shard")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        with context.bound(hop):
+            logger.info("with the label")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    client = LokiQueryClient(settings)
+    entries = _wait_for(client, trail_query(hop.correlation_id), start, 2)
+    assert sorted(json.loads(e.line)["message"] for e in entries) == ["before the label", "with the label"]
+    shard = shard_of(hop.correlation_id)
+    labelled = _wait_for(client, f'{{service_name="{service}", shard="{shard}"}}', start, 1)
+    assert [json.loads(e.line)["message"] for e in labelled] == ["with the label"]

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from correlation.ids import shard_of
 from correlation.loki.buffer import PushEntry
 from correlation.loki.handler import LokiHandler
 from correlation.loki.push import push_body
+from correlation.loki.segment import Segment, UnreadableSegment
 from correlation.loki.sender import Sender
 from correlation.loki.spool import QUARANTINE, Spool
 from fakes import FakeLoki
@@ -393,3 +395,66 @@ def test_a_write_cut_short_by_a_full_disk_leaves_no_partial_file(tmp_path: Path)
     )
     result = json.loads(done.stdout)
     assert result == {"errno": errno.EFBIG, "files": [".lock", ".lokispool"], "pending": [0, 0]}
+
+
+# -- the shard label: segments of this version and of the previous one --------------------------
+
+
+def _one_stream_body(messages: list[str], cid: str) -> bytes:
+    """A segment as the version before the shard label wrote it: one stream, no ``shard``."""
+    values = [[str(T0 + n), json.dumps({"message": m}), {"correlation_id": cid}] for n, m in enumerate(messages)]
+    return gzip.compress(json.dumps({"streams": [{"stream": LABELS, "values": values}]}).encode())
+
+
+def test_a_segment_of_the_previous_version_and_a_multi_stream_one_both_replay(
+    loki_sink: FakeLoki, tmp_path: Path
+) -> None:
+    cids = ["0192f0c4e2a87abc8def012345678900", "0192f0c4e2a87abc8def0123456789a7", "foreign-id"]
+    sharded = [
+        PushEntry.encode(T0 + 10 + n, json.dumps({"message": f"new {n}"}), {"correlation_id": c}, shard_of(c))
+        for n, c in enumerate(cids)
+    ]
+    legacy = tmp_path / "p4243-x1y2z3_b"
+    legacy.mkdir()
+    (legacy / ".lock").touch()
+    (legacy / "000000000001-2.json.gz").write_bytes(_one_stream_body(["old 0", "old 1"], cids[0]))
+    (legacy / "000000000002-3.json.gz").write_bytes(push_body(sharded, LABELS))
+    spool = Spool(str(tmp_path), 10**6)
+    old_segment, new_segment = spool._segments  # noqa: SLF001 - the adopted segments, read as the sender reads them
+    assert [e.shard for e in old_segment.read()[1]] == ["", ""], "replayed as written: no shard"
+    assert new_segment.read() == (LABELS, sorted(sharded, key=lambda e: (e.shard, e.timestamp_ns)))
+    spool.close()
+
+    logger = logging.getLogger("test.spool.shards")
+    logger.propagate = False
+    handler = make_handler(loki_sink, tmp_path)
+    logger.addHandler(handler)
+    try:
+        logger.warning("after restart")
+        loki_sink.wait_for(lambda e: len(e) == 6)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    by_message = {e.json["message"]: e.labels for e in loki_sink.entries}
+    assert by_message["old 0"] == by_message["old 1"] == LABELS
+    assert [by_message[f"new {n}"] for n in range(3)] == [
+        {**LABELS, "shard": s} for s in ("0", "7", shard_of("foreign-id"))
+    ]
+    assert sum(handler.stats.snapshot().dropped.values()) == 0 and list(tmp_path.rglob("*.json.gz")) == []
+
+
+@pytest.mark.parametrize(
+    ("streams", "why"),
+    [
+        ([({**LABELS, "shard": "0"}, "a"), ({"service_name": "other", "env": "test", "shard": "1"}, "b")], "differ"),
+        ([({**LABELS, "shard": "17"}, "a")], "not one of"),
+    ],
+)
+def test_a_segment_whose_streams_are_not_one_shippers_shards_is_unreadable(
+    tmp_path: Path, streams: list[tuple[dict[str, str], str]], why: str
+) -> None:
+    body = {"streams": [{"stream": labels, "values": [[str(T0), line]]} for labels, line in streams]}
+    path = tmp_path / "000000000001-2.json.gz"
+    path.write_bytes(gzip.compress(json.dumps(body).encode()))
+    with pytest.raises(UnreadableSegment, match=why):
+        Segment(path, 2, path.stat().st_size).read()

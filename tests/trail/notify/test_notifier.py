@@ -184,7 +184,9 @@ def test_firing_alert_names_the_failed_hop_and_its_error(staged: tuple[FakeLoki,
     # The trail link opens the request the notification names, from the alert's Grafana.
     panes = json.loads(urllib.parse.parse_qs(urllib.parse.urlsplit(note["trail_url"]).query)["panes"][0])
     assert note["trail_url"].startswith(GRAFANA + "/explore?")
-    assert panes["trail"]["queries"][0]["expr"] == f'{{service_name=~".+"}} | correlation_id="{cid}"'
+    assert (
+        panes["trail"]["queries"][0]["expr"] == f'{{service_name=~".+", shard=~"{cid[-1]}|"}} | correlation_id="{cid}"'
+    )
     assert note["trail_page_url"] == f"http://trail-web.notify.test/t/{cid}"
     assert note["runbook_url"] == RUNBOOK and note["dashboard_url"].startswith(GRAFANA + "/d/service-overview/")
     assert note["text"].splitlines()[:5] == [
@@ -197,7 +199,7 @@ def test_firing_alert_names_the_failed_hop_and_its_error(staged: tuple[FakeLoki,
     # It searched the alerted service's failed access lines, then the request's trail.
     queries = [q.query for q in loki.queries]
     assert queries[0].startswith('{service_name="payments"} |= "correlation.access"')
-    assert queries[1] == f'{{service_name=~".+"}} | correlation_id="{cid}"'
+    assert queries[1] == f'{{service_name=~".+", shard=~"{cid[-1]}|"}} | correlation_id="{cid}"'
     # How much broke: the one failed request, which raised nothing the access line names.
     failures = note["failures"]
     assert (failures["state"], failures["failed"], failures["requests"], failures["share"]) == ("counted", 1, 1, 1.0)
@@ -456,7 +458,9 @@ def test_a_publish_failure_alert_names_the_newest_lost_task_of_its_service_and_t
     }
     assert note["trail_page_url"] == f"http://trail-web.notify.test/t/{cid}"
     panes = json.loads(urllib.parse.parse_qs(urllib.parse.urlsplit(note["trail_url"]).query)["panes"][0])
-    assert panes["trail"]["queries"][0]["expr"] == f'{{service_name=~".+"}} | correlation_id="{cid}"'
+    assert (
+        panes["trail"]["queries"][0]["expr"] == f'{{service_name=~".+", shard=~"{cid[-1]}|"}} | correlation_id="{cid}"'
+    )
     assert note["runbook_url"] == RUNBOOK and note["logs_url"].startswith(GRAFANA + "/explore?")
     text = note["text"].splitlines()
     assert re.fullmatch(r"Lost tasks: 3 not queued by orders in \S+ \.\. \S+", text[2]), text
