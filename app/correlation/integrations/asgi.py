@@ -38,6 +38,7 @@ the raw path, which would make the metric's series unbounded.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
@@ -171,13 +172,19 @@ class CorrelationMiddleware:
         kept.append(self._service_header)
         return kept
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _begin(self, scope: Scope) -> tuple[float, wire.Inbound, Hop, contextvars.Token[Hop | None]]:
+        """A connection's hop starts: when, what it was sent, the hop bound to this task (the
+        token resets it), refused values logged and counted."""
         started = time.perf_counter()
         inbound = self.inbound(scope)
         hop = inbound.hop
         token = context.bind(hop)
         if inbound.rejections:
             log_refused(_log, self.service, inbound.rejections, hop, before="inbound ")
+        return started, inbound, hop, token
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started, inbound, hop, token = self._begin(scope)
         path = scope.get("path", "")
         quiet = path in self.quiet_paths
         app = self._serve_metrics if path == self.metrics_path else self.app
@@ -267,12 +274,7 @@ class CorrelationMiddleware:
             pass
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        inbound = self.inbound(scope)
-        hop = inbound.hop
-        token = context.bind(hop)
-        if inbound.rejections:
-            log_refused(_log, self.service, inbound.rejections, hop, before="inbound ")
+        started, inbound, hop, token = self._begin(scope)
         status = 0
 
         async def echoing_send(message: Message) -> None:
