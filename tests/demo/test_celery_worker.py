@@ -174,9 +174,18 @@ def test_checkout_reaches_the_worker_with_the_right_parent(
     cid = stack.checkout()
     (run,) = wait_runs(sink, 1, {schema.CORRELATION_ID: cid})
     lookup = "/reservations/{reservation_id}"  # inventory is FastAPI: its template syntax
-    sink.wait_for(
-        lambda es: any(e.json.get(schema.ROUTE) == lookup for e in es if e.json.get(schema.CORRELATION_ID) == cid)
-    )
+    # Each service ships its own batches: wait for both access lines, not only the later one.
+    wanted = {("inventory", lookup), ("orders", "/orders")}
+
+    def both_arrived(entries: list[Any]) -> bool:
+        seen = {
+            (e.json.get(schema.SERVICE), e.json.get(schema.ROUTE))
+            for e in entries
+            if e.json.get(schema.CORRELATION_ID) == cid and e.json.get(schema.LOGGER) == schema.ACCESS_LOGGER
+        }
+        return wanted <= seen
+
+    sink.wait_for(both_arrived)
     lines = lines_of(sink, cid)
     orders, inventory = access(lines, "orders"), access(lines, "inventory", lookup)
     assert run[schema.PARENT_REQUEST_ID] == orders[schema.REQUEST_ID], "the publishing hop is the task's parent"
