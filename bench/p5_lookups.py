@@ -1,10 +1,12 @@
 """The ways of looking one request up that the P5 scale benchmark times side by side (issue 26).
 
-In process, on the library's client: today's single query over the 40 s window; the lookup as it
-is now (the ID's own seconds first, :func:`trail.lookup.lookup_trail`); the same seconds split into
-time slices or one query per service, run in parallel; and the bounded ``shard`` stream label.
-Out of process: ``trail --json <id>`` and trail-web's ``/t/<id>?format=json``, of this tree and of
-the code before issue 26 (a ``git archive`` of ``BASELINE_REF``), as a user runs them.
+In process, on the library's client: today's single query over the 40 s window, on lines without
+the ``shard`` label (the code before issue 26); the lookup as every reader runs it now
+(:func:`trail.lookup.lookup_trail`: the ID's own seconds first, its shard's streams), on lines the
+shipper writes now and on lines written before; the same seconds split into time slices or one
+query per service, run in parallel. Out of process: ``trail --json <id>`` and trail-web's
+``/t/<id>?format=json``, of this tree and of the code before issue 26 (a ``git archive`` of
+``BASELINE_REF``), as a user runs them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.p5_traffic import SERVICES, shard_of
+from bench.p5_traffic import SERVICES
 
 NS = 1_000_000_000
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -31,14 +33,12 @@ BASELINE_REF = os.environ.get("BENCH_P5_BASELINE", "62aa878")
 Found = tuple[int, bool]
 
 
-def trail_query_with_shard(correlation_id: str) -> str:
-    """The trail query restricted to the ID's shard, and to streams without the label (old lines):
-    ``shard=~"7|"`` matches both, since a missing label reads as the empty value."""
+def today_query(correlation_id: str) -> str:
+    """The trail query before issue 26: every stream of every service (no shard selector)."""
     from correlation import schema
     from trail.logql import check_correlation_id
 
-    cid = check_correlation_id(correlation_id)
-    return f'{{{schema.SERVICE_LABEL}=~".+", shard=~"{shard_of(cid)}|"}} | {schema.CORRELATION_ID}="{cid}"'
+    return f'{{{schema.SERVICE_LABEL}=~".+"}} | {schema.CORRELATION_ID}="{check_correlation_id(correlation_id)}"'
 
 
 class Lookups:
@@ -67,20 +67,31 @@ class Lookups:
         entries.sort(key=lambda e: e.ts_ns)
         return len(entries), trail_from_entries(cid, entries).complete
 
+    def _window(self, cid: str, query: str, narrow: bool) -> Found:
+        """``query`` over the ID's 40 s window (``narrow``) or its own first seconds."""
+        from trail.window import first_window, id_window
+
+        window = id_window(cid) if narrow else first_window(cid)
+        assert window is not None
+        return self._found(cid, self.client().query_all(query, window.start_ns, window.end_ns))
+
     def today(self, cid: str) -> Found:
-        """One query over today's window, [t - 5 s, t + 35 s]."""
-        from trail.lookup import lookup_trail
-        from trail.window import id_window
+        """One query over today's window, [t - 5 s, t + 35 s], every stream (before issue 26)."""
+        return self._window(cid, today_query(cid), narrow=True)
 
-        found = lookup_trail(self.client(), cid, id_window(cid))
-        return len(found.entries), found.trail.complete
-
-    def first_seconds(self, cid: str) -> Found:
-        """The lookup every reader runs now (the ID's own seconds first, widened only if incomplete)."""
+    def now(self, cid: str) -> Found:
+        """The lookup every reader runs now: the ID's own seconds first (widened only if the trail
+        looks incomplete), the ID's shard's streams and the streams without the label."""
         from trail.lookup import lookup_trail
 
         found = lookup_trail(self.client(), cid)
         return len(found.entries), found.trail.complete
+
+    def shard_40s(self, cid: str) -> Found:
+        """Today's 40 s window with the shard selector: what the label gives alone."""
+        from trail.logql import trail_query
+
+        return self._window(cid, trail_query(cid), narrow=True)
 
     def _parallel(self, cid: str, queries: list[tuple[str, int, int]]) -> Found:
         def run(job: tuple[str, int, int]) -> list[Any]:
@@ -92,14 +103,13 @@ class Lookups:
 
     def time_slices(self, cid: str, slices: int = 3) -> Found:
         """The ID's own seconds in ``slices`` time slices, queried in parallel."""
-        from trail.logql import trail_query
         from trail.window import first_window
 
         window = first_window(cid)
         assert window is not None
         step = (window.end_ns - window.start_ns) // slices
         bounds = [window.start_ns + i * step for i in range(slices)] + [window.end_ns]
-        query = trail_query(cid)
+        query = today_query(cid)
         return self._parallel(cid, [(query, bounds[i], bounds[i + 1]) for i in range(slices)])
 
     def per_service(self, cid: str) -> Found:
@@ -111,46 +121,19 @@ class Lookups:
         jobs = [(f'{{service_name="{s}"}} | correlation_id="{cid}"', window.start_ns, window.end_ns) for s in SERVICES]
         return self._parallel(cid, jobs)
 
-    def shard_first_seconds(self, cid: str) -> Found:
-        """The ID's own seconds, only its shard's streams (and unlabelled ones)."""
-        from trail.window import first_window
-
-        window = first_window(cid)
-        assert window is not None
-        return self._found(cid, self.client().query_all(trail_query_with_shard(cid), window.start_ns, window.end_ns))
-
-    def shard_today(self, cid: str) -> Found:
-        """Today's 40 s window, only the ID's shard's streams (and unlabelled ones)."""
-        from trail.window import id_window
-
-        window = id_window(cid)
-        assert window is not None
-        return self._found(cid, self.client().query_all(trail_query_with_shard(cid), window.start_ns, window.end_ns))
-
-    def shard_query_over_old_lines(self, cid: str) -> Found:
-        """The shard-label query on a Loki whose lines have no such label (written before it):
-        ``shard=~"N|"`` must still find them all."""
-        return self.shard_first_seconds(cid)
-
-    def work(self, cid: str) -> dict[str, dict[str, float]]:
-        """What Loki did for one ID, from its own query statistics: lines read and execution ms, for
-        today's 40 s window, the ID's own 3 s, and those seconds with the shard label."""
+    def work(self, cid: str, asked: dict[str, tuple[str, bool]]) -> dict[str, dict[str, float]]:
+        """What Loki did for one ID, from its own query statistics (lines read, execution ms), for
+        each named (query, over the 40 s window rather than the ID's own seconds)."""
         import json
         import urllib.parse
         import urllib.request
 
-        from trail.logql import trail_query
         from trail.window import first_window, id_window
 
-        narrow, first = id_window(cid), first_window(cid)
-        assert narrow is not None and first is not None
-        asked = {
-            "today: 40 s window": (trail_query(cid), narrow),
-            "now: the ID's own 3 s": (trail_query(cid), first),
-            "shard label: 3 s": (trail_query_with_shard(cid), first),
-        }
         out = {}
-        for name, (query, window) in asked.items():
+        for name, (query, narrow) in asked.items():
+            window = id_window(cid) if narrow else first_window(cid)
+            assert window is not None
             params = {"query": query, "start": window.start_ns, "end": window.end_ns, "limit": 1000}
             url = f"{self.settings.url}/loki/api/v1/query_range?{urllib.parse.urlencode(params)}"
             with urllib.request.urlopen(url, timeout=120) as answer:
@@ -182,17 +165,38 @@ def baseline_tree() -> Iterator[Path | None]:
         yield Path(directory) / "app"
 
 
-def cli_runner(loki_url: str, app_dir: Path | None) -> Callable[[str], Found]:
-    """``python -m trail --json <id>``: this tree's (``app_dir`` None) or another's, timed whole."""
+@contextmanager
+def installed_python() -> Iterator[Path]:
+    """An interpreter that sees the packages as a regular ``pip install`` leaves them, as the
+    image's ``pip install`` does: a bare venv whose one ``.pth`` line puts this venv's
+    site-packages on ``sys.path`` (a path in a ``.pth`` file is added without running the ``.pth``
+    files in it). This venv's editable install of the library runs a finder at every start (~30 ms
+    of CPU here) that an installed package does not: it would be counted against both CLIs."""
+    import sysconfig
+    import venv
+
+    with tempfile.TemporaryDirectory(prefix="p5-python-") as directory:
+        venv.EnvBuilder(with_pip=False).create(directory)
+        bare = Path(directory) / "bin" / "python"
+        purelib = subprocess.run(
+            [str(bare), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        (Path(purelib) / "p5-packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+        yield bare
+
+
+def cli_runner(loki_url: str, app_dir: Path, python: Path) -> Callable[[str], Found]:
+    """``trail --json <id>``, the code in ``app_dir`` as installed (``python``), timed whole."""
     import json
 
-    env = {**os.environ, "LOKI_URL": loki_url}
-    if app_dir is not None:
-        env["PYTHONPATH"] = str(app_dir)  # before the editable install's finder on sys.path
+    env = {**os.environ, "LOKI_URL": loki_url, "PYTHONPATH": str(app_dir)}
 
     def run(cid: str) -> Found:
         done = subprocess.run(
-            [sys.executable, "-m", "trail", "--json", cid],
+            [str(python), "-m", "trail", "--json", cid],
             capture_output=True,
             env=env,
             timeout=120,

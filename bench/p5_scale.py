@@ -2,8 +2,8 @@
 
 For each density (``BENCH_P5_DENSITIES`` lines per minute, default 10k, 500k, 1.5M) two fresh
 single-binary Lokis (``LOKI_BIN``, loki/loki.yaml on free loopback ports) get 60 s of line time of
-synthetic chain traffic (bench/p5_traffic.py): one with exactly the library's stream labels, one
-with a bounded ``shard`` label besides (16 values from the ID). The push runs niced, and its cost
+synthetic chain traffic (bench/p5_traffic.py): one as the shipper writes now (with the bounded
+``shard`` label, 16 values from the ID), one as it wrote before issue 26 (without it). The push runs niced, and its cost
 to Loki (CPU, memory, streams, chunks) is printed for both. Then, with both running, three IDs from
 the middle of the span are looked up ``BENCH_P5_REPEATS`` times each, every variant in turn
 (bench/p5_lookups.py): the library's lookups, ``trail --json <id>`` and trail-web's JSON page, of
@@ -36,6 +36,12 @@ FRACTIONS = (0.4, 0.5, 0.6)
 #: Goals of issue 26, ms: (lines a minute, what, limit).
 GOALS = ((1_500_000, "page", 150.0), (500_000, "page", 50.0), (1_500_000, "cli", 300.0), (10_000, "cli", 150.0))
 NICE = 10
+#: The variants the goals compare: the code before issue 26 on lines without the label, and this
+#: tree on lines as its shipper writes them (with the ``shard`` label).
+TODAY = "today: one query, 40 s window, every stream"
+NOW = "now: lookup_trail, the ID's 3 s and shard"
+PAGE_TODAY, PAGE_NOW = "page today: /t/<id>?format=json", "page now: /t/<id>?format=json"
+CLI_TODAY, CLI_NOW = "cli today: trail --json <id>", "cli now: trail --json <id>"
 
 
 def _push_niced(url: str, span: Any, sharded: bool, answer: Any) -> None:
@@ -121,40 +127,50 @@ def run() -> None:
         print("skipped: set LOKI_BIN to a Loki 3.7 binary (each density starts two of its own)")
         print(f"  ({self_check()})\n", flush=True)
         return
-    from bench.p5_lookups import Lookups, baseline_tree, cli_runner, page_runner, trail_web
+    from bench.p5_lookups import (
+        REPOSITORY,
+        Lookups,
+        baseline_tree,
+        cli_runner,
+        installed_python,
+        page_runner,
+        today_query,
+        trail_web,
+    )
     from bench.p5_traffic import ids_at
+    from trail.logql import trail_query
 
     summary: dict[int, dict[str, float]] = {}
     root = Path(tempfile.mkdtemp(prefix="p5scale-"))
     try:
-        with baseline_tree() as baseline:
+        with baseline_tree() as baseline, installed_python() as python:
             for density in DENSITIES:
                 with two_lokis(binary, root, density) as (span, plain, sharded, costs):
                     print_ingestion(density, costs)
                     ids = [cid for cid, _ in ids_at(span, FRACTIONS)]
                     on_plain, on_shard = Lookups(plain.url), Lookups(sharded.url)
                     runs: dict[str, Callable[[str], tuple[int, bool]]] = {
-                        "today: one query, 40 s window": on_plain.today,
-                        "now: the ID's own 3 s first": on_plain.first_seconds,
-                        "3 s in 3 time slices, parallel": on_plain.time_slices,
-                        "3 s, one query per service, parallel": on_plain.per_service,
-                        "shard label: 3 s, the ID's shard": on_shard.shard_first_seconds,
-                        "shard label: 40 s, the ID's shard": on_shard.shard_today,
-                        "shard-label query, lines without the label": on_plain.shard_query_over_old_lines,
-                        "(not a lookup) errors of a service, 10 min, plain": on_plain.by_service,
+                        TODAY: on_plain.today,
+                        NOW: on_shard.now,
+                        "now, on lines without the label (written before)": on_plain.now,
+                        "3 s in 3 time slices, parallel, no label": on_plain.time_slices,
+                        "3 s, one query per service, parallel, no label": on_plain.per_service,
+                        "shard label alone: 40 s window": on_shard.shard_40s,
+                        "(not a lookup) errors of a service, 10 min, no label": on_plain.by_service,
                         "(not a lookup) the same, shard label": on_shard.by_service,
                     }
                     with ExitStack() as servers:
-                        pages = {"page now": servers.enter_context(trail_web(plain.url, None))}
                         if baseline is not None:
-                            pages["page today"] = servers.enter_context(trail_web(plain.url, baseline))
-                        for name, base in sorted(pages.items(), reverse=True):
-                            runs[f"{name}: /t/<id>?format=json"] = page_runner(base)
+                            today_page = servers.enter_context(trail_web(plain.url, baseline))
+                            runs[PAGE_TODAY] = page_runner(today_page)
+                        runs[PAGE_NOW] = page_runner(servers.enter_context(trail_web(sharded.url, None)))
                         if baseline is not None:
-                            runs["cli today: trail --json <id>"] = cli_runner(plain.url, baseline)
-                        runs["cli now: trail --json <id>"] = cli_runner(plain.url, None)
+                            runs[CLI_TODAY] = cli_runner(plain.url, baseline, python)
+                        runs[CLI_NOW] = cli_runner(sharded.url, REPOSITORY / "app", python)
                         results = timed(runs, ids)
-                    work = {**on_plain.work(ids[1]), **{k: v for k, v in on_shard.work(ids[1]).items() if "shard" in k}}
+                    work = on_plain.work(ids[1], {"today: 40 s, every stream": (today_query(ids[1]), True)})
+                    work |= on_plain.work(ids[1], {"now, lines without the label: 3 s": (trail_query(ids[1]), False)})
+                    work |= on_shard.work(ids[1], {"now: 3 s, the ID's shard": (trail_query(ids[1]), False)})
                     on_plain.close()
                     on_shard.close()
                 print_lookups(density, results)
@@ -223,28 +239,11 @@ def print_summary(summary: dict[int, dict[str, float]]) -> None:
         if density not in summary:
             continue
         figures = summary[density]
-        now_name = "page now: /t/<id>?format=json" if what == "page" else "cli now: trail --json <id>"
-        today_name = "page today: /t/<id>?format=json" if what == "page" else "cli today: trail --json <id>"
-        now = figures[now_name]
-        checks.append(
-            (
-                f"{what} at {density:,}/min, ms (vs today)",
-                now,
-                figures.get(today_name),
-                f"< {limit:.0f} ms",
-                now < limit,
-            )
-        )
-        shard = figures["shard label: 3 s, the ID's shard"]
-        checks.append(
-            (
-                f"  shard label, library lookup at {density:,}/min (vs now)",
-                shard,
-                figures["now: the ID's own 3 s first"],
-                "(option 1)",
-                None,
-            )
-        )
+        now_name, today_name = (PAGE_NOW, PAGE_TODAY) if what == "page" else (CLI_NOW, CLI_TODAY)
+        now, today = figures[now_name], figures.get(today_name)
+        checks.append((f"{what} at {density:,}/min, ms (vs today)", now, today, f"< {limit:.0f} ms", now < limit))
+    for density, figures in summary.items():
+        checks.append((f"  library lookup at {density:,}/min (vs today)", figures[NOW], figures[TODAY], "", None))
     targets_table(f"{TITLE}: goals (issue 26)", checks)
 
 
@@ -253,9 +252,11 @@ def self_check() -> str:
     import gzip
     import json
 
-    from bench.p5_lookups import trail_query_with_shard
-    from bench.p5_traffic import Span, bodies, ids_at, shard_of
+    from bench.p5_lookups import today_query
+    from bench.p5_traffic import Span, bodies, ids_at
+    from correlation.ids import shard_of
     from fakes import validate_push
+    from trail.logql import trail_query
 
     span = Span(6000, time.time_ns() - 70 * NS)
     entries = [e for body in bodies(span, sharded=True) for e in validate_push(json.loads(gzip.decompress(body)))]
@@ -263,6 +264,6 @@ def self_check() -> str:
     (cid, _), *_ = ids_at(span, FRACTIONS)
     mine = [e for e in entries if e.metadata["correlation_id"] == cid]
     assert len(mine) == 5 and {e.labels["shard"] for e in mine} == {shard_of(cid)}
-    assert f'shard=~"{shard_of(cid)}|"' in trail_query_with_shard(cid)
+    assert f'shard=~"{shard_of(cid)}|"' in trail_query(cid) and "shard" not in today_query(cid)
     shards = {e.labels["shard"] for e in entries}
     return f"helpers self-check ok: 6,000 lines valid for Loki, {len(shards)} shard values, the IDs found"

@@ -1,7 +1,8 @@
 """Synthetic chain traffic for the P5 scale benchmark: 5 services, one JSON access line per hop,
-pushed into a real Loki with exactly the library's stream labels (``service_name``, ``env``) and
-structured metadata (``correlation_id``, ``request_id``, ``level``), optionally with a bounded
-``shard`` stream label (issue 26, option 1).
+pushed into a real Loki with exactly the library's stream labels and structured metadata
+(``correlation_id``, ``request_id``, ``level``): with the ``shard`` stream label as the shipper
+writes it (:func:`correlation.ids.shard_of`), or without it, as the shipper wrote lines before
+issue 26.
 
 Each request is a checkout: gateway -> orders -> payments, inventory, notifications, five access
 lines within 10 ms, the ID a UUIDv7 of the request's own millisecond (reproducible random bits,
@@ -13,7 +14,6 @@ from __future__ import annotations
 import gzip
 import random
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 
 from bench.trail_lookup import seeded_correlation_id
+from correlation import schema
+from correlation.ids import shard_of
 
 NS = 1_000_000_000
 MS = 1_000_000
@@ -38,14 +40,6 @@ PARENT = {"gateway": None, "orders": "gateway", "payments": "orders", "inventory
 LINES_PER_REQUEST = len(HOPS)
 ENV = "bench-p5"
 BATCH_BYTES = 1024 * 1024
-#: Values of the bounded shard label in the ``shard`` variant.
-SHARDS = 16
-
-
-def shard_of(correlation_id: str) -> str:
-    """The shard of an ID: its CRC-32 modulo SHARDS, as text. Any string has one, so foreign IDs
-    shard as ours do; 16 values are not the ID (the label stays bounded)."""
-    return str(zlib.crc32(correlation_id.encode()) % SHARDS)
 
 
 @dataclass(frozen=True)
@@ -135,9 +129,9 @@ def bodies(span: Span, *, sharded: bool, seed: int = 7) -> Iterator[bytes]:
 def _body(values: dict[tuple[str, str], list[bytes]]) -> bytes:
     streams = []
     for (service, shard), entries in values.items():
-        labels: dict[str, Any] = {"service_name": service, "env": ENV}
+        labels: dict[str, Any] = {schema.SERVICE_LABEL: service, schema.ENV_LABEL: ENV}
         if shard:
-            labels["shard"] = shard
+            labels[schema.SHARD_LABEL] = shard
         streams.append(b'{"stream":' + orjson.dumps(labels) + b',"values":[' + b",".join(entries) + b"]}")
     return gzip.compress(b'{"streams":[' + b",".join(streams) + b"]}", compresslevel=1)
 
