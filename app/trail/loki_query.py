@@ -45,6 +45,14 @@ class LokiQueryError(Exception):
         where = f"{url} answered {status}" if status is not None else url
         super().__init__(f"{where}: {message}")
 
+    def headline(self, timeout_seconds: float) -> str:
+        """What went wrong, in a page's title: an error answered, no answer in time, or no Loki."""
+        if self.status is not None:
+            return f"Loki answered an error (HTTP {self.status})"
+        if "budget" in self.message or "timed out" in self.message.lower():
+            return f"Loki did not answer within LOKI_TIMEOUT_SECONDS ({timeout_seconds:g} s)"
+        return "Loki could not be reached"
+
 
 @dataclass(frozen=True)
 class QueriedEntry:
