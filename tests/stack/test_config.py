@@ -64,6 +64,7 @@ def test_compose_has_every_service_and_no_version_key(compose: dict) -> None:
     assert "version" not in compose, "the version key is obsolete in the Compose spec"
     assert set(compose["services"]) == set(APP_SERVICES) | {
         "stack-secrets",
+        "grafana-dashboards",
         "loadgen",
         "alert-receiver",
         "trail-web",
@@ -120,7 +121,7 @@ def test_dependencies_wait_for_health(compose: dict) -> None:
         deps = svc.get("depends_on", {})
         assert isinstance(deps, dict), f"{name}: use the long form with conditions"
         for dep, cond in deps.items():
-            if dep == "stack-secrets":  # a one-shot: done is ready
+            if dep in ("stack-secrets", "grafana-dashboards"):  # one-shots: done is ready
                 assert cond == {"condition": "service_completed_successfully"}, name
                 continue
             assert cond == {"condition": "service_healthy"}, (name, dep)
@@ -158,9 +159,14 @@ def test_grafana_settings(compose: dict) -> None:
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     assert env["GF_SERVER_ROOT_URL"] == "${GRAFANA_URL:-http://localhost:3000}"
     home = env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
-    mounts = {dst: src for src, dst, *_ in (v.split(":") for v in grafana["volumes"]) if src.startswith("./")}
+    # Grafana reads the dashboards grafana-dashboards wrote (grafana/dashboards, with TRAIL_WEB_URL).
+    step = compose["services"]["grafana-dashboards"]
+    source, target = step["command"][3:]
+    mounts = {dst: src for src, dst, *_ in (v.split(":") for v in step["volumes"])}
+    written = {dst: src for src, dst, *_ in (v.split("#")[0].strip().split(":") for v in grafana["volumes"])}
     container_dir, name = home.rsplit("/", 1)
-    assert (REPO / mounts[container_dir] / name).is_file(), "home dashboard path must be a mounted file"
+    assert written[container_dir] == mounts[target], "Grafana must read what the one-shot wrote"
+    assert (REPO / mounts[source] / name).is_file(), "the home dashboard must be in grafana/dashboards"
     provider = load_yaml("grafana/provisioning/dashboards/dashboards.yml")["providers"][0]
     assert provider["options"]["path"] == container_dir
 

@@ -35,14 +35,16 @@ class TrailWebSettings:
             raise ConfigError("LOKI_URL is not set: the trail pages read Loki (e.g. LOKI_URL=http://localhost:3100)")
         return cls(
             loki,
-            _base_url(env, "GRAFANA_URL", DEFAULT_GRAFANA_URL),
-            _base_url(env, "TRAIL_WEB_URL", DEFAULT_TRAIL_WEB_URL),
+            base_url_from_env(env, "GRAFANA_URL", DEFAULT_GRAFANA_URL),
+            base_url_from_env(env, "TRAIL_WEB_URL", DEFAULT_TRAIL_WEB_URL),
             max_window_from_env(env),
             max_lines_from_env(env),
         )
 
 
-def _base_url(env: Mapping[str, str], name: str, default: str) -> str:
+def base_url_from_env(env: Mapping[str, str], name: str, default: str) -> str:
+    """The address in ``env[name]`` (``default`` when unset or empty), without a trailing slash;
+    :class:`ConfigError` naming the variable when it is not ``http(s)://host[:port][/path]``."""
     value = env.get(name, "").strip() or default
     if not _BASE_URL.fullmatch(value):
         raise ConfigError(f"{name}={value!r} is not valid: expected http(s)://host[:port][/path]")
