@@ -313,9 +313,13 @@ def test_the_restart_pause_is_back_at_its_minimum_once_a_batch_is_delivered_agai
     monkeypatch.setattr(ship.sender, "_pause", _recording(ship.sender._pause, pauses))  # noqa: SLF001
     push = ship.sender._push  # noqa: SLF001 - the fault put where the sender holds a batch
     monkeypatch.setattr(ship.sender, "_push", _fail_on(push, RuntimeError("an isolated fault"), {1, 2, 3, 5}))
-    for n in range(3):  # one batch a fault
+
+    def fault(n: int) -> None:  # one batch, one fault
         ship.send(1, first=n)
-        wait_until(lambda n=n: len(pauses) == n + 1, 5, f"restart {n + 1} paused")
+        wait_until(lambda: len(pauses) == n + 1, 5, f"restart {n + 1} paused")
+
+    for n in range(3):
+        fault(n)
     delivered = ship.send(1, first=3)
     wait_until(lambda: ship.stats.snapshot().sent_lines == 1, 5, "a batch delivered between the faults")
     ship.send(1, first=4)
