@@ -3,6 +3,10 @@
 ``emit`` formats the record and appends it to a memory-bounded buffer: no I/O, no waiting on
 Loki. A background thread (:mod:`correlation.loki.sender`) batches and pushes. ``close`` (run by
 ``logging.shutdown`` at exit, e.g. when gunicorn stops a worker) flushes with a bounded wait.
+
+Neither ``flush`` nor ``close`` waits for the sender while the calling thread holds ``logging``'s
+module lock, as a reconfiguration does while it closes the handlers it replaces: the sender may
+need that lock to push (see :meth:`LokiHandler.close_within`).
 """
 
 from __future__ import annotations
@@ -60,6 +64,14 @@ def _mark_exiting() -> None:
 
 
 atexit.register(_mark_exiting)
+
+
+def _holding_logging_lock() -> bool:
+    """Whether this thread holds ``logging``'s module lock: ``dictConfig``, ``fileConfig`` and
+    ``basicConfig(force=True)`` hold it while they flush and close the handlers they replace."""
+    lock = getattr(logging, "_lock", None)  # not in typeshed; an RLock in CPython 3.11 to 3.13
+    is_owned = getattr(lock, "_is_owned", None)  # CPython's RLock, the C one and the Python one
+    return bool(is_owned is not None and is_owned())
 
 
 def _ending_logging() -> bool:
@@ -189,11 +201,14 @@ class LokiHandler(LineHandler, made_lines=True):
         """Send everything buffered now; wait up to ``timeout`` (default: the flush timeout)
         until nothing waits in memory (with a spool, lines may still wait on disk)."""
         if self.sender.thread is not None:
+            if _holding_logging_lock():
+                timeout = 0  # asks the sender to send now, without waiting for it: see close_within
             self.buffer.join(self.settings.flush_timeout_seconds if timeout is None else timeout)
 
     def close(self) -> None:
         """Flush within ``flush_timeout_seconds``; what is still buffered then is counted as dropped
-        (with a spool, it stays on disk for the next process)."""
+        (with a spool, it stays on disk for the next process). Under a reconfiguration the flush
+        goes on after ``close`` returns (see :meth:`close_within`)."""
         if getattr(self, "_installed_by_correlation", False) and not _ending_logging():
             print(
                 "correlation: the Loki handler installed by setup_logging was closed by a logging "
@@ -204,15 +219,45 @@ class LokiHandler(LineHandler, made_lines=True):
         self.close_within(self.settings.flush_timeout_seconds)
 
     def close_within(self, seconds: float) -> None:
-        """:meth:`close`, waiting at most ``seconds`` (a worker being killed has about one)."""
-        if self.sender.thread is not None or self.buffer.buffered[0]:
-            self.sender.ensure_started()
-            if not self.sender.stop(seconds):
-                left = self.buffer.drain()
-                if left:
-                    self.stats.drop("shutdown", left)
-        collector.unregister(self)
+        """:meth:`close`, waiting at most ``seconds`` (a worker being killed has about one).
+
+        Called by a thread that holds ``logging``'s module lock (a reconfiguration replacing this
+        handler), it does not wait: a thread of its own, ``loki-close``, does the waiting part,
+        and ``close`` returns at once. Waiting there would stall the reconfiguration for the
+        whole timeout, and the lines with it: the sender thread may need that same lock to push.
+        ``logging`` takes it whenever a logger's cached level is missing (any ``setLevel`` clears
+        every logger's cache, and urllib3 asks whether its debug lines are on for every push), a
+        logger is made, or a module that makes one is imported. Making the sender avoid it
+        cannot be kept up (the next ``setLevel`` clears what it warmed, and the HTTP stack's
+        logging is not ours), so the rule is on the waiting side. ``loki-close`` is not a daemon
+        thread: the interpreter waits for it at exit, as it would have for the close itself. It
+        counts what is left and stops reporting the handler's metrics once it is done, as the
+        close does. Neither it nor the sender ever logs: their trouble goes to stderr.
+        """
+        if self.sender.thread is None and not self.buffer.buffered[0]:
+            collector.unregister(self)
+        elif not (_holding_logging_lock() and self._hand_over(seconds)):
+            self._ship_and_stop(seconds)
         super().close()
+
+    def _hand_over(self, seconds: float) -> bool:
+        """Run :meth:`_ship_and_stop` in a thread of its own; False if none can be started."""
+        # daemon=False said, not inherited: a reconfiguration run by a daemon thread would pass it on.
+        closer = threading.Thread(target=self._ship_and_stop, args=(seconds,), name="loki-close", daemon=False)
+        try:
+            closer.start()
+        except RuntimeError:  # the interpreter is finishing (an atexit hook reconfiguring): wait here
+            return False
+        return True
+
+    def _ship_and_stop(self, seconds: float) -> None:
+        """Deliver what is buffered within ``seconds``, count what is not, stop reporting."""
+        self.sender.ensure_started()
+        if not self.sender.stop(seconds):
+            left = self.buffer.drain()
+            if left:
+                self.stats.drop("shutdown", left)
+        collector.unregister(self)
 
     def buffered(self) -> tuple[int, int]:
         """(lines, bytes) waiting in memory."""

@@ -16,7 +16,14 @@ to the spool's quarantine and counted (``spool_corrupt``), never deleted.
 
 The thread does not die on an unexpected error (a bug, a reader failing on a segment): the
 lines it held are counted (``sender_error``), the error goes to stderr, the restart is counted
-(``loki_shipper_sender_restarts_total``), and shipping goes on. All of it happens on the thread:
+(``loki_shipper_sender_restarts_total``), and shipping goes on after a pause that doubles while
+the errors come one after another.
+
+Every backoff starts again from ``backoff_min_seconds`` once shipping has worked again, that is
+once Loki has given a push its final answer (accepted it, or refused it for good): a batch from
+memory or a segment replayed from the spool. A long-lived process meets each isolated fault or
+outage with the short pause, not the longest one an earlier episode grew. (A batch's own retries
+start from the minimum anyway: their delay is the batch's.) All of it happens on the thread:
 nothing is added to ``emit``.
 
 The sender never logs through :mod:`logging`: its own trouble goes to stderr, rate-limited, so it
@@ -73,6 +80,7 @@ class Sender:
         self._replaying: Segment | None = None
         self._finished = False  # the thread ended its work (not on an error)
         self._replay_delay = settings.backoff_min_seconds
+        self._answered = 0  # pushes Loki gave its final answer: shipping works (see _shipping_worked)
 
     def ensure_started(self) -> None:
         if self.thread is None:
@@ -103,9 +111,11 @@ class Sender:
     def _run(self) -> None:
         """The thread: ship until the buffer is closed and empty. An unexpected error (a bug, a
         segment that breaks the reader) does not end it: what it held is counted, it is reported
-        and counted as a restart, and shipping goes on."""
+        and counted as a restart, and shipping goes on. The pause after it doubles while errors
+        follow each other, and is back at the minimum for one that follows a push Loki answered."""
         self.thread_id = threading.get_ident()  # before anything here can log
         delay = self.settings.backoff_min_seconds
+        answered_at_last_error = self._answered
         try:
             self.spool = self._open_spool()
             while True:
@@ -113,6 +123,9 @@ class Sender:
                     self._ship()
                 except BaseException as exc:  # noqa: BLE001 - nothing may end shipping for the process
                     self._recover(exc)
+                    if self._answered != answered_at_last_error:  # shipping worked since: an isolated error
+                        delay = self.settings.backoff_min_seconds
+                    answered_at_last_error = self._answered
                     if self._stopping.is_set() and time.monotonic() >= self._deadline:
                         return  # out of time: stop() says so, and its caller counts what is left
                     self._pause(delay)  # a bug met on every batch must not spin
@@ -166,6 +179,7 @@ class Sender:
                 outcome, reason, detail = self._push(part, self.labels)
                 if outcome != _Outcome.RETRY:
                     parts += self._settle(part, outcome, reason, detail)
+                    self._shipping_worked()
                     break
                 if self.spool is not None:
                     # Retry from disk: memory stays free for new lines while Loki is away.
@@ -201,6 +215,11 @@ class Sender:
                 self.stats.sent(len(part) - rejected)
             self._report("rejected", f"loki shipper: Loki refused {rejected} lines ({reason}): {detail}")
         return []
+
+    def _shipping_worked(self) -> None:
+        """Loki gave a push its final answer: the backoffs start again from their minimum."""
+        self._answered += 1
+        self._replay_delay = self.settings.backoff_min_seconds
 
     def _pause(self, delay: float) -> None:
         pause = random.uniform(delay / 2, delay)  # jitter: replicas must not retry in step
@@ -247,7 +266,7 @@ class Sender:
                 self._settle(half, *self._push(half, labels))
             self.spool.remove(segment)
             self._replaying = None
-            self._replay_delay = self.settings.backoff_min_seconds
+            self._shipping_worked()
             return True
         self._replaying = None
         if self._stopping.is_set() and time.monotonic() >= self._deadline:

@@ -351,8 +351,7 @@ from correlation.settings import LokiSettings
 
 loki = LokiSettings(url=sys.argv[1], batch_max_wait_seconds=30.0, flush_timeout_seconds=5.0)
 (*_, shipper) = setup_logging(Settings(service="svc", loki=loki), stream=io.StringIO())
-logging.getLogger("app").warning("the last line")
-shipper.flush(5.0)  # sent before the ending: a close under dictConfig's lock waits on nothing
+logging.getLogger("app").warning("the last line")  # still buffered when logging ends or is reconfigured
 {ending}
 """
 _RECONFIGURED = "closed by a logging reconfiguration"
@@ -379,3 +378,64 @@ def test_a_program_ending_its_logging_gets_no_warning_a_reconfiguration_does(
     )
     assert (_RECONFIGURED in done.stderr) is warned, done.stderr
     assert [e.json["message"] for e in loki_sink.entries] == ["the last line"]
+
+
+_RECONFIGURED_WITH_LINES_BUFFERED = """
+import atexit, io, json, logging, logging.config, sys, time
+from correlation import LokiHandler, Settings, setup_logging
+from correlation.settings import LokiSettings
+
+url, flush_timeout = sys.argv[1], float(sys.argv[2])
+loki = LokiSettings(url=url, batch_max_wait_seconds=30.0, flush_timeout_seconds=flush_timeout)
+(*_, shipper) = setup_logging(Settings(service="svc", loki=loki), stream=io.StringIO())
+for n in range(20):
+    logging.getLogger("app").warning("buffered %d", n)
+# As any setLevel does: the sender's first push then asks for logging's lock (urllib3 looks up
+# whether its debug lines are on), the lock the reconfiguration holds while it closes the shipper.
+logging.getLogger("urllib3").setLevel(logging.NOTSET)
+# At exit, after the interpreter has waited for the threads that are not daemons.
+atexit.register(lambda: print(json.dumps({"sent": shipper.stats.sent_lines, "dropped": shipper.stats.dropped})))
+started = time.monotonic()
+{reconfiguration}
+print(json.dumps({"took": time.monotonic() - started}), flush=True)
+{then}
+"""
+_NEW_LOKI_HANDLER = "{'class': 'correlation.LokiHandler', 'url': url, 'labels': {'service_name': 'svc', 'env': 'test'}}"
+_DICT_CONFIG = (
+    "logging.config.dictConfig({'version': 1, 'disable_existing_loggers': False, "
+    f"'handlers': {{'loki': {_NEW_LOKI_HANDLER}}}, 'root': {{'level': 'INFO', 'handlers': ['loki']}}}})"
+)
+_BASIC_CONFIG = (
+    "logging.basicConfig(force=True, handlers=[LokiHandler(url=url, labels={'service_name': 'svc', 'env': 'test'})])"
+)
+_LOG_AFTER = 'logging.getLogger("app").warning("after")'  # the new handler's, shipped by logging.shutdown at exit
+
+
+@pytest.mark.parametrize(
+    "reconfiguration, then",
+    [(_DICT_CONFIG, _LOG_AFTER), (_DICT_CONFIG, "sys.exit(0)"), (_BASIC_CONFIG, _LOG_AFTER)],
+    ids=["dictConfig", "dictConfig-then-exit", "basicConfig-force"],
+)
+def test_a_reconfiguration_replacing_a_shipper_with_lines_buffered_neither_waits_nor_loses_them(
+    loki_sink: FakeLoki, reconfiguration: str, then: str
+) -> None:
+    """dictConfig and basicConfig(force=True) close the handlers they replace while holding
+    logging's module lock. The shipper must not wait there for its sender, which may need that
+    lock to push (it did: the reconfiguration waited the flush timeout twice, for flush and for
+    close, and a process ending then could lose the lines in flight, uncounted). What it hands
+    over is still delivered, also by a process that ends right after."""
+    flush_timeout = 5.0
+    script = _RECONFIGURED_WITH_LINES_BUFFERED.replace("{reconfiguration}", reconfiguration).replace("{then}", then)
+    done = subprocess.run(
+        [sys.executable, "-c", script, loki_sink.url, str(flush_timeout)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    reconfigured, at_exit = (json.loads(line) for line in done.stdout.splitlines())
+    assert reconfigured["took"] < flush_timeout, f"the reconfiguration waited out the flush timeout: {done.stderr}"
+    assert at_exit == {"sent": 20, "dropped": {}}, "the replaced shipper delivered every line it held"
+    messages = sorted(e.json["message"] for e in loki_sink.entries)
+    after = ["after"] if then == _LOG_AFTER else []
+    assert messages == sorted([f"buffered {n}" for n in range(20)] + after), "each line once"

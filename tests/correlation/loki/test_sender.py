@@ -222,16 +222,32 @@ def test_with_a_spool_a_refused_batch_goes_to_disk_and_is_replayed_from_there(
 # -- a sender that fails ---------------------------------------------------------------------
 
 
-def _fail_once(real: Callable[..., object], error: Exception) -> Callable[..., object]:
-    calls = []
+def _fail_on(real: Callable[..., object], error: Exception, calls: set[int]) -> Callable[..., object]:
+    """``real``, raising ``error`` instead on the calls numbered in ``calls`` (the first is 1)."""
+    made = 0
 
     def failing(*args: object) -> object:
-        calls.append(args)
-        if len(calls) == 1:
+        nonlocal made
+        made += 1
+        if made in calls:
             raise error
         return real(*args)
 
     return failing
+
+
+def _fail_once(real: Callable[..., object], error: Exception) -> Callable[..., object]:
+    return _fail_on(real, error, {1})
+
+
+def _recording(real: Callable[[float], None], delays: list[float]) -> Callable[[float], None]:
+    """``real`` (a pause of the sender), recording the delay it is asked for."""
+
+    def pause(delay: float) -> None:
+        delays.append(delay)
+        real(delay)
+
+    return pause
 
 
 @pytest.mark.parametrize("where", ["between batches", "holding a batch"])
@@ -284,3 +300,56 @@ def test_stop_says_so_when_the_sender_fails_while_flushing(
     assert ship.sender.stop(1.0) is False
     stats = ship.stats.snapshot()
     assert stats.dropped == {"sender_error": 3} and stats.sender_restarts == 1 and stats.sent_lines == 0
+
+
+def test_the_restart_pause_is_back_at_its_minimum_once_a_batch_is_delivered_again(
+    loki_sink: FakeLoki, shipping: Callable[..., Shipping], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three faults in a row pause 0.01, 0.02, then 0.04 s (the cap). A batch delivered after
+    them shows the sender works again: the next, isolated, fault pauses the minimum again. (Never
+    reset, every fault of a long-lived process would end up waiting the cap.)"""
+    ship = shipping(backoff_min_seconds=0.01, backoff_max_seconds=0.04)
+    pauses: list[float] = []
+    monkeypatch.setattr(ship.sender, "_pause", _recording(ship.sender._pause, pauses))  # noqa: SLF001
+    push = ship.sender._push  # noqa: SLF001 - the fault put where the sender holds a batch
+    monkeypatch.setattr(ship.sender, "_push", _fail_on(push, RuntimeError("an isolated fault"), {1, 2, 3, 5}))
+
+    def fault(n: int) -> None:  # one batch, one fault
+        ship.send(1, first=n)
+        wait_until(lambda: len(pauses) == n + 1, 5, f"restart {n + 1} paused")
+
+    for n in range(3):
+        fault(n)
+    delivered = ship.send(1, first=3)
+    wait_until(lambda: ship.stats.snapshot().sent_lines == 1, 5, "a batch delivered between the faults")
+    ship.send(1, first=4)
+    wait_until(lambda: len(pauses) == 4, 5, "the isolated fault paused")
+    assert pauses == pytest.approx([0.01, 0.02, 0.04, 0.01])
+    stats = ship.settled()
+    assert messages(loki_sink) == delivered and stats.dropped == {"sender_error": 4} and stats.sender_restarts == 4
+
+
+def test_the_replay_backoff_is_back_at_its_minimum_once_a_batch_is_delivered_again(
+    loki_sink: FakeLoki, shipping: Callable[..., Shipping], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An outage: the spooled batch's replays are refused and wait 0.01, then 0.02 s; then the
+    sender fails on that segment (moved aside, counted), so no replay ever succeeds. Loki takes
+    the next batch: it is back. The first replay of a later outage waits the minimum again, not
+    what the old outage had grown it to."""
+    ship = shipping(spool_dir=str(tmp_path), backoff_min_seconds=0.01, backoff_max_seconds=0.04)
+    replay_waits: list[float] = []
+    monkeypatch.setattr(ship.sender, "_wait_spilling", _recording(ship.sender._wait_spilling, replay_waits))  # noqa: SLF001
+    push = ship.sender._push  # noqa: SLF001 - the 4th push (the third replay) breaks the sender
+    monkeypatch.setattr(ship.sender, "_push", _fail_on(push, RuntimeError("a fault on the segment"), {4}))
+    loki_sink.script = [503, 503, 503]  # the batch, then two replays
+    ship.send(1)
+    wait_until(lambda: ship.stats.snapshot().dropped["spool_corrupt"] == 1, 5, "the segment moved aside")
+    assert replay_waits == pytest.approx([0.01, 0.02])
+    delivered = ship.send(1, first=1)
+    wait_until(lambda: ship.stats.snapshot().sent_lines == 1, 5, "Loki back: a batch delivered")
+    loki_sink.script = [503, 503]  # a later outage: the batch, then its first replay
+    delivered += ship.send(1, first=2)
+    wait_until(lambda: ship.stats.snapshot().sent_lines == 2, 5, "the later outage's batch replayed")
+    stats = ship.stats.snapshot()
+    assert replay_waits == pytest.approx([0.01, 0.02, 0.01])
+    assert messages(loki_sink) == delivered and stats.dropped == {"spool_corrupt": 1}
