@@ -257,6 +257,11 @@ class LokiHandler(LineHandler, made_lines=True):
             left = self.buffer.drain()
             if left:
                 self.stats.drop("shutdown", left)
+            # A push still under way: the process usually ends before its answer. Counted apart,
+            # since Loki may have them after all (then they are also counted as sent).
+            unconfirmed = self.sender.unconfirmed()
+            if unconfirmed:
+                self.stats.drop("shutdown_unconfirmed", unconfirmed)
         collector.unregister(self)
 
     def buffered(self) -> tuple[int, int]:

@@ -81,6 +81,7 @@ class Sender:
         self._finished = False  # the thread ended its work (not on an error)
         self._replay_delay = settings.backoff_min_seconds
         self._answered = 0  # pushes Loki gave its final answer: shipping works (see _shipping_worked)
+        self._in_flight_counted = False  # a timed-out close counted the batch in hand (unconfirmed)
 
     def ensure_started(self) -> None:
         if self.thread is None:
@@ -152,8 +153,16 @@ class Sender:
             self._deliver(batch)
             self._settled_in_flight()
 
+    def unconfirmed(self) -> int:
+        """Lines of the batch the thread holds, not yet settled, after a :meth:`stop` that timed
+        out: neither sent nor counted yet (Loki may still answer, usually after the process has
+        ended). The caller counts them; the thread then counts no drop of its own for them."""
+        self._in_flight_counted = bool(self._in_flight)
+        return len(self._in_flight)
+
     def _settled_in_flight(self) -> None:
         count, self._in_flight = len(self._in_flight), []
+        self._in_flight_counted = False
         self.buffer.done(count)
 
     def _recover(self, exc: BaseException) -> None:
@@ -161,7 +170,7 @@ class Sender:
         segment being replayed is moved aside, as one that cannot be read."""
         self.stats.restarted()
         lost = len(self._in_flight)
-        if lost:
+        if lost and not self._in_flight_counted:
             self.stats.drop("sender_error", lost)
             self._settled_in_flight()
         segment, self._replaying = self._replaying, None
@@ -187,7 +196,8 @@ class Sender:
                     return
                 now = time.monotonic()
                 if self._stopping.is_set() and now >= self._deadline:
-                    self.stats.drop("shutdown", len(part) + sum(len(p) for p in parts))
+                    if not self._in_flight_counted:  # else the closing handler counted them
+                        self.stats.drop("shutdown", len(part) + sum(len(p) for p in parts))
                     return
                 if now - started >= self.settings.max_retry_seconds:
                     self.stats.drop("retries_exhausted", len(part))

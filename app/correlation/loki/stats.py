@@ -13,6 +13,7 @@ DROP_REASONS = (
     "too_large",  # a single entry Loki refuses even alone in a push
     "retries_exhausted",  # 429/5xx/connection errors for longer than max_retry_seconds
     "shutdown",  # still buffered when the flush timeout at close ran out (and no spool)
+    "shutdown_unconfirmed",  # in a push still unanswered when that timeout ran out: may have arrived
     "spool_full",  # Loki down long enough to fill memory and the disk spool
     "spool_error",  # the spool could not be written (disk full, read-only, ...)
     "spool_corrupt",  # a spool segment could not be read back: moved to lokispool-quarantine/

@@ -439,3 +439,24 @@ def test_a_reconfiguration_replacing_a_shipper_with_lines_buffered_neither_waits
     messages = sorted(e.json["message"] for e in loki_sink.entries)
     after = ["after"] if then == _LOG_AFTER else []
     assert messages == sorted([f"buffered {n}" for n in range(20)] + after), "each line once"
+
+
+def test_a_close_that_times_out_counts_the_push_still_under_way(loki_sink: FakeLoki, logger: logging.Logger) -> None:
+    """The batch the sender holds when the flush timeout runs out is neither sent nor buffered:
+    counted as ``shutdown_unconfirmed`` (Loki may have it), once, never silently gone."""
+    loki_sink.script = ["stall"]
+    handler = make_handler(loki_sink, timeout_seconds=30.0)
+    logger.addHandler(handler)
+    for n in range(10):
+        logger.info("line %d", n)
+    deadline = time.monotonic() + 5
+    while not loki_sink.requests and time.monotonic() < deadline:  # the push is under way, stalled
+        time.sleep(0.01)
+    assert loki_sink.requests, "the sender never pushed"
+    logger.removeHandler(handler)
+    handler.close_within(0.2)
+    stats = handler.stats.snapshot()
+    assert stats.dropped == {"shutdown_unconfirmed": 10} and stats.sent_lines == 0
+    loki_sink.release_stalled()  # answered 503 after the deadline: the sender counts nothing more
+    handler.sender.thread.join(5)
+    assert handler.stats.snapshot().dropped == {"shutdown_unconfirmed": 10}
