@@ -85,13 +85,16 @@ class FailedRequestAt:
 
 
 def count_window(window: Window) -> tuple[Window, int]:
-    """``window`` stretched back to a whole number of steps, ending on a whole second, and the step
-    (seconds): the window :func:`count_failures` counts over."""
-    end_ns = -(-window.end_ns // NS) * NS
-    seconds = max(1, math.ceil((end_ns - window.start_ns) / NS))
+    """``window`` stretched out to the step grid, and the step (seconds): the window
+    :func:`count_failures` counts over. Loki puts a range query's points on multiples of its step
+    since the epoch, whatever start and end it is given (it moves start back and end on to the
+    grid): a window already on the grid is counted as it is, no step more on either side."""
+    seconds = max(1, math.ceil((window.end_ns - window.start_ns) / NS))
     step = max(MIN_STEP_SECONDS, math.ceil(seconds / MAX_POINTS))
-    steps = math.ceil(seconds / step)
-    return Window(end_ns - steps * step * NS, end_ns), step
+    step_ns = step * NS
+    start_ns = window.start_ns // step_ns * step_ns
+    end_ns = -(-window.end_ns // step_ns) * step_ns
+    return Window(start_ns, max(end_ns, start_ns + step_ns)), step
 
 
 def count_failures(

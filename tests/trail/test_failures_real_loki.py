@@ -135,3 +135,33 @@ def test_a_tasks_count_is_of_its_own_runs_not_the_workers() -> None:
     first, last = first_and_last_failure(client, service, counts.window, task=task)
     assert first is not None and last is not None
     assert (first.correlation_id, first.ts_ns) == failed[0] and (last.correlation_id, last.ts_ns) == failed[-1]
+
+
+def test_the_counted_window_is_the_one_loki_counts() -> None:
+    """Loki puts a range query's points on the step grid whatever start and end say: the window a
+    count reports is on that grid, and holds exactly the failures and requests counted."""
+    settings = LokiSettings.from_env()
+    client = LokiQueryClient(settings)
+    service = f"failures-grid-{secrets.token_hex(4)}"
+    base = (time.time_ns() // (100 * NS) - 3) * 100 * NS  # a whole 100 s, a few minutes ago
+    lines, failed = [], []
+    for i in range(60):  # a request every second, half a second into it; every other one failed
+        start = base + i * NS + 497 * MS
+        cid = new_correlation_id(start // MS)
+        ts, line = access_line(cid, f"{i:016x}", None, service, start, 3.0, "POST", "/pay", 500 if i % 2 else 201)
+        line[schema.SERVICE] = service
+        if i % 2:
+            line[schema.ERROR_TYPE] = INJECTED
+            failed.append(ts)
+        lines.append((ts, line))
+    push(settings, service, lines)
+    asked = Window(base + 23_500 * MS, base + 47_500 * MS)
+
+    counts = wait_until(
+        lambda: (c := count_failures(client, service, asked)).requests == 30 and c,
+        20,
+        "Loki to count the window's requests",
+    )
+    inside = [ts for ts in failed if counts.window.start_ns < ts <= counts.window.end_ns]
+    assert [(kind.error_type, kind.count) for kind in counts.by_type] == [(INJECTED, len(inside))] == [(INJECTED, 15)]
+    assert (counts.window.start_ns, counts.window.end_ns, counts.step_seconds) == (base + 20 * NS, base + 50 * NS, 10)
