@@ -11,7 +11,9 @@ What the trail web app and the dashboards send, evaluated the way Loki does:
   3's way to count without a series per structured-metadata value such as ``correlation_id``).
 
 Over ``query_range`` (:func:`matrix_result`) the same query is evaluated at every ``step`` from
-``start`` to ``end`` (both inclusive), a ``matrix`` of the series' non-empty points, as Loki's.
+``start`` to ``end`` (both inclusive), a ``matrix`` of the series' non-empty points, as Loki's; as
+Loki 3.7 does, the points lie on multiples of ``step`` since the epoch: ``start`` moves back and
+``end`` on to that grid (asked for 23 s .. 77 s with a 10 s step, Loki answers 20 s .. 80 s).
 
 The range is Loki's: entries with ``time - range < ts <= time``. A series' labels are the entry's
 stream labels, structured metadata and extracted labels (without ``__error__``), or only the
@@ -139,7 +141,8 @@ def instant_result(entries: list[PushedEntry], query: MetricQuery, time_ns: int)
 
 def matrix_result(entries: list[PushedEntry], query: MetricQuery, params: Mapping[str, str]) -> dict[str, Any]:
     """The body of a successful ``query_range`` answer to a metric query: ``instant_result`` at
-    ``start``, ``start + step``, ... up to ``end`` (Unix ns; ``step`` in seconds)."""
+    ``start``, ``start + step``, ... up to ``end`` (Unix ns; ``step`` in seconds), both moved on to
+    the step's grid as Loki moves them."""
     start, end = int(params.get("start", "0")), int(params.get("end", "0"))
     try:
         step_ns = int(float(params.get("step", "")) * 1e9)
@@ -147,6 +150,7 @@ def matrix_result(entries: list[PushedEntry], query: MetricQuery, params: Mappin
         raise QueryError("fake Loki: give the metric range query a step in seconds") from None
     if step_ns <= 0 or end < start or (end - start) // step_ns > 11_000:
         raise QueryError("fake Loki: bad start, end or step (at most 11,000 points, as Loki)")
+    start, end = start - start % step_ns, end + -end % step_ns
     series: dict[tuple[tuple[str, str], ...], list[list[Any]]] = {}
     for t in range(start, end + 1, step_ns):
         for sample in instant_result(entries, query, t)["data"]["result"]:

@@ -82,6 +82,33 @@ def access_line(
     )
 
 
+#: A task run's ``status`` by its end state, as correlation.celery writes it (any other end: 500).
+TASK_STATUS = {"success": 200, "retry": 202}
+
+
+def task_run_line(
+    cid: str, rid: str, service: str, ts_ns: int, task: str, state: str, error_type: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """The access line of one attempt of ``task`` that ended in ``state`` (``success``, ``retry``,
+    ``failure``), as correlation.celery writes it; a failure raised ``error_type`` on its own."""
+    fields: dict[str, Any] = {
+        schema.KIND: schema.KIND_TASK,
+        schema.TASK: task,
+        schema.TASK_ID: f"t-{cid}",
+        schema.STATE: state,
+        schema.ATTEMPT: 1,
+        schema.STATUS: TASK_STATUS.get(state, 500),
+        schema.DURATION_MS: 3.0,
+    }
+    failed = fields[schema.STATUS] >= 500
+    if failed:
+        fields[schema.ORIGIN] = schema.ORIGIN_SELF
+        if error_type is not None:
+            fields[schema.ERROR_TYPE] = error_type
+    level = "ERROR" if failed else "WARNING" if state == "retry" else "INFO"
+    return log_line(cid, rid, None, service, ts_ns, f"task {task} {state}", level, schema.ACCESS_LOGGER, **fields)
+
+
 def checkout_lines(cid: str, t0_ns: int, *, payments_status: int = 500) -> list[tuple[int, dict[str, Any]]]:
     """A whole POST /checkout: four hops, two lines of their own each plus the access line."""
     failed = payments_status >= 500

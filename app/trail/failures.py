@@ -6,6 +6,10 @@
 - :func:`first_and_last_failure`: the oldest and the newest failed request of the window, for
   the trail of each.
 
+Given a ``task``, both count and find the failed runs of that task only (its name is the ``task``
+key of a run's access line), over the task's finished runs: a worker runs several tasks, and an
+alert about one (TaskFailures) is about that one's runs.
+
 One metric range query answers counts, first and last seen together: ``count_over_time`` with its
 range equal to the step tiles the window, so its points add up to the window's count and the first
 and last non-empty points bound when the type was seen, to within a step
@@ -49,14 +53,18 @@ class ErrorTypeCount:
 
 @dataclass(frozen=True)
 class FailureCounts:
-    """A service's failed requests in :attr:`window`, most frequent type first."""
+    """A service's failed requests in :attr:`window` (the failed runs of :attr:`task` when it is
+    set), most frequent type first."""
 
     service: str
     window: Window
     step_seconds: int
     by_type: tuple[ErrorTypeCount, ...]
-    #: Every request the service answered in the window (None: not asked).
+    #: Every request the service answered in the window (of :attr:`task`: its finished runs,
+    #: retried attempts left out); None: not asked.
     requests: int | None = None
+    #: The task whose runs were counted; None: every request of the service.
+    task: str | None = None
 
     @property
     def failed(self) -> int:
@@ -77,13 +85,16 @@ class FailedRequestAt:
 
 
 def count_window(window: Window) -> tuple[Window, int]:
-    """``window`` stretched back to a whole number of steps, ending on a whole second, and the step
-    (seconds): the window :func:`count_failures` counts over."""
-    end_ns = -(-window.end_ns // NS) * NS
-    seconds = max(1, math.ceil((end_ns - window.start_ns) / NS))
+    """``window`` stretched out to the step grid, and the step (seconds): the window
+    :func:`count_failures` counts over. Loki puts a range query's points on multiples of its step
+    since the epoch, whatever start and end it is given (it moves start back and end on to the
+    grid): a window already on the grid is counted as it is, no step more on either side."""
+    seconds = max(1, math.ceil((window.end_ns - window.start_ns) / NS))
     step = max(MIN_STEP_SECONDS, math.ceil(seconds / MAX_POINTS))
-    steps = math.ceil(seconds / step)
-    return Window(end_ns - steps * step * NS, end_ns), step
+    step_ns = step * NS
+    start_ns = window.start_ns // step_ns * step_ns
+    end_ns = -(-window.end_ns // step_ns) * step_ns
+    return Window(start_ns, max(end_ns, start_ns + step_ns)), step
 
 
 def count_failures(
@@ -92,14 +103,16 @@ def count_failures(
     window: Window,
     *,
     error_type: str | None = None,
+    task: str | None = None,
     with_requests: bool = True,
     deadline: float | None = None,
 ) -> FailureCounts:
     """The failed requests of ``service`` in ``window`` (stretched by :func:`count_window`) by error
-    type (of ``error_type`` only when given), and with ``with_requests`` all its requests there.
-    Raises ``LokiQueryError`` (never a partial count) and ValueError for a bad name."""
+    type (of ``error_type`` only when given), and with ``with_requests`` all its requests there;
+    ``task``: the failed and the finished runs of that task only. Raises ``LokiQueryError`` (never
+    a partial count) and ValueError for a bad name."""
     counted, step = count_window(window)
-    query = failures_by_type_query(service, step, error_type)
+    query = failures_by_type_query(service, step, error_type, task)
     series = client.query_matrix(query, counted.start_ns + step * NS, counted.end_ns, step, deadline=deadline)
     by_type = []
     for one in series:
@@ -112,16 +125,23 @@ def count_failures(
     requests = None
     if with_requests:
         seconds = (counted.end_ns - counted.start_ns) // NS
-        samples = client.query_vector(requests_count_query(service, seconds), counted.end_ns, deadline=deadline)
+        query = requests_count_query(service, seconds, task)
+        samples = client.query_vector(query, counted.end_ns, deadline=deadline)
         requests = round(sum(sample.value for sample in samples))
-    return FailureCounts(service, counted, step, tuple(by_type), requests)
+    return FailureCounts(service, counted, step, tuple(by_type), requests, task)
 
 
 def first_and_last_failure(
-    client: LokiQueryClient, service: str, window: Window, *, deadline: float | None = None
+    client: LokiQueryClient,
+    service: str,
+    window: Window,
+    *,
+    task: str | None = None,
+    deadline: float | None = None,
 ) -> tuple[FailedRequestAt | None, FailedRequestAt | None]:
-    """The oldest and the newest failed request of ``service`` in ``window`` (None: none there)."""
-    query = failed_requests_query(service)
+    """The oldest and the newest failed request of ``service`` (failed run of ``task``) in
+    ``window`` (None: none there)."""
+    query = failed_requests_query(service, task=task)
     ends = []
     for direction in ("forward", "backward"):
         entries = client.query_range(

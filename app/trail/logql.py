@@ -242,35 +242,46 @@ def check_error_type(value: str) -> str:
     return value
 
 
-def failed_requests_query(service: str, error_type: str | None = None) -> str:
+def failed_requests_query(service: str, error_type: str | None = None, task: str | None = None) -> str:
     """A service's failed requests (:func:`last_error_query`'s definition: access lines with status
-    >= 500), of one ``error_type`` when given (structured metadata: filtered before the parser)."""
-    query = last_error_query(service)
+    >= 500), of one ``error_type`` when given (structured metadata: filtered before the parser);
+    ``task``: only the failed runs of that task (escaped, as :func:`last_error_query` writes it)."""
+    query = last_error_query(service, task=task)
     if error_type is None:
         return query
     selector, _, rest = query.partition("} ")
     return f'{selector}}} | {schema.ERROR_TYPE}="{check_error_type(error_type)}" {rest}'
 
 
-def failures_by_type_query(service: str, range_seconds: int, error_type: str | None = None) -> str:
-    """How many requests of a service failed in the ``range_seconds`` before the query's time, one
-    series per ``error_type`` (none for failures that raised nothing). ``keep`` drops every other
-    label first: structured metadata would otherwise make a series per request."""
+def failures_by_type_query(
+    service: str, range_seconds: int, error_type: str | None = None, task: str | None = None
+) -> str:
+    """How many requests of a service (runs of ``task``, when given) failed in the ``range_seconds``
+    before the query's time, one series per ``error_type`` (none for failures that raised nothing).
+    ``keep`` drops every other label first: structured metadata would otherwise make a series per
+    request."""
     if range_seconds <= 0:
         raise ValueError("the range must be at least a second")
-    failed = failed_requests_query(service, error_type)
+    failed = failed_requests_query(service, error_type, task)
     kind = schema.ERROR_TYPE
     return f"sum by ({kind}) (count_over_time({failed} | keep {kind} [{range_seconds}s]))"
 
 
-def requests_count_query(service: str, range_seconds: int) -> str:
+def requests_count_query(service: str, range_seconds: int, task: str | None = None) -> str:
     """How many requests (HTTP and task runs: access lines) a service answered in the
-    ``range_seconds`` before the query's time: one sample."""
+    ``range_seconds`` before the query's time: one sample. ``task``: only that task's finished runs
+    (escaped as in :func:`last_error_query`); an attempt that ended in a retry is no end and is
+    left out, as TaskFailures leaves it out of the runs it takes a share of."""
     if range_seconds <= 0:
         raise ValueError("the range must be at least a second")
     logger, label = schema.LOGGER, schema.SERVICE_LABEL
+    fields, filters = [logger], [f'{logger}="{schema.ACCESS_LOGGER}"']
+    if task is not None:
+        fields += [schema.TASK, schema.STATE]
+        filters += [f"{schema.TASK}={string_literal(check_task(task))}", f'{schema.STATE}!="{schema.STATE_RETRY}"']
+    extract = ", ".join(f'{name}="{name}"' for name in fields)
     lines = (
-        f'{_selector(service)} |= "{schema.ACCESS_LOGGER}" | json {logger}="{logger}" '
-        f'| {logger}="{schema.ACCESS_LOGGER}" | __error__="" | keep {label}'
+        f'{_selector(service)} |= "{schema.ACCESS_LOGGER}" | json {extract} '
+        f'| {" | ".join(filters)} | __error__="" | keep {label}'
     )
     return f"sum by ({label}) (count_over_time({lines} [{range_seconds}s]))"

@@ -14,7 +14,6 @@ the notifier reading the fake Loki every process ships to.
 
 from __future__ import annotations
 
-import copy
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from tests.support.alerting import (
     TRAIL_WEB,
     NotifierRun,
     Traffic,
+    add_worker_job,
     critical_alerts,
     derived_alertmanager_config,
     derived_prometheus_config,
@@ -57,7 +57,6 @@ from tests.support.stack import (
     alertmanager_server,
     http_get_json,
     instant_query,
-    load_yaml,
     prometheus_server,
     require_tool,
 )
@@ -89,13 +88,7 @@ def scrape_config(chain: Chain, worker_url: str, alertmanager: str, rule_names: 
     chain and worker (same `service` labels), with the derived rules and the local Alertmanager."""
     targets = {name: urllib.parse.urlsplit(url).netloc for name, url in chain.urls.items()}
     config = derived_prometheus_config(targets, rule_names, alertmanager)
-    repo = load_yaml("prometheus/prometheus.yml")
-    (job,) = [copy.deepcopy(j) for j in repo["scrape_configs"] if j["job_name"] == "notifications-worker"]
-    assert job.get("honor_labels") is True, "the worker's own `service` label must win"
-    (static,) = job["static_configs"]
-    assert static["labels"] == {"service": notifications.SERVICE}
-    static["targets"] = [urllib.parse.urlsplit(worker_url).netloc]
-    config["scrape_configs"].append(job)
+    add_worker_job(config, worker_url)
     return config
 
 

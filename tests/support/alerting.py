@@ -111,6 +111,20 @@ def derived_prometheus_config(targets: dict[str, str], rule_names: list[str], al
     }
 
 
+def add_worker_job(config: dict[str, Any], worker_url: str) -> None:
+    """prometheus/prometheus.yml's notifications-worker job, pointed at the local worker (same
+    `service` label), appended to ``config``'s scrape jobs."""
+    from demo import notifications  # imports Celery: only for the tests that run the worker
+
+    repo = load_yaml("prometheus/prometheus.yml")
+    (job,) = [copy.deepcopy(j) for j in repo["scrape_configs"] if j["job_name"] == "notifications-worker"]
+    assert job.get("honor_labels") is True, "the worker's own `service` label must win"
+    (static,) = job["static_configs"]
+    assert static["labels"] == {"service": notifications.SERVICE}
+    static["targets"] = [urllib.parse.urlsplit(worker_url).netloc]
+    config["scrape_configs"].append(job)
+
+
 def derived_alertmanager_config(webhook_url: str, token_file: Path) -> dict[str, Any]:
     """alerts/alertmanager.yml with only the webhook's address and its token file changed."""
     return local_alertmanager_config(webhook_url, token_file)
@@ -256,17 +270,26 @@ def running_notifier(loki_url: str, webhook_url: str) -> Iterator[NotifierRun]:
 
 @contextmanager
 def alerting_stack(
-    chain_urls: dict[str, str], notifier_url: str, token_file: Path, unscraped: frozenset[str] = frozenset()
+    chain_urls: dict[str, str],
+    notifier_url: str,
+    token_file: Path,
+    unscraped: frozenset[str] = frozenset(),
+    worker_url: str | None = None,
 ) -> Iterator[tuple[str, str, dict[str, str]]]:
     """A fresh Alertmanager and Prometheus (so no earlier scenario's rates linger) watching the
     chain; yields (prometheus URL, alertmanager URL, derived rules) once every service is up.
-    ``unscraped``: services left out of the scrape job (a peer "not monitored here")."""
+    ``unscraped``: services left out of the scrape job (a peer "not monitored here");
+    ``worker_url``: the notifications worker's control endpoint, scraped as prometheus.yml does."""
     rules = derived_rules()
     with alertmanager_server(derived_alertmanager_config(notifier_url + "/alerts", token_file)) as am:
         targets = {name: urllib.parse.urlsplit(url).netloc for name, url in chain_urls.items()}
         config = derived_prometheus_config(targets, sorted(rules), urllib.parse.urlsplit(am).netloc)
         for job in config["scrape_configs"]:
             job["static_configs"] = [s for s in job["static_configs"] if s["labels"]["service"] not in unscraped]
+        expected = set(SERVICES) - unscraped
+        if worker_url is not None:
+            add_worker_job(config, worker_url)
+            expected.add("notifications")
         # Prometheus 2.42 expands ${VAR} in external labels only with this feature.
         with prometheus_server(
             config,
@@ -276,10 +299,10 @@ def alerting_stack(
         ) as prom:
 
             def all_up() -> bool:
-                result = instant_query(prom, 'up{job="demo-services"} == 1')["result"]
-                return {r["metric"].get("service") for r in result} == set(SERVICES) - unscraped
+                result = instant_query(prom, "up == 1")["result"]
+                return {r["metric"].get("service") for r in result} == expected
 
-            wait_until(all_up, 60, "Prometheus to scrape all four services", interval=0.5)
+            wait_until(all_up, 60, f"Prometheus to scrape {sorted(expected)}", interval=0.5)
             yield prom, am, rules
 
 

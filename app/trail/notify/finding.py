@@ -15,7 +15,9 @@ own timeouts. What could not be read is said in :attr:`TrailFinding.note`, never
 
 How much broke (:class:`FailureReport`, :mod:`trail.failures`) is counted beside the trail, in
 parallel and by the same deadline, for firing and resolved alerts alike: when Loki does not answer
-in time the report says the count is unavailable and why, never a number Loki did not give.
+in time the report says the count is unavailable and why, never a number Loki did not give. An
+alert about one task counts that task's failed runs, not every failure of the worker; a task label
+that cannot be searched for is counted not at all (with the reason), rather than as the service's.
 """
 
 from __future__ import annotations
@@ -167,13 +169,20 @@ class TrailReader:
             return FailureReport(SKIPPED, "LOKI_URL is not set: nothing was counted")
         if event.alertname == PUBLISH_FAILURE_ALERT:
             return FailureReport(SKIPPED, "the alert is about tasks not queued, counted in lost_task")
+        task = event.task
+        if task is not None:
+            try:
+                check_task(task)
+            except ValueError as exc:
+                # The service's count would pass for the task's: say why there is none instead.
+                return FailureReport(SKIPPED, f"the alert's task label cannot be searched for ({exc})")
         if deadline - time.monotonic() <= 0:
             return FailureReport(UNAVAILABLE, "no time was left for Loki")
         end_ns = now_ns
         if not event.firing and event.ends_at is not None:
             end_ns = min(now_ns, int(event.ends_at.timestamp() * NS))
         window = self.search_window(event.starts_at, end_ns)
-        return self._executor.submit(self._count, self.client, service, window, not event.firing, deadline)
+        return self._executor.submit(self._count, self.client, service, task, window, not event.firing, deadline)
 
     def _wait_for_count(self, counting: Future[FailureReport] | FailureReport, deadline: float) -> FailureReport:
         if isinstance(counting, FailureReport):
@@ -182,12 +191,13 @@ class TrailReader:
 
     @staticmethod
     def _count(
-        client: LokiQueryClient, service: str, window: Window, with_ends: bool, deadline: float
+        client: LokiQueryClient, service: str, task: str | None, window: Window, with_ends: bool, deadline: float
     ) -> FailureReport:
-        counts = count_failures(client, service, window, deadline=deadline)
+        """The failed requests of ``service`` (runs of ``task``, when the alert is about one)."""
+        counts = count_failures(client, service, window, task=task, deadline=deadline)
         first = last = None
         if with_ends and counts.failed:
-            first, last = first_and_last_failure(client, service, counts.window, deadline=deadline)
+            first, last = first_and_last_failure(client, service, counts.window, task=task, deadline=deadline)
         return FailureReport(FOUND, counts=counts, first=first, last=last)
 
     def _out_of_time(self, what: str) -> str:

@@ -201,6 +201,7 @@ def _failures(report: FailureReport, grafana: str, trail_web: str) -> dict[str, 
         "state": "counted",
         "note": None,
         "service": shown(counts.service, MAX_LABEL_CHARS),
+        "task": shown(counts.task, MAX_TASK_NAME_CHARS),
         "window": {"start": format_time(counts.window.start_ns), "end": format_time(counts.window.end_ns)},
         "step_seconds": counts.step_seconds,
         "failed": counts.failed,
@@ -280,7 +281,9 @@ def _failures_lines(note: dict[str, Any]) -> list[str]:
     share = f" ({failures['share']:.1%})" if failures["share"] is not None else ""
     of = f" of {failures['requests']}" if failures["requests"] is not None else ""
     where = f"{failures['window']['start']} .. {failures['window']['end']}"
-    lines.append(f"Failed requests: {failures['failed']}{of}{share} at {failures['service']} in {where}")
+    # An alert about one task counts that task's runs: the line says so.
+    what = f"Failed runs of {failures['task']}" if failures["task"] is not None else "Failed requests"
+    lines.append(f"{what}: {failures['failed']}{of}{share} at {failures['service']} in {where}")
     for kind in failures["by_type"]:
         lines.append(
             f"  {kind['error_type'] or 'no exception'}: {kind['count']}, first seen {kind['first_seen']}, "

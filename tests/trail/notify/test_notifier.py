@@ -21,7 +21,17 @@ from correlation import schema
 from correlation.ids import new_correlation_id
 from correlation.settings import ConfigError, LokiSettings
 from fakes import FakeLoki, FakeWebhook, LoopbackServer, QuietHandler, closed_port_url, wait_until
-from fakes.trail_lines import MS, ORDERS, PAYMENTS, access_line, checkout_lines, log_line, push_all, rfc3339
+from fakes.trail_lines import (
+    MS,
+    ORDERS,
+    PAYMENTS,
+    access_line,
+    checkout_lines,
+    log_line,
+    push_all,
+    rfc3339,
+    task_run_line,
+)
 from tests.support import REPO
 from tests.support.stack import load_yaml
 from trail.notify.delivery import DeliverySettings
@@ -380,8 +390,13 @@ def test_a_hostile_task_label_is_searched_for_escaped_and_shown_escaped() -> Non
         _, receipt = two_tasks_failing(loki)
         note = notify_once(loki.url, task_failures_alert(hostile))
         queries = [q.query for q in loki.queries]
+        metric = [q.query for q in loki.metric_queries]
     assert note["trail"] == "found" and note["correlation_id"] == receipt
     assert 'task="x\\"} | line_format \\"{{.x}}\\n\\u001b[31m"' in queries[0], queries[0]
+    # Counted for that task too: none of its runs failed (not the worker's two), the name escaped.
+    assert len(metric) == 2 and all('task="x\\"} | line_format \\"{{.x}}\\n\\u001b[31m"' in q for q in metric)
+    assert (note["failures"]["failed"], note["failures"]["requests"]) == (0, 0)
+    assert note["failures"]["task"] == 'x"} | line_format "{{.x}}\\n\\x1b[31m'
     assert "\x1b" not in note["trail_caveat"] and "\n" not in note["trail_caveat"]
     assert note["trail_caveat"].startswith('no run of task x"} | line_format "{{.x}}\\n\\x1b[31m failed')
 
@@ -684,6 +699,77 @@ def test_a_resolved_notification_closes_the_story() -> None:
     assert lines[2].startswith("Lasted 10m (") and lines[3].startswith("Failed requests: 3 of 6 (50.0%) at payments")
     assert f"First failure: {rfc3339(first_ts)} {TRAIL_WEB}/t/{first_id}" in lines
     assert f"Last failure: {rfc3339(last_ts)} {TRAIL_WEB}/t/{last_id}" in lines
+
+
+#: A second exception type of the worker's runs (a mail relay that timed out).
+TIMEOUT_TYPE = "requests.exceptions.ReadTimeout"
+
+
+def stage_task_runs(loki: FakeLoki, t0: int, task: str, plan: list[str]) -> list[tuple[str, int, str]]:
+    """One run of ``task`` at the notifications worker a second from ``t0``: ``success``, ``retry``
+    (an attempt that was retried: no end) or the error type the run failed with, its retries spent.
+    The failed runs: (ID, time, type)."""
+    failed = []
+    for i, planned in enumerate(plan):
+        ts = t0 + i * 1000 * MS
+        cid = new_correlation_id(ts // MS)
+        state = planned if planned in ("success", "retry") else "failure"
+        error_type = planned if state == "failure" else None
+        loki.push(*task_run_line(cid, f"{i:08x}{len(task):08x}", "notifications", ts, task, state, error_type))
+        if error_type is not None:
+            failed.append((cid, ts, error_type))
+    return failed
+
+
+def two_tasks_failing_at_different_rates(loki: FakeLoki, t0: int) -> list[tuple[str, int, str]]:
+    """TASK fails 3 of its 8 finished runs (two attempts retried besides); RECEIPT, of the same
+    worker, fails every run, starting before TASK's first failure and ending after its last. TASK's
+    failed runs: (ID, time, type)."""
+    stage_task_runs(loki, t0, RECEIPT, [TIMEOUT_TYPE] * 12)
+    plan = [INJECTED_TYPE, "success", "retry", OTHER_TYPE, "success", "success", "retry", INJECTED_TYPE]
+    return stage_task_runs(loki, t0 + 2500 * MS, TASK, [*plan, "success", "success"])
+
+
+def test_a_task_alert_counts_the_failed_runs_of_its_task_not_of_the_worker() -> None:
+    """TaskFailures is about one task: its notification counts that task's failed runs by type,
+    over that task's finished runs, although another task of the same worker fails more."""
+    t0 = time.time_ns() - 60_000 * MS
+    with FakeLoki() as loki:
+        failed = two_tasks_failing_at_different_rates(loki, t0)
+        note = notify_once(loki.url, task_failures_alert(TASK))
+    failures = note["failures"]
+    assert [(k["error_type"], k["count"]) for k in failures["by_type"]] == [(INJECTED_TYPE, 2), (OTHER_TYPE, 1)]
+    # Retried attempts are no end of a run: 8 finished runs, as TaskFailures' own ratio counts them.
+    assert (failures["failed"], failures["requests"], failures["share"]) == (3, 8, 0.375)
+    assert (failures["service"], failures["task"]) == ("notifications", TASK)
+    step = failures["step_seconds"] * 1_000_000_000
+    (injected, _) = failures["by_type"]
+    first, last = failed[0][1], failed[-1][1]
+    assert parse_rfc3339_ns(injected["first_seen"]) - step < first <= parse_rfc3339_ns(injected["first_seen"])
+    assert parse_rfc3339_ns(injected["last_seen"]) - step < last <= parse_rfc3339_ns(injected["last_seen"])
+    assert f"Failed runs of {TASK}: 3 of 8 (37.5%) at notifications in " in note["text"]
+
+
+def test_a_resolved_task_alert_links_the_first_and_last_failed_run_of_its_task() -> None:
+    t0 = time.time_ns() - 60_000 * MS
+    with FakeLoki() as loki:
+        failed = two_tasks_failing_at_different_rates(loki, t0)
+        resolved = task_failures_alert(TASK)
+        resolved.update(status="resolved", endsAt=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        note = notify_once(loki.url, resolved)
+    failures = note["failures"]
+    assert (failures["failed"], failures["task"]) == (3, TASK)
+    assert failures["first_failure"]["correlation_id"] == failed[0][0], "the task's first, not the worker's"
+    assert failures["last_failure"]["correlation_id"] == failed[-1][0]
+
+
+def test_a_task_label_that_cannot_be_searched_for_is_not_counted_as_the_worker() -> None:
+    with FakeLoki() as loki:
+        two_tasks_failing(loki)
+        note = notify_once(loki.url, task_failures_alert("t" * 300))
+        metric = loki.metric_queries
+    assert note["failures"]["state"] == "skipped" and not metric
+    assert note["failures"]["note"].startswith("the alert's task label cannot be searched for (task name 'ttt")
 
 
 def test_a_repeated_alert_is_notified_once(staged: tuple[FakeLoki, str]) -> None:
