@@ -337,8 +337,8 @@ def test_the_process_figures_are_the_servers_and_its_cpu_never_goes_back(tmp_pat
         for _ in range(6):  # 0.3 s of CPU each, spread over the workers
             assert requests.get(f"{server.url}/burn", timeout=20).status_code == 200
         burnt = wait_until(lambda: scraper.seen and scraper.seen[-1] >= 1.8 and scraper.seen[-1], 10, "the CPU summed")
-        victim = server.workers()[0]
-        spent = sum(float(x) for x in _proc_stat(victim)[11:13]) / os.sysconf("SC_CLK_TCK")
+        cpu = {pid: sum(float(x) for x in _proc_stat(pid)[11:13]) for pid in server.workers()}
+        victim = max(cpu, key=cpu.__getitem__)  # the worker that spent most: its CPU must stay counted
         os.kill(victim, signal.SIGKILL)
         wait_until(
             lambda: victim not in server.workers() and len(server.workers()) == 3, 20, "the killed worker replaced"
@@ -349,7 +349,7 @@ def test_the_process_figures_are_the_servers_and_its_cpu_never_goes_back(tmp_pat
         scraper.stop.set()
         scraper.join(10)
         assert scraper.seen == sorted(scraper.seen), "the CPU total never went back"
-        assert scraper.seen[-1] >= burnt and spent > 0.25
+        assert scraper.seen[-1] >= burnt
         assert not _naming_a_process(server.scrape(), [server.process.pid, *server.workers(), victim])
 
 
