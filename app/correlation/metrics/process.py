@@ -98,9 +98,9 @@ def sample() -> None:
                 continue
             child = family.labels(*(found.labels[name] for name in family.labelnames))
             if family.kind == COUNTER:
-                child.set_total(found.value)  # type: ignore[attr-defined]
+                child.set_total(found.value)
             else:
-                child.set(found.value)  # type: ignore[attr-defined]
+                child.set(found.value)
 
 
 def figures_of(pid: int) -> Iterator[Series]:

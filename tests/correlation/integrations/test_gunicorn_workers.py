@@ -336,7 +336,8 @@ def test_the_process_figures_are_the_servers_and_its_cpu_never_goes_back(tmp_pat
         scraper.start()
         for _ in range(6):  # 0.3 s of CPU each, spread over the workers
             assert requests.get(f"{server.url}/burn", timeout=20).status_code == 200
-        burnt = wait_until(lambda: scraper.seen and scraper.seen[-1] >= 1.8 and scraper.seen[-1], 10, "the CPU summed")
+        wait_until(lambda: scraper.seen and scraper.seen[-1] >= 1.8, 10, "the CPU summed")
+        burnt = scraper.seen[-1]
         cpu = {pid: sum(float(x) for x in _proc_stat(pid)[11:13]) for pid in server.workers()}
         victim = max(cpu, key=cpu.__getitem__)  # the worker that spent most: its CPU must stay counted
         os.kill(victim, signal.SIGKILL)
