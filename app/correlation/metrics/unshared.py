@@ -60,7 +60,7 @@ def check_process(service: str) -> None:
     server's workers) and metrics are not summed right. Looks again at most every
     :data:`RECHECK_SECONDS`."""
     global _next_check
-    if _warned.is_set():
+    if _warned.is_set() or _managed():
         return
     with _lock:
         now = time.monotonic()
@@ -75,8 +75,8 @@ def check_process(service: str) -> None:
 def _judge(service: str, workers: int) -> None:
     """Several processes serve ``service`` (``workers``: how many, 0 unknown): warn when their
     metrics are not summed right."""
-    if store.directory is not None and store.server_pid is not None:
-        return  # shared, and a server process archives its exited workers: right
+    if _managed():
+        return
     if store.directory is None:
         library.UNSHARED.labels(service).set(1)
     if _warned.is_set():
@@ -100,6 +100,11 @@ def _judge(service: str, workers: int) -> None:
         "'Several workers'.\n"
     )
     sys.stderr.flush()
+
+
+def _managed() -> bool:
+    """Shared, and a server process archives the workers that exit: the sums are right."""
+    return store.directory is not None and store.server_pid is not None
 
 
 def accepting_processes() -> int:
