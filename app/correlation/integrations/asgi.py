@@ -121,6 +121,9 @@ class CorrelationMiddleware:
         self._replaced = frozenset({self._header_name, self._service_header[0]})
         context.set_service(settings.service)
         metrics.count_in_flight(settings.service, _in_flight_counter(settings.service))
+        # Until the first request (which tells whether the server's workers share their metrics,
+        # correlation.metrics.unshared): then the method itself, at no cost per request.
+        self._http = self._first_http  # type: ignore[method-assign]
         self.metrics_path: str | None = None
         if settings.metrics_port:
             # Not on the application's port: the exemplars are other users' correlation IDs.
@@ -182,6 +185,11 @@ class CorrelationMiddleware:
         if inbound.rejections:
             log_refused(_log, self.service, inbound.rejections, hop, before="inbound ")
         return started, inbound, hop, token
+
+    async def _first_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.__dict__.pop("_http", None)
+        unshared.check_process(self.service)
+        await self._http(scope, receive, send)
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started, inbound, hop, token = self._begin(scope)
@@ -339,6 +347,7 @@ class CorrelationMiddleware:
         )  # fmt: skip
 
     async def _serve_metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        unshared.check_process(self.service)  # a worker started after the first request, say
         accept = None
         for name, value in scope["headers"]:
             if name == b"accept":

@@ -9,10 +9,13 @@ runs; exact under any number of gunicorn workers.
 - :mod:`~correlation.metrics.shared`: the per-worker file (memory-mapped, one writer);
 - :mod:`~correlation.metrics.merge` and :mod:`~correlation.metrics.archive`: the server's sums
   from every worker's file, dead workers' included;
+- :mod:`~correlation.metrics.process`: the server's ``process_*`` and ``python_gc_*`` figures,
+  sampled by each worker;
 - :mod:`~correlation.metrics.exposition`: the scrape (:func:`render`);
 - :mod:`~correlation.metrics.unshared`: a multi-worker server without the shared directory is told so.
 """
 
+from correlation.metrics import process  # noqa: F401 - each worker samples its process figures
 from correlation.metrics.exposition import render
 from correlation.metrics.library import (
     BUCKETS,

@@ -2,10 +2,11 @@
 families, in the format the scraper asked for (OpenMetrics, with exemplars, or text).
 
 With a shared directory the answer is the server's: the library's metrics merged from every
-worker's file (:mod:`correlation.metrics.merge`), plus, when ``PROMETHEUS_MULTIPROC_DIR`` is set,
-prometheus_client's own multiprocess metrics from that directory (an application's own counters
-made the prometheus_client way). The default registry's per-process collectors (``process_*``,
-``python_gc_*``, an application's metrics without multiprocess mode) are left out then: one
+worker's file (:mod:`correlation.metrics.merge`), the figures of the server's processes
+(``process_*``, ``python_gc_*``: sums, or the largest or smallest, :mod:`correlation.metrics.process`),
+plus, when ``PROMETHEUS_MULTIPROC_DIR`` is set, prometheus_client's own multiprocess metrics from
+that directory (an application's own counters made the prometheus_client way). The rest of the
+default registry (an application's metrics without multiprocess mode) is left out then: one
 worker's numbers served as the server's would read as resets at every scrape.
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import REGISTRY
+from prometheus_client import PLATFORM_COLLECTOR, REGISTRY
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -25,7 +26,7 @@ from prometheus_client.utils import floatToGoString
 
 from correlation.metrics import store
 from correlation.metrics.merge import FamilyKey, read_directory
-from correlation.metrics.shared import COUNTER, GAUGE, HISTOGRAM, NEWEST
+from correlation.metrics.shared import COUNTER, HISTOGRAM, LIVE_GAUGES, NEWEST
 
 
 def metric(family: FamilyKey, series: Mapping[tuple[str, ...], Any]) -> Metric:
@@ -54,7 +55,7 @@ def metric(family: FamilyKey, series: Mapping[tuple[str, ...], Any]) -> Metric:
             counter.add_metric(list(values), value, created=created, exemplar=found)
         return counter
     gauge = GaugeMetricFamily(name, documentation, labels=labelnames)
-    if kind == GAUGE:
+    if kind in LIVE_GAUGES:
         for values, value in series.items():
             gauge.add_metric(list(values), value)
     elif kind == NEWEST:
@@ -71,7 +72,11 @@ class SharedCollector(Collector):
         self.directory = directory
 
     def collect(self) -> Iterator[Metric]:
+        # Imported here: its families are built on this module (through family.py).
+        from correlation.metrics.process import add_server_figures
+
         merged = read_directory(self.directory)
+        add_server_figures(merged)
         for family, series in sorted(merged.families.items()):
             yield metric(family, dict(sorted(series.items())))
 
@@ -84,6 +89,7 @@ def registry_to_serve() -> CollectorRegistry:
     store.sample_now()  # this process's sampled values, fresh
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SharedCollector(directory))
+    registry.register(PLATFORM_COLLECTOR)  # python_info: every process runs the same interpreter
     multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
     if multiprocess_dir:
         from prometheus_client.multiprocess import MultiProcessCollector

@@ -2,6 +2,9 @@
 
 - :class:`Gauge`: set, moved, or read from a function at scrape time; across workers the sum over
   the live ones (a dead worker's in-flight requests are not in flight any more).
+- :class:`MaxGauge`, :class:`MinGauge`: the same, but across workers the largest, or the smallest,
+  over the live ones (a process's open files, held against its own limit). A :class:`MinGauge` is
+  for values that are never 0: a 0 is a series not sampled yet, left out.
 - :class:`NewestGauge`: one series per key (the first label values, say the service), whose other
   labels change with the value (the last failed request's ID); across workers the series with the
   highest value (the newest, when the value is a time), dead workers' included.
@@ -18,7 +21,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from correlation.metrics import shared
 from correlation.metrics.family import Child, Family
-from correlation.metrics.shared import GAUGE, NEWEST, NEWEST_TEXT, Region
+from correlation.metrics.shared import GAUGE, GAUGE_MAX, GAUGE_MIN, NEWEST, NEWEST_TEXT, Region
 
 _pack_double = shared._DOUBLE.pack_into  # noqa: SLF001
 
@@ -88,6 +91,14 @@ class Gauge(Family[GaugeChild]):
             children = list(self._children.values())
         for child in children:
             child.sample()
+
+
+class MaxGauge(Gauge):
+    kind = GAUGE_MAX
+
+
+class MinGauge(Gauge):
+    kind = GAUGE_MIN
 
 
 class NewestChild(Child):

@@ -1,6 +1,6 @@
 """The server's numbers from every worker's file: counters and histograms summed, the newest
-exemplar kept per bucket and counter, gauges summed over live workers, the newest of "newest"
-gauges kept.
+exemplar kept per bucket and counter, gauges summed (or their largest, or smallest, kept) over live
+workers, the newest of "newest" gauges kept.
 
 A scrape opens every worker file first and the archive (the dead workers' sums,
 :mod:`correlation.metrics.archive`) after. The arbiter writes a new archive before it deletes the
@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from correlation.metrics import shared
-from correlation.metrics.shared import ABSORBED, COUNTER, GAUGE, HISTOGRAM, NEWEST, Series
+from correlation.metrics.shared import (
+    ABSORBED,
+    COUNTER,
+    GAUGE,
+    GAUGE_MAX,
+    GAUGE_MIN,
+    HISTOGRAM,
+    LIVE_GAUGES,
+    NEWEST,
+    Series,
+)
 
 #: A family as a reader knows it: (name, kind, documentation, label names, bucket bounds, exemplar label).
 FamilyKey = tuple[str, str, str, tuple[str, ...], tuple[float, ...], str]
@@ -42,13 +52,15 @@ class Merged:
     families: dict[FamilyKey, dict[tuple[str, ...], Any]] = field(default_factory=dict)
     #: Worker files (by name) whose sums an archive holds, with the time they were absorbed.
     absorbed: dict[str, float] = field(default_factory=dict)
+    #: The processes whose live files were read.
+    pids: set[int] = field(default_factory=set)
 
     def add(self, series: Series, *, live: bool = True) -> None:
         """Fold one series in; ``live``: from a running worker (a dead worker's gauges are dropped)."""
         if series.kind == ABSORBED:
             self.absorbed[series.values[0]] = series.data or 0.0
             return
-        if series.kind == GAUGE and not live:
+        if series.kind in LIVE_GAUGES and not live:
             return
         family = (
             series.name,
@@ -61,7 +73,7 @@ class Merged:
         known = self.families.setdefault(family, {})
         previous = known.get(series.values)
         data = series.data
-        if data is None:  # a "newest" slot never written, or unreadable
+        if data is None or (series.kind == GAUGE_MIN and data == 0):  # never written, or unreadable
             return
         if previous is None:
             known[series.values] = _copy(series.kind, data)
@@ -79,6 +91,10 @@ class Merged:
             known[series.values] = (_earliest(created, data[0]), total + data[1], counts, exemplars)
         elif series.kind == GAUGE:
             known[series.values] = previous + data
+        elif series.kind == GAUGE_MAX:
+            known[series.values] = max(previous, data)
+        elif series.kind == GAUGE_MIN:
+            known[series.values] = min(previous, data)
         elif series.kind == NEWEST and data[1] > previous[1]:
             known[series.values] = data
 
@@ -98,20 +114,21 @@ def read_directory(directory: Path) -> Merged:
     except FileNotFoundError:
         names = []
     for name in names:  # the workers' files first ...
-        if shared.WORKER_FILE.fullmatch(name):
+        if (found := shared.WORKER_FILE.fullmatch(name)) is not None:
             mm = shared.open_map(directory / name)
             if mm is not None:
-                maps.append((name, mm))
+                maps.append((name, int(found.group(1)), mm))
     merged = Merged()
     archive = shared.open_map(directory / shared.ARCHIVE_FILE)  # ... then the archive
     if archive is not None:
         with archive:
             for series in shared.read_series(archive):
                 merged.add(series, live=False)
-    for name, mm in maps:
+    for name, pid, mm in maps:
         with mm:
             if name in merged.absorbed:
                 continue
+            merged.pids.add(pid)
             for series in shared.read_series(mm):
                 merged.add(series)
     return merged

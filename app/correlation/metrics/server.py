@@ -29,7 +29,7 @@ def start() -> Path:
     else:
         directory = _made = Path(tempfile.mkdtemp(prefix="correlation-metrics-"))
     remove_own_files(directory)
-    store.use_directory(directory)
+    store.use_directory(directory, server=os.getpid())
     return directory
 
 

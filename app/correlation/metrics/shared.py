@@ -51,6 +51,10 @@ ARCHIVE_FILE = "correlation-archive.metrics"
 COUNTER = "counter"  # created, value, exemplar slot
 HISTOGRAM = "histogram"  # created, sum, one count per bucket, one exemplar slot per bucket
 GAUGE = "gauge"  # value; summed over live workers (a dead worker's is dropped)
+GAUGE_MAX = "gauge_max"  # value; the largest over live workers
+GAUGE_MIN = "gauge_min"  # value, never 0 once sampled; the smallest over live workers (0: not sampled yet)
+#: Kinds that describe a running process: a dead worker's are dropped, never archived.
+LIVE_GAUGES = frozenset({GAUGE, GAUGE_MAX, GAUGE_MIN})
 NEWEST = "newest"  # one slot: the label values as JSON, the value; the newest across workers wins
 ABSORBED = "absorbed"  # archive only: the name of a worker file whose sums it holds; no data
 
@@ -69,7 +73,7 @@ def data_size(kind: str, buckets: int = 0) -> int:
         return 16 + EXEMPLAR_SLOT
     if kind == HISTOGRAM:
         return 16 + 8 * buckets + EXEMPLAR_SLOT * buckets
-    if kind == GAUGE:
+    if kind in LIVE_GAUGES:
         return 8
     if kind == NEWEST:
         return NEWEST_SLOT
@@ -204,7 +208,7 @@ def read_series(mm: mmap.mmap) -> Iterator[Series]:
     """Every complete series in a mapping made by :func:`open_map`.
 
     ``data`` is, by kind: counter ``(created, value, exemplar)``; histogram ``(created, sum,
-    counts, exemplars)``; gauge ``value``; newest ``(label values, value)`` or None; an exemplar
+    counts, exemplars)``; gauges ``value``; newest ``(label values, value)`` or None; an exemplar
     is ``(id, value, time)`` or None.
     """
     _, used, _ = _HEADER.unpack_from(mm, 0)
@@ -231,7 +235,7 @@ def _read_data(mm: mmap.mmap, at: int, kind: str, buckets: int) -> Any:
         slots = at + 16 + 8 * buckets
         exemplars = [_exemplar(mm, slots + i * EXEMPLAR_SLOT) for i in range(buckets)]
         return created, total, counts, exemplars
-    if kind == GAUGE:
+    if kind in LIVE_GAUGES:
         return _DOUBLE.unpack_from(mm, at)[0]
     if kind == NEWEST:
         slot = read_slot(mm, at, NEWEST_TEXT)

@@ -38,6 +38,9 @@ class Shareable(Protocol):
 
 
 directory: Path | None = None
+#: The process that made the directory and archives its dead workers (gunicorn's arbiter), when
+#: one does: its workers are forked from it, so they know it too.
+server_pid: int | None = None
 file: MetricsFile | None = None  # this process's, once activated
 families: weakref.WeakSet[Shareable] = weakref.WeakSet()
 _samplers: list[Callable[[], None]] = []
@@ -46,10 +49,11 @@ _wake = threading.Event()
 _sampling: threading.Thread | None = None
 
 
-def use_directory(path: Path | None) -> None:
-    """Share through ``path`` from now on: processes forked after this write there (None: stop)."""
-    global directory
-    directory = path
+def use_directory(path: Path | None, *, server: int | None = None) -> None:
+    """Share through ``path`` from now on: processes forked after this write there (None: stop).
+    ``server``: the pid of the process that manages it (:mod:`correlation.metrics.server`)."""
+    global directory, server_pid
+    directory, server_pid = path, server
 
 
 def activate() -> None:

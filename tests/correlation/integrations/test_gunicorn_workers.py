@@ -1,6 +1,7 @@
 """Several gunicorn workers, for real: every scrape of any worker answers the server's exact
 counts, with exemplars whose lines were logged; recycling and a SIGKILLed worker lose no count;
-a server without the hooks says so; METRICS_PORT serves /metrics from the arbiter only."""
+the server's process figures (CPU, memory, fds) are there, its CPU never going back; a server
+without the hooks says so; METRICS_PORT serves /metrics from the arbiter only."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,14 @@ APP = textwrap.dedent("""
     def pid():
         import os
         return str(os.getpid())
+
+    @app.get("/burn")
+    def burn():
+        import time
+        started = time.process_time()
+        while time.process_time() - started < 0.3:  # CPU this worker spends
+            pass
+        return "burnt"
 
     @app.get("/slow")
     def slow():
@@ -158,10 +167,15 @@ class Scraper(threading.Thread):
         super().__init__(daemon=True)
         self.server, self.stop = server, threading.Event()
         self.seen: list[float] = []
+        self.measure: Callable[[str], float] = requests_counted
 
     def run(self) -> None:
         while not self.stop.is_set():  # back to back: as many scrapes as the load leaves room for
-            self.seen.append(requests_counted(self.server.scrape()))
+            try:
+                text = self.server.scrape()
+            except requests.ConnectionError:  # answered by a worker being killed: a failed scrape
+                continue
+            self.seen.append(self.measure(text))
 
 
 @pytest.mark.parametrize(("worker_class", "preload"), [("sync", False), ("gthread", False), ("gthread", True)])
@@ -256,6 +270,88 @@ def test_a_server_without_the_hooks_says_so(tmp_path: Path) -> None:
         warning = "their metrics are not shared"
         wait_until(lambda: warning in server.output.read_text(errors="replace"), 10, "the warning on stderr")
         assert 'correlation_metrics_unshared{service="workers"} 1.0' in server.scrape()
+
+
+_FIGURE = re.compile(r"^((?:process|python)_\w+)(\{[^}]*\})? (\S+)$", re.M)
+
+
+def process_figures(text: str) -> dict[str, float]:
+    """``process_*`` and ``python_*`` samples of a scrape: name with labels -> value."""
+    return {name + (labels or ""): float(value) for name, labels, value in _FIGURE.findall(text)}
+
+
+def _naming_a_process(text: str, pids: list[int]) -> set[str]:
+    """Label names or values of a scrape that name a process: none, or recycled workers would make
+    new series without bound."""
+    labels = set(re.findall(r'[{,](\w+)="([^"]*)"', text))
+    return {f"{k}={v}" for k, v in labels if "pid" in k or "process" in k or v in {str(p) for p in pids}}
+
+
+def _proc_stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _resident(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _started(pid: int) -> float:
+    boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line[:6] == "btime ")
+    return boot + float(_proc_stat(pid)[19]) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.parametrize("worker_class", ["sync", "gthread"])
+def test_the_process_figures_are_the_servers_and_its_cpu_never_goes_back(tmp_path: Path, worker_class: str) -> None:
+    """What a single process exports from prometheus_client's default registry, for the whole server:
+    memory summed over the arbiter and the workers, the largest open fds, the arbiter's start, the
+    CPU of every worker that ever ran (a SIGKILLed one and recycled ones kept), no label per pid."""
+    with gunicorn(tmp_path, worker_class=worker_class, max_requests=40) as server:
+        processes = [server.process.pid, *server.workers()]
+        measured = sum(_resident(pid) for pid in processes)
+        # Each worker samples its figures every second: wait until all three are in.
+        text = wait_until(
+            lambda: (
+                (t := server.scrape())
+                and process_figures(t).get("process_resident_memory_bytes", 0) > 0.8 * measured
+                and t
+            ),
+            10,
+            "every worker's memory in the sum",
+        )
+        figures = process_figures(text)
+        resident = figures["process_resident_memory_bytes"]
+        assert max(_resident(pid) for pid in processes) * 2 < resident < 1.25 * measured, (resident, measured)
+        assert figures["process_start_time_seconds"] == pytest.approx(_started(server.process.pid), abs=0.02)
+        fds = [len(os.listdir(f"/proc/{pid}/fd")) for pid in processes]
+        assert max(fds) - 5 <= figures["process_open_fds"] <= max(fds) + 5 < sum(fds), (figures, fds)
+        assert figures["process_max_fds"] > 0 and figures["process_virtual_memory_bytes"] > resident
+        assert figures['python_gc_collections_total{generation="0"}'] > 0
+        assert figures["process_cpu_seconds_total"] > 0
+        labelled = {name for name in figures if "{" in name and not name.split("{")[0].endswith("_created")}
+        assert labelled and all(re.search(r'\{(generation="\d"|implementation=.*)\}$', n) for n in labelled), labelled
+        assert not _naming_a_process(text, processes)
+
+        scraper = Scraper(server)
+        scraper.measure = lambda text: process_figures(text)["process_cpu_seconds_total"]
+        scraper.start()
+        for _ in range(6):  # 0.3 s of CPU each, spread over the workers
+            assert requests.get(f"{server.url}/burn", timeout=20).status_code == 200
+        wait_until(lambda: scraper.seen and scraper.seen[-1] >= 1.8, 10, "the CPU summed")
+        burnt = scraper.seen[-1]
+        cpu = {pid: sum(float(x) for x in _proc_stat(pid)[11:13]) for pid in server.workers()}
+        victim = max(cpu, key=cpu.__getitem__)  # the worker that spent most: its CPU must stay counted
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda: victim not in server.workers() and len(server.workers()) == 3, 20, "the killed worker replaced"
+        )
+        for _ in range(120):  # recycles every worker (max_requests 40) at least once
+            requests.get(f"{server.url}/ok", timeout=10)
+        wait_until(lambda: len(scraper.seen) > 20 and len(server.workers()) == 3, 20, "scrapes across the recycling")
+        scraper.stop.set()
+        scraper.join(10)
+        assert scraper.seen == sorted(scraper.seen), "the CPU total never went back"
+        assert scraper.seen[-1] >= burnt
+        assert not _naming_a_process(server.scrape(), [server.process.pid, *server.workers(), victim])
 
 
 def test_metrics_port_serves_the_sum_from_the_arbiter_only(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from correlation.metrics import archive, server, shared, store
 from correlation.metrics.counter import ExemplarCounter
 from correlation.metrics.exposition import SharedCollector
 from correlation.metrics.gauge import Gauge as OurGauge
-from correlation.metrics.gauge import NewestGauge
+from correlation.metrics.gauge import MaxGauge, MinGauge, NewestGauge
 from correlation.metrics.histogram import ExemplarHistogram
 from correlation.metrics.merge import read_directory
 from correlation.metrics.shared import MetricsFile
@@ -129,6 +129,30 @@ def test_a_dead_workers_counts_stay_in_the_archive_and_its_gauges_go(
     assert b'cid="from-the-dead"' in scraped, "the newest failure is kept"
     second.histogram.labels("/a").observe(0.5, "later")
     assert _sample(_scrape(tmp_path), "req_seconds_count", route="/a") == 13
+
+
+def test_largest_and_smallest_gauges_keep_their_extreme_over_live_workers_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process's open fds against its own limit: summed they would mean nothing. A smallest
+    gauge not sampled yet (0) does not win; a dead worker's extremes go with it."""
+    files = [MetricsFile.for_worker(tmp_path) for _ in range(3)]
+    largest = [MaxGauge("open_fds", "Fds.", [], registry=None) for _ in files]
+    smallest = [MinGauge("started", "Start.", [], registry=None) for _ in files]
+    for family, file in (*zip(largest, files, strict=True), *zip(smallest, files, strict=True)):
+        family.share(file)
+    for gauge, value in zip(largest, (12, 40, 7), strict=True):
+        gauge.labels().set(value)
+    smallest[0].labels().set(1000.0)
+    smallest[1].labels().set(900.0)
+    smallest[2].labels()  # made, not sampled yet: 0 in its file
+    scraped = _scrape(tmp_path)
+    assert (_sample(scraped, "open_fds"), _sample(scraped, "started")) == (40, 900)
+    pid = os.getpid()  # every simulated worker has this pid: absorb the one with the extremes
+    monkeypatch.setattr(archive, "worker_files", lambda directory, wanted: [files[1].path] if wanted == pid else [])
+    archive.absorb(tmp_path, pid)
+    scraped = _scrape(tmp_path)
+    assert (_sample(scraped, "open_fds"), _sample(scraped, "started")) == (12, 1000)
 
 
 def test_a_file_the_archive_absorbed_counts_once_while_it_is_still_there(tmp_path: Path) -> None:
