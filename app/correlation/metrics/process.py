@@ -123,17 +123,12 @@ def figures_of(pid: int) -> Iterator[Series]:
 
 def add_server_figures(merged: Merged) -> None:
     """Fold in the server process's figures (unless it writes a file of its own: then they are in
-    it), and settle the CPU total."""
+    it). The CPU total is summed in any order to the same value (``merge.sum_exactly``): it never
+    goes back when a worker's file moves into the archive."""
     pid = store.server_pid
     if pid is not None and pid not in merged.pids:
         for figure in figures_of(pid):
             merged.add(figure)
-    # Each process's CPU time is whole clock ticks, but a float sum depends on the order of its
-    # terms, which changes when a worker's file moves to the archive: its last bit could go
-    # down, which Prometheus reads as a counter reset. Whole microseconds are the same in any order.
-    cpu = merged.families.get(CPU.family_key, {})
-    for values, (created, total, exemplar) in cpu.items():
-        cpu[values] = (created, round(total, 6), exemplar)
 
 
 store.add_sampler(sample)
