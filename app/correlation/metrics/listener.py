@@ -10,6 +10,7 @@ reading every worker's file; in a single process, a thread of that process.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -43,9 +44,23 @@ def parse_address(value: str) -> tuple[str, int]:
     return host or "0.0.0.0", number  # noqa: S104 - a port for Prometheus; not published
 
 
-def serve(address: str) -> ThreadingHTTPServer:
-    """Serve ``/metrics`` on ``address`` from a daemon thread of this process."""
-    server = ThreadingHTTPServer(parse_address(address), _MetricsRequest)
+def serve(address: str) -> ThreadingHTTPServer | None:
+    """Serve ``/metrics`` on ``address`` from a daemon thread of this process; None, said on
+    stderr, when the address cannot be bound (the application goes on serving its requests).
+
+    The usual cause is a server of several processes that each build the application (``uvicorn
+    --workers N``): the first binds the port, the next cannot. Raising here would fail every
+    request of those workers (an ASGI app builds its middleware at its first request)."""
+    try:
+        server = ThreadingHTTPServer(parse_address(address), _MetricsRequest)
+    except OSError as exc:
+        sys.stderr.write(
+            f"correlation: METRICS_PORT={address}: cannot listen ({exc.strerror or exc}); this process "
+            "does not serve /metrics. With several worker processes only a server process can serve it: "
+            "run under gunicorn with the hooks of correlation.gunicorn (docs/library.md, 'Several workers').\n"
+        )
+        sys.stderr.flush()
+        return None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="correlation-metrics-listener", daemon=True).start()
     _log.info("serving /metrics on %s", address)

@@ -82,3 +82,26 @@ def test_a_shared_directory_no_server_manages_is_warned_about(tmp_path: Path) ->
         line for line in scrapes[-1].splitlines() if line.startswith("http_server_request_duration_seconds_count")
     ]
     assert any(line.endswith(" 20.0") for line in counted), "the workers' counts are summed"
+
+
+def test_metrics_port_under_several_uvicorn_workers_never_fails_a_request(tmp_path: Path) -> None:
+    """Each worker builds the app, and only the first can bind METRICS_PORT: the others say so
+    and go on serving (raising there failed every request of theirs with a 500)."""
+    metrics_port = free_port()
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "tests.support.asgi_app:app", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--no-access-log", "--workers", "2"]
+    env = {
+        "PYTHONPATH": f"{REPO}:{REPO / 'app'}",
+        "SERVICE_NAME": SERVICE,
+        "LOKI_URL": "",
+        "METRICS_PORT": f"127.0.0.1:{metrics_port}",
+    }
+    log = tmp_path / "server.log"
+    with serving(command, f"http://127.0.0.1:{port}", "/healthz", env=env, log=log, cwd=REPO) as url:
+        statuses = [requests.get(f"{url}/items/1", timeout=10).status_code for _ in range(30)]
+        scrape = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
+    output = log.read_text(errors="replace")
+    assert statuses == [200] * 30, output[-3000:]
+    assert f"METRICS_PORT=127.0.0.1:{metrics_port}: cannot listen" in output, output[-3000:]
+    assert scrape.status_code == 200 and UNSHARED in scrape.text, "the one that listens says it is not the sum"
