@@ -45,6 +45,10 @@ file: MetricsFile | None = None  # this process's, once activated
 families: weakref.WeakSet[Shareable] = weakref.WeakSet()
 _samplers: list[Callable[[], None]] = []
 _lock = threading.Lock()
+#: Held by a sampling pass, and by a fork (os.register_at_fork, below): a pass takes the families'
+#: locks, and a child forked in the middle of one would inherit them held by a thread it does not
+#: have, then hang at start when it takes them to write its own file.
+_sampling_lock = threading.Lock()
 _wake = threading.Event()
 _sampling: threading.Thread | None = None
 
@@ -79,13 +83,14 @@ def sample_now() -> None:
     """Write every sampled value of this process now (a no-op when not activated)."""
     if file is None:
         return
-    for family in list(families):
-        family.sample()
-    for sampler in list(_samplers):
-        try:
-            sampler()
-        except Exception:  # noqa: BLE001 - one broken sampler must not stop the others, nor the thread
-            pass
+    with _sampling_lock:
+        for family in list(families):
+            family.sample()
+        for sampler in list(_samplers):
+            try:
+                sampler()
+            except Exception:  # noqa: BLE001 - one broken sampler must not stop the others, nor the thread
+                pass
 
 
 def _sample_forever() -> None:
@@ -94,8 +99,9 @@ def _sample_forever() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global file, _sampling
+    global file, _sampling, _sampling_lock
     file, _sampling = None, None  # the parent's, and its thread did not survive the fork
+    _sampling_lock = threading.Lock()  # the parent's copy was held across the fork
     if directory is not None:
         activate()
 
@@ -105,7 +111,13 @@ def _at_exit() -> None:
     sample_now()  # the last counts of a worker leaving normally
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+def _before_fork() -> None:
+    _sampling_lock.acquire()  # a pass under way ends first (a few ms)
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=lambda: _sampling_lock.release(), after_in_child=_after_fork_in_child
+)
 atexit.register(_at_exit)
 _env_directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
 if _env_directory:  # every process of the server writes its own file, as prometheus_client's do
