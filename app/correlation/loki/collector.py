@@ -61,9 +61,14 @@ def register(handler: Reporting, registry: CollectorRegistry) -> None:
 
 
 def unregister(handler: Reporting) -> None:
-    """Stop reporting ``handler`` (it was closed) in every registry."""
+    """Stop reporting ``handler`` (it was closed) in every registry. Shared, its last figures are
+    written first: a worker's file then says what its shipper ended with (nothing buffered, or the
+    rest counted), and a worker whose file still shows buffered lines did not close it: it was
+    killed, and the server counts them (``worker_lost``, :mod:`correlation.metrics.archive`)."""
     with _lock:
-        for collector in _collectors.values():
+        for registry, collector in _collectors.items():
+            if handler in collector.handlers and registry is REGISTRY and store.file is not None:
+                collector.sample()
             collector.handlers.discard(handler)
 
 

@@ -19,6 +19,7 @@ DROP_REASONS = (
     "spool_corrupt",  # a spool segment could not be read back: moved to lokispool-quarantine/
     "sender_error",  # held by the sender thread when an unexpected error (a bug) restarted it
     "format_error",  # the record could not be formatted
+    "worker_lost",  # buffered in a worker killed before it closed its shipper (counted by the server)
 )
 RETRY_REASONS = ("rate_limited", "server_error", "connection_error")
 

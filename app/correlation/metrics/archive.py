@@ -8,6 +8,13 @@ dead worker's file before it was deleted does not count it twice
 (:mod:`correlation.metrics.merge`). Counters, histograms and the newest failure are kept; a dead
 worker's gauges (its in-flight requests, its buffered lines) are not: they described a process that
 no longer runs.
+
+One gauge means lines lost with the worker: its shipper's buffered lines. A worker that ends
+normally closes its shipper, which writes its last figures (nothing buffered: sent, spooled, or
+counted as dropped); a worker killed before that (SIGKILL, the OOM killer, gunicorn's timeout)
+leaves in its file the lines it held at its last sample, and they are counted here as dropped,
+reason ``worker_lost``. The sample is at most a second old: lines written in that last second are
+missed, and lines of a push under way may have arrived after all.
 """
 
 from __future__ import annotations
@@ -20,8 +27,11 @@ from typing import Any
 
 from correlation.metrics import shared
 from correlation.metrics.merge import Merged
-from correlation.metrics.shared import ABSORBED, COUNTER, HISTOGRAM, NEWEST, MetricsFile
+from correlation.metrics.shared import ABSORBED, COUNTER, GAUGE, HISTOGRAM, NEWEST, MetricsFile
 
+#: (the gauge of lines a worker still held, the counter of lines that never reached Loki, the
+#: reason): the shipper's families (correlation.loki.collector), known here by name only.
+LOST_WITH_WORKER = ("loki_shipper_buffered_lines", "loki_shipper_dropped_lines", "worker_lost")
 #: How long an absorbed file's name is remembered: far longer than any scrape takes to read the
 #: files it opened.
 REMEMBER_ABSORBED_SECONDS = 600.0
@@ -57,13 +67,30 @@ def absorb(directory: Path, pid: int) -> int:
         mm = shared.open_map(path)
         if mm is not None:
             with mm:
-                for series in shared.read_series(mm):
-                    merged.add(series, live=False)
+                every = list(shared.read_series(mm))
+            for series in every:
+                merged.add(series, live=False)
+            for lost in lost_lines(every):
+                merged.add(lost, live=False)
         merged.absorbed[path.name] = now
     _write(directory, merged, now)
     for path in dead:  # only after the new archive is in place
         path.unlink(missing_ok=True)
     return len(dead)
+
+
+def lost_lines(series: list[shared.Series]) -> list[shared.Series]:
+    """The lines a dead worker still held (its buffered-lines gauge, by service), as additions to
+    its dropped-lines counter with the reason ``worker_lost``; none when it closed its shipper."""
+    held_name, dropped_name, reason = LOST_WITH_WORKER
+    held = {s.values: s.data for s in series if s.name == held_name and s.kind == GAUGE and s.data}
+    counters = {s.values[0]: s for s in series if s.name == dropped_name and s.kind == COUNTER and s.values}
+    lost = []
+    for (service, *_), lines in held.items():
+        like = counters.get(service)  # the worker's own series of that family: same name, help, labels
+        if like is not None and lines > 0:
+            lost.append(like._replace(values=(service, reason), data=(like.data[0], float(round(lines)), None)))
+    return lost
 
 
 def _write(directory: Path, merged: Merged, now: float) -> None:

@@ -417,3 +417,48 @@ def test_prometheus_sees_no_reset_and_the_error_ratio_alert_fires_only_on_errors
                 return any(a["metric"]["alertstate"] == "firing" for a in alerts())
 
             wait_until(firing, 40, "HighErrorRatio firing", interval=0)
+
+
+def _shipper(text: str, name: str, reason: str | None = None) -> float:
+    """A shipper figure of the service in a scrape (summed over the lines that match)."""
+    labels = f'reason="{reason}",service="workers"' if reason else 'service="workers"'
+    pattern = re.compile(rf"^loki_shipper_{name}(?:_total)?\{{{re.escape(labels)}\}} (\S+)", re.M)
+    return sum(float(v) for v in pattern.findall(text))
+
+
+@pytest.mark.parametrize("ending", ["killed", "stopped"])
+def test_lines_a_killed_worker_held_are_counted_and_a_stopped_one_counts_its_own(tmp_path: Path, ending: str) -> None:
+    """Loki answers no push: the workers hold their lines. SIGKILLed, a worker cannot count them;
+    the server does, from its last sample (``worker_lost``). Stopped (SIGTERM), a worker closes its
+    shipper, which counts what it could not send itself: nothing is counted twice."""
+    from fakes import FakeLoki
+
+    with FakeLoki(default="stall") as loki:
+        env = {"LOKI_URL": loki.url, "LOKI_FLUSH_TIMEOUT_SECONDS": "0.5", "LOKI_TIMEOUT_SECONDS": "30"}
+        with gunicorn(tmp_path, env=env) as server:
+            for _ in range(30):
+                assert requests.get(f"{server.url}/ok", timeout=10).status_code == 200
+            held = 0.0
+
+            def sampled() -> bool:  # every worker's last sample holds its lines (a second at most)
+                nonlocal held
+                held = _shipper(server.scrape(), "buffered_lines")
+                return held >= 30
+
+            wait_until(sampled, 10, "the workers' buffered lines sampled")
+            time.sleep(1.2)  # a last sample of the scraping worker too (its scrape's lines are quiet)
+            held = _shipper(server.scrape(), "buffered_lines")
+            victims = server.workers()
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL if ending == "killed" else signal.SIGTERM)
+            wait_until(lambda: not set(victims) & set(server.workers()) and len(server.workers()) == 3, 30, "respawn")
+            text = server.scrape()
+            lost = _shipper(text, "dropped_lines", "worker_lost")
+            closed = _shipper(text, "dropped_lines", "shutdown") + _shipper(
+                text, "dropped_lines", "shutdown_unconfirmed"
+            )
+        loki.release_stalled()
+    if ending == "killed":
+        assert lost == held, (lost, held)
+    else:
+        assert lost == 0 and closed >= 30, (lost, closed, held)
