@@ -445,7 +445,12 @@ def test_lines_a_killed_worker_held_are_counted_and_a_stopped_one_counts_its_own
                 held = _shipper(server.scrape(), "buffered_lines")
                 return held >= 30
 
-            wait_until(sampled, 10, "the workers' buffered lines sampled")
+            try:
+                wait_until(sampled, 30, "the workers' buffered lines sampled")
+            except AssertionError as exc:
+                raise AssertionError(
+                    f"{exc} (held {held}): {server.output.read_text(errors='replace')[-2000:]}"
+                ) from None
             time.sleep(1.2)  # a last sample of the scraping worker too (its scrape's lines are quiet)
             held = _shipper(server.scrape(), "buffered_lines")
             victims = server.workers()

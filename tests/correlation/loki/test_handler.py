@@ -458,5 +458,6 @@ def test_a_close_that_times_out_counts_the_push_still_under_way(loki_sink: FakeL
     stats = handler.stats.snapshot()
     assert stats.dropped == {"shutdown_unconfirmed": 10} and stats.sent_lines == 0
     loki_sink.release_stalled()  # answered 503 after the deadline: the sender counts nothing more
+    assert handler.sender.thread is not None
     handler.sender.thread.join(5)
     assert handler.stats.snapshot().dropped == {"shutdown_unconfirmed": 10}
