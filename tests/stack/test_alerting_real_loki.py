@@ -43,10 +43,10 @@ import pytest
 from correlation import schema
 from correlation.ids import time_ms_of
 from correlation.settings import LokiSettings
-from demo import local_worker, notifications
-from demo.run_local import Chain, start_chain, wait_healthy
+from demo import notifications
+from demo.run_local import Chain
 from demo.services import SERVICES
-from fakes import FakeWebhook, free_port, wait_until
+from fakes import FakeWebhook, wait_until
 from tests.support.alerting import (
     TRAIL_WEB,
     NotifierRun,
@@ -56,8 +56,9 @@ from tests.support.alerting import (
     pages,
     running_notifier,
     set_faults,
+    start_task_chain,
 )
-from tests.support.broker import RETRY_ENV, Broker
+from tests.support.broker import RETRY_ENV
 from tests.support.grafana import explore_exprs, parse_explore_url, provisioned_datasource_uids
 from tests.support.real_loki import LOKI_BIN, needs_real_loki, real_loki
 from tests.support.stack import http_get_json, instant_query, require_tool
@@ -127,29 +128,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     codes: dict[str, int | None] = {}
     with (
         real_loki(root) as loki,
-        (root / "redis.log").open("wb") as redis_log,
-        (root / "services.log").open("wb") as chain_log,
-        (root / "worker.log").open("wb") as worker_log,
         ExitStack() as started,  # every process started here is stopped here, last first
     ):
-        broker = Broker(free_port(), root, redis_log)
-        broker.start()
-        started.callback(broker.stop)
-        env = {
-            "LOKI_URL": loki,
-            "LOKI_BATCH_MAX_WAIT_SECONDS": "0.2",
-            "DEPLOY_ENV": "test",
-            "CELERY_BROKER_URL": broker.url,
-        }
-        chain = start_chain({name: free_port() for name in SERVICES}, env, stdout=chain_log)
-        started.callback(lambda: codes.update(chain.stop()))
-        port = free_port()
-        worker = local_worker.start_worker(
-            port, {**env, **RETRY_ENV, "INVENTORY_URL": chain.urls["inventory"]}, stdout=worker_log
-        )
-        started.callback(lambda: codes.update({"worker": local_worker.stop(worker, timeout=20)}))
-        worker_url = f"http://127.0.0.1:{port}"
-        wait_healthy(worker_url, worker, timeout=30)
+        demo = start_task_chain(started, root, loki, codes)
+        chain, worker_url = demo.chain, demo.worker_url
         yield Demo(chain, worker_url, loki, bool(LOKI_BIN))
     assert codes == {name: 0 for name in [*SERVICES, "worker"]}, f"processes did not stop cleanly: {codes}"
 

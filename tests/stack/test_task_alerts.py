@@ -25,10 +25,10 @@ import pytest
 
 from correlation import schema
 from correlation.settings import LokiSettings
-from demo import local_worker, notifications
-from demo.run_local import Chain, start_chain, wait_healthy
+from demo import notifications
+from demo.run_local import Chain
 from demo.services import SERVICES
-from fakes import FakeLoki, FakeWebhook, free_port, wait_until
+from fakes import FakeLoki, FakeWebhook, wait_until
 from tests.support.alerting import (
     GRAFANA,
     RUNBOOKS,
@@ -43,8 +43,9 @@ from tests.support.alerting import (
     pages,
     running_notifier,
     set_faults,
+    start_task_chain,
 )
-from tests.support.broker import RETRY_ENV, Broker
+from tests.support.broker import Broker
 from tests.support.fake_loki import checked_fake_loki
 from tests.support.grafana import (
     dashboard_promql_queries,
@@ -99,29 +100,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TaskStack]:
     codes: dict[str, int | None] = {}
     with (
         checked_fake_loki() as sink,
-        (root / "redis.log").open("wb") as redis_log,
-        (root / "services.log").open("wb") as chain_log,
-        (root / "worker.log").open("wb") as worker_log,
         ExitStack() as started,  # every process started here is stopped here, last first
     ):
-        broker = Broker(free_port(), root, redis_log)
-        broker.start()
-        started.callback(lambda: broker.proc is not None and broker.proc.poll() is None and broker.stop())
-        env = {
-            "LOKI_URL": sink.url,
-            "LOKI_BATCH_MAX_WAIT_SECONDS": "0.2",
-            "DEPLOY_ENV": "test",
-            "CELERY_BROKER_URL": broker.url,
-        }
-        chain = start_chain({name: free_port() for name in SERVICES}, env, stdout=chain_log)
-        started.callback(lambda: codes.update(chain.stop()))
-        port = free_port()
-        worker = local_worker.start_worker(
-            port, {**env, **RETRY_ENV, "INVENTORY_URL": chain.urls["inventory"]}, stdout=worker_log
-        )
-        started.callback(lambda: codes.update({"worker": local_worker.stop(worker, timeout=20)}))
-        worker_url = f"http://127.0.0.1:{port}"
-        wait_healthy(worker_url, worker, timeout=30)
+        demo = start_task_chain(started, root, sink.url, codes)
+        chain, worker_url, broker = demo.chain, demo.worker_url, demo.broker
         rules = derived_rules()
         chat = FakeWebhook()
         run = started.enter_context(running_notifier(sink.url, started.enter_context(chat.server).url))

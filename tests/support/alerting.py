@@ -19,7 +19,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,12 @@ from typing import Any
 import requests
 
 from correlation.settings import LokiSettings
+from demo import local_worker
+from demo.run_local import Chain, start_chain, wait_healthy
 from demo.services import SERVICES
-from fakes import FakeWebhook, LoopbackServer, QuietHandler, wait_until
+from fakes import FakeWebhook, LoopbackServer, QuietHandler, free_port, wait_until
 from tests.support import REPO
+from tests.support.broker import RETRY_ENV, Broker
 from tests.support.stack import (
     alertmanager_server,
     instant_query,
@@ -314,3 +317,39 @@ def critical_alerts(prometheus: str) -> set[tuple[str, str, str]]:
 
 def rule_file_paths() -> list[Path]:
     return sorted((REPO / "alerts").glob("*.rules.yml"))
+
+
+@dataclass
+class TaskChain:
+    """The demo chain and the notifications worker, with a Redis broker between them."""
+
+    chain: Chain
+    worker_url: str
+    broker: Broker
+
+
+def start_task_chain(started: ExitStack, root: Path, loki_url: str, codes: dict[str, int | None]) -> TaskChain:
+    """Start a broker, the chain and the worker shipping to ``loki_url`` (logs in ``root``); each is
+    stopped by ``started`` (last first), and ``codes`` gets every process's exit status."""
+    redis_log = started.enter_context((root / "redis.log").open("wb"))
+    chain_log = started.enter_context((root / "services.log").open("wb"))
+    worker_log = started.enter_context((root / "worker.log").open("wb"))
+    broker = Broker(free_port(), root, redis_log)
+    broker.start()
+    started.callback(lambda: broker.proc is not None and broker.proc.poll() is None and broker.stop())
+    env = {
+        "LOKI_URL": loki_url,
+        "LOKI_BATCH_MAX_WAIT_SECONDS": "0.2",
+        "DEPLOY_ENV": "test",
+        "CELERY_BROKER_URL": broker.url,
+    }
+    chain = start_chain({name: free_port() for name in SERVICES}, env, stdout=chain_log)
+    started.callback(lambda: codes.update(chain.stop()))
+    port = free_port()
+    worker = local_worker.start_worker(
+        port, {**env, **RETRY_ENV, "INVENTORY_URL": chain.urls["inventory"]}, stdout=worker_log
+    )
+    started.callback(lambda: codes.update({"worker": local_worker.stop(worker, timeout=20)}))
+    worker_url = f"http://127.0.0.1:{port}"
+    wait_healthy(worker_url, worker, timeout=30)
+    return TaskChain(chain, worker_url, broker)
