@@ -38,6 +38,7 @@ the raw path, which would make the metric's series unbounded.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import time
@@ -51,7 +52,8 @@ from correlation.context import Hop
 from correlation.error_type import error_type
 from correlation.hops import OPEN_HOPS, OpenHop, end_http_hop, log_refused
 from correlation.integrations.requests import instrument_requests
-from correlation.metrics import listener, unshared
+from correlation.loki.handler import flush_every_handler
+from correlation.metrics import listener, store, unshared
 from correlation.settings import Settings
 
 __all__ = ["CLIENT_CLOSED_REQUEST", "CorrelationMiddleware"]
@@ -147,7 +149,9 @@ class CorrelationMiddleware:
             await self._http(scope, receive, send)
         elif kind == "websocket":
             await self._websocket(scope, receive, send)
-        else:  # lifespan, and any extension: not ours
+        elif kind == "lifespan":  # the app's; the shipper's lines are delivered before shutdown completes
+            await self.app(scope, receive, _delivering_at_shutdown(send))
+        else:  # any extension: not ours
             await self.app(scope, receive, send)
 
     def inbound(self, scope: Scope) -> wire.Inbound:
@@ -357,3 +361,24 @@ class CorrelationMiddleware:
         headers = [(b"content-type", content_type.encode("latin-1")), (b"content-length", b"%d" % len(body))]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _delivering_at_shutdown(send: Send) -> Send:
+    """The lifespan's ``send``: before the server hears that shutdown is complete, every Loki
+    handler delivers what it holds and this process's metrics are sampled. uvicorn, once shut down
+    on SIGTERM, raises SIGTERM again with the handler it found, which is the default one for a
+    plain uvicorn process and under gunicorn's uvicorn workers: the process then ends by the
+    signal, without atexit or ``logging.shutdown``, and what the shipper still held was lost,
+    uncounted. Every request has ended by then (uvicorn waits for them first)."""
+
+    async def sending(message: Message) -> None:
+        if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+            await asyncio.to_thread(_deliver_everything)  # off the loop: it waits on the network
+        await send(message)
+
+    return sending
+
+
+def _deliver_everything() -> None:
+    flush_every_handler()
+    store.sample_now()  # the last figures in this worker's file (its buffered lines: none left)

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Mapping
 from types import FrameType
 from typing import Any
@@ -64,6 +65,20 @@ def _mark_exiting() -> None:
 
 
 atexit.register(_mark_exiting)
+
+
+#: Every handler not closed yet: what :func:`flush_every_handler` delivers.
+_open: weakref.WeakSet[LokiHandler] = weakref.WeakSet()
+
+
+def flush_every_handler(seconds: float | None = None) -> None:
+    """Deliver what every open Loki handler holds, each within ``seconds`` (default: its flush
+    timeout). For a server that ends its process by a signal once its own graceful shutdown is
+    done, so that atexit and ``logging.shutdown`` never run: uvicorn raises the signal that
+    stopped it again, with the handler it found (the default one). The ASGI edge calls this when
+    the lifespan shuts down (:mod:`correlation.integrations.asgi`)."""
+    for handler in list(_open):
+        handler.flush(seconds)
 
 
 def _holding_logging_lock() -> bool:
@@ -133,6 +148,7 @@ class LokiHandler(LineHandler, made_lines=True):
         self._new_pipeline()
         if registry is not None:
             collector.register(self, registry)
+        _open.add(self)
         # After fork the parent's thread is gone and its buffered lines are the parent's to send:
         # the child starts empty and starts its own sender lazily (works with gunicorn --preload).
         rebuild_after_fork(self, LokiHandler._new_pipeline)
@@ -234,6 +250,7 @@ class LokiHandler(LineHandler, made_lines=True):
         counts what is left and stops reporting the handler's metrics once it is done, as the
         close does. Neither it nor the sender ever logs: their trouble goes to stderr.
         """
+        _open.discard(self)
         if self.sender.thread is None and not self.buffer.buffered[0]:
             collector.unregister(self)
         elif not (_holding_logging_lock() and self._hand_over(seconds)):

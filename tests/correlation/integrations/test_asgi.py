@@ -316,3 +316,36 @@ def test_metrics_port_serves_metrics_apart_from_the_app(tmp_path: Path) -> None:
         assert requests.get(f"{url}/metrics", timeout=5).status_code == 404, "not on the application's port"
         scrape = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", headers=OPENMETRICS, timeout=5).text
     assert '# {correlation_id="cid-metrics-port"}' in scrape
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+def test_lines_still_buffered_when_the_server_stops_reach_loki(tmp_path: Path, server: str) -> None:
+    """uvicorn, once it has shut down on SIGTERM, raises SIGTERM again with the handler it found:
+    the default one (a plain uvicorn process; gunicorn's uvicorn workers reset it), so the process
+    ends by the signal, without atexit or logging.shutdown. The edge delivers the shipper's lines
+    when the lifespan shuts down, before that: none of them is lost."""
+    from fakes import FakeLoki
+
+    port = free_port()
+    if server == "uvicorn":
+        command = [sys.executable, "-m", "uvicorn", "tests.support.asgi_app:app", "--host", "127.0.0.1"]
+        command += ["--port", str(port), "--no-access-log"]
+    else:
+        conf = tmp_path / "gunicorn_conf.py"
+        conf.write_text(GUNICORN_CONF.format(port=port))
+        command = [sys.executable, "-m", "gunicorn", "--config", str(conf), "tests.support.asgi_app:app"]
+    with FakeLoki() as loki:
+        env = {
+            "PYTHONPATH": f"{ROOT}:{ROOT / 'app'}",
+            "SERVICE_NAME": SERVICE,
+            "LOKI_URL": loki.url,
+            "LOKI_BATCH_MAX_WAIT_SECONDS": "60",  # nothing leaves before the stop
+            "METRICS_PORT": "",
+        }
+        cids = [f"stop-{server}-{n}" for n in range(5)]
+        with serving(command, f"http://127.0.0.1:{port}", "/healthz", env=env, log=tmp_path / "log", cwd=ROOT) as url:
+            for cid in cids:
+                assert requests.get(f"{url}/items/1", headers={"X-Correlation-ID": cid}, timeout=10).status_code == 200
+            assert not [e for e in loki.entries if e.metadata.get("correlation_id") in cids], "sent before the stop"
+        shipped = {e.metadata.get("correlation_id") for e in loki.entries if e.json.get("logger") == "correlation.access"}
+    assert set(cids) <= shipped, (tmp_path / "log").read_text(errors="replace")[-3000:]
