@@ -62,11 +62,16 @@ class OpenHop(NamedTuple):
 OPEN_HOPS: dict[str, OpenHop] = {}
 
 
-def in_flight_counter(service: str) -> Callable[[], int]:
-    """How many requests ``service`` is handling now: read at scrape time from :data:`OPEN_HOPS`."""
+def in_flight_counter(service: str, counted: Callable[[dict[str, Any]], bool] | None = None) -> Callable[[], int]:
+    """How many requests ``service`` is handling now: read at scrape time from :data:`OPEN_HOPS`;
+    only those whose environ (an ASGI scope) is ``counted``, when given."""
 
     def count() -> int:
-        return sum(1 for item in tuple(OPEN_HOPS.values()) if item.reporter.service == service)
+        return sum(
+            1
+            for item in tuple(OPEN_HOPS.values())
+            if item.reporter.service == service and (counted is None or counted(item.environ))
+        )
 
     return count
 
