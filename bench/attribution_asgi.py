@@ -81,6 +81,12 @@ def _env(app_dir: str, env: dict[str, str]) -> dict[str, str]:
     return {**os.environ, **env, "PYTHONPATH": os.pathsep.join([app_dir, ROOT, os.path.join(ROOT, "app")])}
 
 
+def _counted_env(app_dir: str, env: dict[str, str]) -> dict[str, str]:
+    # One hash seed: with a random one, dicts and sets lay out differently in every process and
+    # two counts of the same code differ by a few thousand instructions a request.
+    return {**_env(app_dir, {**env, **SIZE_BOUND_BATCHES}), "PYTHONHASHSEED": "0"}
+
+
 def _child(app_dir: str, env: dict[str, str], *args: str) -> dict[str, Any]:
     child = subprocess.run([sys.executable, "-m", "bench.asgi_inprocess", *args], env=_env(app_dir, env), cwd=ROOT,
                            capture_output=True, text=True, timeout=1800, check=False)  # fmt: skip
@@ -113,7 +119,7 @@ def _read_count(logs: str) -> int:
 def _in_process_instructions(name: str, app_dir: str, env: dict[str, str], requests: int) -> int:
     with tempfile.TemporaryDirectory() as logs:
         command = [sys.executable, "-m", "bench.asgi_inprocess", "count", name, str(requests)]
-        subprocess.run(_valgrind(command, logs), env=_env(app_dir, {**env, **SIZE_BOUND_BATCHES}), cwd=ROOT,
+        subprocess.run(_valgrind(command, logs), env=_counted_env(app_dir, env), cwd=ROOT,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800, check=True)  # fmt: skip
         return _read_count(logs)
 
@@ -123,7 +129,7 @@ def _server_instructions(factory: str, app_dir: str, env: dict[str, str], reques
     with tempfile.TemporaryDirectory() as logs:
         command = [sys.executable, "-m", "uvicorn", "--factory", f"bench.asgi_apps:{factory}", "--host", "127.0.0.1",
                    "--port", str(port), "--no-access-log", "--log-level", "warning", "--app-dir", ROOT]  # fmt: skip
-        proc = subprocess.Popen(_valgrind(command, logs), env=_env(app_dir, {**env, **SIZE_BOUND_BATCHES}), cwd=ROOT,
+        proc = subprocess.Popen(_valgrind(command, logs), env=_counted_env(app_dir, env), cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
             url = f"http://127.0.0.1:{port}"
