@@ -140,7 +140,9 @@ def end_http_hop(
     if metered:
         metric_method = method if method in HTTP_METHODS else "other"  # the client's to choose: bounded
         metrics.observe_request(service, route, metric_method, status, seconds, hop.correlation_id, origin)
-    duration_ms = round(seconds * 1000, 3)
+    # To the microsecond, as round(seconds * 1000, 3) would (but at exact halves, which it rounds
+    # to even): round() with digits goes through a decimal conversion, three times the cost.
+    duration_ms = (seconds * 1_000_000 + 0.5) // 1 / 1000
     fields = {
         METHOD: method,
         ROUTE: route,
