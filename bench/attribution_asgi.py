@@ -38,6 +38,7 @@ from typing import Any
 
 from bench.asgi_inprocess import BYTECODE_APPS, VARIANTS
 from bench.attribution import SIZE_BOUND_BATCHES, _count_requests
+from bench.baseline import baseline_app, python_path
 from bench.load import wait_http
 from bench.sinkproc import SinkProcess
 from bench.table import median, print_table
@@ -62,23 +63,16 @@ def _int_env(name: str, default: int) -> int:
 @contextmanager
 def trees() -> Iterator[dict[str, str]]:
     """label -> the directory whose ``correlation`` package runs: this tree's ``app``, and the
-    baseline's from a ``git archive`` (left out, with a note, when git cannot make it)."""
-    found = {"": os.path.join(ROOT, "app")}
-    with tempfile.TemporaryDirectory(prefix="asgi-baseline-") as directory:
-        if BASELINE_REF:
-            archive = subprocess.run(["git", "-C", ROOT, "archive", BASELINE_REF, "app"], capture_output=True,
-                                     timeout=60, check=False)  # fmt: skip
-            if archive.returncode == 0:
-                subprocess.run(["tar", "-x", "-C", directory], input=archive.stdout, check=True, timeout=60)
-                found[f" @{BASELINE_REF}"] = os.path.join(directory, "app")
-            else:
-                print(f"  (no baseline: git archive {BASELINE_REF} failed: {archive.stderr.decode()[:200].strip()})")
+    baseline's (left out, with a note, when git cannot make it)."""
+    with baseline_app(BASELINE_REF) as baseline:
+        found = {"": os.path.join(ROOT, "app")}
+        if baseline is not None:
+            found[f" @{BASELINE_REF}"] = baseline
         yield found
 
 
 def _env(app_dir: str, env: dict[str, str]) -> dict[str, str]:
-    # app_dir first: the baseline's package is found before this tree's editable install.
-    return {**os.environ, **env, "PYTHONPATH": os.pathsep.join([app_dir, ROOT, os.path.join(ROOT, "app")])}
+    return {**os.environ, **env, "PYTHONPATH": python_path(app_dir)}
 
 
 def _counted_env(app_dir: str, env: dict[str, str]) -> dict[str, str]:
