@@ -22,6 +22,7 @@ BENCHMARKS = {
     "trail": "bench.trail_lookup",
     "p5scale": "bench.p5_scale",
     "attribution": "bench.attribution",
+    "attribution-asgi": "bench.attribution_asgi",
     "workers": "bench.workers",
     "frontends": "bench.frontends",
 }
@@ -29,7 +30,7 @@ BENCHMARKS = {
 #: stalled Loki, memory, the trail lookup and the workers' scrape (about 8 minutes on 2 cores).
 DEFAULT = ["p1", "p2", "p3", "memory", "trail", "workers"]
 #: ``python -m bench all``: the default set, then the other frameworks, several workers and one
-#: request at scale (p5scale needs LOKI_BIN); the attribution and frontends only by name.
+#: request at scale (p5scale needs LOKI_BIN); the attributions and frontends only by name.
 ALL = [*DEFAULT, "p2asgi", "p2w", "p2django", "p5scale"]
 
 

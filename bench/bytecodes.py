@@ -17,30 +17,35 @@ import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 from types import FrameType
 from typing import Any
 
-from bench.inprocess import WSGIApp, _serve
+from bench.inprocess import _serve
 from bench.table import print_table
 
 #: The apps compared: name -> factory in bench.apps.
 APPS = {"bare Flask": "bare", "floor (bench/floor.py)": "floor", "instrumented": "instrumented"}
 #: Where a function's file lives decides whose cost it is: the library, the floor, or the rest.
 LIBRARY_MARK = f"{os.sep}correlation{os.sep}"
-FLOOR_FILE = f"bench{os.sep}floor.py"
+#: The yardsticks' files (the Flask floor; the ASGI floor and pass-through middleware).
+FLOOR_FILES = tuple(f"bench{os.sep}{name}" for name in ("floor.py", "asgi_floor.py", "asgi_apps.py"))
+#: The drivers' files: the loop that serves the requests is no one's cost.
+HARNESS_FILES = tuple(f"bench{os.sep}{name}" for name in ("inprocess.py", "asgi_inprocess.py"))
 
 
 def _owner(filename: str) -> str:
     if LIBRARY_MARK in filename:
         return "library"
-    if filename.endswith(FLOOR_FILE):
+    if filename.endswith(FLOOR_FILES):
         return "floor"
     if f"{os.sep}logging{os.sep}" in filename:
         return "logging"
-    if filename.endswith(f"bench{os.sep}inprocess.py"):
+    if filename.endswith(HARNESS_FILES):
         return "harness"
     if "site-packages" in filename:
-        return "framework"  # Flask, Werkzeug, blinker
+        return "framework"  # Flask, Werkzeug, blinker; FastAPI, Starlette, pydantic
     return "stdlib"  # the standard library's Python, called by either
 
 
@@ -49,8 +54,8 @@ def _name(filename: str, function: str) -> str:
     return f"{'/'.join(parts[-2:])}:{function}"
 
 
-def count(app: WSGIApp, requests: int) -> Counter[tuple[str, str]]:
-    """(owner, function) -> bytecodes executed while serving ``requests`` requests."""
+def count(serve: Callable[[int], object], requests: int) -> Counter[tuple[str, str]]:
+    """(owner, function) -> bytecodes executed while ``serve(requests)`` serves that many requests."""
     counts: Counter[tuple[str, str]] = Counter()
 
     def local(frame: FrameType, event: str, _arg: Any) -> Any:
@@ -65,7 +70,7 @@ def count(app: WSGIApp, requests: int) -> Counter[tuple[str, str]]:
 
     sys.settrace(enter)
     try:
-        _serve(app, requests)
+        serve(requests)
     finally:
         sys.settrace(None)
     return counts
@@ -79,20 +84,25 @@ def measure(requests: int) -> dict[str, dict[str, Any]]:
     for name, factory in APPS.items():
         app = getattr(apps, factory)().wsgi_app
         _serve(app, 300)  # warm-up: first-request work (imports, caches, the sender's connection)
-        counts = count(app, requests)
-        owners: Counter[str] = Counter()
-        for (owner, _), n in counts.items():
-            owners[owner] += n
-        functions = {
-            f"{owner} {function}": n / requests
-            for (owner, function), n in counts.items()
-            if owner in ("library", "floor", "logging")
-        }
-        results[name] = {
-            "per_request": {owner: n / requests for owner, n in owners.items() if owner != "harness"},
-            "functions": functions,
-        }
+        results[name] = summary(count(partial(_serve, app), requests), requests)
     return results
+
+
+def summary(counts: Counter[tuple[str, str]], requests: int) -> dict[str, Any]:
+    """Per request: bytecodes by owner (the harness left out), and the library's, the floors' and
+    logging's by function."""
+    owners: Counter[str] = Counter()
+    for (owner, _), n in counts.items():
+        owners[owner] += n
+    functions = {
+        f"{owner} {function}": n / requests
+        for (owner, function), n in counts.items()
+        if owner in ("library", "floor", "logging")
+    }
+    return {
+        "per_request": {owner: n / requests for owner, n in owners.items() if owner != "harness"},
+        "functions": functions,
+    }
 
 
 def print_tables(measured: dict[str, Any], top: int = 16) -> None:

@@ -1,6 +1,7 @@
 """ASGI P2 request overhead: bare FastAPI vs ours (``CorrelationMiddleware`` + ``setup_logging``)
-vs the peer asgi-correlation-id vs OpenTelemetry's ASGI instrumentation, the same ``GET /ping``
-under the same uvicorn (one process, asyncio loop, h11), measured side by side in one run.
+vs the peer asgi-correlation-id vs OpenTelemetry's ASGI instrumentation vs the floor (the
+guarantees by hand, bench/asgi_floor.py), the same ``GET /ping`` under the same uvicorn (one
+process, asyncio loop, h11), measured side by side in one run.
 
 The peer does less (no access line, no metrics, no Loki shipping): it is a yardstick of what a
 bare ID middleware costs, not a target. OpenTelemetry's ``OpenTelemetryMiddleware`` records a
@@ -10,6 +11,9 @@ processor: the cost of tracing in process, without export (bench/asgi_apps.py ``
 Built as bench/p2_request.py is: every app runs for the whole benchmark, the same load generator
 (wrk) drives them in turns, round after round, the order reversed each round; each round's ratio
 compares apps measured seconds apart, and the targets are checked on the median of those ratios.
+
+``BENCH_ASGI_BASELINE=<commit>`` adds ``ours @<commit>``: the same app on the library of that commit
+(bench/baseline.py), so a change is measured against what it replaced in the same run.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from bench import procstat
+from bench.baseline import baseline_app, python_path
 from bench.load import have_wrk, run_load, wait_http
 from bench.p2_request import CONNECTIONS, P99_TARGET, THROUGHPUT_TARGET, Rounds, configured_rounds
 from bench.sinkproc import SinkProcess
@@ -37,8 +42,12 @@ APPS = {
     "ours": "instrumented",
     "asgi-correlation-id": "asgi_correlation_id",
     "opentelemetry-asgi": "opentelemetry",
+    # The guarantees written by hand at their least (bench/asgi_floor.py): a yardstick, no target.
+    "floor": "floor",
 }
 TARGETED = ("ours",)
+#: ``ours`` on an earlier commit's library as well (empty: not run).
+BASELINE_REF = os.environ.get("BENCH_ASGI_BASELINE", "")
 
 
 def start_app(factory: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -53,10 +62,14 @@ def start_app(factory: str, port: int, env: dict[str, str]) -> subprocess.Popen[
 
 
 @contextmanager
-def running(env: dict[str, str]) -> Iterator[dict[str, tuple[str, int]]]:
-    """Every app started and answering: name -> (its /ping URL, its pid)."""
-    ports = {name: free_port() for name in APPS}
-    procs = {name: start_app(factory, ports[name], env) for name, factory in APPS.items()}
+def running(env: dict[str, str], baseline: str | None = None) -> Iterator[dict[str, tuple[str, int]]]:
+    """Every app started and answering: name -> (its /ping URL, its pid); with ``baseline`` (an
+    ``app`` directory), ``ours`` on that library too."""
+    apps = {name: (factory, env) for name, factory in APPS.items()}
+    if baseline is not None:
+        apps[f"ours @{BASELINE_REF}"] = ("instrumented", {**env, "PYTHONPATH": python_path(baseline)})
+    ports = {name: free_port() for name in apps}
+    procs = {name: start_app(factory, ports[name], app_env) for name, (factory, app_env) in apps.items()}
     try:
         live = {}
         for name, proc in procs.items():
@@ -95,15 +108,15 @@ def run() -> None:
     seconds = float(os.environ.get("BENCH_P2_SECONDS", "5"))
     rounds = configured_rounds()
     load_before = os.getloadavg()[0]
-    with SinkProcess(default="count") as sink:
+    with SinkProcess(default="count") as sink, baseline_app(BASELINE_REF) as baseline:
         env = {"LOKI_URL": sink.url, "SERVICE_NAME": "bench", "DEPLOY_ENV": "bench", "PYTHONPATH": ROOT}
-        with running(env) as live:
+        with running(env, baseline) as live:
             measured = interleave(live, rounds, seconds)
         shipped = sink.stats()
     load_after = os.getloadavg()[0]
     results, cpu = measured.results, measured.cpu
     rows = []
-    for name in APPS:
+    for name in results:
         rs = results[name]
         per_round = measured.ratios(name, "bare")
         rows.append(
@@ -131,9 +144,12 @@ def run() -> None:
         "shipping: a yardstick, no target",
         "opentelemetry-asgi: OpenTelemetryMiddleware, SDK TracerProvider with no span processor (spans recorded, "
         "never exported), no-op meter: a yardstick, no target",
-        f"ours shipped {shipped['entries']:,} access lines to the sink in {shipped['pushes']:,} pushes "
-        f"({shipped['violations']} refused)",
+        "floor: bench/asgi_floor.py, the guarantees by hand at their least (a yardstick, no target)",
+        f"ours (and the floor, and ours @{BASELINE_REF or '...'} when run) shipped {shipped['entries']:,} access lines "
+        f"to the sink in {shipped['pushes']:,} pushes ({shipped['violations']} refused)",
     ]
+    if len(results) > len(APPS):
+        notes.append(f"ours @{BASELINE_REF}: the same app on the library of commit {BASELINE_REF} (bench/baseline.py)")
     print_table(
         TITLE + " (GET /ping, FastAPI under uvicorn)",
         ["app", "req/s", "p50 ms", "p99 ms", "errors", "worker CPU us/req", "req/s per round", "ratio per round",
@@ -142,7 +158,7 @@ def run() -> None:
         notes,
     )  # fmt: skip
     checks = []
-    for name in TARGETED:
+    for name in [*TARGETED, *(n for n in results if n.startswith("ours @"))]:
         throughput, p99 = median(measured.ratios(name, "bare")), median(measured.ratios(name, "bare", "p99_ms"))
         rps, rps_bare = median(r.rps for r in results[name]), median(r.rps for r in results["bare"])
         p99_ms, p99_bare = median(r.p99_ms for r in results[name]), median(r.p99_ms for r in results["bare"])

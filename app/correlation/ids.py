@@ -53,21 +53,25 @@ def new_correlation_id(now_ms: int | None = None) -> str:
 
 def new_request_id() -> str:
     """Return a fresh hop request ID: 16 lowercase hex digits, never all zeros (a W3C span-id)."""
-    return f"{_random.getrandbits(64) or 1:016x}"
+    return (_random.getrandbits(64) or 1).to_bytes(8).hex()
 
 
 def new_ids(now_ms: int | None = None) -> tuple[str, str]:
     """A fresh correlation ID and request ID (a new trail's first hop), from one draw of random bits."""
     ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-    rand = _random.getrandbits(138)  # 12 + 62 bits for the correlation ID, 64 for the request ID
-    # Written field by field (time, version, rand_a, variant + rand_b): no 128-bit int to build.
-    correlation_id = f"{ms & _MS_MASK:012x}7{rand >> 126:03x}{rand >> 64 & _RAND_B_MASK | _VARIANT:016x}"
-    return correlation_id, f"{rand & _U64_MASK or 1:016x}"
+    rand = _random.getrandbits(144)  # 80 bits for the correlation ID (74 of them kept), 64 for the request ID
+    # The UUID as one 128-bit int (time, then the 80 random bits with the version's and the
+    # variant's bits put over 6 of them), written as hex through its bytes: every fresh request
+    # runs this, and a format spec per field (f"{ms:012x}...") costs twice as much.
+    correlation_id = ((ms & _MS_MASK) << 80 | rand >> 64 & _RANDOM_BITS | _VERSION_AND_VARIANT).to_bytes(16).hex()
+    return correlation_id, (rand & _U64_MASK or 1).to_bytes(8).hex()
 
 
 _MS_MASK = (1 << 48) - 1
-_RAND_B_MASK = (1 << 62) - 1
-_VARIANT = 0b10 << 62
+#: The low 80 bits of a UUIDv7: version (bits 76-79: 7), rand_a (12 bits), variant (bits 62-63:
+#: 0b10), rand_b (62 bits).
+_VERSION_AND_VARIANT = 0x7 << 76 | 0b10 << 62
+_RANDOM_BITS = ((1 << 80) - 1) & ~(0xF << 76) & ~(0b11 << 62)
 _U64_MASK = (1 << 64) - 1
 
 

@@ -51,6 +51,29 @@ def test_a_new_trail_draws_both_ids_at_once_each_in_its_own_shape() -> None:
     assert ids.new_ids(now_ms=0x0123456789AB)[0].startswith("0123456789ab7")
 
 
+def test_every_random_bit_of_a_new_trail_varies_and_the_fixed_ones_do_not() -> None:
+    # new_ids writes the UUID as one int with the version and variant put over 6 of 80 random
+    # bits: the other 74 (12 rand_a, 62 rand_b) must all vary, and the request ID's 64 too.
+    pairs = [ids.new_ids(now_ms=0x0123456789AB) for _ in range(2_000)]
+    correlation_ints = [int(c, 16) for c, _ in pairs]
+    request_ints = [int(r, 16) for _, r in pairs]
+    random_bits = (1 << 80) - 1 & ~(0xF << 76) & ~(0b11 << 62)
+    ones = zeros = 0
+    for value in correlation_ints:
+        ones |= value
+        zeros |= ~value
+    assert ones & random_bits == random_bits and zeros & random_bits == random_bits, "74 random bits, each seen 0 and 1"
+    assert {value >> 80 for value in correlation_ints} == {0x0123456789AB}, "the time, untouched"
+    assert {value >> 76 & 0xF for value in correlation_ints} == {7} and {
+        value >> 62 & 0b11 for value in correlation_ints
+    } == {2}
+    ones = zeros = 0
+    for value in request_ints:
+        ones |= value
+        zeros |= ~value
+    assert ones & (1 << 64) - 1 == zeros & (1 << 64) - 1 == (1 << 64) - 1, "64 random bits"
+
+
 @given(plausible_ms, st.integers(min_value=1, max_value=10**6))
 def test_ids_sort_by_time_across_milliseconds(ms: int, later: int) -> None:
     later_ms = min(ms + later, NOW_MS)

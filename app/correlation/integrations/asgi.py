@@ -41,16 +41,17 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from operator import itemgetter
+from time import perf_counter
 from typing import Any
 
 import orjson
 
 from correlation import context, metrics, problem, schema, wire
-from correlation.context import Hop
+from correlation.context import Hop, bind, reset
 from correlation.error_type import error_type
-from correlation.hops import OPEN_HOPS, OpenHop, end_http_hop, log_refused
+from correlation.hops import OPEN_HOPS, OpenHop, end_http_hop, in_flight_counter, log_refused
 from correlation.integrations.requests import instrument_requests
 from correlation.loki.handler import flush_every_handler
 from correlation.metrics import listener, store, unshared
@@ -71,19 +72,14 @@ _log = logging.getLogger(schema.EDGE_LOGGER)
 #: The class of the exception the application let through, for the access line's ``error_type``.
 _ERROR_KEY = "correlation.error"
 _new_tuple = tuple.__new__  # see bench/README.md, "Why the hot path's code looks as it does"
+_Inbound = wire.Inbound
+#: A header's name: mapped over a message's headers in C (the scope's names are lower-case, as inbound reads them).
+_name_of = itemgetter(0)
 
 
-def _in_flight_counter(service: str) -> Callable[[], int]:
-    """How many HTTP requests ``service`` is handling now (websockets are connections, not requests)."""
-
-    def count() -> int:
-        return sum(
-            1
-            for item in tuple(OPEN_HOPS.values())
-            if item.reporter.service == service and item.environ.get("type") == "http"
-        )
-
-    return count
+def _is_http(scope: MutableMapping[str, Any]) -> bool:
+    """An HTTP request's scope: websockets are connections, not requests, for the in-flight gauge."""
+    return scope.get("type") == "http"
 
 
 class CorrelationMiddleware:
@@ -122,10 +118,10 @@ class CorrelationMiddleware:
         self._service_header = (schema.SERVICE_HEADER.lower().encode("latin-1"), settings.service.encode("latin-1"))
         self._replaced = frozenset({self._header_name, self._service_header[0]})
         context.set_service(settings.service)
-        metrics.count_in_flight(settings.service, _in_flight_counter(settings.service))
-        # Until the first request (which tells whether the server's workers share their metrics,
-        # correlation.metrics.unshared): then the method itself, at no cost per request.
-        self._http = self._first_http  # type: ignore[method-assign]
+        metrics.count_in_flight(settings.service, in_flight_counter(settings.service, _is_http))
+        # Whether this server's workers share their metrics is known at the first request
+        # (correlation.metrics.unshared), once a process.
+        self._workers_unchecked = True
         self.metrics_path: str | None = None
         if settings.metrics_port:
             # Not on the application's port: the exemplars are other users' correlation IDs.
@@ -144,65 +140,38 @@ class CorrelationMiddleware:
                 instrument_httpx()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "websocket":
-            await self._websocket(scope, receive, send)
-        elif kind == "lifespan":  # the app's; the shipper's lines are delivered before shutdown completes
-            await self.app(scope, receive, _delivering_at_shutdown(send))
-        else:  # any extension: not ours
-            await self.app(scope, receive, send)
-
-    def inbound(self, scope: Scope) -> wire.Inbound:
-        """The hop a connection asks for (a fresh one when it sends none of the headers read)."""
-        wanted = self._wanted
-        found: dict[str, str] | None = None
-        for name, value in scope["headers"]:
-            if name in wanted:
-                if found is None:
-                    found = {}
-                key, text = name.decode("latin-1"), value.decode("latin-1")
-                # Repeated, they are joined as a WSGI server joins them: a list is no valid ID.
-                found[key] = f"{found[key]},{text}" if key in found else text
-        if found is None:
-            return _new_tuple(wire.Inbound, (Hop.start(), None, (), None))
-        client = scope.get("client")
-        trusted = self.trust.trusts(client[0] if client else None)
-        return wire.read(lambda header: found.get(header.lower()), self.header, trusted=trusted)
-
-    def _echo(self, headers: Iterable[tuple[bytes, bytes]], correlation_id: str) -> list[tuple[bytes, bytes]]:
-        """``headers`` with ours added (the application's own ID or service header gives way)."""
-        replaced = self._replaced
-        kept = [item for item in headers if item[0].lower() not in replaced]
-        kept.append((self._header_name, correlation_id.encode("latin-1")))
-        kept.append(self._service_header)
-        return kept
-
-    def _begin(self, scope: Scope) -> tuple[float, wire.Inbound, Hop, contextvars.Token[Hop | None]]:
-        """A connection's hop starts: when, what it was sent, the hop bound to this task (the
-        token resets it), refused values logged and counted."""
-        started = time.perf_counter()
-        inbound = self.inbound(scope)
+        # An HTTP request is served here, in one coroutine: its hop, its send wrapper and its end
+        # are not methods of their own, each of which would be one more frame (or one more
+        # coroutine) on every request. Why each step looks as it does: bench/README.md, "ASGI P2".
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
+            elif scope["type"] == "lifespan":  # the app's; the shipper's lines delivered before shutdown completes
+                await self.app(scope, receive, _delivering_at_shutdown(send))
+            else:  # any extension: not ours
+                await self.app(scope, receive, send)
+            return
+        if self._workers_unchecked:
+            self._workers_unchecked = False
+            unshared.check_process(self.service)
+        started = perf_counter()
+        if self._wanted.isdisjoint(map(_name_of, scope["headers"])):
+            # None of the headers read was sent (a client's first call, a health check): a new
+            # trail, and nothing to judge, what self.inbound would answer. Looked for in C.
+            inbound = _new_tuple(_Inbound, (Hop.start(), None, (), None))
+        else:
+            inbound = self.inbound(scope)
         hop = inbound.hop
-        token = context.bind(hop)
+        token = bind(hop)
         if inbound.rejections:
             log_refused(_log, self.service, inbound.rejections, hop, before="inbound ")
-        return started, inbound, hop, token
-
-    async def _first_http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.__dict__.pop("_http", None)
-        unshared.check_process(self.service)
-        await self._http(scope, receive, send)
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started, inbound, hop, token = self._begin(scope)
         path = scope.get("path", "")
         quiet = path in self.quiet_paths
         app = self._serve_metrics if path == self.metrics_path else self.app
         status = 0  # no response started yet
         ended = 0.0  # when the response's last body message was sent
         left = -1  # the status sent when the client went away (0: none yet); -1: it did not
+        raised: type[BaseException] | None = None
 
         async def noting_receive() -> Message:
             nonlocal left
@@ -216,14 +185,16 @@ class CorrelationMiddleware:
             kind = message["type"]
             if kind == "http.response.start":
                 status = message["status"]
+                # A new message, not the app's changed: an app may send the same dict every time.
                 message = {**message, "headers": self._echo(message.get("headers", ()), hop.correlation_id)}
                 await send(message)
-            elif kind == "http.response.body" and not message.get("more_body", False):
+            elif kind == "http.response.body":
                 await send(message)
-                ended = time.perf_counter()
+                if not message.get("more_body", False):
+                    ended = perf_counter()  # timed to the last byte, not to the first
             elif kind == "http.response.pathsend":  # the whole file in one message (ASGI extension)
                 await send(message)
-                ended = time.perf_counter()
+                ended = perf_counter()
             else:
                 await send(message)
 
@@ -233,22 +204,65 @@ class CorrelationMiddleware:
         try:
             await app(scope, noting_receive, echoing_send)
         except Exception as exc:  # noqa: BLE001 - the edge is where an unhandled exception is answered
-            scope[_ERROR_KEY] = type(exc)
-            _log.error("unhandled %s in %s %s", error_type(type(exc)), scope.get("method"), path, exc_info=exc)
+            raised = scope[_ERROR_KEY] = type(exc)
+            _log.error("unhandled %s in %s %s", error_type(raised), scope.get("method"), path, exc_info=exc)
             if ended:
                 note = f" (raised after its {status} response was sent)"
             elif status:
                 note = f" (raised after its response started with {status}: the response was cut)"
             else:
                 await self._answer_error(scope, send, hop.correlation_id)
-            status, ended = 500, ended or time.perf_counter()
+            status, ended = 500, ended or perf_counter()
         finally:
             if not quiet and OPEN_HOPS.pop(hop.request_id, None) is not None:
                 # Absent when a dying worker already wrote this hop's end (hops.end_open_hops).
-                if (left >= 0 or not ended) and _ERROR_KEY not in scope:  # an exception's 500 says more
+                if (left >= 0 or not ended) and raised is None:  # an exception's 500 says more
                     note, status = self._unfinished(status, left)
-                self.report(scope, inbound, status, (ended or time.perf_counter()) - started, note=note)
-            context.reset(token)
+                # self.report, inline: the route Starlette's router matched, else self.route's rules.
+                template = getattr(scope.get("route"), "path_format", None)
+                end_http_hop(
+                    self.service, inbound, scope.get("method", "GET"),
+                    template if type(template) is str and template else self.route(scope), path, status,
+                    (ended or perf_counter()) - started, raised, __file__, note=note,
+                )  # fmt: skip
+            reset(token)
+
+    def inbound(self, scope: Scope) -> wire.Inbound:
+        """The hop a connection asks for (a fresh one when it sends none of the headers read)."""
+        wanted = self._wanted
+        found: dict[str, str] | None = None
+        for name, value in scope["headers"]:
+            if name in wanted:
+                if found is None:
+                    found = {}
+                key, text = name.decode("latin-1"), value.decode("latin-1")
+                # Repeated, they are joined as a WSGI server joins them: a list is no valid ID.
+                found[key] = f"{found[key]},{text}" if key in found else text
+        if found is None:
+            return _new_tuple(_Inbound, (Hop.start(), None, (), None))
+        client = scope.get("client")
+        trusted = self.trust.trusts(client[0] if client else None)
+        return wire.read(lambda header: found.get(header.lower()), self.header, trusted=trusted)
+
+    def _echo(self, headers: Iterable[tuple[bytes, bytes]], correlation_id: str) -> list[tuple[bytes, bytes]]:
+        """``headers`` with ours added (the application's own ID or service header gives way)."""
+        replaced = self._replaced
+        # Whether the app set one is asked in C over the names of a list (what frameworks send);
+        # any other iterable (a generator: read once) takes the loop.
+        if type(headers) is not list or not replaced.isdisjoint(map(bytes.lower, map(_name_of, headers))):
+            headers = [item for item in headers if item[0].lower() not in replaced]
+        return [*headers, (self._header_name, correlation_id.encode("latin-1")), self._service_header]
+
+    def _begin(self, scope: Scope) -> tuple[float, wire.Inbound, Hop, contextvars.Token[Hop | None]]:
+        """A connection's hop starts: when, what it was sent, the hop bound to this task (the
+        token resets it), refused values logged and counted."""
+        started = perf_counter()
+        inbound = self.inbound(scope)
+        hop = inbound.hop
+        token = bind(hop)
+        if inbound.rejections:
+            log_refused(_log, self.service, inbound.rejections, hop, before="inbound ")
+        return started, inbound, hop, token
 
     @staticmethod
     def _unfinished(status: int, left: int) -> tuple[str, int]:
@@ -319,8 +333,8 @@ class CorrelationMiddleware:
             status = 500
         finally:
             if not quiet and OPEN_HOPS.pop(hop.request_id, None) is not None:
-                self.report(scope, inbound, status or 403, time.perf_counter() - started, note=note)
-            context.reset(token)
+                self.report(scope, inbound, status or 403, perf_counter() - started, note=note)
+            reset(token)
 
     def route(self, scope: Scope) -> str:
         """The route template of a request: Starlette's matched route, ``route_of``, or ``unmatched``."""
