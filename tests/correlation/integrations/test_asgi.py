@@ -87,19 +87,23 @@ def downstream() -> Iterator[LoopbackServer]:
         yield server
 
 
+def _server_command(server: str, port: int, workdir: Path) -> list[str]:
+    """The test app under ``uvicorn``, or ``gunicorn`` with two uvicorn workers and the hooks."""
+    if server == "uvicorn":
+        command = [sys.executable, "-m", "uvicorn", "tests.support.asgi_app:app", "--host", "127.0.0.1"]
+        return [*command, "--port", str(port), "--no-access-log"]
+    conf = workdir / "gunicorn_conf.py"
+    conf.write_text(GUNICORN_CONF.format(port=port))
+    return [sys.executable, "-m", "gunicorn", "--config", str(conf), "tests.support.asgi_app:app"]
+
+
 @pytest.fixture(scope="module", params=["uvicorn", "gunicorn"])
 def service(
     request: pytest.FixtureRequest, downstream: LoopbackServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Service]:
     workdir = tmp_path_factory.mktemp(request.param)
     port = free_port()
-    if request.param == "uvicorn":
-        command = [sys.executable, "-m", "uvicorn", "tests.support.asgi_app:app", "--host", "127.0.0.1"]
-        command += ["--port", str(port), "--no-access-log"]
-    else:
-        conf = workdir / "gunicorn_conf.py"
-        conf.write_text(GUNICORN_CONF.format(port=port))
-        command = [sys.executable, "-m", "gunicorn", "--config", str(conf), "tests.support.asgi_app:app"]
+    command = _server_command(request.param, port, workdir)
     env = {
         "PYTHONPATH": f"{ROOT}:{ROOT / 'app'}",
         "SERVICE_NAME": SERVICE,
@@ -327,13 +331,7 @@ def test_lines_still_buffered_when_the_server_stops_reach_loki(tmp_path: Path, s
     from fakes import FakeLoki
 
     port = free_port()
-    if server == "uvicorn":
-        command = [sys.executable, "-m", "uvicorn", "tests.support.asgi_app:app", "--host", "127.0.0.1"]
-        command += ["--port", str(port), "--no-access-log"]
-    else:
-        conf = tmp_path / "gunicorn_conf.py"
-        conf.write_text(GUNICORN_CONF.format(port=port))
-        command = [sys.executable, "-m", "gunicorn", "--config", str(conf), "tests.support.asgi_app:app"]
+    command = _server_command(server, port, tmp_path)
     with FakeLoki() as loki:
         env = {
             "PYTHONPATH": f"{ROOT}:{ROOT / 'app'}",
