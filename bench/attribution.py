@@ -107,15 +107,20 @@ def _worker_instructions(factory: str, env: dict[str, str], requests: int) -> in
             _count_requests(url, 200 + requests)  # 200 warm-up requests in both counts
         finally:
             stop_app(proc)
-        counts = []
-        for name in os.listdir(logs):  # the arbiter's and the worker's: the worker did far more
-            with open(os.path.join(logs, name)) as f:
-                found = re.search(r"I\s+refs:\s+([\d,]+)", f.read())
-            if found:
-                counts.append(int(found.group(1).replace(",", "")))
-        if not counts:
-            raise RuntimeError("valgrind printed no instruction count")
-        return max(counts)
+        return valgrind_count(logs)  # the arbiter's and the worker's: the worker did far more
+
+
+def valgrind_count(logs: str) -> int:
+    """The largest instruction count valgrind wrote into ``logs`` (one file a process)."""
+    counts = []
+    for name in os.listdir(logs):
+        with open(os.path.join(logs, name)) as f:
+            found = re.search(r"I\s+refs:\s+([\d,]+)", f.read())
+        if found:
+            counts.append(int(found.group(1).replace(",", "")))
+    if not counts:
+        raise RuntimeError("valgrind printed no instruction count")
+    return max(counts)
 
 
 def _instructions(name: str, env: dict[str, str], requests: int) -> float | None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -37,7 +36,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from bench.asgi_inprocess import BYTECODE_APPS, VARIANTS
-from bench.attribution import SIZE_BOUND_BATCHES, _count_requests
+from bench.attribution import SIZE_BOUND_BATCHES, _count_requests, valgrind_count
 from bench.baseline import baseline_app, python_path
 from bench.load import wait_http
 from bench.sinkproc import SinkProcess
@@ -98,24 +97,12 @@ def _valgrind(command: list[str], logs: str) -> list[str]:
             f"--log-file={logs}/vg.%p", *command]  # fmt: skip
 
 
-def _read_count(logs: str) -> int:
-    counts = []
-    for name in os.listdir(logs):
-        with open(os.path.join(logs, name)) as f:
-            found = re.search(r"I\s+refs:\s+([\d,]+)", f.read())
-        if found:
-            counts.append(int(found.group(1).replace(",", "")))
-    if not counts:
-        raise RuntimeError("valgrind printed no instruction count")
-    return max(counts)
-
-
 def _in_process_instructions(name: str, app_dir: str, env: dict[str, str], requests: int) -> int:
     with tempfile.TemporaryDirectory() as logs:
         command = [sys.executable, "-m", "bench.asgi_inprocess", "count", name, str(requests)]
         subprocess.run(_valgrind(command, logs), env=_counted_env(app_dir, env), cwd=ROOT,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800, check=True)  # fmt: skip
-        return _read_count(logs)
+        return valgrind_count(logs)
 
 
 def _server_instructions(factory: str, app_dir: str, env: dict[str, str], requests: int) -> int:
@@ -136,7 +123,7 @@ def _server_instructions(factory: str, app_dir: str, env: dict[str, str], reques
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        return _read_count(logs)
+        return valgrind_count(logs)
 
 
 def _per_request(measure: Any, *args: Any, requests: int = 1_000) -> float:
